@@ -1,0 +1,42 @@
+// What a calibration holds, and its file encoding (docs/CALIBRATION_FORMAT.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/allocation.hpp"
+#include "core/pca.hpp"
+#include "kvtc/cache.hpp"
+#include "kvtc/status.hpp"
+
+namespace kvtc {
+
+// One stream (keys or values): its basis, the measured distortion table (so that any ratio can be
+// planned later), and one allocation per calibrated ratio.
+struct StreamCalibration {
+  PcaBasis pca;
+  DistortionTable table;
+  std::vector<Allocation> allocations;  // same order as CalibrationData::ratios
+};
+
+struct CalibrationData {
+  ModelShape shape;
+  std::string model_name;
+  int32_t n_sink_tokens = 4;     // tokens at the start left out of calibration (and kept exact)
+  int32_t n_window_tokens = 128; // newest tokens left out (and kept exact)
+  int64_t n_calibration_tokens = 0;
+  std::vector<double> ratios;
+  StreamCalibration key, value;  // keys are calibrated with RoPE removed
+  uint64_t fingerprint = 0;      // compute_fingerprint(*this), set by whoever builds or parses it
+};
+
+// 64-bit identity of the shape, means and bases (not the allocations): a container records it, and
+// decoding with a calibration of another fingerprint is refused with kMismatch.
+uint64_t compute_fingerprint(const CalibrationData& data);
+
+Result<std::vector<uint8_t>> serialize_calibration(const CalibrationData& data);
+// Checks magic, version, every length against the input size, and the checksums; sets fingerprint.
+Result<CalibrationData> parse_calibration(const uint8_t* bytes, size_t size_bytes);
+
+}  // namespace kvtc
