@@ -1,0 +1,202 @@
+// kvtc/kvtc.hpp: KV cache transform coding, the C++ API.
+//
+// The whole job in four calls:
+//   auto cal = kvtc::calibrate({"calib-1.safetensors", ...}, {});      // once per model
+//   cal->save("model.kvtcal");
+//   auto blob = kvtc::encode(*cal, cache, {.target_ratio = 20});       // a .kvtc container
+//   auto restored = kvtc::decode(*cal, blob->bytes.data(), blob->bytes.size());
+// or, to restore one layer at a time while attention runs on the earlier ones:
+//   auto dec = kvtc::Decoder::open(*cal, bytes, size);                 // decodes all coefficients
+//   for (int l = 0; l < n_layers; ++l) dec->restore_layer(l, &k, &v);  // reconstructs layer l only
+//
+// Threading: functions that take n_threads use that many worker threads (0: all cores); every object
+// here may be used from several threads at once for reading (const calls), not for writing.
+// Errors: every fallible call returns Status or Result; nothing throws across this boundary.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvtc/cache.hpp"
+#include "kvtc/status.hpp"
+
+namespace kvtc {
+
+struct CalibrationData;  // internal
+
+// Reports progress of long calls: fraction in [0, 1] and a short label ("covariance", "allocation").
+using ProgressFn = std::function<void(double fraction, const std::string& stage)>;
+
+// ---------------------------------------------------------------------------------------------------
+// Calibration
+// ---------------------------------------------------------------------------------------------------
+
+struct CalibrateOptions {
+  std::vector<double> ratios = {8, 16, 20, 32, 64};  // allocations stored for these targets
+  int n_sink_tokens = 4;        // first tokens of every sequence: never compressed, not calibrated on
+  int n_window_tokens = 128;    // newest tokens of every sequence: likewise
+  // PCA path: exact covariance + LAPACK while p <= exact_max_features, else randomized SVD.
+  int64_t exact_max_features = 16384;
+  int64_t rank_cap = 0;         // components kept (0: p on the exact path, min(p, 8192) on the randomized)
+  int64_t max_allocation_samples = 4096;  // tokens used to measure quantisation error
+  std::vector<int> group_sizes = {1, 4, 16, 64, 256, 1024};
+  int n_threads = 0;
+  ProgressFn progress;
+};
+
+// Summary of an allocation, for reports and `kvtc inspect`.
+struct GroupSummary {
+  uint32_t first_component, n_components;
+  std::string kind;  // "int", "int-affine", "fp16", "dropped"
+  int width_bits;
+};
+struct AllocationSummary {
+  double target_ratio;
+  int64_t budget_bits_per_token, bits_per_token, kept_components;
+  double predicted_relative_error;  // predicted MSE / mean squared norm of the calibration vectors
+  std::vector<GroupSummary> groups;
+};
+
+// A model's calibration: mean and PCA basis for keys and values, and bit allocations per ratio.
+// Cheap to copy (shared, immutable).
+class Calibration {
+ public:
+  static Result<Calibration> load(const std::string& path);
+  static Result<Calibration> parse(const uint8_t* bytes, size_t size_bytes);
+  Status save(const std::string& path) const;  // atomic (temporary file, then rename)
+  Result<std::vector<uint8_t>> serialize() const;
+
+  const ModelShape& shape() const;
+  const std::string& model_name() const;
+  uint64_t fingerprint() const;          // identity of shape + means + bases
+  std::vector<double> ratios() const;    // calibrated targets
+  int64_t n_calibration_tokens() const;
+  int n_sink_tokens() const;
+  int n_window_tokens() const;
+  int64_t rank(bool keys) const;
+  // The stored allocation for a calibrated ratio, or one planned now from the stored distortion
+  // measurements for any other ratio >= 1.
+  Result<AllocationSummary> plan(double ratio, bool keys) const;
+
+  const CalibrationData& data() const { return *data_; }
+  explicit Calibration(std::shared_ptr<const CalibrationData> d) : data_(std::move(d)) {}
+
+ private:
+  std::shared_ptr<const CalibrationData> data_;
+};
+
+// Calibrates from cache files (streamed: memory is bounded by p^2 on the exact path and p * rank on the
+// randomized one, never by the number of tokens). All files must share one model shape.
+Result<Calibration> calibrate(const std::vector<std::string>& cache_paths, const CalibrateOptions& options);
+
+// Streaming calibration from caches made in memory (the engine feeds it as it runs). Exact PCA path
+// only (p <= exact_max_features); the randomized path needs several passes and takes files.
+class CalibrationBuilder {
+ public:
+  static Result<CalibrationBuilder> create(const ModelShape& shape, const std::string& model_name,
+                                           const CalibrateOptions& options);
+  Status add(const KVCache& cache);
+  Result<Calibration> finish();
+  ~CalibrationBuilder();
+  CalibrationBuilder(CalibrationBuilder&&) noexcept;
+  CalibrationBuilder& operator=(CalibrationBuilder&&) noexcept;
+
+ private:
+  struct Impl;
+  explicit CalibrationBuilder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Encoding and decoding
+// ---------------------------------------------------------------------------------------------------
+
+struct EncodeOptions {
+  double target_ratio = 20.0;   // bits per token before entropy coding <= 16 * p / target_ratio
+  int deflate_level = 6;        // libdeflate level 1..12
+  int chunk_tokens = 256;       // tokens per coefficient chunk
+  int64_t chunk_max_bytes = 64 * 1024;  // raw bytes per chunk before DEFLATE (chunks are split below it)
+  int n_threads = 0;
+  bool measure_error = true;    // fill EncodeReport's per-layer errors (costs one decode)
+  ProgressFn progress;
+};
+
+// What an encode achieved. "Raw" means the cache at 16 bits per element (K and V).
+struct LayerError {
+  double k_relative_mse, v_relative_mse;  // sum |x - x'|^2 / sum |x|^2 over compressed tokens
+  double k_cosine, v_cosine;              // mean per-token-per-head cosine similarity
+  double attention_relative_error;        // |o - o'|^2 / |o|^2 of attention outputs (-1: no q)
+};
+struct EncodeReport {
+  int64_t n_tokens, n_compressed_tokens, n_exact_tokens;
+  int64_t raw_bytes;                 // all tokens at 16 bits
+  int64_t file_bytes;                // the whole container
+  int64_t compressed_payload_bytes;  // coefficient chunks after DEFLATE (compressed tokens alone)
+  int64_t nominal_payload_bytes;     // the same before DEFLATE: allocation bits * tokens / 8
+  double ratio_compressed_tokens;    // raw bytes of compressed tokens / compressed_payload_bytes
+  double ratio_nominal;              // raw bytes of compressed tokens / nominal_payload_bytes
+  double ratio_file;                 // raw_bytes / file_bytes
+  double deflate_gain;               // nominal_payload_bytes / compressed_payload_bytes
+  double bytes_per_token;            // file_bytes / n_tokens
+  double k_relative_mse, v_relative_mse;  // over all layers
+  std::vector<LayerError> layers;
+  double seconds = 0;
+};
+
+struct EncodedCache {
+  std::vector<uint8_t> bytes;  // a complete container (docs/FORMAT.md)
+  EncodeReport report;
+};
+
+Result<EncodedCache> encode(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
+
+// Upper bound of the container size for a cache of this shape and token count (any ratio).
+int64_t compress_bound(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
+
+struct DecodeOptions {
+  int n_threads = 0;
+  bool verify_checksums = true;
+  ProgressFn progress;
+};
+
+// Restores the whole cache (all layers, RoPE re-applied, exact tokens bit for bit).
+Result<KVCache> decode(const Calibration& cal, const uint8_t* bytes, size_t size_bytes,
+                       const DecodeOptions& options = {});
+
+// Layer-by-layer restore: open() checks the container against the calibration, inflates every chunk
+// and dequantises the coefficients once; restore_layer() then reconstructs one layer with only that
+// layer's basis columns.
+class Decoder {
+ public:
+  static Result<Decoder> open(const Calibration& cal, const uint8_t* bytes, size_t size_bytes,
+                              const DecodeOptions& options = {});
+  // Writes layer `layer` as [n_kv_heads][n_tokens][head_dim] fp32 into k and v (resized).
+  Status restore_layer(int layer, std::vector<float>* k, std::vector<float>* v) const;
+  // A cache with metadata and no layer data filled yet, as the container describes it.
+  const KVCache& skeleton() const;
+  ~Decoder();
+  Decoder(Decoder&&) noexcept;
+  Decoder& operator=(Decoder&&) noexcept;
+
+ private:
+  struct Impl;
+  explicit Decoder(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Inspection
+// ---------------------------------------------------------------------------------------------------
+
+// Everything a container or calibration file holds, as JSON text (the same as `kvtc inspect --json`).
+// Checks structure and checksums without needing the calibration.
+Result<std::string> inspect_json(const uint8_t* bytes, size_t size_bytes);
+
+// Library version "major.minor.patch" and the container format version it writes.
+const char* version_string();
+uint32_t container_format_version();
+
+}  // namespace kvtc
