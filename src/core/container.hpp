@@ -1,0 +1,89 @@
+// The container format (docs/FORMAT.md), defined once: constants, the parsed header, and the
+// functions that write and validate it. Shared by the CPU codec, the reference decoder, the CUDA
+// backend and the store; keep it free of host-only dependencies beyond the standard library.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/allocation.hpp"
+#include "kvtc/cache.hpp"
+#include "kvtc/status.hpp"
+
+namespace kvtc {
+
+inline constexpr std::array<uint8_t, 8> kContainerMagic = {0x89, 'K', 'V', 'T', 'C', '\r', '\n', 0x1a};
+inline constexpr uint32_t kContainerVersion = 1;
+inline constexpr uint32_t kPreambleBytes = 16;
+inline constexpr uint32_t kChunkEntryBytes = 40;
+inline constexpr uint32_t kGroupEntryBytes = 12;
+inline constexpr uint32_t kMaxHeaderBytes = 1u << 28;
+inline constexpr uint32_t kMaxChunkRawBytes = 1u << 28;
+
+enum class ChunkKind : uint8_t { kExact = 0, kSide = 1, kCodes = 2 };
+enum class CodesLayout : uint8_t { kAligned = 0, kDense = 1 };
+
+struct ChunkEntry {
+  ChunkKind kind = ChunkKind::kCodes;
+  uint8_t stream = 0;  // 0 keys, 1 values
+  CodesLayout layout = CodesLayout::kAligned;
+  uint32_t token_begin = 0;
+  uint32_t n_tokens = 0;
+  uint32_t item_begin = 0;  // codes: first component; exact: layer
+  uint32_t n_items = 0;     // codes: components; exact: 1
+  uint64_t offset = 0;      // from the payload start
+  uint32_t stored_bytes = 0;
+  uint32_t raw_bytes = 0;
+  uint32_t crc32 = 0;
+};
+
+struct StreamAllocation {
+  uint32_t basis_rank = 0;
+  std::vector<Group> groups;
+  uint32_t n_kept() const { return groups.empty() ? 0 : groups.back().first_component + groups.back().n_components; }
+  int64_t nominal_bits_per_token() const;
+};
+
+struct ContainerHeader {
+  ModelShape shape;
+  DType dtype = DType::kBF16;
+  int64_t position_offset = 0;
+  uint64_t n_tokens = 0;
+  uint32_t n_head_exact = 0;
+  uint32_t n_tail_exact = 0;
+  uint64_t calibration_fingerprint = 0;
+  double target_ratio = 0.0;
+  std::map<std::string, std::string> metadata;
+  StreamAllocation streams[2];
+  std::vector<ChunkEntry> chunks;
+
+  uint64_t n_compressed_tokens() const { return n_tokens - n_head_exact - n_tail_exact; }
+};
+
+// Serialises preamble + header (with its CRC). `payload_bytes` is not needed: offsets are in chunks.
+std::vector<uint8_t> serialize_container_header(const ContainerHeader& header);
+
+struct ParsedContainer {
+  ContainerHeader header;
+  uint64_t payload_offset = 0;  // absolute file offset of the payload
+};
+
+// Parses and validates preamble, header, chunk table and coverage against the file size (section 4
+// and 7 of docs/FORMAT.md). Does not inflate chunks. Never reads out of bounds.
+Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes);
+
+// Expected raw size of a chunk's content (section 5), or an error if the entry is inconsistent.
+Result<uint64_t> expected_chunk_raw_bytes(const ContainerHeader& header, const ChunkEntry& chunk);
+
+// Container width for a code of width w (section 5): 1, 2, 4, 4, 8, 8, 8, 8.
+inline int container_width_bits(int width_bits) {
+  return width_bits <= 1 ? 1 : width_bits == 2 ? 2 : width_bits <= 4 ? 4 : 8;
+}
+
+// CRC-32 as zlib computes it.
+uint32_t crc32_of(const uint8_t* data, size_t size_bytes);
+
+}  // namespace kvtc

@@ -1,0 +1,95 @@
+// Error of a restored cache against the original: relative MSE and cosine per layer, and the error of
+// attention outputs for the stored queries (grouped-query attention, causal, softmax(q.k / sqrt(d))).
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/cpu_backend.hpp"
+
+namespace kvtc {
+
+namespace {
+
+// Attention output of query q at absolute position pos over tokens [0, pos] of one KV head.
+void attend(const float* q, int64_t pos, const float* k, const float* v, int d, std::vector<double>& w, double* out) {
+  w.resize(size_t(pos + 1));
+  double mx = -INFINITY;
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (int64_t t = 0; t <= pos; ++t) {
+    double s = 0;
+    for (int i = 0; i < d; ++i) s += double(q[i]) * k[t * d + i];
+    w[t] = s * scale;
+    mx = std::max(mx, w[t]);
+  }
+  double z = 0;
+  for (int64_t t = 0; t <= pos; ++t) z += (w[t] = std::exp(w[t] - mx));
+  std::fill(out, out + d, 0.0);
+  for (int64_t t = 0; t <= pos; ++t)
+    for (int i = 0; i < d; ++i) out[i] += w[t] / z * v[t * d + i];
+}
+
+}  // namespace
+
+std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b, int64_t t0, int64_t t1,
+                                             double* k_rel, double* v_rel) {
+  const ModelShape& s = a.shape;
+  const int d = s.head_dim;
+  std::vector<LayerError> out(size_t(s.n_layers));
+  double kn = 0, ke = 0, vn = 0, ve = 0;
+  for (int l = 0; l < s.n_layers; ++l) {
+    LayerError& e = out[size_t(l)];
+    double num[2] = {0, 0}, den[2] = {0, 0}, cos_sum[2] = {0, 0};
+    int64_t cos_n = 0;
+    for (int h = 0; h < s.n_kv_heads; ++h)
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int st = 0; st < 2; ++st) {
+          const float* x = st == 0 ? a.k_row(l, h, t) : a.v_row(l, h, t);
+          const float* y = st == 0 ? b.k_row(l, h, t) : b.v_row(l, h, t);
+          double xx = 0, yy = 0, xy = 0, dd = 0;
+          for (int i = 0; i < d; ++i) {
+            xx += double(x[i]) * x[i];
+            yy += double(y[i]) * y[i];
+            xy += double(x[i]) * y[i];
+            dd += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+          }
+          num[st] += dd;
+          den[st] += xx;
+          cos_sum[st] += (xx > 0 && yy > 0) ? xy / std::sqrt(xx * yy) : (xx == yy ? 1.0 : 0.0);
+        }
+        ++cos_n;
+      }
+    e.k_relative_mse = den[0] > 0 ? num[0] / den[0] : 0;
+    e.v_relative_mse = den[1] > 0 ? num[1] / den[1] : 0;
+    e.k_cosine = cos_n ? cos_sum[0] / double(cos_n) : 1;
+    e.v_cosine = cos_n ? cos_sum[1] / double(cos_n) : 1;
+    ke += num[0]; kn += den[0]; ve += num[1]; vn += den[1];
+    e.attention_relative_error = -1;
+    if (a.n_query > 0 && a.n_heads > 0 && a.n_heads % s.n_kv_heads == 0 && !a.q.empty()) {
+      const int group = a.n_heads / s.n_kv_heads;
+      std::vector<double> w, oa(size_t(d)), ob(size_t(d));
+      double an = 0, ae = 0;
+      for (int qh = 0; qh < a.n_heads; ++qh) {
+        const int kvh = qh / group;
+        const float* ka = a.k[l].data() + int64_t(kvh) * a.n_tokens * d;
+        const float* va = a.v[l].data() + int64_t(kvh) * a.n_tokens * d;
+        const float* kb = b.k[l].data() + int64_t(kvh) * b.n_tokens * d;
+        const float* vb = b.v[l].data() + int64_t(kvh) * b.n_tokens * d;
+        for (int64_t i = 0; i < a.n_query; ++i) {
+          const float* q = a.q[l].data() + (int64_t(qh) * a.n_query + i) * d;
+          const int64_t pos = a.n_tokens - a.n_query + i;
+          attend(q, pos, ka, va, d, w, oa.data());
+          attend(q, pos, kb, vb, d, w, ob.data());
+          for (int j = 0; j < d; ++j) {
+            an += oa[j] * oa[j];
+            ae += (oa[j] - ob[j]) * (oa[j] - ob[j]);
+          }
+        }
+      }
+      e.attention_relative_error = an > 0 ? ae / an : 0;
+    }
+  }
+  if (k_rel) *k_rel = kn > 0 ? ke / kn : 0;
+  if (v_rel) *v_rel = vn > 0 ? ve / vn : 0;
+  return out;
+}
+
+}  // namespace kvtc
