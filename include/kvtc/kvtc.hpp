@@ -126,22 +126,22 @@ struct EncodeOptions {
 
 // What an encode achieved. "Raw" means the cache at 16 bits per element (K and V).
 struct LayerError {
-  double k_relative_mse, v_relative_mse;  // sum |x - x'|^2 / sum |x|^2 over compressed tokens
-  double k_cosine, v_cosine;              // mean per-token-per-head cosine similarity
-  double attention_relative_error;        // |o - o'|^2 / |o|^2 of attention outputs (-1: no q)
+  double k_relative_mse = 0, v_relative_mse = 0;  // sum |x - x'|^2 / sum |x|^2 over compressed tokens
+  double k_cosine = 0, v_cosine = 0;              // mean per-token-per-head cosine similarity
+  double attention_relative_error = 0;        // |o - o'|^2 / |o|^2 of attention outputs (-1: no q)
 };
 struct EncodeReport {
-  int64_t n_tokens, n_compressed_tokens, n_exact_tokens;
-  int64_t raw_bytes;                 // all tokens at 16 bits
-  int64_t file_bytes;                // the whole container
-  int64_t compressed_payload_bytes;  // coefficient chunks after DEFLATE (compressed tokens alone)
-  int64_t nominal_payload_bytes;     // the same before DEFLATE: allocation bits * tokens / 8
-  double ratio_compressed_tokens;    // raw bytes of compressed tokens / compressed_payload_bytes
-  double ratio_nominal;              // raw bytes of compressed tokens / nominal_payload_bytes
-  double ratio_file;                 // raw_bytes / file_bytes
-  double deflate_gain;               // nominal_payload_bytes / compressed_payload_bytes
-  double bytes_per_token;            // file_bytes / n_tokens
-  double k_relative_mse, v_relative_mse;  // over all layers
+  int64_t n_tokens = 0, n_compressed_tokens = 0, n_exact_tokens = 0;
+  int64_t raw_bytes = 0;                 // all tokens at 16 bits
+  int64_t file_bytes = 0;                // the whole container
+  int64_t compressed_payload_bytes = 0;  // coefficient chunks after DEFLATE (compressed tokens alone)
+  int64_t nominal_payload_bytes = 0;     // the same before DEFLATE: allocation bits * tokens / 8
+  double ratio_compressed_tokens = 0;    // raw bytes of compressed tokens / compressed_payload_bytes
+  double ratio_nominal = 0;              // raw bytes of compressed tokens / nominal_payload_bytes
+  double ratio_file = 0;                 // raw_bytes / file_bytes
+  double deflate_gain = 0;               // nominal_payload_bytes / compressed_payload_bytes
+  double bytes_per_token = 0;            // file_bytes / n_tokens
+  double k_relative_mse = 0, v_relative_mse = 0;  // over all layers
   std::vector<LayerError> layers;
   double seconds = 0;
 };
@@ -194,6 +194,11 @@ class Decoder {
 // Everything a container or calibration file holds, as JSON text (the same as `kvtc inspect --json`).
 // Checks structure and checksums without needing the calibration.
 Result<std::string> inspect_json(const uint8_t* bytes, size_t size_bytes);
+
+// Whole-file helpers for containers: read, and write atomically (temporary file, then rename, so a
+// failure never leaves a half-written file under `path`).
+Result<std::vector<uint8_t>> read_bytes(const std::string& path);
+Status write_bytes_atomic(const std::string& path, const std::vector<uint8_t>& bytes);
 
 // Library version "major.minor.patch" and the container format version it writes.
 const char* version_string();

@@ -127,7 +127,7 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
     const int64_t count = int64_t(raw.size()) / eb;
     std::vector<uint8_t> elems(raw.size());
     from_byte_planes(raw.data(), count, eb, elems.data());
-    std::vector<float> values(size_t(count));
+    std::vector<float> values(static_cast<size_t>(count));
     for (int64_t e = 0; e < count; ++e) {
       if (h.dtype == DType::kF32) {
         std::memcpy(&values[e], &elems[e * 4], 4);
@@ -156,7 +156,7 @@ Status CpuBackend::restore_layer(const CalibrationData& cal, const DecodedCoeffi
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), width = int64_t(H) * D, col0 = int64_t(layer) * width;
   RopeTable rope(h.shape.rope, D, h.position_offset + t0, std::max<int64_t>(m, 1));
-  std::vector<float> x(size_t(m * width));
+  std::vector<float> x(static_cast<size_t>(m * width));
   for (int s = 0; s < 2; ++s) {
     float* out = s == 0 ? k_out : v_out;
     const PcaBasis& pca = s == 0 ? cal.key.pca : cal.value.pca;

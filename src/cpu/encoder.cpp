@@ -42,9 +42,9 @@ std::vector<float> project_stream(const CalibrationData& cal, const KVCache& cac
                                   int64_t m, int64_t k, const RopeTable& rope, StageTimes& times) {
   const PcaBasis& pca = stream == Stream::kKey ? cal.key.pca : cal.value.pca;
   const int64_t p = cal.shape.n_features();
-  std::vector<float> coef(size_t(m * k));
+  std::vector<float> coef(static_cast<size_t>(m * k));
   const int64_t block = 512;
-  std::vector<float> x(size_t(std::min(block, m) * p));
+  std::vector<float> x(static_cast<size_t>(std::min(block, m) * p));
   for (int64_t b = 0; b < m; b += block) {
     const int64_t n = std::min(block, m - b);
     auto g0 = Clock::now();
@@ -107,7 +107,7 @@ std::vector<uint8_t> exact_raw(const KVCache& cache, Stream stream, int layer, i
   const int d = cache.shape.head_dim, h_count = cache.shape.n_kv_heads;
   const int eb = dtype_size_bytes(cache.dtype);
   const int64_t count = int64_t(h_count) * n * d;
-  std::vector<uint8_t> elems(size_t(count * eb));
+  std::vector<uint8_t> elems(static_cast<size_t>(count * eb));
   int64_t e = 0;
   for (int h = 0; h < h_count; ++h)
     for (int64_t t = t0; t < t0 + n; ++t) {
@@ -162,7 +162,7 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
     bool has_side = false;
     for (const Group& g : a.groups) has_side |= side_bits_per_token(g.kind) > 0;
     const int64_t n_blocks = (m + opt.chunk_tokens - 1) / opt.chunk_tokens;
-    std::vector<std::vector<PendingChunk>> per_block(size_t(n_blocks));
+    std::vector<std::vector<PendingChunk>> per_block(static_cast<size_t>(n_blocks));
     std::mutex time_mu;
     KVTC_RETURN_IF_ERROR(parallel_for(n_blocks, opt.n_threads, [&](int64_t bi) -> Status {
       const int64_t b0 = bi * opt.chunk_tokens, n = std::min<int64_t>(opt.chunk_tokens, m - b0);

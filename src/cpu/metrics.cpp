@@ -33,7 +33,7 @@ std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b,
                                              double* k_rel, double* v_rel) {
   const ModelShape& s = a.shape;
   const int d = s.head_dim;
-  std::vector<LayerError> out(size_t(s.n_layers));
+  std::vector<LayerError> out(static_cast<size_t>(s.n_layers));
   double kn = 0, ke = 0, vn = 0, ve = 0;
   for (int l = 0; l < s.n_layers; ++l) {
     LayerError& e = out[size_t(l)];
@@ -65,7 +65,7 @@ std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b,
     e.attention_relative_error = -1;
     if (a.n_query > 0 && a.n_heads > 0 && a.n_heads % s.n_kv_heads == 0 && !a.q.empty()) {
       const int group = a.n_heads / s.n_kv_heads;
-      std::vector<double> w, oa(size_t(d)), ob(size_t(d));
+      std::vector<double> w, oa(static_cast<size_t>(d)), ob(static_cast<size_t>(d));
       double an = 0, ae = 0;
       for (int qh = 0; qh < a.n_heads; ++qh) {
         const int kvh = qh / group;

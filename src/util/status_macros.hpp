@@ -7,10 +7,11 @@
 #define KVTC_CONCAT(a, b) KVTC_CONCAT_INNER(a, b)
 
 // Return the status if it is not OK.
-#define KVTC_RETURN_IF_ERROR(expr)                \
-  do {                                            \
-    ::kvtc::Status kvtc_status_ = (expr);         \
-    if (!kvtc_status_.is_ok()) return kvtc_status_; \
+#define KVTC_RETURN_IF_ERROR(expr) KVTC_RETURN_IF_ERROR_IMPL(KVTC_CONCAT(kvtc_status_, __LINE__), expr)
+#define KVTC_RETURN_IF_ERROR_IMPL(tmp, expr) \
+  do {                                       \
+    ::kvtc::Status tmp = (expr);             \
+    if (!tmp.is_ok()) return tmp;            \
   } while (0)
 
 // `KVTC_ASSIGN_OR_RETURN(auto x, f());` declares x from a Result, or returns its status.

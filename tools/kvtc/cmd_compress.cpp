@@ -1,0 +1,93 @@
+// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--json]
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "common.hpp"
+
+namespace kvtc::cli {
+
+namespace {
+
+nlohmann::json report_json(const EncodeReport& r, double target) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (size_t l = 0; l < r.layers.size(); ++l) {
+    const LayerError& e = r.layers[l];
+    nlohmann::json j = {{"layer", l}, {"k_relative_mse", e.k_relative_mse}, {"v_relative_mse", e.v_relative_mse},
+                        {"k_cosine", e.k_cosine}, {"v_cosine", e.v_cosine}};
+    if (e.attention_relative_error >= 0) j["attention_relative_error"] = e.attention_relative_error;
+    layers.push_back(j);
+  }
+  return {{"target_ratio", target}, {"n_tokens", r.n_tokens}, {"n_compressed_tokens", r.n_compressed_tokens},
+          {"n_exact_tokens", r.n_exact_tokens}, {"raw_bytes", r.raw_bytes}, {"file_bytes", r.file_bytes},
+          {"compressed_payload_bytes", r.compressed_payload_bytes}, {"nominal_payload_bytes", r.nominal_payload_bytes},
+          {"ratio_compressed_tokens", r.ratio_compressed_tokens}, {"ratio_nominal", r.ratio_nominal},
+          {"ratio_file", r.ratio_file}, {"deflate_gain", r.deflate_gain}, {"bytes_per_token", r.bytes_per_token},
+          {"k_relative_mse", r.k_relative_mse}, {"v_relative_mse", r.v_relative_mse}, {"layers", layers},
+          {"seconds", r.seconds}};
+}
+
+void print_report(const EncodeReport& r, double target, const std::string& out) {
+  std::printf("%s: %lld tokens (%lld compressed, %lld exact), %lld -> %lld bytes\n", out.c_str(),
+              static_cast<long long>(r.n_tokens), static_cast<long long>(r.n_compressed_tokens),
+              static_cast<long long>(r.n_exact_tokens), static_cast<long long>(r.raw_bytes),
+              static_cast<long long>(r.file_bytes));
+  std::printf("  target %gx: compressed tokens %.2fx (%.2fx before DEFLATE, DEFLATE gain %.3fx), whole file %.2fx, "
+              "%.1f bytes/token\n",
+              target, r.ratio_compressed_tokens, r.ratio_nominal, r.deflate_gain, r.ratio_file, r.bytes_per_token);
+  if (r.layers.empty()) return;
+  std::printf("  relative MSE: K %.3f%%  V %.3f%%\n", 100 * r.k_relative_mse, 100 * r.v_relative_mse);
+  std::printf("  %5s %9s %9s %9s %9s %10s\n", "layer", "K rMSE%", "V rMSE%", "K cos", "V cos", "attn err%");
+  for (size_t l = 0; l < r.layers.size(); ++l) {
+    const LayerError& e = r.layers[l];
+    std::printf("  %5zu %9.3f %9.3f %9.5f %9.5f", l, 100 * e.k_relative_mse, 100 * e.v_relative_mse, e.k_cosine,
+                e.v_cosine);
+    if (e.attention_relative_error >= 0) std::printf(" %10.4f", 100 * e.attention_relative_error);
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+
+void register_compress(CLI::App& app) {
+  struct Args {
+    std::string cal, out, input;
+    double ratio = 20;
+    int level = 6, threads = 0, chunk_tokens = 256;
+    bool json = false, no_error = false;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("compress", "Compress a cache file into a .kvtc container");
+  cmd->add_option("input", args->input, "Cache file (safetensors)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-c,--calibration", args->cal, "Calibration file (.kvtcal)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("-r,--ratio", args->ratio, "Target compression ratio (before entropy coding)")->capture_default_str();
+  cmd->add_option("-o,--output", args->out, "Container to write (.kvtc)")->required();
+  cmd->add_option("--level", args->level, "DEFLATE level 1..12")->capture_default_str();
+  cmd->add_option("--chunk-tokens", args->chunk_tokens, "Tokens per chunk")->capture_default_str();
+  cmd->add_option("-j,--threads", args->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_flag("--json", args->json, "Print the report as JSON");
+  cmd->add_flag("--no-error", args->no_error, "Skip measuring the restoration error");
+  cmd->callback([args] {
+    Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
+    KVCache cache = unwrap(read_cache(args->input), args->input);
+    EncodeOptions o;
+    o.target_ratio = args->ratio;
+    o.deflate_level = args->level;
+    o.chunk_tokens = args->chunk_tokens;
+    o.n_threads = args->threads;
+    o.measure_error = !args->no_error;
+    o.progress = progress_bar();
+    EncodedCache enc = unwrap(encode(cal, cache, o), args->input);
+    progress_done();
+    check(write_bytes_atomic(args->out, enc.bytes), args->out);
+    if (args->json) {
+      auto j = report_json(enc.report, args->ratio);
+      j["input"] = args->input;
+      j["output"] = args->out;
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      print_report(enc.report, args->ratio, args->out);
+    }
+  });
+}
+
+}  // namespace kvtc::cli
