@@ -1,5 +1,6 @@
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -25,13 +26,15 @@ std::string temp_dir() {
   return dir.string();
 }
 
-KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype) {
+KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype,
+                        int64_t position_offset) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   KVCache c;
   c.shape = shape;
   c.dtype = dtype;
   c.n_tokens = n_tokens;
+  c.position_offset = position_offset;
   c.model_name = "synthetic";
   const int64_t p = shape.n_features();
   // x = mean + sum_j a_j * sigma_j * u_j with a decaying spectrum over a few random directions.
@@ -59,7 +62,7 @@ KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed
         }
     }
   }
-  RopeTable rope(shape.rope, shape.head_dim, 0, n_tokens);
+  RopeTable rope(shape.rope, shape.head_dim, position_offset, std::max<int64_t>(n_tokens, 1));
   for (int l = 0; l < shape.n_layers; ++l)
     for (int h = 0; h < shape.n_kv_heads; ++h) rope.apply(c.k_row(l, h, 0), 0, n_tokens, false);
   // Values representable in the file dtype, so file round trips are exact.

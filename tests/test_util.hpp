@@ -17,6 +17,8 @@ std::string shared_kvcache(const std::string& name);  // ../shared/kvcache/<name
 std::string temp_dir();
 
 // A random cache with a low-rank, correlated structure (like real KV), RoPE applied to keys.
-KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype = DType::kF32);
+// position_offset: RoPE position of token 0 (keys are rotated accordingly).
+KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype = DType::kF32,
+                        int64_t position_offset = 0);
 
 }  // namespace kvtc::testing

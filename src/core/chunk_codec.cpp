@@ -29,6 +29,8 @@ Status unpack_side(const StreamAllocation& a, const uint8_t* raw, size_t raw_byt
   if (raw_bytes != count * 2) return corrupt("side chunk has the wrong size");
   std::vector<uint16_t> values(count);
   from_byte_planes(raw, int64_t(count), 2, reinterpret_cast<uint8_t*>(values.data()));
+  for (uint16_t v : values)
+    if ((v & 0x7c00u) == 0x7c00u) return corrupt("side chunk holds a non-finite scale or shift");
   b.side.assign(a.groups.size(), {});
   size_t pos = 0;
   for (size_t g = 0; g < a.groups.size(); ++g) {
@@ -130,22 +132,27 @@ Status unpack_codes(const StreamAllocation& a, const uint8_t* raw, size_t raw_by
   if (blk.sym.size() < size_t(c1) * n) blk.sym.resize(size_t(c1) * n);
   if (layout == CodesLayout::kDense) {
     BitReader r{raw};
+    bool bad = false;
     for_group_spans(a, c0, c1, [&](const Group& g, uint32_t b, uint32_t e) {
       if (g.kind == GroupKind::kDropped) return;
       const int bits = g.kind == GroupKind::kFloat16 ? 16 : g.width_bits;
       for (uint32_t j = b; j < e; ++j)
-        for (int64_t i = 0; i < n; ++i) blk.sym[j * n + i] = uint16_t(r.get(bits));
+        for (int64_t i = 0; i < n; ++i) {
+          blk.sym[j * n + i] = uint16_t(r.get(bits));
+          bad |= bits == 16 && (blk.sym[j * n + i] & 0x7c00u) == 0x7c00u;
+        }
     });
-    return Status::ok();
+    return bad ? corrupt("codes chunk holds a non-finite fp16 value") : Status::ok();
   }
   const uint8_t* in = raw;
-  bool bad_padding = false;
+  bool bad_padding = false, bad_value = false;
   for_group_spans(a, c0, c1, [&](const Group& g, uint32_t b, uint32_t e) {
     if (g.kind == GroupKind::kDropped) return;
     for (uint32_t j = b; j < e; ++j) {
       uint16_t* s = blk.sym.data() + j * n;
       if (g.kind == GroupKind::kFloat16) {
         from_byte_planes(in, n, 2, reinterpret_cast<uint8_t*>(s));
+        for (int64_t i = 0; i < n; ++i) bad_value |= (s[i] & 0x7c00u) == 0x7c00u;
         in += 2 * n;
         continue;
       }
@@ -160,6 +167,7 @@ Status unpack_codes(const StreamAllocation& a, const uint8_t* raw, size_t raw_by
     }
   });
   if (bad_padding) return corrupt("codes chunk: a code exceeds its width");
+  if (bad_value) return corrupt("codes chunk holds a non-finite fp16 value");
   return Status::ok();
 }
 

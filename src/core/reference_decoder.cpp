@@ -37,6 +37,8 @@ Status zlib_inflate(const uint8_t* in, size_t in_bytes, std::vector<uint8_t>& ou
 // Section 5: byte planes of 2-byte values.
 uint16_t plane16(const uint8_t* raw, size_t count, size_t i) { return uint16_t(raw[i] | (raw[count + i] << 8)); }
 
+bool finite_f16(uint32_t bits) { return (bits & 0x7c00u) != 0x7c00u; }
+
 uint32_t read_bits(const uint8_t* raw, uint64_t& bit, int n) {
   uint32_t v = 0;
   for (int i = 0; i < n; ++i, ++bit) v |= uint32_t((raw[bit / 8] >> (bit % 8)) & 1) << i;
@@ -100,6 +102,8 @@ Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* byte
       const int64_t n = c.n_tokens;
       if (c.kind == ChunkKind::kSide) {
         const size_t count = raw.size() / 2;
+        for (size_t i = 0; i < count; ++i)
+          if (!finite_f16(plane16(raw.data(), count, i))) return corrupt(where + ": non-finite scale or shift");
         size_t pos = 0;
         for (size_t g = 0; g < a.groups.size(); ++g) {
           const GroupKind kind = a.groups[g].kind;
@@ -153,6 +157,7 @@ Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* byte
             }
             double value;
             if (grp.kind == GroupKind::kFloat16) {
+              if (!finite_f16(sym)) return corrupt(where + ": non-finite fp16 value");
               value = f16_to_f32(uint16_t(sym));
             } else if (grp.kind == GroupKind::kInt) {
               value = (float(sym) - float((1 << grp.width_bits) - 1) * 0.5f) * scale[c.stream][g][size_t(t)];

@@ -77,7 +77,11 @@ BlockSymbols quantize_block(const StreamAllocation& a, const float* coef, int64_
     uint16_t* sym = b.sym.data() + size_t(g.first_component) * n;
     if (g.kind == GroupKind::kFloat16) {
       for (int64_t i = 0; i < n; ++i)
-        for (int j = 0; j < gn; ++j) sym[j * n + i] = f32_to_f16(coef[i * k + g.first_component + j]);
+        for (int j = 0; j < gn; ++j) {
+          // Saturate: the format holds finite fp16 values only.
+          const float c = std::clamp(coef[i * k + g.first_component + j], -65504.0f, 65504.0f);
+          sym[j * n + i] = f32_to_f16(std::isnan(c) ? 0.0f : c);
+        }
       continue;
     }
     const bool affine = g.kind == GroupKind::kIntAffine;

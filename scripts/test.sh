@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds kvtc and runs every test through ctest.
+#   scripts/test.sh             release build in build/
+#   scripts/test.sh --sanitize  AddressSanitizer + UBSan build in build-asan/ (CUDA off)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh
+jobs=$(nproc)
+if [ "${1:-}" = "--sanitize" ]; then
+  dir=build-asan
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVTC_SANITIZE=ON -DKVTC_CUDA=OFF -DKVTC_BUILD_BENCH=OFF \
+    -DCMAKE_CXX_FLAGS="-O1"
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+else
+  dir=build
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build "$dir" -j"$jobs"
+# One thread for OpenBLAS inside ctest's parallel jobs keeps 2 cores from thrashing.
+OPENBLAS_NUM_THREADS=1 ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900

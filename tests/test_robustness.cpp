@@ -1,0 +1,173 @@
+// Bad input never crashes: truncated, corrupted and hostile containers and calibration files get a
+// clear status with the right code, from both the fast and the reference decoder.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/container.hpp"
+#include "core/reference_decoder.hpp"
+#include "kvtc/kvtc.hpp"
+#include "test_util.hpp"
+
+namespace kvtc {
+namespace {
+
+struct Fixture {
+  Calibration cal;
+  std::vector<uint8_t> container;
+};
+
+const Fixture& fixture() {
+  static const Fixture f = [] {
+    ModelShape shape;
+    shape.n_layers = 2;
+    shape.n_kv_heads = 2;
+    shape.head_dim = 16;
+    shape.rope.theta = 10000;
+    KVCache calib = testing::synthetic_cache(shape, 500, 1, DType::kBF16);
+    CalibrateOptions o;
+    o.ratios = {8};
+    auto b = CalibrationBuilder::create(shape, "synthetic", o);
+    EXPECT_TRUE(b->add(calib).is_ok());
+    auto cal = b->finish();
+    EXPECT_TRUE(cal.is_ok());
+    EncodeOptions eo;
+    eo.target_ratio = 8;
+    eo.chunk_tokens = 64;
+    eo.measure_error = false;
+    auto enc = encode(*cal, testing::synthetic_cache(shape, 300, 2, DType::kBF16), eo);
+    EXPECT_TRUE(enc.is_ok());
+    return Fixture{cal.value(), enc->bytes};
+  }();
+  return f;
+}
+
+StatusCode decode_code(const std::vector<uint8_t>& bytes) {
+  auto fast = decode(fixture().cal, bytes.data(), bytes.size());
+  auto ref = reference_decode(fixture().cal.data(), bytes.data(), bytes.size());
+  // Both decoders agree on whether the input is acceptable.
+  EXPECT_EQ(fast.is_ok(), ref.is_ok()) << fast.status().to_string() << " vs " << ref.status().to_string();
+  return fast.status().code();
+}
+
+TEST(Robustness, ValidContainerDecodes) { EXPECT_EQ(decode_code(fixture().container), StatusCode::kOk); }
+
+TEST(Robustness, EveryTruncationIsRejected) {
+  const auto& full = fixture().container;
+  for (size_t n = 0; n < full.size(); n += (n < 4096 ? 1 : 97)) {
+    std::vector<uint8_t> cut(full.begin(), full.begin() + long(n));
+    const StatusCode c = decode_code(cut);
+    ASSERT_TRUE(c == StatusCode::kCorrupt || c == StatusCode::kChecksumMismatch) << "length " << n;
+  }
+}
+
+TEST(Robustness, TrailingBytesAreRejected) {
+  auto bytes = fixture().container;
+  bytes.push_back(0);
+  EXPECT_EQ(decode_code(bytes), StatusCode::kCorrupt);
+}
+
+TEST(Robustness, HeaderBitFlipsFailTheChecksum) {
+  const auto& full = fixture().container;
+  auto pc = parse_container(full.data(), full.size());
+  ASSERT_TRUE(pc.is_ok());
+  for (size_t i = 0; i < pc->payload_offset; ++i) {
+    auto bytes = full;
+    bytes[i] ^= 0x10;
+    const StatusCode c = decode_code(bytes);
+    // The magic and sizes fail first as CORRUPT/UNSUPPORTED; everything else trips the header CRC.
+    ASSERT_TRUE(c == StatusCode::kChecksumMismatch || c == StatusCode::kCorrupt || c == StatusCode::kUnsupported)
+        << "byte " << i << ": " << status_code_name(c);
+  }
+}
+
+TEST(Robustness, PayloadBitFlipsFailTheChunkChecksum) {
+  const auto& full = fixture().container;
+  auto pc = parse_container(full.data(), full.size());
+  ASSERT_TRUE(pc.is_ok());
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    auto bytes = full;
+    const size_t i = pc->payload_offset + rng() % (full.size() - pc->payload_offset);
+    bytes[i] ^= uint8_t(1u << (rng() % 8));
+    ASSERT_EQ(decode_code(bytes), StatusCode::kChecksumMismatch) << "byte " << i;
+  }
+}
+
+// A hostile file: payload corrupted and every checksum recomputed, so only structure checks stand.
+TEST(Robustness, HostileChunksWithValidChecksumsNeverCrash) {
+  const auto& full = fixture().container;
+  auto pc = parse_container(full.data(), full.size());
+  ASSERT_TRUE(pc.is_ok());
+  std::mt19937 rng(9);
+  int rejected = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    auto bytes = full;
+    ContainerHeader h = pc->header;
+    const size_t ci = rng() % h.chunks.size();
+    ChunkEntry& c = h.chunks[ci];
+    for (int k = 0; k < 3; ++k) bytes[pc->payload_offset + c.offset + rng() % c.stored_bytes] ^= uint8_t(rng());
+    c.crc32 = crc32_of(bytes.data() + pc->payload_offset + c.offset, c.stored_bytes);
+    std::vector<uint8_t> header = serialize_container_header(h);
+    ASSERT_EQ(header.size(), pc->payload_offset);
+    std::copy(header.begin(), header.end(), bytes.begin());
+    const StatusCode code = decode_code(bytes);
+    ASSERT_TRUE(code == StatusCode::kOk || code == StatusCode::kCorrupt) << status_code_name(code);
+    rejected += code == StatusCode::kCorrupt;
+  }
+  EXPECT_GT(rejected, 0);
+}
+
+TEST(Robustness, StructuralLiesAreCorrupt) {
+  const auto& full = fixture().container;
+  auto pc = parse_container(full.data(), full.size());
+  ASSERT_TRUE(pc.is_ok());
+  auto rewrite = [&](auto mutate) {
+    ContainerHeader h = pc->header;
+    mutate(h);
+    std::vector<uint8_t> bytes = serialize_container_header(h);
+    bytes.insert(bytes.end(), full.begin() + long(pc->payload_offset), full.end());
+    return decode_code(bytes);
+  };
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.chunks.pop_back(); }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.chunks[0].raw_bytes += 1; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.chunks[0].n_tokens += 1; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.n_tokens += 1; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.streams[0].groups[0].width_bits = 9; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.streams[1].basis_rank = 1u << 30; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.shape.head_dim = 3; }), StatusCode::kCorrupt);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.calibration_fingerprint ^= 1; }), StatusCode::kMismatch);
+  EXPECT_EQ(rewrite([](ContainerHeader& h) { h.shape.rope.theta = 5000; }), StatusCode::kMismatch);
+}
+
+TEST(Robustness, FutureVersionIsUnsupported) {
+  auto bytes = fixture().container;
+  bytes[8] = 2;
+  EXPECT_EQ(decode_code(bytes), StatusCode::kUnsupported);
+}
+
+TEST(Robustness, SameShapeOtherCalibrationIsMismatch) {
+  ModelShape shape = fixture().cal.shape();
+  CalibrateOptions o;
+  o.ratios = {8};
+  auto b = CalibrationBuilder::create(shape, "other", o);
+  ASSERT_TRUE(b->add(testing::synthetic_cache(shape, 500, 77, DType::kBF16)).is_ok());
+  auto other = b->finish();
+  ASSERT_TRUE(other.is_ok());
+  ASSERT_NE(other->fingerprint(), fixture().cal.fingerprint());
+  auto dec = decode(*other, fixture().container.data(), fixture().container.size());
+  EXPECT_EQ(dec.status().code(), StatusCode::kMismatch);
+  EXPECT_NE(dec.status().message().find("calibration"), std::string::npos) << dec.status().message();
+}
+
+TEST(Robustness, InspectRejectsGarbage) {
+  std::vector<uint8_t> junk(100, 0x41);
+  auto r = inspect_json(junk.data(), junk.size());
+  EXPECT_FALSE(r.is_ok());
+  auto ok = inspect_json(fixture().container.data(), fixture().container.size());
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_NE(ok->find("\"chunks\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvtc
