@@ -1,0 +1,139 @@
+// The ratio / error table on the real caches: calibrate on the four calib-* files of ../shared/kvcache,
+// compress test-prose and test-code at each target, restore, and report over the compressed tokens
+// (pooled over both files): achieved ratio, ratio before DEFLATE, DEFLATE gain, relative MSE of K and V,
+// and the Gaussian rate-distortion bound at the same bit budget in the same basis (reverse
+// water-filling over the test files' coefficient variances). Prints a Markdown table and JSON.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "bench_util.hpp"
+#include "core/allocation.hpp"
+#include "core/calibration_data.hpp"
+#include "core/rope.hpp"
+#include "core/token_vectors.hpp"
+
+using namespace kvtc;
+
+namespace {
+
+// Reverse water-filling: distortion at `bits` per token for independent Gaussians of these variances.
+double water_fill(const std::vector<double>& var, double bits) {
+  double lo = 1e-30, hi = *std::max_element(var.begin(), var.end());
+  for (int it = 0; it < 200; ++it) {
+    const double theta = std::sqrt(lo * hi);
+    double r = 0;
+    for (double v : var) r += v > theta ? 0.5 * std::log2(v / theta) : 0.0;
+    (r > bits ? lo : hi) = theta;
+  }
+  double d = 0;
+  for (double v : var) d += std::min(v, hi);
+  return d;
+}
+
+struct Energy {
+  std::vector<double> coef_var;  // second moment of each coefficient over test tokens
+  double residual = 0;           // energy outside the basis
+  double total = 0;              // E |x|^2 (not centred): the relative-error denominator
+};
+
+Energy test_energy(const CalibrationData& cal, int stream, const std::vector<const KVCache*>& caches) {
+  const PcaBasis& pca = stream == 0 ? cal.key.pca : cal.value.pca;
+  const int64_t p = pca.n_features, r = pca.rank;
+  Energy e;
+  e.coef_var.assign(size_t(r), 0.0);
+  double centred_total = 0;
+  int64_t n_total = 0;
+  for (const KVCache* c : caches) {
+    const int64_t t0 = cal.n_sink_tokens, t1 = c->n_tokens - cal.n_window_tokens, n = t1 - t0;
+    RopeTable rope(c->shape.rope, c->shape.head_dim, c->position_offset, c->n_tokens);
+    std::vector<float> x(size_t(n * p)), coef(size_t(n * r));
+    gather_token_vectors(*c, Stream(stream), t0, n, stream == 0 ? &rope : nullptr, x.data());
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t f = 0; f < p; ++f) {
+        e.total += double(x[t * p + f]) * x[t * p + f];
+        x[t * p + f] -= pca.mean[f];
+        centred_total += double(x[t * p + f]) * x[t * p + f];
+      }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(r), int(p), 1.0f, x.data(), int(p),
+                pca.components.data(), int(p), 0.0f, coef.data(), int(r));
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < r; ++j) e.coef_var[j] += double(coef[t * r + j]) * coef[t * r + j];
+    n_total += n;
+  }
+  double in_basis = 0;
+  for (double& v : e.coef_var) in_basis += (v /= double(n_total));
+  e.total /= double(n_total);
+  e.residual = std::max(0.0, centred_total / double(n_total) - in_basis);
+  return e;
+}
+
+}  // namespace
+
+int main() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Calibration& cal = bench::real_calibration();
+  const double calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<const KVCache*> caches;
+  for (const auto& f : bench::test_files()) caches.push_back(&bench::real_cache(f));
+  const Energy energy[2] = {test_energy(cal.data(), 0, caches), test_energy(cal.data(), 1, caches)};
+  const int64_t p = cal.shape().n_features();
+
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("calibration: %lld tokens, %.2f s\n\n", static_cast<long long>(cal.n_calibration_tokens()), calib_s);
+  std::printf("| target | achieved | before DEFLATE | DEFLATE gain | whole file | K rel. MSE | K bound | V rel. MSE | V bound | attn. err |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (double ratio : {8.0, 16.0, 20.0, 32.0, 64.0}) {
+    double stored = 0, nominal = 0, raw = 0, file = 0, file_raw = 0, num[2] = {0, 0}, den[2] = {0, 0}, attn = 0;
+    int attn_n = 0;
+    for (const KVCache* c : caches) {
+      EncodeOptions o;
+      o.target_ratio = ratio;
+      auto enc = encode(cal, *c, o);
+      if (!enc.is_ok()) {
+        std::fprintf(stderr, "%s\n", enc.status().to_string().c_str());
+        return 1;
+      }
+      const EncodeReport& r = enc->report;
+      stored += double(r.compressed_payload_bytes);
+      nominal += double(r.nominal_payload_bytes);
+      raw += double(r.n_compressed_tokens) * double(p) * 4.0;
+      file += double(r.file_bytes);
+      file_raw += double(r.raw_bytes);
+      // Pool relative MSE over files: weight each file's by its energy over compressed tokens.
+      for (int s = 0; s < 2; ++s) {
+        double e = 0;
+        for (int l = 0; l < c->shape.n_layers; ++l)
+          for (int h = 0; h < c->shape.n_kv_heads; ++h)
+            for (int64_t t = cal.n_sink_tokens(); t < cal.n_sink_tokens() + r.n_compressed_tokens; ++t) {
+              const float* x = s == 0 ? c->k_row(l, h, t) : c->v_row(l, h, t);
+              for (int d = 0; d < c->shape.head_dim; ++d) e += double(x[d]) * x[d];
+            }
+        num[s] += (s == 0 ? r.k_relative_mse : r.v_relative_mse) * e;
+        den[s] += e;
+      }
+      for (const LayerError& le : r.layers)
+        if (le.attention_relative_error >= 0) {
+          attn += le.attention_relative_error;
+          ++attn_n;
+        }
+    }
+    const double budget = double(budget_bits_for_ratio(p, ratio));
+    const double bound[2] = {(water_fill(energy[0].coef_var, budget) + energy[0].residual) / energy[0].total,
+                             (water_fill(energy[1].coef_var, budget) + energy[1].residual) / energy[1].total};
+    const double k = num[0] / den[0], v = num[1] / den[1];
+    std::printf("| %gx | %.2fx | %.2fx | %.3fx | %.2fx | %.3f%% | %.3f%% | %.3f%% | %.3f%% | %.3f%% |\n", ratio,
+                raw / stored, raw / nominal, nominal / stored, file_raw / file, 100 * k, 100 * bound[0], 100 * v,
+                100 * bound[1], attn_n ? 100 * attn / attn_n : -1.0);
+    rows.push_back({{"target_ratio", ratio}, {"ratio_compressed_tokens", raw / stored}, {"ratio_nominal", raw / nominal},
+                    {"deflate_gain", nominal / stored}, {"ratio_file", file_raw / file}, {"k_relative_mse", k},
+                    {"v_relative_mse", v}, {"k_bound", bound[0]}, {"v_bound", bound[1]},
+                    {"attention_relative_error", attn_n ? attn / attn_n : -1.0}});
+  }
+  std::printf("\n%s\n", nlohmann::json({{"calibration_seconds", calib_s}, {"rows", rows}}).dump().c_str());
+  return 0;
+}
