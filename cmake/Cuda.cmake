@@ -11,6 +11,12 @@ if(NOT KVTC_CUDA STREQUAL "OFF")
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES 80-real 90-real 90-virtual)
     endif()
+    # CUDA sources are C++17 (CMake before 3.26 knows no C++20 flags for nvcc; the .cu files need
+    # nothing newer). Without this, CUDA_STANDARD falls back to CXX_STANDARD (20) and generation fails.
+    if(NOT DEFINED CMAKE_CUDA_STANDARD)
+      set(CMAKE_CUDA_STANDARD 17)
+      set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     set(KVTC_HAVE_CUDA ON)

@@ -1,0 +1,119 @@
+// kvtc/kvtc_cuda.hpp: restoring compressed KV caches straight into GPU memory.
+//
+// Available when kvtc was built with KVTC_CUDA (the macro KVTC_WITH_CUDA is then defined for users
+// of the kvtc target). This header includes no CUDA header: streams and events are passed as
+// `void*` (a cudaStream_t / cudaEvent_t), device buffers as plain pointers.
+//
+//   auto dcal = kvtc::cuda::DeviceCalibration::upload(cal, {}, stream);      // once per model
+//   kvtc::cuda::BatchDecoder dec;                                            // reuse across calls
+//   dec.decode(*dcal, {{bytes0, size0}, {bytes1, size1}}, {}, stream);       // many sequences at once
+//   for (int l = 0; l < n_layers; ++l)                                       // layer 0 first
+//     dec.restore_layer(*dcal, seq, l, k_dev[l], v_dev[l], kvtc::cuda::ElementType::kBF16, stream);
+//
+// What runs where. decode() parses and checks the container headers on the host, copies the payloads
+// to the device once, then runs one launch per stage over every chunk of every sequence: inflate (a
+// warp per DEFLATE chunk, validating every bit), unpack + dequantise (bit-identical to the CPU
+// decoder), exact-token conversion and the RoPE table. It synchronises once, at the end, to read the
+// per-chunk statuses, and reports CORRUPT / CHECKSUM_MISMATCH naming the sequence and chunk.
+// restore_layer() is asynchronous: one batched cuBLAS GEMM per stream (that layer's basis columns
+// only), one epilogue kernel (mean, RoPE, dtype) and the exact tokens; no host synchronisation and
+// no allocation after the first call of a given size.
+//
+// Threading: one BatchDecoder per host thread (it owns a cuBLAS handle and its buffers); a
+// DeviceCalibration may be shared by many decoders for reading.
+// Errors: Status values (StatusCode::kCuda for CUDA failures); nothing throws.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvtc/kvtc.hpp"
+
+namespace kvtc::cuda {
+
+// Whether a CUDA device is usable; when not, `why` says why ("no CUDA device: ...").
+bool device_available(std::string* why);
+
+// Element type of restored tensors on the device.
+enum class ElementType { kF32, kBF16 };
+
+// A calibration's means and bases in device memory. fp32 bases give the exact path (fp32 GEMM,
+// results within fp32 rounding of the CPU decoder); bf16 bases give the tensor-core path (bf16
+// coefficients and basis, fp32 accumulation, mean and RoPE in fp32, bf16 output).
+class DeviceCalibration {
+ public:
+  struct Options {
+    bool fp32 = true;
+    bool bf16 = true;
+    int64_t max_rows = -1;  // basis rows uploaded (-1: all); must cover every container's kept components
+  };
+  // Copies to the device on `cuda_stream` and waits for the copy (a setup call, not on the hot path).
+  static Result<DeviceCalibration> upload(const Calibration& cal, const Options& options, void* cuda_stream);
+  // Device bytes this calibration occupies.
+  size_t device_bytes() const;
+  const Calibration& calibration() const;
+
+  ~DeviceCalibration();
+  DeviceCalibration(DeviceCalibration&&) noexcept;
+  DeviceCalibration& operator=(DeviceCalibration&&) noexcept;
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  explicit DeviceCalibration(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct BatchDecodeOptions {
+  bool verify_checksums = true;  // CRC-32 of every chunk, on the GPU
+  bool keep_fp32 = true;         // fp32 coefficients (for ElementType::kF32 restores)
+  bool keep_bf16 = true;         // bf16 coefficients (for ElementType::kBF16 restores)
+};
+
+// Device time of the last decode's stages, from CUDA events, in seconds.
+struct BatchDecodeTimes {
+  double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
+};
+
+// A host-memory container: pointer and size in bytes.
+using ContainerView = std::pair<const uint8_t*, size_t>;
+
+class BatchDecoder {
+ public:
+  BatchDecoder();
+  ~BatchDecoder();
+  BatchDecoder(BatchDecoder&&) noexcept;
+  BatchDecoder& operator=(BatchDecoder&&) noexcept;
+
+  // Decodes every container (all made with dcal's calibration) on the device. Replaces the previous
+  // batch; device buffers are kept and grow only.
+  Status decode(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
+                const BatchDecodeOptions& options, void* cuda_stream);
+
+  int n_sequences() const;
+  // Shape of sequence `seq`: layers, KV heads, head_dim, tokens (all from its header).
+  ModelShape shape(int seq) const;
+  int64_t n_tokens(int seq) const;
+  BatchDecodeTimes last_times() const;
+
+  // Writes layer `layer` of sequence `seq` to k_dev and v_dev, each [n_kv_heads][n_tokens][head_dim]
+  // contiguous, of `type`. Asynchronous on `cuda_stream`.
+  Status restore_layer(const DeviceCalibration& dcal, int seq, int layer, void* k_dev, void* v_dev, ElementType type,
+                       void* cuda_stream);
+  // All layers in order, layer 0 first; after layer l, records layer_events[l] (a cudaEvent_t; null
+  // entries or a null array: none), so that attention on layer l can wait on it while later layers
+  // are still being reconstructed.
+  Status restore_all(const DeviceCalibration& dcal, int seq, void* const* k_layers, void* const* v_layers,
+                     ElementType type, void* cuda_stream, void* const* layer_events);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvtc::cuda

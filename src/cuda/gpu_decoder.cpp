@@ -1,0 +1,412 @@
+#include "cuda/gpu_decoder.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "cuda/inflate.cuh"
+#include "cuda/restore_kernels.cuh"
+#include "util/half.hpp"
+#include "util/status_macros.hpp"
+
+namespace kvtc::cuda {
+
+namespace {
+
+Status cublas_status(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return Status::ok();
+  return Status(StatusCode::kCuda, std::string(what) + ": cuBLAS status " + std::to_string(int(s)));
+}
+
+template <typename T>
+Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
+  KVTC_RETURN_IF_ERROR(buf.reserve(v.size() * sizeof(T)));
+  if (!v.empty()) KVTC_CUDA_RETURN(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+  return Status::ok();
+}
+
+// The component table of a stream allocation (see CompInfo).
+std::vector<CompInfo> component_table(const StreamAllocation& a) {
+  std::vector<CompInfo> comps;
+  comps.reserve(a.n_kept());
+  uint32_t side_prefix = 0, prefix_bits = 0, count[5] = {0, 0, 0, 0, 0};
+  for (const Group& g : a.groups) {
+    uint8_t cls = 5;
+    if (g.kind == GroupKind::kFloat16) cls = 4;
+    else if (g.kind != GroupKind::kDropped) {
+      const int cw = container_width_bits(g.width_bits);
+      cls = cw == 1 ? 0 : cw == 2 ? 1 : cw == 4 ? 2 : 3;
+    }
+    for (uint32_t j = 0; j < g.n_components; ++j) {
+      CompInfo ci;
+      ci.kind = uint8_t(g.kind);
+      ci.width_bits = g.width_bits;
+      ci.cls = cls;
+      ci.side_prefix = side_prefix;
+      ci.prefix_bits = prefix_bits;
+      std::copy(count, count + 5, ci.prefix_count);
+      comps.push_back(ci);
+      prefix_bits += uint32_t(value_bits(g.kind, g.width_bits));
+      if (cls < 5) ++count[cls];
+    }
+    side_prefix += uint32_t(side_bits_per_token(g.kind) / 16);
+  }
+  return comps;
+}
+
+double event_seconds(cudaEvent_t a, cudaEvent_t b) {
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  return ms * 1e-3;
+}
+
+// Scoped events for stage timing.
+struct Events {
+  cudaEvent_t e[5] = {};
+  Events() {
+    for (auto& x : e) cudaEventCreate(&x);
+  }
+  ~Events() {
+    for (auto& x : e) cudaEventDestroy(x);
+  }
+};
+
+}  // namespace
+
+Status GpuCalibration::upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream) {
+  shape = cal.shape;
+  fingerprint = cal.fingerprint;
+  has_f32 = f32;
+  has_bf16 = bf16;
+  const int64_t p = cal.shape.n_features();
+  for (int s = 0; s < 2; ++s) {
+    const PcaBasis& pca = s == 0 ? cal.key.pca : cal.value.pca;
+    if (int64_t(pca.mean.size()) != p || int64_t(pca.components.size()) != pca.rank * p)
+      return invalid_argument("calibration basis has the wrong size");
+    rank[s] = pca.rank;
+    rows[s] = max_rows < 0 ? pca.rank : std::min(max_rows, pca.rank);
+    KVTC_RETURN_IF_ERROR(upload_vector(mean[s], pca.mean, stream));
+    const size_t n = size_t(rows[s] * p);
+    if (f32) {
+      KVTC_RETURN_IF_ERROR(basis_f32[s].reserve(n * sizeof(float)));
+      KVTC_CUDA_RETURN(cudaMemcpyAsync(basis_f32[s].get(), pca.components.data(), n * sizeof(float),
+                                       cudaMemcpyHostToDevice, stream));
+    }
+    if (bf16) {
+      std::vector<uint16_t> h(n);
+      for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(pca.components[i]);
+      KVTC_RETURN_IF_ERROR(upload_vector(basis_bf16[s], h, stream));
+      KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // h is freed on return
+    }
+  }
+  KVTC_RETURN_IF_ERROR(upload_vector(inv_freq, cal.shape.rope.inv_freq(cal.shape.head_dim), stream));
+  KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
+  return Status::ok();
+}
+
+GpuBatchDecoder::~GpuBatchDecoder() {
+  if (handle_) cublasDestroy(handle_);
+}
+
+Status GpuBatchDecoder::ensure_handle() {
+  if (handle_) return Status::ok();
+  KVTC_RETURN_IF_ERROR(cublas_status(cublasCreate(&handle_), "cublasCreate"));
+  return Status::ok();
+}
+
+// Component tables and the RoPE table of a sequence whose container is set.
+Status GpuBatchDecoder::prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream) {
+  const ContainerHeader& h = seq.container.header;
+  for (int s = 0; s < 2; ++s) {
+    seq.n_kept[s] = h.streams[s].n_kept();
+    if (seq.n_kept[s] > gcal.rows[s])
+      return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) + " basis rows, the container keeps " +
+                              std::to_string(seq.n_kept[s]));
+    KVTC_RETURN_IF_ERROR(upload_vector(seq.comps[s], component_table(h.streams[s]), stream));
+  }
+  const int64_t m = int64_t(h.n_compressed_tokens());
+  const int half = h.shape.head_dim / 2;
+  KVTC_RETURN_IF_ERROR(seq.rope.reserve(size_t(std::max<int64_t>(m, 1)) * half * sizeof(float2)));
+  KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), half, h.position_offset + h.n_head_exact, m,
+                                     seq.rope.as<float2>(), stream));
+  return Status::ok();
+}
+
+Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData& cal,
+                               const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
+                               bool want_f32, bool want_bf16, cudaStream_t stream, GpuDecodeTimes* times) {
+  KVTC_RETURN_IF_ERROR(ensure_handle());
+  Events ev;
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[0], stream));
+  seqs_.resize(containers.size());  // kept between calls: device buffers only grow
+  // Host side: parse and check every header, lay out payloads and inflated chunks.
+  uint64_t payload_total = 0, raw_total = 0;
+  std::vector<uint64_t> payload_base(containers.size());
+  std::vector<std::vector<uint64_t>> raw_off(containers.size());
+  for (size_t q = 0; q < containers.size(); ++q) {
+    auto parsed = parse_container(containers[q].first, containers[q].second);
+    if (!parsed.is_ok()) return parsed.status().with_context("sequence " + std::to_string(q));
+    seqs_[q].container = std::move(parsed).value();
+    const ContainerHeader& h = seqs_[q].container.header;
+    KVTC_RETURN_IF_ERROR(check_container_matches(cal, h).with_context("sequence " + std::to_string(q)));
+    payload_base[q] = payload_total;
+    payload_total += containers[q].second - seqs_[q].container.payload_offset;
+    raw_off[q].resize(h.chunks.size());
+    for (size_t i = 0; i < h.chunks.size(); ++i) {
+      const ChunkEntry& c = h.chunks[i];
+      auto expected = expected_chunk_raw_bytes(h, c);
+      if (!expected.is_ok()) return expected.status().with_context("sequence " + std::to_string(q) + " chunk " + std::to_string(i));
+      if (*expected != c.raw_bytes)
+        return corrupt("sequence " + std::to_string(q) + " chunk " + std::to_string(i) + ": raw size disagrees with its entry");
+      raw_off[q][i] = raw_total;
+      raw_total += (uint64_t(c.raw_bytes) + 15) & ~uint64_t(15);
+    }
+  }
+  KVTC_RETURN_IF_ERROR(payload_.reserve(payload_total));
+  KVTC_RETURN_IF_ERROR(raw_.reserve(raw_total));
+  for (size_t q = 0; q < containers.size(); ++q) {
+    const uint64_t off = seqs_[q].container.payload_offset;
+    if (containers[q].second > off)
+      KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
+                                       containers[q].second - off, cudaMemcpyHostToDevice, stream));
+  }
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[1], stream));
+
+  // Inflate every chunk of every sequence in one launch.
+  std::vector<InflateJob> ijobs;
+  std::vector<std::pair<uint32_t, uint32_t>> job_chunk;  // (sequence, chunk)
+  for (size_t q = 0; q < seqs_.size(); ++q) {
+    const ContainerHeader& h = seqs_[q].container.header;
+    for (size_t i = 0; i < h.chunks.size(); ++i) {
+      const ChunkEntry& c = h.chunks[i];
+      InflateJob j;
+      j.src = payload_.as<uint8_t>() + payload_base[q] + c.offset;
+      j.dst = raw_.as<uint8_t>() + raw_off[q][i];
+      j.src_bytes = c.stored_bytes;
+      j.dst_bytes = c.raw_bytes;
+      j.crc32 = c.crc32;
+      ijobs.push_back(j);
+      job_chunk.push_back({uint32_t(q), uint32_t(i)});
+    }
+  }
+  KVTC_RETURN_IF_ERROR(upload_vector(inflate_jobs_, ijobs, stream));
+  // Status slots: one per inflate job, a gap, then one per dequantise job (at most two per chunk).
+  KVTC_RETURN_IF_ERROR(status_.reserve(sizeof(uint32_t) * (3 * ijobs.size() + 1)));
+  uint32_t* inflate_status = status_.as<uint32_t>();
+  uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
+  KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, status_.size_bytes(), stream));
+  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(ijobs.size()), verify_checksums, inflate_status, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[2], stream));
+
+  // Dequantise all codes chunks; allocate coefficient matrices.
+  std::vector<DequantJob> djobs_f32, djobs_bf16;
+  std::vector<ExactJob> ejobs;
+  for (size_t q = 0; q < seqs_.size(); ++q) {
+    GpuSequence& seq = seqs_[q];
+    const ContainerHeader& h = seq.container.header;
+    KVTC_RETURN_IF_ERROR(prepare_sequence(gcal, seq, stream));
+    const int64_t m = int64_t(h.n_compressed_tokens());
+    for (int s = 0; s < 2; ++s) {
+      const size_t n = size_t(m) * size_t(seq.n_kept[s]);
+      if (want_f32) {
+        KVTC_RETURN_IF_ERROR(seq.coef_f32[s].reserve(n * sizeof(float)));
+        KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_f32[s].get(), 0, n * sizeof(float), stream));
+      }
+      if (want_bf16) {
+        KVTC_RETURN_IF_ERROR(seq.coef_bf16[s].reserve(n * 2));
+        KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_bf16[s].get(), 0, n * 2, stream));
+      }
+    }
+    std::map<std::pair<int, uint32_t>, size_t> side_of;
+    for (size_t i = 0; i < h.chunks.size(); ++i)
+      if (h.chunks[i].kind == ChunkKind::kSide) side_of[{h.chunks[i].stream, h.chunks[i].token_begin}] = i;
+    const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
+    int64_t exact_total = 0;
+    for (int s = 0; s < 2; ++s)
+      for (int seg = 0; seg < 2; ++seg) seq.exact_offset[s][seg].assign(size_t(h.shape.n_layers), -1);
+    for (size_t i = 0; i < h.chunks.size(); ++i) {
+      const ChunkEntry& c = h.chunks[i];
+      if (c.kind == ChunkKind::kExact) {
+        const int seg = c.token_begin == 0 && h.n_head_exact > 0 ? 0 : 1;
+        seq.exact_offset[c.stream][seg][c.item_begin] = exact_total;
+        exact_total += int64_t(H) * c.n_tokens * D;
+        continue;
+      }
+      if (c.kind != ChunkKind::kCodes) continue;
+      DequantJob j;
+      j.codes = raw_.as<uint8_t>() + raw_off[q][i];
+      auto it = side_of.find({c.stream, c.token_begin});
+      if (it != side_of.end()) {
+        j.side = raw_.as<uint8_t>() + raw_off[q][it->second];
+        j.side_count = h.chunks[it->second].raw_bytes / 2;
+      }
+      j.comps = seq.comps[c.stream].as<CompInfo>();
+      j.codes_bytes = c.raw_bytes;
+      j.n_tokens = c.n_tokens;
+      j.row0 = c.token_begin - h.n_head_exact;
+      j.c0 = c.item_begin;
+      j.c1 = c.item_begin + c.n_items;
+      j.ld = uint32_t(seq.n_kept[c.stream]);
+      j.layout = uint32_t(c.layout);
+      if (want_f32) {
+        j.coef = seq.coef_f32[c.stream].get();
+        djobs_f32.push_back(j);
+      }
+      if (want_bf16) {
+        j.coef = seq.coef_bf16[c.stream].get();
+        djobs_bf16.push_back(j);
+      }
+    }
+    KVTC_RETURN_IF_ERROR(seq.exact.reserve(size_t(std::max<int64_t>(exact_total, 1)) * sizeof(float)));
+    for (size_t i = 0; i < h.chunks.size(); ++i) {
+      const ChunkEntry& c = h.chunks[i];
+      if (c.kind != ChunkKind::kExact) continue;
+      const int seg = c.token_begin == 0 && h.n_head_exact > 0 ? 0 : 1;
+      ExactJob e;
+      e.raw = raw_.as<uint8_t>() + raw_off[q][i];
+      e.dst = seq.exact.as<float>() + seq.exact_offset[c.stream][seg][c.item_begin];
+      e.n_elems = uint32_t(int64_t(H) * c.n_tokens * D);
+      e.dtype = uint32_t(h.dtype);
+      ejobs.push_back(e);
+    }
+  }
+  // One job array: f32 jobs then bf16 jobs, sharing one status slot per codes chunk.
+  std::vector<DequantJob> djobs = djobs_f32;
+  djobs.insert(djobs.end(), djobs_bf16.begin(), djobs_bf16.end());
+  KVTC_RETURN_IF_ERROR(upload_vector(dequant_jobs_, djobs, stream));
+  if (!djobs_f32.empty())
+    KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>(), int(djobs_f32.size()), false, dequant_status, stream));
+  if (!djobs_bf16.empty())
+    KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
+                                       dequant_status + djobs_f32.size(), stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[3], stream));
+  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, stream));
+  KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[4], stream));
+
+  // The one synchronisation: per-chunk statuses.
+  std::vector<uint32_t> st(ijobs.size() + 1 + djobs.size());
+  KVTC_CUDA_RETURN(cudaMemcpyAsync(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
+  KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
+  for (size_t k = 0; k < ijobs.size(); ++k) {
+    if (st[k] == kInflateOk) continue;
+    const std::string where = "sequence " + std::to_string(job_chunk[k].first) + " chunk " + std::to_string(job_chunk[k].second);
+    if (st[k] == kInflateBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
+    return corrupt(where + ": " + inflate_status_name(st[k]));
+  }
+  for (size_t k = 0; k < djobs.size(); ++k)
+    if (st[ijobs.size() + 1 + k]) return corrupt("codes chunk: a code exceeds its width, or a non-finite fp16 value or side scale / shift");
+  if (times) {
+    times->upload_s = event_seconds(ev.e[0], ev.e[1]);
+    times->inflate_s = event_seconds(ev.e[1], ev.e[2]);
+    times->dequantize_s = event_seconds(ev.e[2], ev.e[3]);
+    times->exact_s = event_seconds(ev.e[3], ev.e[4]);
+    times->total_s = event_seconds(ev.e[0], ev.e[4]);
+  }
+  return Status::ok();
+}
+
+Status GpuBatchDecoder::load_host(const GpuCalibration& gcal, const DecodedCoefficients& dec, cudaStream_t stream) {
+  KVTC_RETURN_IF_ERROR(ensure_handle());
+  seqs_.resize(1);
+  GpuSequence& seq = seqs_[0];
+  seq.container = dec.container;
+  const ContainerHeader& h = seq.container.header;
+  KVTC_RETURN_IF_ERROR(prepare_sequence(gcal, seq, stream));
+  for (int s = 0; s < 2; ++s) {
+    if (dec.coef[s].size() != size_t(h.n_compressed_tokens()) * size_t(seq.n_kept[s]))
+      return invalid_argument("decoded coefficients have the wrong size");
+    KVTC_RETURN_IF_ERROR(upload_vector(seq.coef_f32[s], dec.coef[s], stream));
+  }
+  std::vector<float> exact;
+  for (int s = 0; s < 2; ++s)
+    for (int seg = 0; seg < 2; ++seg) {
+      seq.exact_offset[s][seg].assign(size_t(h.shape.n_layers), -1);
+      for (int l = 0; l < h.shape.n_layers && size_t(l) < dec.exact[s][seg].size(); ++l) {
+        const auto& v = dec.exact[s][seg][size_t(l)];
+        if (v.empty()) continue;
+        seq.exact_offset[s][seg][size_t(l)] = int64_t(exact.size());
+        exact.insert(exact.end(), v.begin(), v.end());
+      }
+    }
+  KVTC_RETURN_IF_ERROR(upload_vector(seq.exact, exact, stream));
+  KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // host vectors go out of scope
+  return Status::ok();
+}
+
+Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index, int layer, void* k_dev, void* v_dev,
+                                      OutType type, cudaStream_t stream) {
+  if (seq_index < 0 || seq_index >= n_sequences()) return invalid_argument("sequence index out of range");
+  const GpuSequence& seq = seqs_[size_t(seq_index)];
+  const ContainerHeader& h = seq.container.header;
+  if (layer < 0 || layer >= h.shape.n_layers) return invalid_argument("layer " + std::to_string(layer) + " out of range");
+  const bool bf16 = type == OutType::kBF16;
+  if (bf16 ? !gcal.has_bf16 : !gcal.has_f32) return invalid_argument("the device calibration lacks this precision's basis");
+  KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
+  const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
+  const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
+  const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
+  const size_t elem = bf16 ? 2 : 4;
+  const float one = 1.0f, zero = 0.0f;
+  if (bf16 && m > 0) KVTC_RETURN_IF_ERROR(tmp_.reserve(size_t(m) * H * D * sizeof(float)));
+  for (int s = 0; s < 2; ++s) {
+    void* out = s == 0 ? k_dev : v_dev;
+    uint8_t* out_bytes = static_cast<uint8_t*>(out);
+    const int64_t kept = seq.n_kept[s];
+    if (m > 0) {
+      EpilogueParams ep;
+      ep.mean = gcal.mean[s].as<float>() + col0;
+      ep.rope_table = s == 0 ? seq.rope.as<float2>() : nullptr;
+      ep.rope_style = int(h.shape.rope.style);
+      ep.n_heads = H;
+      ep.head_dim = D;
+      ep.rows = m;
+      ep.dst = out_bytes + size_t(t0) * D * elem;
+      ep.dst_head_stride = T * D;
+      ep.dst_bf16 = bf16;
+      if (!bf16) {
+        float* c = reinterpret_cast<float*>(out_bytes) + t0 * D;
+        if (kept > 0) {
+          if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
+          KVTC_RETURN_IF_ERROR(cublas_status(
+              cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+                                        gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
+                                        int(kept), 0, &zero, c, D, T * D, H),
+              "cublasSgemmStridedBatched"));
+        } else {
+          KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
+        }
+        ep.src = c;
+        ep.src_head_stride = T * D;
+      } else {
+        float* c = tmp_.as<float>();
+        if (kept > 0) {
+          if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
+          KVTC_RETURN_IF_ERROR(cublas_status(
+              cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+                                         gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
+                                         seq.coef_bf16[s].get(), CUDA_R_16BF, int(kept), 0, &zero, c, CUDA_R_32F, D,
+                                         m * D, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmStridedBatchedEx"));
+        } else {
+          KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, size_t(m) * H * D * 4, stream));
+        }
+        ep.src = c;
+        ep.src_head_stride = m * D;
+      }
+      KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
+    }
+    const float* exact = seq.exact.as<float>();
+    const int64_t head_off = seq.exact_offset[s][0][size_t(layer)], tail_off = seq.exact_offset[s][1][size_t(layer)];
+    if (h.n_head_exact > 0 && head_off >= 0)
+      KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, H, h.n_head_exact, D, out, bf16, T * D, 0, stream));
+    if (h.n_tail_exact > 0 && tail_off >= 0)
+      KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, H, h.n_tail_exact, D, out, bf16, T * D,
+                                            T - h.n_tail_exact, stream));
+  }
+  return Status::ok();
+}
+
+}  // namespace kvtc::cuda

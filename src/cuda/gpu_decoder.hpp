@@ -1,0 +1,89 @@
+// The GPU decode pipeline (internal): a calibration's means and bases on the device, and a batch of
+// containers decoded on the device (inflate -> unpack + dequantise -> exact tokens -> RoPE table),
+// then reconstructed a layer at a time with cuBLAS.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/calibration_data.hpp"
+#include "core/container.hpp"
+#include "cuda/cuda_common.hpp"
+
+namespace kvtc::cuda {
+
+// Means and bases of both streams on the device: fp32 rows for exact reconstruction, bf16 rows for
+// the tensor-core path (either or both, as asked). Rows are the first `rows[s]` basis components.
+struct GpuCalibration {
+  ModelShape shape;
+  uint64_t fingerprint = 0;
+  int64_t rank[2] = {0, 0};
+  int64_t rows[2] = {0, 0};
+  bool has_f32 = false, has_bf16 = false;
+  DeviceBuffer mean[2];        // float [p]
+  DeviceBuffer basis_f32[2];   // float [rows][p]
+  DeviceBuffer basis_bf16[2];  // bf16 [rows][p]
+  DeviceBuffer inv_freq;       // double [head_dim / 2]
+
+  // max_rows < 0: all rank rows.
+  Status upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream);
+};
+
+enum class OutType { kF32, kBF16 };
+
+// One container's decoded state on the device.
+struct GpuSequence {
+  ParsedContainer container;
+  int64_t n_kept[2] = {0, 0};
+  DeviceBuffer coef_f32[2];   // [M][n_kept]
+  DeviceBuffer coef_bf16[2];  // [M][n_kept]
+  DeviceBuffer comps[2];      // CompInfo [n_kept]
+  DeviceBuffer exact;         // fp32 exact tokens, blocks [H][n][D]
+  std::vector<int64_t> exact_offset[2][2];  // [stream][head/tail][layer]: float offset in exact, -1 none
+  DeviceBuffer rope;          // float2 [M][head_dim / 2]
+};
+
+// Per-stage device times of the last decode, from CUDA events (seconds).
+struct GpuDecodeTimes {
+  double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
+};
+
+class GpuBatchDecoder {
+ public:
+  GpuBatchDecoder() = default;
+  ~GpuBatchDecoder();
+  GpuBatchDecoder(const GpuBatchDecoder&) = delete;
+  GpuBatchDecoder& operator=(const GpuBatchDecoder&) = delete;
+
+  // Decodes every container in one launch per stage (all chunks of all sequences together). Checks
+  // each against the calibration first; per-chunk statuses are read back once at the end (CORRUPT or
+  // CHECKSUM_MISMATCH naming the sequence and chunk). want_f32 / want_bf16: coefficient copies kept.
+  Status decode(const GpuCalibration& gcal, const CalibrationData& cal,
+                const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
+                bool want_f32, bool want_bf16, cudaStream_t stream, GpuDecodeTimes* times);
+  // Loads coefficients decoded elsewhere (the CPU backend) as sequence 0, fp32.
+  Status load_host(const GpuCalibration& gcal, const DecodedCoefficients& dec, cudaStream_t stream);
+
+  // Reconstructs layer `layer` of sequence `seq` into k_dev and v_dev, each [n_kv_heads][n_tokens][head_dim]
+  // of `type`. Asynchronous on `stream`.
+  Status restore_layer(const GpuCalibration& gcal, int seq, int layer, void* k_dev, void* v_dev, OutType type,
+                       cudaStream_t stream);
+
+  int n_sequences() const { return int(seqs_.size()); }
+  const GpuSequence& sequence(int i) const { return seqs_[size_t(i)]; }
+
+ private:
+  Status ensure_handle();
+  Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
+
+  cublasHandle_t handle_ = nullptr;
+  std::vector<GpuSequence> seqs_;
+  DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, exact_jobs_, tmp_;
+};
+
+}  // namespace kvtc::cuda

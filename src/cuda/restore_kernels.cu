@@ -1,0 +1,214 @@
+#include "cuda/restore_kernels.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace kvtc::cuda {
+
+namespace {
+
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+  return __half2float(__ushort_as_half(uint16_t(bits)));
+}
+
+__global__ void dequantize_kernel(const DequantJob* __restrict__ jobs, bool to_bf16, uint32_t* status) {
+  const DequantJob job = jobs[blockIdx.x];
+  const CompInfo* __restrict__ comps = job.comps;
+  const uint32_t n = job.n_tokens, nc = job.c1 - job.c0;
+  const CompInfo base = comps[job.c0];
+  uint32_t cls_bytes[5];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) cls_bytes[c] = (n * (1u << c) + 7) / 8;
+  cls_bytes[4] = 2 * n;
+  const uint64_t total = uint64_t(n) * nc;
+  const uint32_t ld = job.ld;
+  bool bad = false;
+  for (uint64_t e = threadIdx.x; e < total; e += blockDim.x) {
+    const uint32_t i = uint32_t(e / nc);
+    const uint32_t j = job.c0 + uint32_t(e % nc);
+    const CompInfo ci = comps[j];
+    float value = 0.0f;
+    if (ci.cls != 5) {
+      uint32_t sym;
+      const int bits = ci.cls == 4 ? 16 : ci.width_bits;
+      if (job.layout == 0) {
+        uint64_t off = 0;
+#pragma unroll
+        for (int c = 0; c < 5; ++c) off += uint64_t(ci.prefix_count[c] - base.prefix_count[c]) * cls_bytes[c];
+        if (ci.cls == 4) {
+          sym = uint32_t(job.codes[off + i]) | (uint32_t(job.codes[off + n + i]) << 8);
+        } else {
+          const int cw = 1 << ci.cls;  // 1, 2, 4, 8 bits
+          const uint32_t bit = i * uint32_t(cw);
+          sym = (uint32_t(job.codes[off + (bit >> 3)]) >> (bit & 7)) & ((1u << cw) - 1u);
+          bad |= (sym >> ci.width_bits) != 0;
+        }
+      } else {
+        const uint64_t bit = uint64_t(n) * (ci.prefix_bits - base.prefix_bits) + uint64_t(i) * bits;
+        const uint64_t byte = bit >> 3;
+        uint32_t w = 0;
+#pragma unroll
+        for (int k = 0; k < 3; ++k)
+          if (byte + k < job.codes_bytes) w |= uint32_t(job.codes[byte + k]) << (8 * k);
+        sym = (w >> (bit & 7)) & ((1u << bits) - 1u);
+      }
+      // Non-finite fp16 values (exponent all ones) are CORRUPT, as in the CPU unpacker.
+      if (ci.cls == 4) {
+        bad |= (sym & 0x7c00u) == 0x7c00u;
+        value = half_bits_to_float(sym);
+      } else {
+        const uint32_t v = n * ci.side_prefix + i;
+        const uint32_t cnt = job.side_count;
+        float scale = 0.0f, shift = 0.0f;
+        if (job.side && v < cnt) {
+          const uint32_t bits = uint32_t(job.side[v]) | (uint32_t(job.side[cnt + v]) << 8);
+          bad |= (bits & 0x7c00u) == 0x7c00u;
+          scale = half_bits_to_float(bits);
+        }
+        if (ci.kind == 1) {
+          // (float(q) - float((1 << w) - 1) * 0.5f) * scale: no contraction possible.
+          const float half = float((1 << ci.width_bits) - 1) * 0.5f;
+          value = __fmul_rn(__fsub_rn(float(sym), half), scale);
+        } else {
+          if (job.side && v + n < cnt) {
+            const uint32_t bits = uint32_t(job.side[v + n]) | (uint32_t(job.side[cnt + v + n]) << 8);
+            bad |= (bits & 0x7c00u) == 0x7c00u;
+            shift = half_bits_to_float(bits);
+          }
+          // shift + float(q) * scale, rounded twice as on the CPU (no FMA).
+          value = __fadd_rn(shift, __fmul_rn(float(sym), scale));
+        }
+      }
+    }
+    const uint64_t at = uint64_t(job.row0 + i) * ld + j;
+    if (to_bf16)
+      static_cast<__nv_bfloat16*>(job.coef)[at] = __float2bfloat16_rn(value);
+    else
+      static_cast<float*>(job.coef)[at] = value;
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(status + blockIdx.x, 1u);
+}
+
+__global__ void exact_convert_kernel(const ExactJob* __restrict__ jobs) {
+  const ExactJob job = jobs[blockIdx.y];
+  const uint32_t n = job.n_elems;
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    float v;
+    if (job.dtype == 2) {
+      const uint32_t u = uint32_t(job.raw[e]) | (uint32_t(job.raw[n + e]) << 8) | (uint32_t(job.raw[2 * n + e]) << 16) |
+                         (uint32_t(job.raw[3 * n + e]) << 24);
+      v = __uint_as_float(u);
+    } else {
+      const uint32_t u = uint32_t(job.raw[e]) | (uint32_t(job.raw[n + e]) << 8);
+      v = job.dtype == 0 ? __uint_as_float(u << 16) : half_bits_to_float(u);
+    }
+    job.dst[e] = v;
+  }
+}
+
+__global__ void rope_table_kernel(const double* __restrict__ inv_freq, int half_dim, int64_t first_position,
+                                  int64_t n_positions, float2* __restrict__ table) {
+  const int64_t total = n_positions * half_dim;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = e / half_dim;
+    const int i = int(e % half_dim);
+    const double angle = double(first_position + t) * inv_freq[i];
+    double s, c;
+    sincos(angle, &s, &c);
+    table[e] = make_float2(float(c), float(s));
+  }
+}
+
+__global__ void epilogue_kernel(EpilogueParams p) {
+  const int half = p.head_dim / 2;
+  const int64_t per_head = p.rows * half;
+  const int64_t total = per_head * p.n_heads;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int h = int(e / per_head);
+    const int64_t r = e % per_head;
+    const int64_t t = r / half;
+    const int i = int(r % half);
+    const int ia = p.rope_style == 0 ? i : 2 * i;
+    const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
+    const float* src = p.src + h * p.src_head_stride + t * p.head_dim;
+    float a = __fadd_rn(src[ia], p.mean[h * p.head_dim + ia]);
+    float b = __fadd_rn(src[ib], p.mean[h * p.head_dim + ib]);
+    if (p.rope_table) {
+      const float2 cs = p.rope_table[t * half + i];
+      const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
+      const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
+      a = ra;
+      b = rb;
+    }
+    const int64_t o = h * p.dst_head_stride + t * p.head_dim;
+    if (p.dst_bf16) {
+      __nv_bfloat16* d = static_cast<__nv_bfloat16*>(p.dst) + o;
+      d[ia] = __float2bfloat16_rn(a);
+      d[ib] = __float2bfloat16_rn(b);
+    } else {
+      float* d = static_cast<float*>(p.dst) + o;
+      d[ia] = a;
+      d[ib] = b;
+    }
+  }
+}
+
+__global__ void exact_scatter_kernel(const float* __restrict__ src, int n_heads, int64_t n, int head_dim, void* dst,
+                                     bool dst_bf16, int64_t dst_head_stride, int64_t t0) {
+  const int64_t per_head = n * head_dim;
+  const int64_t total = per_head * n_heads;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t h = e / per_head, r = e % per_head;
+    const int64_t o = h * dst_head_stride + t0 * head_dim + r;
+    if (dst_bf16)
+      static_cast<__nv_bfloat16*>(dst)[o] = __float2bfloat16_rn(src[e]);
+    else
+      static_cast<float*>(dst)[o] = src[e];
+  }
+}
+
+int grid_for(int64_t total, int block) {
+  const int64_t g = (total + block - 1) / block;
+  return int(g < 1 ? 1 : g > 65535 * 8 ? 65535 * 8 : g);
+}
+
+}  // namespace
+
+cudaError_t launch_dequantize(const DequantJob* jobs_dev, int n_jobs, bool bf16, uint32_t* status_dev,
+                              cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  dequantize_kernel<<<n_jobs, 256, 0, stream>>>(jobs_dev, bf16, status_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_exact_convert(const ExactJob* jobs_dev, int n_jobs, cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  exact_convert_kernel<<<dim3(8, unsigned(n_jobs)), 256, 0, stream>>>(jobs_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_rope_table(const double* inv_freq_dev, int half_dim, int64_t first_position, int64_t n_positions,
+                              float2* table_dev, cudaStream_t stream) {
+  if (n_positions <= 0 || half_dim <= 0) return cudaSuccess;
+  rope_table_kernel<<<grid_for(n_positions * half_dim, 256), 256, 0, stream>>>(inv_freq_dev, half_dim, first_position,
+                                                                               n_positions, table_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_epilogue(const EpilogueParams& p, cudaStream_t stream) {
+  const int64_t total = p.rows * (p.head_dim / 2) * p.n_heads;
+  if (total <= 0) return cudaSuccess;
+  epilogue_kernel<<<grid_for(total, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_exact_scatter(const float* src, int n_heads, int64_t n, int head_dim, void* dst, bool dst_bf16,
+                                 int64_t dst_head_stride, int64_t t0, cudaStream_t stream) {
+  const int64_t total = int64_t(n_heads) * n * head_dim;
+  if (total <= 0) return cudaSuccess;
+  exact_scatter_kernel<<<grid_for(total, 256), 256, 0, stream>>>(src, n_heads, n, head_dim, dst, dst_bf16,
+                                                                 dst_head_stride, t0);
+  return cudaGetLastError();
+}
+
+}  // namespace kvtc::cuda

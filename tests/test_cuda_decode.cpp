@@ -1,0 +1,364 @@
+// The CUDA decoder against the CPU decoder and the reference decoder: coefficients bit for bit,
+// restored tensors within fp32 (or bf16) rounding, corrupted containers rejected with a status.
+//
+// The calibration is made here (mean + a random orthonormal basis + a hand-made allocation that uses
+// every group kind and width 1..8): the codec does not care where its basis came from, and this keeps
+// the test independent of the calibration pipeline.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/chunk_codec.hpp"
+#include "core/container.hpp"
+#include "core/reference_decoder.hpp"
+#include "core/token_vectors.hpp"
+#include "cpu/deflate.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "kvtc/kvtc_cuda.hpp"
+#include "test_util.hpp"
+
+namespace kvtc {
+namespace {
+
+#define SKIP_WITHOUT_DEVICE()                              \
+  do {                                                     \
+    std::string why;                                       \
+    if (!cuda_device_available(&why)) GTEST_SKIP() << why; \
+  } while (0)
+
+constexpr double kRatio = 20.0;
+
+Group group(uint32_t first, uint32_t n, GroupKind kind, int width) {
+  Group g;
+  g.first_component = first;
+  g.n_components = n;
+  g.kind = kind;
+  g.width_bits = uint8_t(width);
+  return g;
+}
+
+// Every kind and width 1..8, a dropped group inside, fp16 first: 64 kept components.
+std::vector<Group> all_kinds_groups() {
+  std::vector<Group> g;
+  uint32_t c = 0;
+  g.push_back(group(c, 2, GroupKind::kFloat16, 16)), c += 2;
+  for (int w = 8; w >= 1; --w) {
+    g.push_back(group(c, 2, GroupKind::kInt, w)), c += 2;
+    g.push_back(group(c, 2, GroupKind::kIntAffine, w)), c += 2;
+  }
+  g.push_back(group(c, 6, GroupKind::kDropped, 0)), c += 6;
+  g.push_back(group(c, 16, GroupKind::kInt, 4)), c += 16;
+  g.push_back(group(c, 8, GroupKind::kIntAffine, 3)), c += 8;
+  return g;
+}
+
+std::vector<Group> simple_groups(uint32_t kept) {
+  std::vector<Group> g;
+  g.push_back(group(0, 16, GroupKind::kInt, 4));
+  g.push_back(group(16, 4, GroupKind::kFloat16, 16));
+  g.push_back(group(20, kept - 20, GroupKind::kIntAffine, 2));
+  return g;
+}
+
+// Rows of a random orthonormal basis (modified Gram-Schmidt on Gaussian rows).
+std::vector<float> random_orthonormal(int64_t rank, int64_t p, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> b(size_t(rank * p));
+  for (auto& x : b) x = normal(rng);
+  for (int64_t i = 0; i < rank; ++i) {
+    double* r = b.data() + i * p;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t j = 0; j < i; ++j) {
+        const double* q = b.data() + j * p;
+        double dot = 0;
+        for (int64_t f = 0; f < p; ++f) dot += r[f] * q[f];
+        for (int64_t f = 0; f < p; ++f) r[f] -= dot * q[f];
+      }
+    double norm = 0;
+    for (int64_t f = 0; f < p; ++f) norm += r[f] * r[f];
+    norm = std::sqrt(norm);
+    for (int64_t f = 0; f < p; ++f) r[f] /= norm;
+  }
+  return std::vector<float>(b.begin(), b.end());
+}
+
+StreamCalibration stream_calibration(const KVCache& cache, Stream s, int64_t rank, std::vector<Group> groups,
+                                     uint64_t seed) {
+  const int64_t p = cache.shape.n_features();
+  StreamCalibration sc;
+  sc.pca.n_features = p;
+  sc.pca.rank = rank;
+  sc.pca.mean.assign(size_t(p), 0.0f);
+  RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
+  std::vector<float> x(size_t(cache.n_tokens * p));
+  gather_token_vectors(cache, s, 0, cache.n_tokens, s == Stream::kKey ? &rope : nullptr, x.data());
+  for (int64_t t = 0; t < cache.n_tokens; ++t)
+    for (int64_t f = 0; f < p; ++f) sc.pca.mean[size_t(f)] += x[size_t(t * p + f)] / float(cache.n_tokens);
+  sc.pca.components = random_orthonormal(rank, p, seed);
+  sc.pca.variance.assign(size_t(rank), 1.0);
+  sc.pca.total_variance = double(rank);
+  sc.pca.n_samples = cache.n_tokens;
+  Allocation a;
+  a.target_ratio = kRatio;
+  a.groups = std::move(groups);
+  for (const Group& g : a.groups) a.bits_per_token += g.bits_per_token();
+  a.budget_bits_per_token = a.bits_per_token;
+  sc.allocations.push_back(a);
+  return sc;
+}
+
+CalibrationData make_calibration(const KVCache& cache, int64_t rank, std::vector<Group> kg, std::vector<Group> vg,
+                                 int n_sink, int n_window) {
+  CalibrationData cal;
+  cal.shape = cache.shape;
+  cal.model_name = "test";
+  cal.n_sink_tokens = n_sink;
+  cal.n_window_tokens = n_window;
+  cal.n_calibration_tokens = cache.n_tokens;
+  cal.ratios = {kRatio};
+  cal.key = stream_calibration(cache, Stream::kKey, rank, std::move(kg), 11);
+  cal.value = stream_calibration(cache, Stream::kValue, rank, std::move(vg), 12);
+  cal.fingerprint = 0x1234abcd5678ef00ull;
+  return cal;
+}
+
+// Rewrites every aligned codes chunk of a container in the dense layout (section 5), so that both
+// layouts are exercised whatever the encoder chose.
+std::vector<uint8_t> to_dense(const std::vector<uint8_t>& bytes) {
+  auto parsed = parse_container(bytes.data(), bytes.size());
+  EXPECT_TRUE(parsed.is_ok());
+  ContainerHeader h = parsed->header;
+  const uint8_t* payload = bytes.data() + parsed->payload_offset;
+  std::vector<uint8_t> out_payload;
+  for (ChunkEntry& c : h.chunks) {
+    std::vector<uint8_t> stored(payload + c.offset, payload + c.offset + c.stored_bytes);
+    if (c.kind == ChunkKind::kCodes && c.layout == CodesLayout::kAligned) {
+      std::vector<uint8_t> raw(c.raw_bytes);
+      EXPECT_TRUE(inflate_raw(stored.data(), stored.size(), raw.data(), raw.size()).is_ok());
+      const StreamAllocation& a = h.streams[c.stream];
+      BlockSymbols b;
+      b.n_tokens = c.n_tokens;
+      EXPECT_TRUE(unpack_codes(a, raw.data(), raw.size(), c.item_begin, c.item_begin + c.n_items, c.layout, b).is_ok());
+      pack_codes(a, b, c.item_begin, c.item_begin + c.n_items, CodesLayout::kDense, raw);
+      EXPECT_TRUE(deflate_raw(raw.data(), raw.size(), 6, stored).is_ok());
+      c.layout = CodesLayout::kDense;
+      c.raw_bytes = uint32_t(raw.size());
+      c.stored_bytes = uint32_t(stored.size());
+      c.crc32 = crc32_of(stored.data(), stored.size());
+    }
+    c.offset = out_payload.size();
+    out_payload.insert(out_payload.end(), stored.begin(), stored.end());
+  }
+  std::vector<uint8_t> out = serialize_container_header(h);
+  out.insert(out.end(), out_payload.begin(), out_payload.end());
+  return out;
+}
+
+// max |a - b| / max(1, max |b|).
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, m = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    d = std::max(d, std::fabs(double(a[i]) - double(b[i])));
+    m = std::max(m, std::fabs(double(b[i])));
+    if (std::isnan(a[i])) return INFINITY;
+  }
+  return d / m;
+}
+
+struct Case {
+  DType dtype;
+  RopeStyle style;
+  bool dense;
+  int64_t position_offset;
+};
+
+class CudaDecode : public ::testing::TestWithParam<Case> {};
+
+// GPU coefficients are bit-identical to the CPU's; restored layers agree with the CPU backend and the
+// reference decoder within fp32 rounding (stated tolerance: 2e-5 of the largest magnitude).
+void check_container(const CalibrationData& cal, const std::vector<uint8_t>& bytes) {
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend();
+  DecodeOptions opt;
+  auto cd = cpu->decode_coefficients(cal, bytes.data(), bytes.size(), opt, nullptr);
+  ASSERT_TRUE(cd.is_ok()) << cd.status().to_string();
+  auto gd = gpu->decode_coefficients(cal, bytes.data(), bytes.size(), opt, nullptr);
+  ASSERT_TRUE(gd.is_ok()) << gd.status().to_string();
+  for (int s = 0; s < 2; ++s) {
+    ASSERT_EQ(cd->coef[s].size(), gd->coef[s].size());
+    EXPECT_EQ(0, std::memcmp(cd->coef[s].data(), gd->coef[s].data(), cd->coef[s].size() * sizeof(float)))
+        << "stream " << s << " coefficients differ";
+    for (int seg = 0; seg < 2; ++seg) EXPECT_EQ(cd->exact[s][seg], gd->exact[s][seg]) << "exact tokens differ";
+  }
+  auto ref = reference_decode(cal, bytes.data(), bytes.size());
+  ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+  const ContainerHeader& h = gd->container.header;
+  const size_t n = size_t(h.shape.n_kv_heads) * h.n_tokens * h.shape.head_dim;
+  std::vector<float> kc(n), vc(n), kg(n, NAN), vg(n, NAN), kx(n, NAN), vx(n, NAN);
+  for (int l = 0; l < h.shape.n_layers; ++l) {
+    ASSERT_TRUE(cpu->restore_layer(cal, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
+    ASSERT_TRUE(gpu->restore_layer(cal, *gd, l, kg.data(), vg.data(), 0, nullptr).is_ok());
+    // Coefficients decoded on the CPU, reconstructed on the GPU.
+    ASSERT_TRUE(gpu->restore_layer(cal, *cd, l, kx.data(), vx.data(), 0, nullptr).is_ok());
+    EXPECT_LE(max_rel_diff(kg, kc), 2e-5) << "layer " << l << " keys";
+    EXPECT_LE(max_rel_diff(vg, vc), 2e-5) << "layer " << l << " values";
+    EXPECT_LE(max_rel_diff(kg, ref->k[size_t(l)]), 2e-5) << "layer " << l << " keys vs reference";
+    EXPECT_LE(max_rel_diff(vg, ref->v[size_t(l)]), 2e-5) << "layer " << l << " values vs reference";
+    EXPECT_EQ(kx, kg);
+    EXPECT_EQ(vx, vg);
+  }
+}
+
+TEST_P(CudaDecode, MatchesCpuAndReference) {
+  SKIP_WITHOUT_DEVICE();
+  const Case c = GetParam();
+  ModelShape shape;
+  shape.n_layers = 4;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 32;
+  shape.rope.theta = 10000.0;
+  shape.rope.style = c.style;
+  KVCache cache = testing::synthetic_cache(shape, 300, 5, c.dtype);
+  cache.position_offset = c.position_offset;
+  cache.sync_metadata();
+  const CalibrationData cal = make_calibration(cache, 96, all_kinds_groups(), simple_groups(52), 4, 32);
+  EncodeOptions eo;
+  eo.target_ratio = kRatio;
+  eo.chunk_tokens = 48;
+  eo.chunk_max_bytes = 256;
+  eo.measure_error = false;
+  auto enc = make_cpu_backend()->encode(cal, cache, eo, nullptr);
+  ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+  check_container(cal, c.dense ? to_dense(enc->bytes) : enc->bytes);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaDecode,
+                         ::testing::Values(Case{DType::kF32, RopeStyle::kHalf, false, 0},
+                                           Case{DType::kBF16, RopeStyle::kHalf, true, 0},
+                                           Case{DType::kF16, RopeStyle::kInterleaved, false, 1000},
+                                           Case{DType::kBF16, RopeStyle::kInterleaved, true, 77}));
+
+// A real cache of the reference model (repo data/), through the same checks.
+TEST(CudaDecodeReal, SmallTestCacheMatchesCpu) {
+  SKIP_WITHOUT_DEVICE();
+  auto cache = read_cache(testing::repo_data("small-test.safetensors"));
+  ASSERT_TRUE(cache.is_ok()) << cache.status().to_string();
+  const CalibrationData cal = make_calibration(*cache, 128, simple_groups(128), all_kinds_groups(), 4, 128);
+  EncodeOptions eo;
+  eo.target_ratio = kRatio;
+  eo.measure_error = false;
+  auto enc = make_cpu_backend()->encode(cal, *cache, eo, nullptr);
+  ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+  check_container(cal, enc->bytes);
+  check_container(cal, to_dense(enc->bytes));
+}
+
+// Flipped bits: with checksums the GPU reports CHECKSUM_MISMATCH like the CPU; without them, it fails
+// exactly when the CPU decoder fails, and when both succeed the coefficients agree.
+TEST(CudaDecodeCorrupt, FlippedBitsGiveStatusLikeCpu) {
+  SKIP_WITHOUT_DEVICE();
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 32;
+  KVCache cache = testing::synthetic_cache(shape, 200, 9, DType::kBF16);
+  const CalibrationData cal = make_calibration(cache, 64, simple_groups(40), all_kinds_groups(), 4, 16);
+  EncodeOptions eo;
+  eo.target_ratio = kRatio;
+  eo.chunk_tokens = 64;
+  eo.chunk_max_bytes = 256;
+  eo.measure_error = false;
+  auto enc = make_cpu_backend()->encode(cal, cache, eo, nullptr);
+  ASSERT_TRUE(enc.is_ok());
+  auto parsed = parse_container(enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(parsed.is_ok());
+  const size_t payload = parsed->payload_offset;
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend();
+  std::mt19937_64 rng(3);
+  int rejected = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<uint8_t> bad = enc->bytes;
+    bad[payload + rng() % (bad.size() - payload)] ^= uint8_t(1u << (rng() % 8));
+    DecodeOptions with_crc, without_crc;
+    without_crc.verify_checksums = false;
+    auto g1 = gpu->decode_coefficients(cal, bad.data(), bad.size(), with_crc, nullptr);
+    ASSERT_FALSE(g1.is_ok());
+    EXPECT_EQ(g1.status().code(), StatusCode::kChecksumMismatch) << g1.status().to_string();
+    auto c2 = cpu->decode_coefficients(cal, bad.data(), bad.size(), without_crc, nullptr);
+    auto g2 = gpu->decode_coefficients(cal, bad.data(), bad.size(), without_crc, nullptr);
+    EXPECT_EQ(c2.is_ok(), g2.is_ok()) << "trial " << trial << ": CPU " << c2.status().to_string() << ", GPU "
+                                      << g2.status().to_string();
+    if (c2.is_ok() && g2.is_ok()) {
+      for (int s = 0; s < 2; ++s) EXPECT_EQ(c2->coef[s], g2->coef[s]);
+    } else if (!g2.is_ok()) {
+      EXPECT_EQ(g2.status().code(), StatusCode::kCorrupt);
+      ++rejected;
+    }
+  }
+  std::printf("%d of 200 flipped containers rejected without checksums\n", rejected);
+  // A truncated container is refused before anything runs on the GPU.
+  auto t = gpu->decode_coefficients(cal, enc->bytes.data(), enc->bytes.size() - 1, DecodeOptions{}, nullptr);
+  EXPECT_EQ(t.status().code(), StatusCode::kCorrupt);
+}
+
+// The public batched API: several sequences in one decode, bf16 and fp32 restores into device memory
+// with layer events, compared with the CPU decoder (bf16 tolerance: 1e-2 of the largest magnitude).
+TEST(CudaBatchApi, ManySequencesBf16AndF32) {
+  SKIP_WITHOUT_DEVICE();
+  ModelShape shape;
+  shape.n_layers = 3;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 64;
+  KVCache base = testing::synthetic_cache(shape, 160, 21, DType::kBF16);
+  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 80, all_kinds_groups(), simple_groups(60), 4, 16));
+  const Calibration cal(cal_data);
+  std::vector<std::vector<uint8_t>> blobs;
+  std::vector<KVCache> caches;
+  for (int q = 0; q < 3; ++q) {
+    KVCache c = testing::synthetic_cache(shape, 100 + 40 * q, 100 + q, DType::kBF16);
+    EncodeOptions eo;
+    eo.target_ratio = kRatio;
+    eo.chunk_tokens = 32;
+    eo.measure_error = false;
+    auto enc = make_cpu_backend()->encode(*cal_data, c, eo, nullptr);
+    ASSERT_TRUE(enc.is_ok());
+    blobs.push_back(enc->bytes);
+  }
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  cuda::BatchDecoder dec;
+  std::vector<cuda::ContainerView> views;
+  for (auto& b : blobs) views.push_back({b.data(), b.size()});
+  ASSERT_TRUE(dec.decode(*dcal, views, {}, nullptr).is_ok());
+  ASSERT_EQ(dec.n_sequences(), 3);
+  auto cpu = make_cpu_backend();
+  for (int q = 0; q < 3; ++q) {
+    auto cd = cpu->decode_coefficients(*cal_data, blobs[q].data(), blobs[q].size(), DecodeOptions{}, nullptr);
+    ASSERT_TRUE(cd.is_ok());
+    const int64_t T = dec.n_tokens(q);
+    const size_t n = size_t(shape.n_kv_heads) * T * shape.head_dim;
+    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+      // All layers restored with restore_all (layer events recorded), copied back as fp32.
+      std::vector<std::vector<float>> kg, vg;
+      ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
+      std::vector<float> kc(n), vc(n);
+      for (int l = 0; l < shape.n_layers; ++l) {
+        ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
+        const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
+        EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l;
+        EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvtc
