@@ -23,6 +23,7 @@
 #include "engine/cache_io.hpp"
 #include "engine/generate.hpp"
 #include "engine/model.hpp"
+#include "engine/token_stream.hpp"
 #include "engine/tokenizer.hpp"
 #include "test_util.hpp"
 #include "util/file_io.hpp"
@@ -288,6 +289,59 @@ TEST_F(RefModel, CacheExportMatchesTransformersCache) {
       EXPECT_LE(max_abs_diff(got.data(), want.data(), got.size()), kCacheTol * scale) << name;
     }
   }
+}
+
+TEST_F(RefModel, DumpReproducesSharedCacheFiles) {
+  // shared/kvcache/test-code.safetensors was made by transformers (fp32 on the GPU, stored as bf16)
+  // from code.test, documents 10.. as <bos> doc <eos>, 1,024 tokens, q for the last 64 positions. The
+  // engine's stream, forward and export give the same bf16 values, but for the elements whose fp32
+  // value lies next to a bf16 rounding boundary (one bf16 step apart).
+  const std::string ref_path = kvtc::testing::shared_kvcache("test-code.safetensors");
+  const std::string text = kvtc::testing::shared_dir() + "/corpus/code.test.txt.xz";
+  if (!std::filesystem::exists(ref_path) || !std::filesystem::exists(text)) GTEST_SKIP() << "shared caches not found";
+  auto ref = read_cache(ref_path);
+  ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+  TokenStream stream(*tok_, {text}, 1, /*skip_docs=*/10);
+  auto tokens = stream.next(1024);
+  ASSERT_TRUE(tokens.is_ok());
+  ASSERT_EQ(tokens->size(), 1024u);
+  KvState st = model_->new_state();
+  st.set_query_capture(64);
+  ASSERT_TRUE(model_->forward(&st, *tokens).is_ok());
+  ExportOptions eo;
+  eo.dtype = DType::kBF16;
+  eo.n_query = 64;
+  auto got = export_cache(model_->config(), st, eo);
+  ASSERT_TRUE(got.is_ok());
+  ASSERT_TRUE(got->shape == ref->shape);
+  ASSERT_EQ(got->n_query, ref->n_query);
+  // A differing element must be within one bf16 step of its value, or (values next to zero, where
+  // fp32 cancellation decides the low bits) within 1e-4 of the tensor's largest magnitude.
+  int64_t n = 0, same = 0, outside = 0;
+  double worst_step = 0;
+  for (int l = 0; l < 8; ++l)
+    for (int kind = 0; kind < 3; ++kind) {
+      const auto& a = kind == 0 ? got->k[l] : kind == 1 ? got->v[l] : got->q[l];
+      const auto& b = kind == 0 ? ref->k[l] : kind == 1 ? ref->v[l] : ref->q[l];
+      ASSERT_EQ(a.size(), b.size());
+      float scale = 0;
+      for (float x : b) scale = std::max(scale, std::fabs(x));
+      for (size_t i = 0; i < a.size(); ++i) {
+        ++n;
+        if (a[i] == b[i]) {
+          ++same;
+          continue;
+        }
+        const double d = std::fabs(double(a[i]) - double(b[i]));
+        const double step = std::ldexp(1.0, std::ilogb(std::max(std::fabs(a[i]), std::fabs(b[i]))) - 7);
+        if (d > step && d > 1e-4 * scale) ++outside;
+        if (d > 1e-4 * scale) worst_step = std::max(worst_step, d / step);
+      }
+    }
+  std::printf("[ engine ] test-code.safetensors: %.4f%% of %lld bf16 values identical, the rest within %.0f bf16 step\n",
+              100.0 * double(same) / double(n), static_cast<long long>(n), worst_step);
+  EXPECT_GE(double(same) / double(n), 0.99);
+  EXPECT_EQ(outside, 0);
 }
 
 TEST_F(RefModel, ExportImportRoundTripContinuesIdentically) {

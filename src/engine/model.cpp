@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 #include <cblas.h>
 
@@ -210,10 +212,90 @@ void matmul_wt(const float* x, int64_t T, int64_t n_in, const float* W, int64_t 
               int(n_in), accumulate ? 1.0f : 0.0f, y, int(n_out));
 }
 
+// Below this many query-key products per layer and chunk, attention stays on one thread.
+constexpr int64_t kParallelAttentionMin = 64 * 1024;
+
+struct AttnScratch {
+  std::vector<float> qbuf, scores, obuf;
+};
+
 // Scratch buffers of one forward call, reused across layers and chunks.
 struct Scratch {
-  std::vector<float> x, h, qkv, o, gu, act, cos, sin, qbuf, scores, obuf;
+  std::vector<float> x, h, qkv, o, gu, act, cos, sin;
+  std::vector<AttnScratch> attn = std::vector<AttnScratch>(1);
 };
+
+struct AttnArgs {
+  KvState* st;
+  int layer;
+  const float* qkv;  // [T][nqkv], RoPE applied
+  float* o;          // [T][nq]
+  int64_t n_past, T;
+  int n_rep;
+  int64_t hd, nq, nqkv, qblock;
+  float scale;
+  int64_t sliding_window;
+};
+
+// Queries t0 .. t0 + B - 1 of the chunk against KV head g. The n_rep query heads that share the KV head
+// are stacked into one matrix, so each block is two matrix products: scores = Q K^T over the keys
+// visible to the block's last query (causal: later keys are never computed), then out = P V. Writes
+// the heads' rows of a.o, and adds each key's received probability to mass[j] when mass is given.
+void attend_block(const AttnArgs& a, int g, int64_t t0, AttnScratch* s, float* mass) {
+  KvState* st = a.st;
+  const int64_t hd = a.hd;
+  const int64_t B = std::min(a.qblock, a.T - t0);
+  const int64_t M = int64_t(a.n_rep) * B;
+  const int64_t nk = a.n_past + t0 + B;
+  const float* Kg = st->k(a.layer, g);
+  const float* Vg = st->v(a.layer, g);
+  s->qbuf.resize(size_t(M) * hd);
+  s->scores.resize(size_t(M) * nk);
+  s->obuf.resize(size_t(M) * hd);
+  for (int r = 0; r < a.n_rep; ++r)
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(s->qbuf.data() + (r * B + b) * hd, a.qkv + (t0 + b) * a.nqkv + (int64_t(g) * a.n_rep + r) * hd,
+                  sizeof(float) * hd);
+  if (M <= kGemvMaxRows) {
+    for (int64_t m = 0; m < M; ++m)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(nk), int(hd), a.scale, Kg, int(hd), s->qbuf.data() + m * hd, 1, 0.0f,
+                  s->scores.data() + m * nk, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(nk), int(hd), a.scale, s->qbuf.data(), int(hd), Kg,
+                int(hd), 0.0f, s->scores.data(), int(nk));
+  }
+  const std::vector<int64_t>& pos = st->positions();
+  for (int r = 0; r < a.n_rep; ++r)
+    for (int64_t b = 0; b < B; ++b) {
+      float* row = s->scores.data() + (r * B + b) * nk;
+      const int64_t visible = a.n_past + t0 + b + 1;
+      int64_t first = 0;
+      if (a.sliding_window > 0) {
+        const int64_t qpos = pos[a.n_past + t0 + b];
+        while (first < visible && qpos - pos[first] >= a.sliding_window) ++first;
+      }
+      softmax_row(row + first, visible - first, nk - first);
+      for (int64_t j = 0; j < first; ++j) row[j] = 0.0f;
+    }
+  if (mass != nullptr) {
+    for (int64_t m = 0; m < M; ++m) {
+      const float* row = s->scores.data() + m * nk;
+      for (int64_t j = 0; j < nk; ++j) mass[j] += row[j];
+    }
+  }
+  if (M <= kGemvMaxRows) {
+    for (int64_t m = 0; m < M; ++m)
+      cblas_sgemv(CblasRowMajor, CblasTrans, int(nk), int(hd), 1.0f, Vg, int(hd), s->scores.data() + m * nk, 1, 0.0f,
+                  s->obuf.data() + m * hd, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(hd), int(nk), 1.0f, s->scores.data(), int(nk),
+                Vg, int(hd), 0.0f, s->obuf.data(), int(hd));
+  }
+  for (int r = 0; r < a.n_rep; ++r)
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(a.o + (t0 + b) * a.nq + (int64_t(g) * a.n_rep + r) * hd, s->obuf.data() + (r * B + b) * hd,
+                  sizeof(float) * hd);
+}
 
 }  // namespace
 
@@ -242,6 +324,13 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
   const bool interleaved = c.rope.style == RopeStyle::kInterleaved;
   Scratch s;
   st->reserve(n);
+  // Adds per-block attention mass [KV][stride] into the state's accumulators.
+  auto add_mass = [st](int layer, const std::vector<float>& mass, int64_t stride) {
+    if (mass.empty()) return;
+    std::vector<float>& dst = st->attn_mass_[layer];
+    for (size_t g = 0; g < mass.size() / size_t(stride); ++g)
+      for (int64_t j = 0; j < stride; ++j) dst[g * st->capacity_ + j] += mass[g * stride + j];
+  };
 
   for (int64_t c0 = 0; c0 < n; c0 += chunk) {
     const int64_t T = std::min(chunk, n - c0);
@@ -251,7 +340,6 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
     st->positions_.resize(size_t(st->n_tokens_));
     for (int64_t t = 0; t < T; ++t) st->positions_[n_past + t] = pos0 + t;
     st->next_position_ = pos0 + T;
-    const int64_t cap = st->capacity_;
 
     // RoPE tables for this chunk, computed as transformers does: angle = fp32(position) * inv_freq in
     // fp32, then cos and sin of that fp32 angle.
@@ -300,63 +388,52 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
         if (rows > st->n_query_capture_) qc.erase(qc.begin(), qc.begin() + (rows - st->n_query_capture_) * nq);
       }
 
-      // Attention, per KV head over blocks of queries. The n_rep query heads that share a KV head are
-      // stacked into one matrix so that each block is two sgemm calls: scores = Q K^T over the keys
-      // visible to the block's last query, then out = P V.
-      for (int g = 0; g < KV; ++g) {
-        const float* Kg = st->k(l, g);
-        const float* Vg = st->v(l, g);
-        for (int64_t t0 = 0; t0 < T; t0 += qblock) {
-          const int64_t B = std::min(qblock, T - t0);
-          const int64_t M = int64_t(n_rep) * B;
-          const int64_t nk = n_past + t0 + B;
-          s.qbuf.resize(size_t(M) * hd);
-          s.scores.resize(size_t(M) * nk);
-          s.obuf.resize(size_t(M) * hd);
-          for (int r = 0; r < n_rep; ++r)
-            for (int64_t b = 0; b < B; ++b)
-              std::memcpy(s.qbuf.data() + (r * B + b) * hd, s.qkv.data() + (t0 + b) * nqkv + (int64_t(g) * n_rep + r) * hd,
-                          sizeof(float) * hd);
-          if (M <= kGemvMaxRows) {
-            for (int64_t m = 0; m < M; ++m)
-              cblas_sgemv(CblasRowMajor, CblasNoTrans, int(nk), int(hd), scale, Kg, int(hd), s.qbuf.data() + m * hd, 1,
-                          0.0f, s.scores.data() + m * nk, 1);
-          } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(nk), int(hd), scale, s.qbuf.data(),
-                        int(hd), Kg, int(hd), 0.0f, s.scores.data(), int(nk));
-          }
-          for (int r = 0; r < n_rep; ++r)
-            for (int64_t b = 0; b < B; ++b) {
-              float* row = s.scores.data() + (r * B + b) * nk;
-              const int64_t visible = n_past + t0 + b + 1;
-              int64_t first = 0;
-              if (c.sliding_window > 0) {
-                const int64_t qpos = st->positions_[n_past + t0 + b];
-                while (first < visible && qpos - st->positions_[first] >= c.sliding_window) ++first;
-              }
-              softmax_row(row + first, visible - first, nk - first);
-              for (int64_t j = 0; j < first; ++j) row[j] = 0.0f;
-            }
-          if (st->accumulate_attention_) {
-            float* mass = st->attn_mass_[l].data() + size_t(g) * cap;
-            for (int64_t m = 0; m < M; ++m) {
-              const float* row = s.scores.data() + m * nk;
-              for (int64_t j = 0; j < nk; ++j) mass[j] += row[j];
-            }
-          }
-          if (M <= kGemvMaxRows) {
-            for (int64_t m = 0; m < M; ++m)
-              cblas_sgemv(CblasRowMajor, CblasTrans, int(nk), int(hd), 1.0f, Vg, int(hd), s.scores.data() + m * nk, 1,
-                          0.0f, s.obuf.data() + m * hd, 1);
-          } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(hd), int(nk), 1.0f, s.scores.data(),
-                        int(nk), Vg, int(hd), 0.0f, s.obuf.data(), int(hd));
-          }
-          for (int r = 0; r < n_rep; ++r)
-            for (int64_t b = 0; b < B; ++b)
-              std::memcpy(s.o.data() + (t0 + b) * nq + (int64_t(g) * n_rep + r) * hd, s.obuf.data() + (r * B + b) * hd,
-                          sizeof(float) * hd);
-        }
+      // Attention, per KV head over blocks of queries (see attend_block). The blocks are independent,
+      // so a long chunk spreads them over the cores, each block's sgemm calls then single-threaded;
+      // a short one (decoding) keeps OpenBLAS's own threading instead.
+      AttnArgs a;
+      a.st = st;
+      a.layer = l;
+      a.qkv = s.qkv.data();
+      a.o = s.o.data();
+      a.n_past = n_past;
+      a.T = T;
+      a.n_rep = n_rep;
+      a.hd = hd;
+      a.nq = nq;
+      a.nqkv = nqkv;
+      a.qblock = qblock;
+      a.scale = scale;
+      a.sliding_window = c.sliding_window;
+      const int64_t n_blocks = (T + qblock - 1) / qblock;
+      const int64_t n_items = int64_t(KV) * n_blocks;
+      const int n_threads = int(std::min<int64_t>(
+          n_items, T * (n_past + T) >= kParallelAttentionMin ? std::max(1u, std::thread::hardware_concurrency()) : 1));
+      const int64_t mass_stride = n_past + T;
+      if (n_threads <= 1) {
+        std::vector<float> mass(st->accumulate_attention_ ? size_t(KV) * mass_stride : 0, 0.0f);
+        for (int64_t item = 0; item < n_items; ++item)
+          attend_block(a, int(item / n_blocks), (item % n_blocks) * qblock, &s.attn[0],
+                       mass.empty() ? nullptr : mass.data() + (item / n_blocks) * mass_stride);
+        add_mass(l, mass, mass_stride);
+      } else {
+        s.attn.resize(size_t(n_threads));
+        std::vector<std::vector<float>> mass(static_cast<size_t>(n_threads));
+        std::atomic<int64_t> next{0};
+        auto worker = [&](int w) {
+          if (st->accumulate_attention_) mass[w].assign(size_t(KV) * mass_stride, 0.0f);
+          for (int64_t item; (item = next.fetch_add(1)) < n_items;)
+            attend_block(a, int(item / n_blocks), (item % n_blocks) * qblock, &s.attn[w],
+                         mass[w].empty() ? nullptr : mass[w].data() + (item / n_blocks) * mass_stride);
+        };
+        const int blas_threads = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+        std::vector<std::thread> pool;
+        for (int w = 1; w < n_threads; ++w) pool.emplace_back(worker, w);
+        worker(0);
+        for (auto& t : pool) t.join();
+        openblas_set_num_threads(blas_threads);
+        for (const auto& m : mass) add_mass(l, m, mass_stride);
       }
       matmul_wt(s.o.data(), T, nq, L.wo.data(), D, s.x.data(), true);
       if (!L.bo.empty())
