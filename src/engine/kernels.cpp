@@ -1,3 +1,10 @@
+// Comparisons (the clamp in fast_exp, max) may raise FP exceptions under GCC's default
+// -ftrapping-math, which stops it from turning them into vector min/max; kvtc never reads the FP
+// exception flags, so these loops are compiled without that guarantee (results are unchanged).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include "engine/kernels.hpp"
 
 #include <cmath>
@@ -13,17 +20,28 @@ void rms_norm_row(const float* x, const float* w, int n, float eps, float* out) 
 }
 
 void softmax_row(float* row, int64_t n_visible, int64_t n_total) {
+  // Max and sum use kLanes independent accumulators so that the compiler vectorises them without
+  // reassociating a single running value (which it may not do under strict IEEE rules); the exp
+  // loop has no reduction at all.
+  constexpr int kLanes = 8;
+  float lane[kLanes];
+  for (float& x : lane) x = -INFINITY;
+  int64_t j = 0;
+  for (; j + kLanes <= n_visible; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] = row[j + k] > lane[k] ? row[j + k] : lane[k];
   float m = -INFINITY;
-  for (int64_t j = 0; j < n_visible; ++j) m = row[j] > m ? row[j] : m;
+  for (; j < n_visible; ++j) m = row[j] > m ? row[j] : m;
+  for (float x : lane) m = x > m ? x : m;
+  for (j = 0; j < n_visible; ++j) row[j] = fast_exp(row[j] - m);
+  for (float& x : lane) x = 0.0f;
+  for (j = 0; j + kLanes <= n_visible; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] += row[j + k];
   float sum = 0.0f;
-  for (int64_t j = 0; j < n_visible; ++j) {
-    const float e = fast_exp(row[j] - m);
-    row[j] = e;
-    sum += e;
-  }
+  for (; j < n_visible; ++j) sum += row[j];
+  for (float x : lane) sum += x;
   const float inv = 1.0f / sum;
-  for (int64_t j = 0; j < n_visible; ++j) row[j] *= inv;
-  for (int64_t j = n_visible; j < n_total; ++j) row[j] = 0.0f;
+  for (j = 0; j < n_visible; ++j) row[j] *= inv;
+  for (j = n_visible; j < n_total; ++j) row[j] = 0.0f;
 }
 
 void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
