@@ -5,6 +5,7 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <chrono>
 #include <cstring>
 #include <vector>
 

@@ -28,6 +28,9 @@ std::string temp_dir() {
 
 KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype,
                         int64_t position_offset) {
+  // The structure (mean and principal directions) is the same for every seed, like one model's caches;
+  // the seed only draws the tokens.
+  std::mt19937_64 model_rng(0x6b767463 + uint64_t(shape.n_features()));
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   KVCache c;
@@ -41,9 +44,9 @@ KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed
   const int n_dirs = 24;
   std::vector<std::vector<float>> dirs(2 * n_dirs, std::vector<float>(p));
   for (auto& d : dirs)
-    for (auto& x : d) x = normal(rng) / std::sqrt(float(p));
+    for (auto& x : d) x = normal(model_rng) / std::sqrt(float(p));
   std::vector<float> mean(2 * p);
-  for (auto& m : mean) m = 0.3f * normal(rng);
+  for (auto& m : mean) m = 0.3f * normal(model_rng);
   c.k.assign(shape.n_layers, std::vector<float>(size_t(shape.n_kv_heads) * n_tokens * shape.head_dim));
   c.v = c.k;
   std::vector<float> row(p);

@@ -1,5 +1,7 @@
 #include "core/backend.hpp"
 
+#include "core/calibrate.hpp"
+
 #include <cmath>
 #include <sstream>
 
@@ -7,15 +9,7 @@ namespace kvtc {
 
 Result<Allocation> allocation_for_ratio(const CalibrationData& cal, int stream, double ratio) {
   if (!(ratio >= 1.0) || !std::isfinite(ratio)) return invalid_argument("target ratio must be a number >= 1");
-  const StreamCalibration& s = stream == 0 ? cal.key : cal.value;
-  for (size_t i = 0; i < cal.ratios.size() && i < s.allocations.size(); ++i)
-    if (std::fabs(cal.ratios[i] - ratio) < 1e-9) return s.allocations[i];
-  if (s.table.error.empty()) return invalid_argument("calibration holds no distortion table to plan ratio " + std::to_string(ratio));
-  AllocatorOptions options;
-  auto a = allocate(s.table, budget_bits_for_ratio(cal.shape.n_features(), ratio), options);
-  if (!a.is_ok()) return a.status();
-  a->target_ratio = ratio;
-  return a;
+  return plan_allocation(stream == 0 ? cal.key : cal.value, cal.shape.n_features(), ratio, AllocatorOptions{});
 }
 
 Status check_container_matches(const CalibrationData& cal, const ContainerHeader& h) {

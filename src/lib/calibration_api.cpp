@@ -67,3 +67,37 @@ Result<AllocationSummary> Calibration::plan(double ratio, bool keys) const {
 }
 
 }  // namespace kvtc
+
+namespace kvtc {
+
+Result<Calibration> calibrate(const std::vector<std::string>& cache_paths, const CalibrateOptions& options) {
+  KVTC_ASSIGN_OR_RETURN(CalibrationData d, calibrate_files(cache_paths, options));
+  return Calibration(std::make_shared<const CalibrationData>(std::move(d)));
+}
+
+struct CalibrationBuilder::Impl {
+  CalibrationAccumulator acc;
+  int64_t n_added = 0;
+};
+
+CalibrationBuilder::CalibrationBuilder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CalibrationBuilder::~CalibrationBuilder() = default;
+CalibrationBuilder::CalibrationBuilder(CalibrationBuilder&&) noexcept = default;
+CalibrationBuilder& CalibrationBuilder::operator=(CalibrationBuilder&&) noexcept = default;
+
+Result<CalibrationBuilder> CalibrationBuilder::create(const ModelShape& shape, const std::string& model_name,
+                                                      const CalibrateOptions& options) {
+  KVTC_ASSIGN_OR_RETURN(CalibrationAccumulator acc, CalibrationAccumulator::create(shape, model_name, options));
+  return CalibrationBuilder(std::make_unique<Impl>(Impl{std::move(acc), 0}));
+}
+
+Status CalibrationBuilder::add(const KVCache& cache) {
+  return impl_->acc.add(cache, "cache " + std::to_string(impl_->n_added++));
+}
+
+Result<Calibration> CalibrationBuilder::finish() {
+  KVTC_ASSIGN_OR_RETURN(CalibrationData d, impl_->acc.finish());
+  return Calibration(std::make_shared<const CalibrationData>(std::move(d)));
+}
+
+}  // namespace kvtc
