@@ -337,26 +337,48 @@ TEST(CudaBatchApi, ManySequencesBf16AndF32) {
   cuda::BatchDecoder dec;
   std::vector<cuda::ContainerView> views;
   for (auto& b : blobs) views.push_back({b.data(), b.size()});
-  ASSERT_TRUE(dec.decode(*dcal, views, {}, nullptr).is_ok());
-  ASSERT_EQ(dec.n_sequences(), 3);
   auto cpu = make_cpu_backend();
-  for (int q = 0; q < 3; ++q) {
-    auto cd = cpu->decode_coefficients(*cal_data, blobs[q].data(), blobs[q].size(), DecodeOptions{}, nullptr);
-    ASSERT_TRUE(cd.is_ok());
-    const int64_t T = dec.n_tokens(q);
-    const size_t n = size_t(shape.n_kv_heads) * T * shape.head_dim;
-    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
-      // All layers restored with restore_all (layer events recorded), copied back as fp32.
-      std::vector<std::vector<float>> kg, vg;
-      ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
-      std::vector<float> kc(n), vc(n);
-      for (int l = 0; l < shape.n_layers; ++l) {
-        ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
-        const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
-        EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l;
-        EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l;
+  for (bool overlap : {false, true}) {
+    cuda::BatchDecodeOptions bo;
+    bo.overlap_exact = overlap;
+    ASSERT_TRUE(dec.decode(*dcal, views, bo, nullptr).is_ok());
+    ASSERT_EQ(dec.n_sequences(), 3);
+    for (int q = 0; q < 3; ++q) {
+      auto cd = cpu->decode_coefficients(*cal_data, blobs[q].data(), blobs[q].size(), DecodeOptions{}, nullptr);
+      ASSERT_TRUE(cd.is_ok());
+      const size_t n = size_t(shape.n_kv_heads) * size_t(dec.n_tokens(q)) * shape.head_dim;
+      for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+        // All layers restored with restore_all (layer events recorded), copied back as fp32.
+        std::vector<std::vector<float>> kg, vg;
+        ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
+        std::vector<float> kc(n), vc(n);
+        for (int l = 0; l < shape.n_layers; ++l) {
+          ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
+          const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
+          EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l << " overlap " << overlap;
+          EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l << " overlap " << overlap;
+        }
       }
     }
+    EXPECT_TRUE(dec.exact_status().is_ok());
+  }
+  // An overlapped decode of a container whose exact chunk is corrupt: coefficients decode, and the
+  // exact chunk's checksum failure is reported by exact_status().
+  {
+    auto parsed = parse_container(blobs[0].data(), blobs[0].size());
+    ASSERT_TRUE(parsed.is_ok());
+    std::vector<uint8_t> bad = blobs[0];
+    for (const ChunkEntry& c : parsed->header.chunks)
+      if (c.kind == ChunkKind::kExact) {
+        bad[parsed->payload_offset + c.offset] ^= 0x10;
+        break;
+      }
+    cuda::BatchDecodeOptions bo;
+    bo.overlap_exact = true;
+    ASSERT_TRUE(dec.decode(*dcal, {{bad.data(), bad.size()}}, bo, nullptr).is_ok());
+    EXPECT_EQ(dec.exact_status().code(), StatusCode::kChecksumMismatch);
+    bo.overlap_exact = false;
+    EXPECT_EQ(dec.decode(*dcal, {{bad.data(), bad.size()}}, bo, nullptr).code(), StatusCode::kChecksumMismatch);
   }
 }
 

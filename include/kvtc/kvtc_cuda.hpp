@@ -73,6 +73,11 @@ struct BatchDecodeOptions {
   bool verify_checksums = true;  // CRC-32 of every chunk, on the GPU
   bool keep_fp32 = true;         // fp32 coefficients (for ElementType::kF32 restores)
   bool keep_bf16 = true;         // bf16 coefficients (for ElementType::kBF16 restores)
+  // Exact-token chunks (attention sinks and the recent window: the longest serial DEFLATE streams)
+  // inflate on a second stream while coefficients are dequantised and layers reconstructed. decode()
+  // then checks only the coefficient chunks; call exact_status() (it waits) for the exact ones.
+  // restore_layer() orders its exact rows after them on the device, without a host wait.
+  bool overlap_exact = false;
 };
 
 // Device time of the last decode's stages, from CUDA events, in seconds.
@@ -94,6 +99,11 @@ class BatchDecoder {
   // batch; device buffers are kept and grow only.
   Status decode(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
                 const BatchDecodeOptions& options, void* cuda_stream);
+
+  // After a decode with overlap_exact: waits for the exact chunks and returns their status (CORRUPT /
+  // CHECKSUM_MISMATCH naming the chunk; tensors restored from a failed batch are not valid). OK when
+  // nothing is pending.
+  Status exact_status();
 
   int n_sequences() const;
   // Shape of sequence `seq`: layers, KV heads, head_dim, tokens (all from its header).

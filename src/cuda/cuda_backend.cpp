@@ -112,7 +112,7 @@ class CudaBackend final : public Backend {
     KVTC_RETURN_IF_ERROR(ensure(cal));
     cuda::GpuDecodeTimes gt;
     KVTC_RETURN_IF_ERROR(decoder_.decode(gcal_, cal, {{bytes, size_bytes}}, options.verify_checksums, true, false,
-                                         stream_, &gt));
+                                         false, stream_, &gt));
     const cuda::GpuSequence& seq = decoder_.sequence(0);
     DecodedCoefficients dec;
     dec.container = seq.container;

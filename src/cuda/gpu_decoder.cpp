@@ -107,12 +107,21 @@ Status GpuCalibration::upload(const CalibrationData& cal, bool f32, bool bf16, i
 }
 
 GpuBatchDecoder::~GpuBatchDecoder() {
+  if (side_) cudaStreamSynchronize(side_);
   if (handle_) cublasDestroy(handle_);
+  if (side_) cudaStreamDestroy(side_);
+  if (payload_ready_) cudaEventDestroy(payload_ready_);
+  if (exact_begin_) cudaEventDestroy(exact_begin_);
+  if (exact_done_) cudaEventDestroy(exact_done_);
 }
 
 Status GpuBatchDecoder::ensure_handle() {
   if (handle_) return Status::ok();
   KVTC_RETURN_IF_ERROR(cublas_status(cublasCreate(&handle_), "cublasCreate"));
+  KVTC_CUDA_RETURN(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  KVTC_CUDA_RETURN(cudaEventCreateWithFlags(&payload_ready_, cudaEventDisableTiming));
+  KVTC_CUDA_RETURN(cudaEventCreate(&exact_begin_));
+  KVTC_CUDA_RETURN(cudaEventCreate(&exact_done_));
   return Status::ok();
 }
 
@@ -136,9 +145,12 @@ Status GpuBatchDecoder::prepare_sequence(const GpuCalibration& gcal, GpuSequence
 
 Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData& cal,
                                const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
-                               bool want_f32, bool want_bf16, cudaStream_t stream, GpuDecodeTimes* times) {
+                               bool want_f32, bool want_bf16, bool overlap_exact, cudaStream_t stream,
+                               GpuDecodeTimes* times) {
   KVTC_RETURN_IF_ERROR(ensure_handle());
   Events ev;
+  // A previous overlapped decode may still be inflating exact chunks into the buffers reused here.
+  if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
   KVTC_CUDA_RETURN(cudaEventRecord(ev.e[0], stream));
   seqs_.resize(containers.size());  // kept between calls: device buffers only grow
   // Host side: parse and check every header, lay out payloads and inflated chunks.
@@ -174,31 +186,57 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   }
   KVTC_CUDA_RETURN(cudaEventRecord(ev.e[1], stream));
 
-  // Inflate every chunk of every sequence in one launch.
+  // Inflate jobs: coefficient chunks (side, codes) first, then exact chunks, each part sorted longest
+  // first (blocks start roughly in index order, so long serial streams do not set the launch's tail).
+  // Coefficient chunks gate every layer; exact chunks are needed only for their rows, so with
+  // overlap_exact they inflate on a second stream while the coefficients are dequantised and layers
+  // reconstructed.
   std::vector<InflateJob> ijobs;
   std::vector<std::pair<uint32_t, uint32_t>> job_chunk;  // (sequence, chunk)
-  for (size_t q = 0; q < seqs_.size(); ++q) {
-    const ContainerHeader& h = seqs_[q].container.header;
-    for (size_t i = 0; i < h.chunks.size(); ++i) {
-      const ChunkEntry& c = h.chunks[i];
-      InflateJob j;
-      j.src = payload_.as<uint8_t>() + payload_base[q] + c.offset;
-      j.dst = raw_.as<uint8_t>() + raw_off[q][i];
-      j.src_bytes = c.stored_bytes;
-      j.dst_bytes = c.raw_bytes;
-      j.crc32 = c.crc32;
-      ijobs.push_back(j);
-      job_chunk.push_back({uint32_t(q), uint32_t(i)});
+  size_t n_coef_jobs = 0;
+  for (int part = 0; part < 2; ++part) {
+    const size_t first = ijobs.size();
+    for (size_t q = 0; q < seqs_.size(); ++q) {
+      const ContainerHeader& h = seqs_[q].container.header;
+      for (size_t i = 0; i < h.chunks.size(); ++i) {
+        const ChunkEntry& c = h.chunks[i];
+        if ((c.kind == ChunkKind::kExact) != (part == 1)) continue;
+        InflateJob j;
+        j.src = payload_.as<uint8_t>() + payload_base[q] + c.offset;
+        j.dst = raw_.as<uint8_t>() + raw_off[q][i];
+        j.src_bytes = c.stored_bytes;
+        j.dst_bytes = c.raw_bytes;
+        j.crc32 = c.crc32;
+        ijobs.push_back(j);
+        job_chunk.push_back({uint32_t(q), uint32_t(i)});
+      }
     }
+    std::vector<size_t> order(ijobs.size() - first);
+    for (size_t k = 0; k < order.size(); ++k) order[k] = first + k;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return ijobs[a].dst_bytes > ijobs[b].dst_bytes; });
+    std::vector<InflateJob> sorted_jobs(order.size());
+    std::vector<std::pair<uint32_t, uint32_t>> sorted_chunk(order.size());
+    for (size_t k = 0; k < order.size(); ++k) {
+      sorted_jobs[k] = ijobs[order[k]];
+      sorted_chunk[k] = job_chunk[order[k]];
+    }
+    std::copy(sorted_jobs.begin(), sorted_jobs.end(), ijobs.begin() + int64_t(first));
+    std::copy(sorted_chunk.begin(), sorted_chunk.end(), job_chunk.begin() + int64_t(first));
+    if (part == 0) n_coef_jobs = ijobs.size();
   }
+  const size_t n_exact_jobs = ijobs.size() - n_coef_jobs;
   KVTC_RETURN_IF_ERROR(upload_vector(inflate_jobs_, ijobs, stream));
   // Status slots: one per inflate job, a gap, then one per dequantise job (at most two per chunk).
   KVTC_RETURN_IF_ERROR(status_.reserve(sizeof(uint32_t) * (3 * ijobs.size() + 1)));
   uint32_t* inflate_status = status_.as<uint32_t>();
   uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
   KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, status_.size_bytes(), stream));
-  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(ijobs.size()), verify_checksums, inflate_status, stream));
+  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_coef_jobs), verify_checksums, inflate_status, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev.e[2], stream));
+  exact_jobs_begin_ = n_coef_jobs;
+  exact_job_chunk_.assign(job_chunk.begin() + int64_t(n_coef_jobs), job_chunk.end());
+  exact_pending_ = false;
 
   // Dequantise all codes chunks; allocate coefficient matrices.
   std::vector<DequantJob> djobs_f32, djobs_bf16;
@@ -282,15 +320,27 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev.e[3], stream));
-  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, stream));
-  KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), stream));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[4], stream));
+  // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
+  cudaStream_t xs = stream;
+  if (overlap_exact) {
+    xs = side_;
+    KVTC_CUDA_RETURN(cudaEventRecord(payload_ready_, stream));
+    KVTC_CUDA_RETURN(cudaStreamWaitEvent(side_, payload_ready_, 0));
+  }
+  KVTC_CUDA_RETURN(cudaEventRecord(exact_begin_, xs));
+  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
+                                  inflate_status + n_coef_jobs, xs));
+  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, xs));
+  KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
+  KVTC_CUDA_RETURN(cudaEventRecord(exact_done_, xs));
+  exact_recorded_ = true;
+  exact_pending_ = overlap_exact;
 
-  // The one synchronisation: per-chunk statuses.
+  // The one synchronisation: per-chunk statuses (of the coefficient chunks only, when overlapped).
   std::vector<uint32_t> st(ijobs.size() + 1 + djobs.size());
   KVTC_CUDA_RETURN(cudaMemcpyAsync(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
-  for (size_t k = 0; k < ijobs.size(); ++k) {
+  for (size_t k = 0; k < (overlap_exact ? n_coef_jobs : ijobs.size()); ++k) {
     if (st[k] == kInflateOk) continue;
     const std::string where = "sequence " + std::to_string(job_chunk[k].first) + " chunk " + std::to_string(job_chunk[k].second);
     if (st[k] == kInflateBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
@@ -302,8 +352,27 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     times->upload_s = event_seconds(ev.e[0], ev.e[1]);
     times->inflate_s = event_seconds(ev.e[1], ev.e[2]);
     times->dequantize_s = event_seconds(ev.e[2], ev.e[3]);
-    times->exact_s = event_seconds(ev.e[3], ev.e[4]);
-    times->total_s = event_seconds(ev.e[0], ev.e[4]);
+    times->exact_s = overlap_exact ? 0.0 : event_seconds(exact_begin_, exact_done_);
+    times->total_s = event_seconds(ev.e[0], overlap_exact ? ev.e[3] : exact_done_);
+  }
+  return Status::ok();
+}
+
+Status GpuBatchDecoder::exact_status(GpuDecodeTimes* times) {
+  if (!exact_pending_) return Status::ok();
+  exact_pending_ = false;
+  KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
+  if (times) times->exact_s = event_seconds(exact_begin_, exact_done_);
+  std::vector<uint32_t> st(exact_job_chunk_.size());
+  if (!st.empty())
+    KVTC_CUDA_RETURN(cudaMemcpy(st.data(), status_.as<uint32_t>() + exact_jobs_begin_, st.size() * sizeof(uint32_t),
+                                cudaMemcpyDeviceToHost));
+  for (size_t k = 0; k < st.size(); ++k) {
+    if (st[k] == kInflateOk) continue;
+    const std::string where = "sequence " + std::to_string(exact_job_chunk_[k].first) + " chunk " +
+                              std::to_string(exact_job_chunk_[k].second);
+    if (st[k] == kInflateBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
+    return corrupt(where + ": " + inflate_status_name(st[k]));
   }
   return Status::ok();
 }
@@ -333,6 +402,7 @@ Status GpuBatchDecoder::load_host(const GpuCalibration& gcal, const DecodedCoeff
     }
   KVTC_RETURN_IF_ERROR(upload_vector(seq.exact, exact, stream));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // host vectors go out of scope
+  exact_pending_ = false;
   return Status::ok();
 }
 
@@ -398,6 +468,8 @@ Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index,
       }
       KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
+    // Exact rows come from the exact chunks, which may still be inflating on the side stream.
+    if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
     const float* exact = seq.exact.as<float>();
     const int64_t head_off = seq.exact_offset[s][0][size_t(layer)], tail_off = seq.exact_offset[s][1][size_t(layer)];
     if (h.n_head_exact > 0 && head_off >= 0)

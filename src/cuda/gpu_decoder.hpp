@@ -63,9 +63,14 @@ class GpuBatchDecoder {
   // Decodes every container in one launch per stage (all chunks of all sequences together). Checks
   // each against the calibration first; per-chunk statuses are read back once at the end (CORRUPT or
   // CHECKSUM_MISMATCH naming the sequence and chunk). want_f32 / want_bf16: coefficient copies kept.
+  // overlap_exact: exact chunks inflate on a second stream and their statuses are checked by
+  // exact_status() instead; restore_layer waits for them on the device before writing exact rows.
   Status decode(const GpuCalibration& gcal, const CalibrationData& cal,
                 const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
-                bool want_f32, bool want_bf16, cudaStream_t stream, GpuDecodeTimes* times);
+                bool want_f32, bool want_bf16, bool overlap_exact, cudaStream_t stream, GpuDecodeTimes* times);
+  // Waits for the exact chunks of an overlapped decode and reports their statuses (OK otherwise);
+  // sets times->exact_s.
+  Status exact_status(GpuDecodeTimes* times);
   // Loads coefficients decoded elsewhere (the CPU backend) as sequence 0, fp32.
   Status load_host(const GpuCalibration& gcal, const DecodedCoefficients& dec, cudaStream_t stream);
 
@@ -82,6 +87,11 @@ class GpuBatchDecoder {
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
 
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes
+  cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
+  bool exact_recorded_ = false, exact_pending_ = false;
+  size_t exact_jobs_begin_ = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> exact_job_chunk_;
   std::vector<GpuSequence> seqs_;
   DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, exact_jobs_, tmp_;
 };

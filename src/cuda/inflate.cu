@@ -1,11 +1,14 @@
 // GPU inflate: raw DEFLATE (RFC 1951) with stored, fixed and dynamic Huffman blocks.
 //
-// One warp per stream. Lane 0 walks the bit stream (Huffman decoding is serial within a stream); the
-// warp shares the work that is parallel: the CRC table, and the copy of long back-references and
-// stored blocks. Throughput comes from batching: a launch holds every chunk of every stream, layer
-// and sequence, so thousands of warps are in flight. Decode tables live in shared memory: a 10-bit
-// (literal/length) and 8-bit (distance) first-level table, with a canonical bit-by-bit walk for the
-// rare longer codes (the slow path of puff.c), so no second-level tables are needed.
+// One warp per stream, all 32 lanes running the same decode loop on the same bits (the loop is
+// warp-uniform, so this costs what one lane would and needs no broadcasts). What is parallel is split
+// across the lanes: filling decode tables, copying back-references and stored blocks (lane i writes
+// bytes i, i + 32, ...; a match of distance d reads byte (i mod d) of the d bytes before it, so even
+// overlapping matches copy in one parallel step with no read-after-write chain), and the CRC (each
+// lane one segment, combined with the GF(2) shift operator as zlib's crc32_combine). Throughput comes
+// from batching: a launch holds every chunk of every stream, layer and sequence. Decode tables live in
+// shared memory: a 10-bit (literal/length) and 8-bit (distance) first-level table, with a canonical
+// bit-by-bit walk for the rare longer codes (puff.c's method), so no second-level tables are needed.
 //
 // Validation follows libdeflate's decoder, so that the two accept exactly the same streams:
 // oversubscribed or (with libdeflate's two exceptions) incomplete code sets, a repeat code with no
@@ -55,13 +58,16 @@ struct BitReader {
   uint64_t buf;
   int cnt;
 
+  // Leaves at least 33 bits buffered: four independent byte loads per refill.
   __device__ void refill() {
-    while (cnt <= 56) {
-      const uint64_t byte = pos < n ? uint64_t(__ldg(p + pos)) : 0;
-      buf |= byte << cnt;
-      cnt += 8;
-      ++pos;
-    }
+    if (cnt > 32) return;
+    uint32_t w = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (pos + k < n) w |= uint32_t(__ldg(p + pos + k)) << (8 * k);
+    buf |= uint64_t(w) << cnt;
+    cnt += 32;
+    pos += 4;
   }
   __device__ uint32_t take(int k) {
     if (cnt < k) refill();
@@ -83,13 +89,22 @@ struct BitReader {
 // judged as libdeflate judges them: oversubscribed is invalid; incomplete is invalid except for the
 // empty set (every code reads as symbol 0, one bit) and a single one-bit code (both bit values read
 // as that symbol).
+// Called by all lanes of the warp with the same arguments; lanes share the table fill.
 __device__ bool build_table(const uint8_t* lengths, int n_syms, uint16_t* table, int table_bits, int max_len,
                             uint16_t* count, uint16_t* sorted) {
-  for (int l = 0; l < 16; ++l) count[l] = 0;
-  for (int s = 0; s < n_syms; ++s) count[lengths[s]]++;
-  count[0] = 0;
+  const int lane = int(threadIdx.x & 31);
+  __syncwarp();  // earlier readers of these tables are done
+  // Counts in registers (every lane computes the same ones; a shared read-modify-write by 32 lanes
+  // would race), then stored for the slow decoding path.
+  uint16_t cnt[16];
+#pragma unroll
+  for (int l = 0; l < 16; ++l) cnt[l] = 0;
+  for (int s = 0; s < n_syms; ++s) cnt[lengths[s]]++;
+  cnt[0] = 0;
+#pragma unroll
+  for (int l = 0; l < 16; ++l) count[l] = cnt[l];
   uint32_t used = 0;  // codespace used, in units of 2^-max_len
-  for (int l = 1; l <= max_len; ++l) used = (used << 1) + count[l];
+  for (int l = 1; l <= max_len; ++l) used = (used << 1) + cnt[l];
   const int size = 1 << table_bits;
   if (used > (1u << max_len)) return false;
   if (used < (1u << max_len)) {
@@ -97,30 +112,33 @@ __device__ bool build_table(const uint8_t* lengths, int n_syms, uint16_t* table,
     if (used == 0) {
       entry = uint16_t((0 << 4) | 1);
     } else {
-      if (used != (1u << (max_len - 1)) || count[1] != 1) return false;
+      if (used != (1u << (max_len - 1)) || cnt[1] != 1) return false;
       int sym = 0;
       while (lengths[sym] != 1) ++sym;
       entry = uint16_t((sym << 4) | 1);
     }
-    for (int i = 0; i < size; ++i) table[i] = entry;
+    for (int i = lane; i < size; i += 32) table[i] = entry;
+    __syncwarp();
     return true;
   }
   uint16_t offs[16];
   offs[1] = 0;
-  for (int l = 1; l < 15; ++l) offs[l + 1] = uint16_t(offs[l] + count[l]);
+  for (int l = 1; l < 15; ++l) offs[l + 1] = uint16_t(offs[l] + cnt[l]);
   for (int s = 0; s < n_syms; ++s)
     if (lengths[s]) sorted[offs[lengths[s]]++] = uint16_t(s);
-  for (int i = 0; i < size; ++i) table[i] = 0;
+  for (int i = lane; i < size; i += 32) table[i] = 0;
+  __syncwarp();
   int code = 0, idx = 0;
   for (int l = 1; l <= table_bits; ++l) {
-    for (int c = 0; c < count[l]; ++c) {
+    for (int c = 0; c < cnt[l]; ++c) {
       const uint16_t entry = uint16_t((sorted[idx++] << 4) | l);
       const int rev = int(__brev(uint32_t(code)) >> (32 - l));
-      for (int r = rev; r < size; r += 1 << l) table[r] = entry;
+      for (int r = rev + (lane << l); r < size; r += 32 << l) table[r] = entry;
       ++code;
     }
     code <<= 1;
   }
+  __syncwarp();
   return true;
 }
 
@@ -201,7 +219,7 @@ __device__ void build_fixed_tables(Shared& sh) {
   build_table(sh.lengths + 288, 32, sh.dist_table, kDistTableBits, 15, sh.dist_count, sh.dist_sorted);
 }
 
-// Lane 0's work: the whole bit stream of one job.
+// The whole bit stream of one job, run by all lanes of the warp in step (see the file comment).
 __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
   BitReader br{job.src, job.src_bytes, 0, 0, 0};
   uint8_t* dst = job.dst;
@@ -222,7 +240,7 @@ __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
       const uint32_t at = br.pos - uint32_t(br.cnt >> 3);
       if (uint64_t(at) + len > br.n) return kInflateInputOverrun;
       if (uint64_t(out) + len > cap) return kInflateOutputOverrun;
-      for (uint32_t k = 0; k < len; ++k) dst[out + k] = __ldg(br.p + at + k);
+      for (uint32_t k = threadIdx.x & 31; k < len; k += 32) dst[out + k] = __ldg(br.p + at + k);
       out += len;
       br.pos = at + len;
       br.buf = 0;
@@ -242,7 +260,8 @@ __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
       if (sym < 0) return kInflateBadSymbol;
       if (sym < 256) {
         if (out >= cap) return kInflateOutputOverrun;
-        dst[out++] = uint8_t(sym);
+        if ((threadIdx.x & 31) == 0) dst[out] = uint8_t(sym);
+        ++out;
         continue;
       }
       if (sym == 256) break;
@@ -254,8 +273,11 @@ __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
       const uint32_t dist = kDistBase[ds] + br.take(kDistExtra[ds]);
       if (dist > out) return kInflateBadDistance;
       if (out + len > cap) return kInflateOutputOverrun;
+      // Byte k of the match is byte (k mod dist) of the dist bytes before it: every source byte was
+      // written before this match, so the lanes copy in parallel.
+      __syncwarp();
       const uint8_t* from = dst + out - dist;
-      for (uint32_t k = 0; k < len; ++k) dst[out + k] = from[k];
+      for (uint32_t k = threadIdx.x & 31; k < len; k += 32) dst[out + k] = from[k < dist ? k : k % dist];
       out += len;
     }
   }
@@ -265,12 +287,58 @@ __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
   return kInflateOk;
 }
 
+// CRC-32 arithmetic modulo the polynomial (zlib's multmodp / x2nmodp): a * b mod p, reflected.
+__device__ uint32_t mult_mod_p(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, prod = 0;
+  for (;;) {
+    if (a & m) {
+      prod ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1) ? (b >> 1) ^ 0xedb88320u : b >> 1;
+  }
+  return prod;
+}
+// x^(8 * n_bytes) mod p: the operator that shifts a CRC over n_bytes zero bytes.
+__device__ uint32_t shift_op(uint32_t n_bytes) {
+  uint32_t p = 1u << 31, sq = 1u << 30;  // x^0, x^1
+  uint64_t n = uint64_t(n_bytes) * 8;
+  while (n) {
+    if (n & 1) p = mult_mod_p(sq, p);
+    sq = mult_mod_p(sq, sq);
+    n >>= 1;
+  }
+  return p;
+}
+
+// CRC-32 of src, the warp's lanes each taking one contiguous segment; all lanes get the result.
+__device__ uint32_t warp_crc32(const uint8_t* src, uint32_t n, const uint32_t* table) {
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t seg = (n + 31) / 32;
+  const uint32_t b = min(n, lane * seg), e = min(n, b + seg);
+  uint32_t crc = 0xffffffffu;
+  for (uint32_t i = b; i < e; ++i) crc = table[(crc ^ __ldg(src + i)) & 0xff] ^ (crc >> 8);
+  crc ^= 0xffffffffu;
+  // crc(A || B) = shift(crc(A), |B|) ^ crc(B); segments are seg bytes except the last ones.
+  const uint32_t op = shift_op(seg);
+  uint32_t total = __shfl_sync(0xffffffffu, crc, 0);
+  for (uint32_t l = 1; l < 32; ++l) {
+    const uint32_t c = __shfl_sync(0xffffffffu, crc, l);
+    const uint32_t len = min(n, l * seg + seg) - min(n, l * seg);
+    if (len == 0) break;
+    total = mult_mod_p(len == seg ? op : shift_op(len), total) ^ c;
+  }
+  return total;
+}
+
 __global__ void __launch_bounds__(32) inflate_kernel(const InflateJob* __restrict__ jobs, int n_jobs, bool verify_crc,
                                                      uint32_t* __restrict__ status) {
   __shared__ Shared sh;
   const int j = blockIdx.x;
   if (j >= n_jobs) return;
   const InflateJob job = jobs[j];
+  uint32_t st = kInflateOk;
   if (verify_crc) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
       uint32_t c = uint32_t(i);
@@ -278,16 +346,10 @@ __global__ void __launch_bounds__(32) inflate_kernel(const InflateJob* __restric
       sh.crc_table[i] = c;
     }
     __syncwarp();
-  }
-  if (threadIdx.x != 0) return;
-  uint32_t st = kInflateOk;
-  if (verify_crc) {
-    uint32_t crc = 0xffffffffu;
-    for (uint32_t i = 0; i < job.src_bytes; ++i) crc = sh.crc_table[(crc ^ __ldg(job.src + i)) & 0xff] ^ (crc >> 8);
-    if ((crc ^ 0xffffffffu) != job.crc32) st = kInflateBadChecksum;
+    if (warp_crc32(job.src, job.src_bytes, sh.crc_table) != job.crc32) st = kInflateBadChecksum;
   }
   if (st == kInflateOk) st = inflate_one(job, sh);
-  status[j] = st;
+  if (threadIdx.x == 0) status[j] = st;
 }
 
 }  // namespace

@@ -57,8 +57,11 @@ Status BatchDecoder::decode(const DeviceCalibration& dcal, const std::vector<Con
   if (!device_available(&why)) return Status(StatusCode::kCuda, why);
   if (!options.keep_fp32 && !options.keep_bf16) return invalid_argument("keep fp32 or bf16 coefficients (or both)");
   return impl_->dec.decode(dcal.impl().gcal, dcal.calibration().data(), containers, options.verify_checksums,
-                           options.keep_fp32, options.keep_bf16, static_cast<cudaStream_t>(cuda_stream), &impl_->times);
+                           options.keep_fp32, options.keep_bf16, options.overlap_exact,
+                           static_cast<cudaStream_t>(cuda_stream), &impl_->times);
 }
+
+Status BatchDecoder::exact_status() { return impl_->dec.exact_status(&impl_->times); }
 
 int BatchDecoder::n_sequences() const { return impl_->dec.n_sequences(); }
 ModelShape BatchDecoder::shape(int seq) const { return impl_->dec.sequence(seq).container.header.shape; }
