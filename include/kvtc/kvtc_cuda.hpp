@@ -126,4 +126,31 @@ class BatchDecoder {
   std::unique_ptr<Impl> impl_;
 };
 
+// ---------------------------------------------------------------------------------------------------
+// Whole-cache helpers (host memory in and out), for tools
+// ---------------------------------------------------------------------------------------------------
+
+// Restores layers [first_layer, last_layer) of a container on the GPU with the fp32 path and returns
+// them in host memory: the same KVCache kvtc::decode gives (metadata, exact tokens bit for bit, fp32
+// values within fp32 rounding of the CPU decoder), with k and v holding only the selected layers
+// (k[0] is first_layer). last_layer < 0 means all layers.
+Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size_t size_bytes, int first_layer = 0,
+                              int last_layer = -1, const DecodeOptions& options = {});
+
+// Restore timing of `containers` (decoded together as one batch) into device buffers this call owns:
+// one warm-up, then `repeat` runs; medians in seconds. Restores are bf16 (the serving path) unless
+// `fp32`. Allocates; not for the hot path.
+struct RestoreTiming {
+  int repeat = 0;
+  double raw_bytes = 0;          // restored tensors at 16 bits per element, all sequences
+  double file_bytes = 0;         // the containers
+  double decode_wall_s = 0;      // decode(): host checks, upload, inflate, dequantise (host clock)
+  double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0;  // device stages (CUDA events)
+  double restore_s = 0;          // restore_all of every sequence (CUDA events)
+  double first_layer_s = 0;      // restore start to sequence 0's layer 0 ready
+  double total_wall_s = 0;       // decode() start to every layer restored (host clock)
+};
+Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
+                                   int repeat, bool fp32, bool overlap_exact);
+
 }  // namespace kvtc::cuda

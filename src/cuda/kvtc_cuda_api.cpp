@@ -1,6 +1,9 @@
 // The public GPU API (kvtc/kvtc_cuda.hpp) over the internal batch decoder.
 #include "kvtc/kvtc_cuda.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 #include "core/calibration_data.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/gpu_decoder.hpp"
@@ -62,6 +65,127 @@ Status BatchDecoder::decode(const DeviceCalibration& dcal, const std::vector<Con
 }
 
 Status BatchDecoder::exact_status() { return impl_->dec.exact_status(&impl_->times); }
+
+Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size_t size_bytes, int first_layer,
+                              int last_layer, const DecodeOptions& options) {
+  auto backend = make_cuda_backend();
+  KVTC_ASSIGN_OR_RETURN(DecodedCoefficients dec,
+                        backend->decode_coefficients(cal.data(), bytes, size_bytes, options, nullptr));
+  const ContainerHeader& h = dec.container.header;
+  if (last_layer < 0) last_layer = h.shape.n_layers;
+  if (first_layer < 0 || last_layer > h.shape.n_layers || first_layer >= last_layer)
+    return invalid_argument("layer range out of bounds");
+  KVCache out;
+  out.shape = h.shape;
+  out.dtype = h.dtype;
+  out.n_tokens = int64_t(h.n_tokens);
+  out.position_offset = h.position_offset;
+  out.metadata = h.metadata;
+  auto it = h.metadata.find("model");
+  if (it != h.metadata.end()) out.model_name = it->second;
+  it = h.metadata.find("num_heads");
+  if (it != h.metadata.end()) out.n_heads = int32_t(std::strtol(it->second.c_str(), nullptr, 10));
+  const size_t n = size_t(h.shape.n_kv_heads) * size_t(h.n_tokens) * size_t(h.shape.head_dim);
+  out.k.assign(size_t(last_layer - first_layer), std::vector<float>(n));
+  out.v.assign(size_t(last_layer - first_layer), std::vector<float>(n));
+  for (int l = first_layer; l < last_layer; ++l)
+    KVTC_RETURN_IF_ERROR(backend->restore_layer(cal.data(), dec, l, out.k[size_t(l - first_layer)].data(),
+                                                out.v[size_t(l - first_layer)].data(), options.n_threads, nullptr));
+  return out;
+}
+
+Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
+                                   int repeat, bool fp32, bool overlap_exact) {
+  using Clock = std::chrono::steady_clock;
+  if (repeat < 1 || containers.empty()) return invalid_argument("need at least one container and one repetition");
+  BatchDecoder dec;
+  BatchDecodeOptions bo;
+  bo.keep_fp32 = fp32;
+  bo.keep_bf16 = !fp32;
+  bo.overlap_exact = overlap_exact;
+  cudaStream_t stream;
+  KVTC_CUDA_RETURN(cudaStreamCreate(&stream));
+  // Output buffers per sequence and layer, and one event per layer.
+  KVTC_RETURN_IF_ERROR(dec.decode(dcal, containers, bo, stream));
+  KVTC_RETURN_IF_ERROR(dec.exact_status());
+  const size_t eb = fp32 ? 4 : 2;
+  size_t total = 0, max_layers = 0;
+  RestoreTiming r;
+  r.repeat = repeat;
+  for (int q = 0; q < dec.n_sequences(); ++q) {
+    const ModelShape sh = dec.shape(q);
+    total += size_t(2) * sh.n_layers * sh.n_kv_heads * size_t(dec.n_tokens(q)) * sh.head_dim;
+    max_layers = std::max(max_layers, size_t(sh.n_layers));
+    r.raw_bytes += double(2) * sh.n_layers * sh.n_kv_heads * double(dec.n_tokens(q)) * sh.head_dim * 2;
+    r.file_bytes += double(containers[size_t(q)].second);
+  }
+  DeviceBuffer out;
+  KVTC_RETURN_IF_ERROR(out.reserve(total * eb));
+  std::vector<std::vector<void*>> kp(size_t(dec.n_sequences())), vp(size_t(dec.n_sequences()));
+  size_t off = 0;
+  for (int q = 0; q < dec.n_sequences(); ++q) {
+    const ModelShape sh = dec.shape(q);
+    const size_t layer = size_t(sh.n_kv_heads) * size_t(dec.n_tokens(q)) * sh.head_dim * eb;
+    for (int l = 0; l < sh.n_layers; ++l) {
+      kp[size_t(q)].push_back(out.as<uint8_t>() + off);
+      off += layer;
+      vp[size_t(q)].push_back(out.as<uint8_t>() + off);
+      off += layer;
+    }
+  }
+  std::vector<void*> events(max_layers, nullptr);
+  for (auto& e : events) {
+    cudaEvent_t x;
+    KVTC_CUDA_RETURN(cudaEventCreate(&x));
+    e = x;
+  }
+  cudaEvent_t start;
+  KVTC_CUDA_RETURN(cudaEventCreate(&start));
+  std::vector<double> v[9];
+  Status st = Status::ok();
+  for (int rep = 0; rep <= repeat && st.is_ok(); ++rep) {
+    const auto w0 = Clock::now();
+    st = dec.decode(dcal, containers, bo, stream);
+    const double decode_wall = std::chrono::duration<double>(Clock::now() - w0).count();
+    if (st.is_ok()) st = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord");
+    for (int q = 0; q < dec.n_sequences() && st.is_ok(); ++q)
+      st = dec.restore_all(dcal, q, kp[size_t(q)].data(), vp[size_t(q)].data(),
+                           fp32 ? ElementType::kF32 : ElementType::kBF16, stream, q == 0 ? events.data() : nullptr);
+    cudaEvent_t end;
+    if (st.is_ok()) st = cuda_status(cudaEventCreate(&end), "cudaEventCreate");
+    if (!st.is_ok()) break;
+    cudaEventRecord(end, stream);
+    st = cuda_status(cudaStreamSynchronize(stream), "restore");
+    if (st.is_ok()) st = dec.exact_status();
+    const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
+    float ms_all = 0, ms_first = 0;
+    cudaEventElapsedTime(&ms_all, start, end);
+    cudaEventElapsedTime(&ms_first, start, static_cast<cudaEvent_t>(events[0]));
+    cudaEventDestroy(end);
+    if (rep == 0 || !st.is_ok()) continue;
+    const BatchDecodeTimes t = dec.last_times();
+    const double vals[9] = {decode_wall, t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, ms_all * 1e-3,
+                            ms_first * 1e-3, wall, 0};
+    for (int i = 0; i < 8; ++i) v[i].push_back(vals[i]);
+  }
+  for (void* e : events) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  cudaEventDestroy(start);
+  cudaStreamDestroy(stream);
+  KVTC_RETURN_IF_ERROR(st);
+  auto med = [](std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x[x.size() / 2];
+  };
+  r.decode_wall_s = med(v[0]);
+  r.upload_s = med(v[1]);
+  r.inflate_s = med(v[2]);
+  r.dequantize_s = med(v[3]);
+  r.exact_s = med(v[4]);
+  r.restore_s = med(v[5]);
+  r.first_layer_s = med(v[6]);
+  r.total_wall_s = med(v[7]);
+  return r;
+}
 
 int BatchDecoder::n_sequences() const { return impl_->dec.n_sequences(); }
 ModelShape BatchDecoder::shape(int seq) const { return impl_->dec.sequence(seq).container.header.shape; }
