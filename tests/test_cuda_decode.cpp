@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -179,6 +180,15 @@ struct Case {
   int64_t position_offset;
 };
 
+// Stable, readable names and printouts (the default prints the struct's bytes, padding included,
+// which would change ctest's test names from build to build).
+std::string case_name(const Case& c) {
+  return std::string(c.dtype == DType::kF32 ? "f32" : c.dtype == DType::kBF16 ? "bf16" : "f16") +
+         (c.style == RopeStyle::kHalf ? "_half" : "_interleaved") + (c.dense ? "_dense" : "_aligned") + "_pos" +
+         std::to_string(c.position_offset);
+}
+void PrintTo(const Case& c, std::ostream* os) { *os << case_name(c); }
+
 class CudaDecode : public ::testing::TestWithParam<Case> {};
 
 // GPU coefficients are bit-identical to the CPU's; restored layers agree with the CPU backend and the
@@ -243,7 +253,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaDecode,
                          ::testing::Values(Case{DType::kF32, RopeStyle::kHalf, false, 0},
                                            Case{DType::kBF16, RopeStyle::kHalf, true, 0},
                                            Case{DType::kF16, RopeStyle::kInterleaved, false, 1000},
-                                           Case{DType::kBF16, RopeStyle::kInterleaved, true, 77}));
+                                           Case{DType::kBF16, RopeStyle::kInterleaved, true, 77}),
+                         [](const ::testing::TestParamInfo<Case>& param_info) { return case_name(param_info.param); });
 
 // A real cache of the reference model (repo data/), through the same checks.
 TEST(CudaDecodeReal, SmallTestCacheMatchesCpu) {
