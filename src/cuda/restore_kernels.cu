@@ -182,9 +182,14 @@ cudaError_t launch_dequantize(const DequantJob* jobs_dev, int n_jobs, bool bf16,
 }
 
 cudaError_t launch_exact_convert(const ExactJob* jobs_dev, int n_jobs, cudaStream_t stream) {
-  if (n_jobs <= 0) return cudaSuccess;
-  exact_convert_kernel<<<dim3(8, unsigned(n_jobs)), 256, 0, stream>>>(jobs_dev);
-  return cudaGetLastError();
+  // Jobs go on grid.y, which holds at most 65535: large batches take several launches.
+  for (int first = 0; first < n_jobs; first += 65535) {
+    const int n = n_jobs - first < 65535 ? n_jobs - first : 65535;
+    exact_convert_kernel<<<dim3(8, unsigned(n)), 256, 0, stream>>>(jobs_dev + first);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t launch_rope_table(const double* inv_freq_dev, int half_dim, int64_t first_position, int64_t n_positions,
