@@ -16,6 +16,7 @@ struct PcaBasis {
   int64_t rank = 0;                // r <= p
   std::vector<float> mean;         // [p]
   std::vector<float> components;   // [r][p] row-major: component j is components[j*p .. j*p + p)
+                                   // unit length; sign fixed: its largest-magnitude entry is positive
   std::vector<double> variance;    // [r] per-token variance of each component, descending
   double total_variance = 0.0;     // trace of the covariance: sum over all p features
   int64_t n_samples = 0;           // tokens the statistics came from
@@ -37,6 +38,7 @@ class CovarianceAccumulator {
   int64_t n_ = 0;
   std::vector<double> sum_;     // [p]
   std::vector<double> gram_;    // [p][p], upper triangle valid: sum of x x^T
+  std::vector<double> batch_;   // rows converted to double, reused across add() calls
 };
 
 // A source of token vectors that can be read several times (one pass per call). The callback receives
