@@ -33,8 +33,19 @@ void KvState::clear(int64_t first_position) {
   n_captured_ = 0;
   for (auto& q : q_captured_) q.clear();
   for (auto& a : attn_mass_) std::fill(a.begin(), a.end(), 0.0f);
+  masks_.clear();
   last_logits_.clear();
 }
+
+void KvState::mask_token(int layer, int head, int64_t token) {
+  if (masks_.empty()) {
+    masks_.resize(n_layers_);
+    for (auto& m : masks_) m.assign(size_t(n_kv_heads_) * capacity_, 0);
+  }
+  masks_[layer][size_t(head) * capacity_ + token] = 1;
+}
+
+void KvState::clear_masks() { masks_.clear(); }
 
 void KvState::reserve(int64_t n) {
   const int64_t need = n_tokens_ + n;
@@ -53,6 +64,12 @@ void KvState::reserve(int64_t n) {
     regrow(k_[l], head_dim_);
     regrow(v_[l], head_dim_);
     if (accumulate_attention_) regrow(attn_mass_[l], 1);
+    if (!masks_.empty()) {
+      std::vector<uint8_t> nm(size_t(n_kv_heads_) * cap, 0);
+      for (int h = 0; h < n_kv_heads_; ++h)
+        std::memcpy(nm.data() + size_t(h) * cap, masks_[l].data() + size_t(h) * capacity_, size_t(n_tokens_));
+      masks_[l].swap(nm);
+    }
   }
   capacity_ = cap;
 }
@@ -109,6 +126,11 @@ Status KvState::retain(const std::vector<int64_t>& indices) {
       compact(k(l, h), head_dim_);
       compact(v(l, h), head_dim_);
       if (accumulate_attention_) compact(attn_mass_[l].data() + size_t(h) * capacity_, 1);
+      if (!masks_.empty()) {
+        uint8_t* m = masks_[l].data() + size_t(h) * capacity_;
+        for (int64_t i = 0; i < n; ++i) m[i] = m[indices[i]];
+        std::fill(m + n, m + capacity_, uint8_t(0));
+      }
     }
   std::vector<int64_t> pos(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) pos[i] = positions_[indices[i]];
@@ -265,9 +287,15 @@ void attend_block(const AttnArgs& a, int g, int64_t t0, AttnScratch* s, float* m
                 int(hd), 0.0f, s->scores.data(), int(nk));
   }
   const std::vector<int64_t>& pos = st->positions();
+  const uint8_t* masked = st->key_mask(a.layer, g);
   for (int r = 0; r < a.n_rep; ++r)
     for (int64_t b = 0; b < B; ++b) {
       float* row = s->scores.data() + (r * B + b) * nk;
+      // Evicted keys: exp(-1e30 - max) underflows to the clamp of fast_exp, e^-87, nothing next to
+      // the row's maximum term e^0.
+      if (masked != nullptr)
+        for (int64_t j = 0; j < a.n_past; ++j)
+          if (masked[j]) row[j] = -1e30f;
       const int64_t visible = a.n_past + t0 + b + 1;
       int64_t first = 0;
       if (a.sliding_window > 0) {

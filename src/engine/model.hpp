@@ -67,6 +67,15 @@ class KvState {
   void set_accumulate_attention(bool on);
   const std::vector<float>& attention_mass(int layer) const { return attn_mass_[layer]; }
 
+  // Per-head eviction: a masked token stays stored, but no query of that layer and KV head attends to
+  // it (H2O and SnapKV keep different tokens per head). Tokens added later start unmasked.
+  void mask_token(int layer, int head, int64_t token);
+  void clear_masks();
+  // [capacity()] flags of one layer and head (1: masked), or nullptr when nothing is masked.
+  const uint8_t* key_mask(int layer, int head) const {
+    return masks_.empty() ? nullptr : masks_[layer].data() + size_t(head) * capacity_;
+  }
+
   // Logits of the last position of the latest forward call (empty before the first).
   const std::vector<float>& last_logits() const { return last_logits_; }
 
@@ -82,6 +91,7 @@ class KvState {
   std::vector<std::vector<float>> q_captured_;
   bool accumulate_attention_ = false;
   std::vector<std::vector<float>> attn_mass_;
+  std::vector<std::vector<uint8_t>> masks_;  // empty: no masks
   std::vector<float> last_logits_;
 };
 

@@ -1,6 +1,7 @@
 // Commands that run the reference engine (built with KVTC_BUILD_ENGINE):
 //   kvtc dump --model DIR --text FILE -o CACHE.safetensors [--tokens N] [--n-query 64] [--dtype bf16]
 //   kvtc generate --model DIR --prompt TEXT [-n 64] [--temperature T --top-k K --top-p P --seed S]
+//   kvtc eval ... (cmd_eval.cpp)
 #include <chrono>
 #include <cstdio>
 
@@ -13,6 +14,8 @@
 #include "engine/tokenizer.hpp"
 
 namespace kvtc::cli {
+
+void register_eval(CLI::App& app);  // cmd_eval.cpp
 
 namespace {
 
@@ -141,6 +144,7 @@ void register_generate(CLI::App& app) {
 void register_engine_commands(CLI::App& app) {
   register_dump(app);
   register_generate(app);
+  register_eval(app);
 }
 
 }  // namespace kvtc::cli

@@ -1,0 +1,51 @@
+// The method under test: kvtc::encode at the target ratio, then kvtc::decode, through the public API.
+// The sinks and the window are the calibration's (kept exact by the codec itself). Bytes counted: the
+// compressed tokens' coefficient chunks after DEFLATE, and for the whole cache the whole container.
+#include "engine/cache_io.hpp"
+#include "engine/eval_method.hpp"
+#include "util/status_macros.hpp"
+
+namespace kvtc::engine {
+
+namespace {
+
+class KvtcMethod : public CacheMethod {
+ public:
+  explicit KvtcMethod(const MethodConfig& c) : c_(c) {
+    c_.n_sink_tokens = c.calibration->n_sink_tokens();
+    c_.n_window_tokens = c.calibration->n_window_tokens();
+  }
+  std::string name() const override { return "kvtc"; }
+  std::string reference() const override { return "KV cache transform coding (this library: kvtc::encode/decode)"; }
+  Result<MethodResult> apply(const Model& model, KvState* st, double target_ratio) const override {
+    const ModelConfig& cfg = model.config();
+    const CompressedRange r = compressed_range(*st, c_);
+    ExportOptions xo;
+    xo.dtype = DType::kBF16;  // a 16-bit cache, as the ratios assume
+    KVTC_ASSIGN_OR_RETURN(KVCache cache, export_cache(cfg, *st, xo));
+    EncodeOptions eo;
+    eo.target_ratio = target_ratio;
+    eo.n_threads = c_.n_threads;
+    eo.measure_error = false;
+    KVTC_ASSIGN_OR_RETURN(EncodedCache blob, encode(*c_.calibration, cache, eo));
+    DecodeOptions dopt;
+    dopt.n_threads = c_.n_threads;
+    KVTC_ASSIGN_OR_RETURN(KVCache restored, decode(*c_.calibration, blob.bytes.data(), blob.bytes.size(), dopt));
+    KVTC_RETURN_IF_ERROR(import_cache(cfg, restored, st));
+    // Compressed tokens: their coefficient chunks after DEFLATE (the report's compressed payload);
+    // with the exact tokens: the whole container, headers and exact tokens as the codec stores them.
+    MethodResult res = make_result(model, *st, r, double(blob.report.compressed_payload_bytes),
+                                   "target " + std::to_string(int(target_ratio)) + "x");
+    res.stored_bytes = double(blob.bytes.size());
+    return res;
+  }
+
+ private:
+  MethodConfig c_;
+};
+
+}  // namespace
+
+std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c) { return std::make_unique<KvtcMethod>(c); }
+
+}  // namespace kvtc::engine

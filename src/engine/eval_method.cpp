@@ -1,0 +1,83 @@
+#include "engine/eval_method.hpp"
+
+#include <algorithm>
+
+namespace kvtc::engine {
+
+// Defined in the method files (eval_quant.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp).
+std::unique_ptr<CacheMethod> make_int_blockwise(const MethodConfig& c, int bits);
+std::unique_ptr<CacheMethod> make_fp8(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_kivi(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_streamingllm(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_h2o(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_snapkv(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_group);
+std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c);
+
+namespace {
+
+class NoneMethod : public CacheMethod {
+ public:
+  explicit NoneMethod(const MethodConfig& c) : c_(c) {}
+  std::string name() const override { return "none"; }
+  std::string reference() const override { return "the uncompressed cache"; }
+  Result<MethodResult> apply(const Model& model, KvState* state, double) const override {
+    const CompressedRange r = compressed_range(*state, c_);
+    return make_result(model, *state, r, r.n() * raw_bytes_per_token(model.config()), "fp32 (counted at 16 bits)");
+  }
+
+ private:
+  MethodConfig c_;
+};
+
+}  // namespace
+
+std::vector<std::string> method_names() {
+  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "streamingllm", "h2o", "snapkv", "svd", "xkv"};
+}
+
+Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
+  if (name == "none") return std::unique_ptr<CacheMethod>(new NoneMethod(config));
+  if (name == "kvtc") {
+    if (config.calibration == nullptr) return invalid_argument("method kvtc needs a calibration (-c MODEL.kvtcal)");
+    return make_kvtc(config);
+  }
+  if (name == "kivi") return make_kivi(config);
+  if (name == "int8") return make_int_blockwise(config, 8);
+  if (name == "int4") return make_int_blockwise(config, 4);
+  if (name == "fp8") return make_fp8(config);
+  if (name == "streamingllm") return make_streamingllm(config);
+  if (name == "h2o") return make_h2o(config);
+  if (name == "snapkv") return make_snapkv(config);
+  if (name == "svd") return make_svd(config, 1);
+  if (name == "xkv") return make_svd(config, 4);
+  std::string all;
+  for (const auto& n : method_names()) all += (all.empty() ? "" : ", ") + n;
+  return invalid_argument("unknown method \"" + name + "\" (known: " + all + ")");
+}
+
+CompressedRange compressed_range(const KvState& state, const MethodConfig& config) {
+  const int64_t n = state.n_tokens();
+  CompressedRange r;
+  r.begin = std::min<int64_t>(config.n_sink_tokens, n);
+  r.end = std::max<int64_t>(r.begin, n - config.n_window_tokens);
+  return r;
+}
+
+double raw_bytes_per_token(const ModelConfig& c) { return 2.0 * 2.0 * c.n_layers * c.n_kv_heads * c.head_dim; }
+
+MethodResult make_result(const Model& model, const KvState& state, const CompressedRange& range,
+                         double stored_compressed_bytes, std::string setting) {
+  MethodResult m;
+  const double per_token = raw_bytes_per_token(model.config());
+  m.n_tokens = state.n_tokens();
+  m.n_compressed_tokens = range.n();
+  m.raw_compressed_bytes = range.n() * per_token;
+  m.stored_compressed_bytes = stored_compressed_bytes;
+  m.raw_bytes = m.n_tokens * per_token;
+  m.stored_bytes = stored_compressed_bytes + (m.n_tokens - range.n()) * per_token;
+  m.setting = std::move(setting);
+  return m;
+}
+
+}  // namespace kvtc::engine

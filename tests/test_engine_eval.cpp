@@ -1,0 +1,250 @@
+// `kvtc eval`'s pieces: the scorers on hand-made cases, each baseline's size accounting, and an
+// end-to-end evaluation on short contexts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "engine/eval_method.hpp"
+#include "engine/eval_tasks.hpp"
+#include "engine/model.hpp"
+#include "engine/token_stream.hpp"
+#include "engine/tokenizer.hpp"
+#include "kvtc/kvtc.hpp"
+#include "test_util.hpp"
+
+namespace kvtc::engine {
+namespace {
+
+std::string model_dir() { return kvtc::testing::shared_dir() + "/models/kvtc-ref-26m"; }
+std::string corpus_dir() { return kvtc::testing::shared_dir() + "/corpus"; }
+
+TEST(EvalScoring, Numbers) {
+  EXPECT_EQ(first_number(" 48213. Remember"), "48213");
+  EXPECT_EQ(first_number("\n123456\nQuery"), "123456");
+  EXPECT_EQ(first_number(" the key"), "");
+  EXPECT_EQ(first_number(""), "");
+  EXPECT_FALSE(number_done(" 482"));
+  EXPECT_TRUE(number_done(" 48213."));
+  EXPECT_FALSE(number_done("  "));
+  EXPECT_FALSE(number_done(" x1"));
+}
+
+TEST(EvalScoring, Intervals) {
+  auto [lo, hi] = wilson_interval(20, 20);
+  EXPECT_NEAR(lo, 83.89, 0.05);
+  EXPECT_DOUBLE_EQ(hi, 100.0);
+  std::tie(lo, hi) = wilson_interval(0, 20);
+  EXPECT_DOUBLE_EQ(lo, 0.0);
+  EXPECT_NEAR(hi, 16.11, 0.05);
+  std::tie(lo, hi) = wilson_interval(10, 20);
+  EXPECT_NEAR(lo, 29.93, 0.05);
+  EXPECT_NEAR(hi, 70.07, 0.05);
+  double m, l, h;
+  mean_interval({50, 60, 70}, &m, &l, &h);
+  EXPECT_DOUBLE_EQ(m, 60.0);
+  EXPECT_NEAR(h - m, 1.959964 * 10 / std::sqrt(3.0), 1e-9);
+  mean_interval({100, 100}, &m, &l, &h);
+  EXPECT_DOUBLE_EQ(h, 100.0);
+}
+
+class EvalRef : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(model_dir() + "/config.json")) return;
+    auto m = Model::load(model_dir());
+    ASSERT_TRUE(m.is_ok());
+    model_ = new Model(std::move(m).value());
+    auto t = Tokenizer::load(model_dir() + "/tokenizer.json");
+    ASSERT_TRUE(t.is_ok());
+    tok_ = new Tokenizer(std::move(t).value());
+    TokenStream s(*tok_, {corpus_dir() + "/code.test.txt.xz"}, 1, 5);
+    auto ids = s.next(400);
+    ASSERT_TRUE(ids.is_ok());
+    base_ = new KvState(model_->new_state());
+    base_->set_accumulate_attention(true);
+    base_->set_query_capture(32);
+    ASSERT_TRUE(model_->forward(base_, *ids).is_ok());
+  }
+  static void TearDownTestSuite() {
+    delete base_;
+    delete tok_;
+    delete model_;
+    model_ = nullptr;
+  }
+  void SetUp() override {
+    if (model_ == nullptr) GTEST_SKIP() << "reference model not found";
+  }
+  static MethodResult run(const std::string& name, double ratio, KvState* st) {
+    MethodConfig mc;
+    auto m = make_method(name, mc);
+    EXPECT_TRUE(m.is_ok()) << m.status().to_string();
+    auto r = (*m)->apply(*model_, st, ratio);
+    EXPECT_TRUE(r.is_ok()) << name << ": " << r.status().to_string();
+    return r.is_ok() ? *r : MethodResult{};
+  }
+  static double rel_error(const KvState& a, const KvState& b, int64_t begin, int64_t end) {
+    double num = 0, den = 0;
+    for (int l = 0; l < 8; ++l)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t i = begin * 128; i < end * 128; ++i) {
+          num += std::pow(a.k(l, h)[i] - b.k(l, h)[i], 2) + std::pow(a.v(l, h)[i] - b.v(l, h)[i], 2);
+          den += std::pow(b.k(l, h)[i], 2) + std::pow(b.v(l, h)[i], 2);
+        }
+    return num / den;
+  }
+  static Model* model_;
+  static Tokenizer* tok_;
+  static KvState* base_;
+};
+Model* EvalRef::model_ = nullptr;
+Tokenizer* EvalRef::tok_ = nullptr;
+KvState* EvalRef::base_ = nullptr;
+
+// 400 tokens: sinks 4 and window 128 exact, 268 compressed.
+constexpr int64_t kMid = 400 - 4 - 128;
+constexpr double kRawPerToken = 8 * 2 * 128 * 2 * 2;  // layers * kv heads * head_dim * (K, V) * 2 bytes
+
+TEST_F(EvalRef, QuantisersCountCodesAndScales) {
+  struct Case {
+    const char* name;
+    double bits_per_element;
+    double max_rel_mse;
+  };
+  for (const Case& c : {Case{"int8", 8.5, 1e-4}, Case{"int4", 4.5, 2e-2}, Case{"fp8", 8.0, 2e-3}}) {
+    SCOPED_TRACE(c.name);
+    KvState st = *base_;
+    const MethodResult r = run(c.name, 8, &st);
+    EXPECT_EQ(r.n_compressed_tokens, kMid);
+    double expect = kMid * kRawPerToken * c.bits_per_element / 16.0;
+    if (std::string(c.name) == "fp8") expect += 8 * 2 * 4;  // one fp32 scale per layer and stream
+    EXPECT_DOUBLE_EQ(r.stored_compressed_bytes, expect);
+    EXPECT_DOUBLE_EQ(r.stored_bytes, expect + (400 - kMid) * kRawPerToken);
+    EXPECT_LT(rel_error(st, *base_, 4, 4 + kMid), c.max_rel_mse);
+    EXPECT_EQ(rel_error(st, *base_, 0, 4), 0.0);       // sinks exact
+    EXPECT_EQ(rel_error(st, *base_, 272, 400), 0.0);   // window exact
+  }
+}
+
+TEST_F(EvalRef, KiviCountsGroupsAndResidual) {
+  // 268 compressed tokens: 8 groups of 32 quantised, 12 left in full precision.
+  for (double target : {3.0, 8.0}) {
+    KvState st = *base_;
+    const MethodResult r = run("kivi", target, &st);
+    const int bits = target <= 3.2 ? 4 : 2;
+    EXPECT_EQ(r.setting, std::to_string(bits) + "-bit");
+    const double grouped = 256 * kRawPerToken / 2;  // elements
+    const double expect = grouped * bits / 8 + grouped / 32 * 4 + 12 * kRawPerToken;
+    EXPECT_DOUBLE_EQ(r.stored_compressed_bytes, expect);
+    EXPECT_EQ(rel_error(st, *base_, 4 + 256, 400), 0.0);
+    EXPECT_LT(rel_error(st, *base_, 4, 260), bits == 4 ? 0.01 : 0.15);
+  }
+}
+
+TEST_F(EvalRef, EvictionKeepsTheBudgetAndCountsIndices) {
+  for (double target : {4.0, 16.0}) {
+    KvState st = *base_;
+    const MethodResult s = run("streamingllm", target, &st);
+    const int64_t keep = int64_t(std::floor(kMid / target));
+    EXPECT_EQ(st.n_tokens(), 400 - kMid + keep);
+    EXPECT_EQ(st.positions().back(), 399);
+    EXPECT_EQ(st.positions()[4], 400 - 128 - keep);
+    EXPECT_DOUBLE_EQ(s.stored_compressed_bytes, keep * kRawPerToken);
+    EXPECT_GE(s.ratio_compressed(), target);
+    for (const char* name : {"h2o", "snapkv"}) {
+      KvState e = *base_;
+      const MethodResult r = run(name, target, &e);
+      const int64_t k = int64_t(std::floor(kMid * 512.0 / (target * 516.0)));
+      EXPECT_DOUBLE_EQ(r.stored_compressed_bytes, k * 16 * (512.0 + 4.0)) << name;
+      EXPECT_GE(r.ratio_compressed(), target) << name;
+      for (int l = 0; l < 8; ++l)
+        for (int h = 0; h < 2; ++h) {
+          const uint8_t* m = e.key_mask(l, h);
+          ASSERT_NE(m, nullptr);
+          int64_t masked = 0;
+          for (int64_t j = 0; j < 400; ++j) masked += m[j];
+          EXPECT_EQ(masked, kMid - k) << name << " layer " << l;
+          for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(m[j], 0);
+          for (int64_t j = 272; j < 400; ++j) EXPECT_EQ(m[j], 0);
+        }
+    }
+  }
+}
+
+TEST_F(EvalRef, LowRankMeetsTheTargetAndImprovesWithRank) {
+  double previous = 1e9;
+  for (double target : {16.0, 4.0, 2.0}) {
+    for (const char* name : {"svd", "xkv"}) {
+      KvState st = *base_;
+      const MethodResult r = run(name, target, &st);
+      EXPECT_GE(r.ratio_compressed(), target * 0.999) << name;
+      EXPECT_EQ(rel_error(st, *base_, 272, 400), 0.0);
+      if (std::string(name) == "svd") {
+        const double err = rel_error(st, *base_, 4, 272);
+        EXPECT_LT(err, previous);
+        previous = err;
+      }
+    }
+  }
+  // Full rank gives the cache back (up to fp16 factors).
+  KvState st = *base_;
+  run("svd", 1.0 / 1024, &st);
+  EXPECT_LT(rel_error(st, *base_, 4, 272), 1e-5);
+}
+
+TEST_F(EvalRef, EndToEndShortContexts) {
+  // A calibration from the bundled 512-token cache, then every method on three tasks.
+  const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
+  if (!std::filesystem::exists(calib)) GTEST_SKIP() << "shared caches not found";
+  CalibrateOptions co;
+  co.ratios = {4, 16};
+  auto cal = calibrate({calib}, co);
+  ASSERT_TRUE(cal.is_ok()) << cal.status().to_string();
+  EvalOptions o;
+  o.tasks = {"multikey", "fidelity", "continuation"};
+  o.multikey_counts = {20};
+  o.fidelity_contexts = {512};
+  o.domains = {"code"};
+  o.continuation_context = 512;
+  o.continuation_tokens = 16;
+  o.fidelity_tokens = 16;
+  o.trials = 2;
+  o.ratios = {4, 16};
+  o.methods = method_names();
+  o.corpus_dir = corpus_dir();
+  o.method_config.calibration = &*cal;
+  auto rows = run_eval(*model_, *tok_, o);
+  ASSERT_TRUE(rows.is_ok()) << rows.status().to_string();
+  const size_t n_methods = method_names().size() - 1;  // without none
+  EXPECT_EQ(rows->size(), 3 * (1 + 2 * n_methods));
+  int checked_int8 = 0;
+  for (const auto& r : *rows) {
+    SCOPED_TRACE(r.task + " " + r.method + " " + std::to_string(r.target_ratio));
+    EXPECT_EQ(r.n, 2);
+    EXPECT_GE(r.score, 0);
+    EXPECT_LE(r.score, 100);
+    EXPECT_LE(r.ci_lo, r.score);
+    EXPECT_GE(r.ci_hi, r.score);
+    if (r.method == "none") {
+      EXPECT_EQ(r.achieved_ratio, 1.0);
+      // Identical to itself on fidelity and continuation; and the model answers 20-key lookups.
+      EXPECT_EQ(r.score, 100.0);
+      if (r.extra.count("kl")) {
+        EXPECT_EQ(r.extra.at("kl"), 0.0);
+      }
+    } else {
+      EXPECT_GT(r.achieved_ratio, 1.0);
+      EXPECT_GT(r.achieved_ratio_all, 1.0);
+      EXPECT_LE(r.achieved_ratio_all, r.achieved_ratio * 1.0001);
+    }
+    if (r.method == "int8" && r.task == "fidelity_code_512") {
+      ++checked_int8;
+      EXPECT_GE(r.score, 90.0);
+      EXPECT_LT(r.extra.at("kl"), 0.01);
+    }
+  }
+  EXPECT_EQ(checked_int8, 2);
+}
+
+}  // namespace
+}  // namespace kvtc::engine
