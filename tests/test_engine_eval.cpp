@@ -141,6 +141,26 @@ TEST_F(EvalRef, KiviCountsGroupsAndResidual) {
   }
 }
 
+TEST_F(EvalRef, GearCountsQuantisationOutliersAndLowRank) {
+  for (double target : {2.0, 8.0}) {
+    KvState st = *base_;
+    const MethodResult r = run("gear", target, &st);
+    const int bits = target <= 2.4 ? 4 : 2;
+    EXPECT_EQ(r.setting.substr(0, 5), std::to_string(bits) + "-bit");
+    // Per layer, stream and head: 256 grouped tokens x 128.
+    const double n = 256, hd = 128, per = n * hd * bits / 8 + n * hd / 32 * 4 + std::floor(0.02 * n * hd) * 6 +
+                                          4 * (n + hd) * 2;
+    EXPECT_DOUBLE_EQ(r.stored_compressed_bytes, 32 * per + 12 * kRawPerToken);
+    EXPECT_LT(rel_error(st, *base_, 4, 260), bits == 4 ? 0.005 : 0.08);
+    EXPECT_EQ(rel_error(st, *base_, 272, 400), 0.0);
+  }
+  // Outliers and the low-rank residual make GEAR better than plain KIVI at the same bit width.
+  KvState g = *base_, k = *base_;
+  run("gear", 8, &g);
+  run("kivi", 8, &k);
+  EXPECT_LT(rel_error(g, *base_, 4, 260), rel_error(k, *base_, 4, 260));
+}
+
 TEST_F(EvalRef, EvictionKeepsTheBudgetAndCountsIndices) {
   for (double target : {4.0, 16.0}) {
     KvState st = *base_;

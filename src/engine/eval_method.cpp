@@ -4,7 +4,7 @@
 
 namespace kvtc::engine {
 
-// Defined in the method files (eval_quant.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp).
+// Defined in the method files (eval_quant.cpp, eval_gear.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp).
 std::unique_ptr<CacheMethod> make_int_blockwise(const MethodConfig& c, int bits);
 std::unique_ptr<CacheMethod> make_fp8(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_kivi(const MethodConfig& c);
@@ -13,6 +13,7 @@ std::unique_ptr<CacheMethod> make_h2o(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_snapkv(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_group);
 std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_gear(const MethodConfig& c);
 
 namespace {
 
@@ -33,7 +34,7 @@ class NoneMethod : public CacheMethod {
 }  // namespace
 
 std::vector<std::string> method_names() {
-  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "streamingllm", "h2o", "snapkv", "svd", "xkv"};
+  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv"};
 }
 
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
@@ -46,6 +47,7 @@ Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const 
   if (name == "int8") return make_int_blockwise(config, 8);
   if (name == "int4") return make_int_blockwise(config, 4);
   if (name == "fp8") return make_fp8(config);
+  if (name == "gear") return make_gear(config);
   if (name == "streamingllm") return make_streamingllm(config);
   if (name == "h2o") return make_h2o(config);
   if (name == "snapkv") return make_snapkv(config);

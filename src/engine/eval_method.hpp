@@ -58,7 +58,7 @@ class CacheMethod {
   virtual Result<MethodResult> apply(const Model& model, KvState* state, double target_ratio) const = 0;
 };
 
-// Names: none, kvtc, kivi, int8, int4, fp8, streamingllm, h2o, snapkv, svd, xkv.
+// Names: none, kvtc, kivi, int8, int4, fp8, gear, streamingllm, h2o, snapkv, svd, xkv.
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config);
 std::vector<std::string> method_names();
 
