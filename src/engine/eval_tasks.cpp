@@ -402,12 +402,20 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
 
       for (size_t mi = 0; mi < methods.size(); ++mi) {
         const std::vector<double> ratios = mi == 0 ? std::vector<double>{1.0} : o.ratios;
+        // Methods with a discrete knob give the same cache for several targets: score it once.
+        std::map<std::string, Outcome> by_setting;
         for (double ratio : ratios) {
           KvState st = base;
           KVTC_ASSIGN_OR_RETURN(MethodResult mr, methods[mi]->apply(model, &st, ratio));
-          auto outcome = score_state(&st);
-          if (!outcome.is_ok())
-            return outcome.status().with_context(cell.name + " " + methods[mi]->name() + " " + std::to_string(ratio));
+          Result<Outcome> outcome = Outcome{};
+          if (auto it = by_setting.find(mr.setting); it != by_setting.end()) {
+            outcome = it->second;
+          } else {
+            outcome = score_state(&st);
+            if (!outcome.is_ok())
+              return outcome.status().with_context(cell.name + " " + methods[mi]->name() + " " + std::to_string(ratio));
+            by_setting[mr.setting] = *outcome;
+          }
           Acc& a = acc[{ci, mi, ratio}];
           a.scores.push_back(outcome->score);
           a.nll.push_back(outcome->nll);
