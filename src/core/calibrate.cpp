@@ -310,7 +310,9 @@ int64_t CalibrationAccumulator::n_tokens() const { return impl_->n_tokens; }
 Result<CalibrationData> CalibrationAccumulator::finish() {
   Impl& m = *impl_;
   if (m.n_tokens < 2) return no_tokens_error(m.options, m.n_tokens);
-  const int64_t rank = exact_rank(m.options, m.shape.n_features());
+  // n centred samples span at most n - 1 directions: components beyond that carry no calibration
+  // variance and would only enlarge the file.
+  const int64_t rank = std::min(exact_rank(m.options, m.shape.n_features()), m.n_tokens - 1);
   report(m.options, kDataEnd, "pca");
   auto k = m.keys.solve(rank);
   if (!k.is_ok()) return k.status().with_context("K");

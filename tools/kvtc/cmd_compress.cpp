@@ -50,9 +50,10 @@ void print_report(const EncodeReport& r, double target, const std::string& out) 
 
 void register_compress(CLI::App& app) {
   struct Args {
-    std::string cal, out, input;
+    std::string cal, out, input, device = "cpu";
     double ratio = 20;
     int level = 6, threads = 0, chunk_tokens = 256;
+    int64_t chunk_bytes = 16 * 1024;
     bool json = false, no_error = false;
   };
   auto args = std::make_shared<Args>();
@@ -63,16 +64,24 @@ void register_compress(CLI::App& app) {
   cmd->add_option("-o,--output", args->out, "Container to write (.kvtc)")->required();
   cmd->add_option("--level", args->level, "DEFLATE level 1..12")->capture_default_str();
   cmd->add_option("--chunk-tokens", args->chunk_tokens, "Tokens per chunk")->capture_default_str();
+  cmd->add_option("--chunk-bytes", args->chunk_bytes, "Largest chunk before DEFLATE, in bytes")->capture_default_str();
   cmd->add_option("-j,--threads", args->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu (cuda: not implemented for compression yet)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print the report as JSON");
   cmd->add_flag("--no-error", args->no_error, "Skip measuring the restoration error");
   cmd->callback([args] {
+    if (args->device == "cuda")
+      fail(unsupported("compressing on the GPU is not implemented yet; compress on the CPU (the file restores on the GPU)"),
+           "compress --device cuda");
     Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
     KVCache cache = unwrap(read_cache(args->input), args->input);
     EncodeOptions o;
     o.target_ratio = args->ratio;
     o.deflate_level = args->level;
     o.chunk_tokens = args->chunk_tokens;
+    o.chunk_max_bytes = args->chunk_bytes;
     o.n_threads = args->threads;
     o.measure_error = !args->no_error;
     o.progress = progress_bar();

@@ -3,6 +3,11 @@
 
 #include "common.hpp"
 
+#ifdef KVTC_WITH_CUDA
+namespace kvtc::cli {
+void register_cuda_commands(CLI::App& app);  // tools/kvtc/cmd_cuda.cpp: kvtc bench --device cuda|cpu
+}
+#endif
 #ifdef KVTC_WITH_ENGINE
 namespace kvtc::cli {
 void register_engine_commands(CLI::App& app);
@@ -18,6 +23,9 @@ int main(int argc, char** argv) {
   kvtc::cli::register_compress(app);
   kvtc::cli::register_decompress(app);
   kvtc::cli::register_inspect(app);
+#ifdef KVTC_WITH_CUDA
+  kvtc::cli::register_cuda_commands(app);
+#endif
 #ifdef KVTC_WITH_ENGINE
   kvtc::cli::register_engine_commands(app);
 #endif
