@@ -296,7 +296,8 @@ TEST(Calibrate, SmallCalibAllocationsWithinBudgetAndOrdered) {
   EXPECT_FALSE(d.model_name.empty());
   EXPECT_EQ(d.fingerprint, compute_fingerprint(d));
   for (const StreamCalibration* s : {&d.key, &d.value}) {
-    EXPECT_EQ(s->pca.rank, 2048);
+    // 380 centred tokens span at most 379 directions: the rank is capped there, not at p = 2048.
+    EXPECT_EQ(s->pca.rank, 512 - 4 - 128 - 1);
     ASSERT_EQ(s->allocations.size(), 5u);
     double prev = -1.0;
     for (size_t i = 0; i < 5; ++i) {
