@@ -54,7 +54,9 @@ TEST_P(SyntheticCodec, RoundTripMatchesReference) {
   o.chunk_max_bytes = 1024;  // forces several codes chunks per block
   auto enc = encode(cal, cache, o);
   ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
-  if (enc->report.n_compressed_tokens > 0) EXPECT_GE(enc->report.ratio_nominal, tc.ratio);
+  if (enc->report.n_compressed_tokens > 0) {
+    EXPECT_GE(enc->report.ratio_nominal, tc.ratio);
+  }
   auto fast = decode(cal, enc->bytes.data(), enc->bytes.size());
   ASSERT_TRUE(fast.is_ok()) << fast.status().to_string();
   auto ref = reference_decode(cal.data(), enc->bytes.data(), enc->bytes.size());
@@ -88,7 +90,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"just_one_compressed", 2, 2, 16, RopeStyle::kHalf, DType::kBF16, 133, 0, 64, 8},
                       Case{"tiny_chunks", 1, 2, 8, RopeStyle::kInterleaved, DType::kF32, 200, 0, 1, 4},
                       Case{"high_ratio", 2, 2, 16, RopeStyle::kHalf, DType::kBF16, 400, 0, 128, 64}),
-    [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+    [](const ::testing::TestParamInfo<Case>& param_info) { return param_info.param.name; });
 
 }  // namespace
 }  // namespace kvtc

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "util/bytes.hpp"
@@ -15,6 +16,22 @@ static_assert(std::endian::native == std::endian::little, "kvtc formats assume a
 namespace kvtc {
 
 uint32_t crc32_of(const uint8_t* data, size_t size_bytes) { return libdeflate_crc32(0, data, size_bytes); }
+
+KVCache cache_skeleton(const ContainerHeader& h) {
+  KVCache c;
+  c.shape = h.shape;
+  c.dtype = h.dtype;
+  c.n_tokens = int64_t(h.n_tokens);
+  c.position_offset = h.position_offset;
+  c.metadata = h.metadata;
+  auto it = h.metadata.find("model");
+  if (it != h.metadata.end()) c.model_name = it->second;
+  it = h.metadata.find("num_heads");
+  if (it != h.metadata.end()) c.n_heads = int32_t(std::strtol(it->second.c_str(), nullptr, 10));
+  c.k.assign(size_t(h.shape.n_layers), {});
+  c.v.assign(size_t(h.shape.n_layers), {});
+  return c;
+}
 
 int64_t StreamAllocation::nominal_bits_per_token() const {
   int64_t bits = 0;

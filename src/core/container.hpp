@@ -83,6 +83,10 @@ inline int container_width_bits(int width_bits) {
   return width_bits <= 1 ? 1 : width_bits == 2 ? 2 : width_bits <= 4 ? 4 : 8;
 }
 
+// A cache with the header's shape, dtype, positions and metadata, and no layer data (k, v hold
+// n_layers empty vectors): what a decoder fills in.
+KVCache cache_skeleton(const ContainerHeader& header);
+
 // CRC-32 as zlib computes it.
 uint32_t crc32_of(const uint8_t* data, size_t size_bytes);
 

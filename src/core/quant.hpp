@@ -17,6 +17,16 @@ enum class GroupKind : uint8_t {
 
 constexpr int kMaxWidthBits = 8;
 
+// "int", "int-affine", "fp16" or "dropped": the names reports and `kvtc inspect` use.
+inline const char* group_kind_name(GroupKind kind) {
+  switch (kind) {
+    case GroupKind::kInt: return "int";
+    case GroupKind::kIntAffine: return "int-affine";
+    case GroupKind::kFloat16: return "fp16";
+    default: return "dropped";
+  }
+}
+
 // Per-token side information bits of one group (independent of its size).
 inline int side_bits_per_token(GroupKind kind) {
   return kind == GroupKind::kInt ? 16 : kind == GroupKind::kIntAffine ? 32 : 0;

@@ -75,16 +75,7 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
   if (last_layer < 0) last_layer = h.shape.n_layers;
   if (first_layer < 0 || last_layer > h.shape.n_layers || first_layer >= last_layer)
     return invalid_argument("layer range out of bounds");
-  KVCache out;
-  out.shape = h.shape;
-  out.dtype = h.dtype;
-  out.n_tokens = int64_t(h.n_tokens);
-  out.position_offset = h.position_offset;
-  out.metadata = h.metadata;
-  auto it = h.metadata.find("model");
-  if (it != h.metadata.end()) out.model_name = it->second;
-  it = h.metadata.find("num_heads");
-  if (it != h.metadata.end()) out.n_heads = int32_t(std::strtol(it->second.c_str(), nullptr, 10));
+  KVCache out = cache_skeleton(h);
   const size_t n = size_t(h.shape.n_kv_heads) * size_t(h.n_tokens) * size_t(h.shape.head_dim);
   out.k.assign(size_t(last_layer - first_layer), std::vector<float>(n));
   out.v.assign(size_t(last_layer - first_layer), std::vector<float>(n));

@@ -9,15 +9,6 @@ namespace kvtc {
 
 namespace {
 
-const char* kind_name(GroupKind k) {
-  switch (k) {
-    case GroupKind::kInt: return "int";
-    case GroupKind::kIntAffine: return "int-affine";
-    case GroupKind::kFloat16: return "fp16";
-    default: return "dropped";
-  }
-}
-
 }  // namespace
 
 Result<Calibration> Calibration::parse(const uint8_t* bytes, size_t size_bytes) {
@@ -56,13 +47,10 @@ Result<AllocationSummary> Calibration::plan(double ratio, bool keys) const {
   s.budget_bits_per_token = a.budget_bits_per_token;
   s.bits_per_token = a.bits_per_token;
   s.kept_components = a.n_kept_components();
-  // Mean squared norm of the calibration vectors: trace of the covariance + |mean|^2.
-  double mean_sq = 0;
-  for (float m : pca.mean) mean_sq += double(m) * m;
-  const double energy = pca.total_variance + mean_sq;
+  const double energy = mean_squared_norm(pca);
   s.predicted_relative_error = energy > 0 ? a.predicted_error / energy : 0;
   for (const Group& g : a.groups)
-    s.groups.push_back({g.first_component, g.n_components, kind_name(g.kind), int(g.width_bits)});
+    s.groups.push_back({g.first_component, g.n_components, group_kind_name(g.kind), int(g.width_bits)});
   return s;
 }
 

@@ -10,25 +10,6 @@
 
 namespace kvtc {
 
-namespace {
-
-KVCache skeleton_from_header(const ContainerHeader& h) {
-  KVCache c;
-  c.shape = h.shape;
-  c.dtype = h.dtype;
-  c.n_tokens = int64_t(h.n_tokens);
-  c.position_offset = h.position_offset;
-  c.metadata = h.metadata;
-  auto it = h.metadata.find("model");
-  if (it != h.metadata.end()) c.model_name = it->second;
-  it = h.metadata.find("num_heads");
-  if (it != h.metadata.end()) c.n_heads = int32_t(std::strtol(it->second.c_str(), nullptr, 10));
-  c.k.assign(size_t(h.shape.n_layers), {});
-  c.v.assign(size_t(h.shape.n_layers), {});
-  return c;
-}
-
-}  // namespace
 
 Result<EncodedCache> encode(const Calibration& cal, const KVCache& cache, const EncodeOptions& options) {
   auto backend = make_cpu_backend();
@@ -82,7 +63,7 @@ Result<Decoder> Decoder::open(const Calibration& cal, const uint8_t* bytes, size
   auto impl = std::make_unique<Impl>(Impl{cal, make_cpu_backend(), {}, {}, options.n_threads});
   KVTC_ASSIGN_OR_RETURN(impl->coefficients,
                         impl->backend->decode_coefficients(cal.data(), bytes, size_bytes, options, nullptr));
-  impl->skeleton = skeleton_from_header(impl->coefficients.container.header);
+  impl->skeleton = cache_skeleton(impl->coefficients.container.header);
   return Decoder(std::move(impl));
 }
 

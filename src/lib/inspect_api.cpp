@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "core/calibrate.hpp"
 #include "core/calibration_data.hpp"
 #include "core/container.hpp"
 #include "kvtc/kvtc.hpp"
@@ -13,15 +14,6 @@ namespace kvtc {
 namespace {
 
 using nlohmann::json;
-
-const char* kind_name(GroupKind k) {
-  switch (k) {
-    case GroupKind::kInt: return "int";
-    case GroupKind::kIntAffine: return "int-affine";
-    case GroupKind::kFloat16: return "fp16";
-    default: return "dropped";
-  }
-}
 
 json shape_json(const ModelShape& s) {
   json j = {{"n_layers", s.n_layers}, {"n_kv_heads", s.n_kv_heads}, {"head_dim", s.head_dim},
@@ -37,7 +29,7 @@ json shape_json(const ModelShape& s) {
 json groups_json(const std::vector<Group>& groups) {
   json out = json::array();
   for (const Group& g : groups)
-    out.push_back({{"first", g.first_component}, {"n", g.n_components}, {"kind", kind_name(g.kind)},
+    out.push_back({{"first", g.first_component}, {"n", g.n_components}, {"kind", group_kind_name(g.kind)},
                    {"width_bits", g.width_bits}});
   return out;
 }
@@ -113,9 +105,7 @@ Result<json> inspect_calibration(const uint8_t* bytes, size_t size) {
   j["ratios"] = d.ratios;
   for (int s = 0; s < 2; ++s) {
     const StreamCalibration& sc = s == 0 ? d.key : d.value;
-    double mean_sq = 0;
-    for (float m : sc.pca.mean) mean_sq += double(m) * m;
-    const double energy = sc.pca.total_variance + mean_sq;
+    const double energy = mean_squared_norm(sc.pca);
     json allocs = json::array();
     for (size_t i = 0; i < sc.allocations.size(); ++i) {
       const Allocation& a = sc.allocations[i];
