@@ -217,6 +217,7 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
     }));
     for (auto& v : per_block)
       for (auto& c : v) chunks[s].push_back(std::move(c));
+    if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
   }
 
   // Exact tokens: per stream, segment and layer.
@@ -241,6 +242,7 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
     return make_chunk(e, exact_raw(cache, Stream(j.s), j.layer, j.t0, j.n), opt.deflate_level, chunks[2][size_t(i)]);
   }));
   times.exact_s += seconds_since(e0);
+  if (opt.progress) opt.progress(1.0, "compress");
 
   // Assemble: header, then chunks in table order.
   uint64_t offset = 0;
