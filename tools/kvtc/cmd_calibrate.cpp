@@ -1,20 +1,34 @@
 // kvtc calibrate -o MODEL.kvtcal [--ratios 8,16,20,32,64] CACHE.safetensors...
+// kvtc calibrate --model DIR --text FILE... -o MODEL.kvtcal   (with the engine: caches made on the fly)
 #include <cstdio>
 
 #include "common.hpp"
+#ifdef KVTC_WITH_ENGINE
+#include "engine/calibrate.hpp"
+#endif
 
 namespace kvtc::cli {
 
 void register_calibrate(CLI::App& app) {
   struct Args {
     std::string out, ratios = "8,16,20,32,64";
-    std::vector<std::string> inputs;
-    int64_t rank_cap = 0, exact_max = 16384, samples = 4096;
+    std::vector<std::string> inputs, texts;
+    std::string model;
+    int64_t rank_cap = 0, exact_max = 16384, samples = 4096, seq_tokens = 1024, max_tokens = 0;
     int threads = 0;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("calibrate", "Compute the PCA bases and bit allocations of a model from cache files");
-  cmd->add_option("inputs", args->inputs, "Cache files (safetensors, kvtc cache layout)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("inputs", args->inputs, "Cache files (safetensors, kvtc cache layout)")->check(CLI::ExistingFile);
+#ifdef KVTC_WITH_ENGINE
+  auto* model = cmd->add_option("--model", args->model, "Hugging Face model folder: run it over --text instead of reading caches")
+                    ->check(CLI::ExistingDirectory);
+  cmd->add_option("--text", args->texts, "Calibration text (.txt or .txt.xz; documents split by a 0x1E line)")
+      ->check(CLI::ExistingFile)
+      ->needs(model);
+  cmd->add_option("--tokens-per-sequence", args->seq_tokens, "Tokens per prefill sequence")->capture_default_str();
+  cmd->add_option("--max-tokens", args->max_tokens, "Stop after this many tokens (0: all text)")->capture_default_str();
+#endif
   cmd->add_option("-o,--output", args->out, "Calibration file to write (.kvtcal)")->required();
   cmd->add_option("--ratios", args->ratios, "Target compression ratios to allocate bits for")->capture_default_str();
   cmd->add_option("--rank-cap", args->rank_cap, "Principal components kept (0: automatic)")->capture_default_str();
@@ -29,7 +43,17 @@ void register_calibrate(CLI::App& app) {
     o.max_allocation_samples = args->samples;
     o.n_threads = args->threads;
     o.progress = progress_bar();
-    Calibration cal = unwrap(calibrate(args->inputs, o), "calibrate");
+    Calibration cal = [&] {
+#ifdef KVTC_WITH_ENGINE
+      if (!args->model.empty()) {
+        if (args->texts.empty()) fail(invalid_argument("--model needs --text"));
+        return unwrap(engine::calibrate_from_model(args->model, args->texts, o, args->seq_tokens, args->max_tokens),
+                      "calibrate");
+      }
+#endif
+      if (args->inputs.empty()) fail(invalid_argument("give cache files to calibrate on"));
+      return unwrap(calibrate(args->inputs, o), "calibrate");
+    }();
     progress_done();
     check(cal.save(args->out), args->out);
     std::printf("calibrated %s on %lld tokens: p = %lld, rank K %lld, V %lld\n", cal.shape().to_string().c_str(),
