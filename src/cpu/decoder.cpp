@@ -30,9 +30,10 @@ Status inflate_chunk(const uint8_t* payload, const ChunkEntry& c, bool verify, s
   return inflate_raw(stored, c.stored_bytes, raw.data(), raw.size());
 }
 
-// Dequantises components [c0, c1) of a block into coef rows [n][k] (token-major).
-void dequantize_block(const StreamAllocation& a, const BlockSymbols& b, uint32_t c0, uint32_t c1, float* coef,
-                      int64_t k) {
+// Dequantises components [c0, c1) of a block into coef rows [n][k] (token-major): codes from `b`,
+// per-token scales and shifts from the block's side chunk `side`.
+void dequantize_block(const StreamAllocation& a, const BlockSymbols& b, const BlockSymbols& side, uint32_t c0,
+                      uint32_t c1, float* coef, int64_t k) {
   const int64_t n = b.n_tokens;
   for (size_t gi = 0; gi < a.groups.size(); ++gi) {
     const Group& g = a.groups[gi];
@@ -45,8 +46,8 @@ void dequantize_block(const StreamAllocation& a, const BlockSymbols& b, uint32_t
     }
     const bool affine = g.kind == GroupKind::kIntAffine;
     for (int64_t i = 0; i < n; ++i) {
-      const float scale = f16_to_f32(b.side[gi][i]);
-      const float shift = affine ? f16_to_f32(b.side[gi][n + i]) : 0.0f;
+      const float scale = f16_to_f32(side.side[gi][i]);
+      const float shift = affine ? f16_to_f32(side.side[gi][n + i]) : 0.0f;
       for (uint32_t j = jb; j < je; ++j)
         coef[i * k + j] = dequantize_value(uint8_t(b.sym[j * n + i]), g.kind, g.width_bits, scale, shift);
     }
@@ -102,15 +103,14 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
     auto d0 = Clock::now();
     KVTC_RETURN_IF_ERROR(inflate_chunk(payload, c, opt.verify_checksums, raw).with_context("chunk " + std::to_string(i)));
     auto q0 = Clock::now();
-    // Each codes chunk unpacks into its own symbol buffer; side info is read-only here.
+    // Each codes chunk unpacks into its own symbol buffer and reads its block's side info in place.
     const BlockSymbols& side = blocks.at({c.stream, c.token_begin});
     BlockSymbols b;
     b.n_tokens = c.n_tokens;
-    b.side = side.side;
     KVTC_RETURN_IF_ERROR(unpack_codes(a, raw.data(), raw.size(), c.item_begin, c.item_begin + c.n_items, c.layout, b)
                              .with_context("chunk " + std::to_string(i)));
     const int64_t k = a.n_kept();
-    dequantize_block(a, b, c.item_begin, c.item_begin + c.n_items,
+    dequantize_block(a, b, side, c.item_begin, c.item_begin + c.n_items,
                      dec.coef[c.stream].data() + (int64_t(c.token_begin) - t0) * k, k);
     add_times(std::chrono::duration<double>(q0 - d0).count(), seconds_since(q0));
     return Status::ok();
