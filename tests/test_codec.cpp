@@ -106,15 +106,35 @@ TEST(Codec, ErrorGrowsWithRatio) {
   }
 }
 
-TEST(Codec, ExactTokensRoundTripBitForBit) {
+class ExactChunkBytes : public ::testing::TestWithParam<int64_t> {};
+
+// Exact segments split into chunks of at most chunk_max_bytes (3000: 5 tokens of 2 x 128 bf16, an
+// uneven split of 128; 16 KiB: 32 tokens; 1 MiB: one chunk per segment) restore bit for bit through
+// the fast and the reference decoder.
+TEST_P(ExactChunkBytes, ExactTokensRoundTripBitForBit) {
   const KVCache& cache = small_test_cache();
   EncodeOptions o;
   o.target_ratio = 32;
   o.measure_error = false;
+  o.chunk_max_bytes = GetParam();
   auto enc = encode(small_calibration(), cache, o);
   ASSERT_TRUE(enc.is_ok());
+  auto pc = parse_container(enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(pc.is_ok());
+  const int64_t token_bytes = int64_t(cache.shape.n_kv_heads) * cache.shape.head_dim * 2;
+  const int64_t per_chunk = std::max<int64_t>(1, GetParam() / token_bytes);
+  int64_t n_exact = 0;
+  for (const ChunkEntry& c : pc->header.chunks)
+    if (c.kind == ChunkKind::kExact) {
+      ++n_exact;
+      EXPECT_LE(c.n_tokens, per_chunk);
+    }
+  const int64_t per_layer = (4 + per_chunk - 1) / per_chunk + (128 + per_chunk - 1) / per_chunk;
+  EXPECT_EQ(n_exact, 2 * cache.shape.n_layers * per_layer);
   auto dec = decode(small_calibration(), enc->bytes.data(), enc->bytes.size());
   ASSERT_TRUE(dec.is_ok());
+  auto ref = reference_decode(small_calibration().data(), enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(ref.is_ok());
   for (int l = 0; l < cache.shape.n_layers; ++l)
     for (int h = 0; h < cache.shape.n_kv_heads; ++h)
       for (int64_t t = 0; t < cache.n_tokens; ++t) {
@@ -122,9 +142,13 @@ TEST(Codec, ExactTokensRoundTripBitForBit) {
         for (int d = 0; d < cache.shape.head_dim; ++d) {
           ASSERT_EQ(f32_to_bf16(cache.k_row(l, h, t)[d]), f32_to_bf16(dec->k_row(l, h, t)[d]));
           ASSERT_EQ(f32_to_bf16(cache.v_row(l, h, t)[d]), f32_to_bf16(dec->v_row(l, h, t)[d]));
+          ASSERT_EQ(f32_to_bf16(cache.k_row(l, h, t)[d]), f32_to_bf16(ref->k_row(l, h, t)[d]));
+          ASSERT_EQ(f32_to_bf16(cache.v_row(l, h, t)[d]), f32_to_bf16(ref->v_row(l, h, t)[d]));
         }
       }
 }
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ExactChunkBytes, ::testing::Values(int64_t(3000), int64_t(16 << 10), int64_t(1 << 20)));
 
 TEST(Codec, EveryChunkInflatesWithPlainZlib) {
   EncodeOptions o;
@@ -153,7 +177,7 @@ TEST(Codec, EveryChunkInflatesWithPlainZlib) {
     exact += c.kind == ChunkKind::kExact;
   }
   EXPECT_GE(codes, 2 * 6);  // (512 - 132) / 64 -> 6 blocks per stream
-  EXPECT_EQ(exact, 2 * 2 * 8);
+  EXPECT_EQ(exact, 2 * 8 * (1 + 4));  // per stream and layer: the 4 sinks, the 128-token window in 32-token chunks
   EXPECT_GT(side + codes, 0);
 }
 

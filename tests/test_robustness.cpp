@@ -2,6 +2,7 @@
 // clear status with the right code, from both the fast and the reference decoder.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "core/container.hpp"
@@ -142,8 +143,54 @@ TEST(Robustness, StructuralLiesAreCorrupt) {
 
 TEST(Robustness, FutureVersionIsUnsupported) {
   auto bytes = fixture().container;
-  bytes[8] = 2;
+  bytes[8] = uint8_t(kContainerVersion + 1);
   EXPECT_EQ(decode_code(bytes), StatusCode::kUnsupported);
+  bytes[8] = 0;
+  EXPECT_EQ(decode_code(bytes), StatusCode::kUnsupported);
+}
+
+// The container with its preamble's version replaced and the header CRC recomputed.
+std::vector<uint8_t> with_version(std::vector<uint8_t> bytes, uint32_t version) {
+  std::memcpy(bytes.data() + 8, &version, 4);
+  uint32_t header_bytes;
+  std::memcpy(&header_bytes, bytes.data() + 12, 4);
+  const size_t crc_at = kPreambleBytes + header_bytes - 4;
+  const uint32_t crc = crc32_of(bytes.data(), crc_at);
+  std::memcpy(bytes.data() + crc_at, &crc, 4);
+  return bytes;
+}
+
+TEST(Robustness, VersionOneReadsOnlyWithOneExactChunkPerSegment) {
+  // The fixture's exact segments fit one chunk each: the file is also a valid version 1 file.
+  EXPECT_EQ(decode_code(with_version(fixture().container, 1)), StatusCode::kOk);
+  // Split exact segments are version 2 only.
+  EncodeOptions eo;
+  eo.target_ratio = 8;
+  eo.chunk_max_bytes = 512;  // 8 tokens of 2 x 16 bf16 per exact chunk
+  eo.measure_error = false;
+  ModelShape shape = fixture().cal.shape();
+  auto enc = encode(fixture().cal, testing::synthetic_cache(shape, 300, 2, DType::kBF16), eo);
+  ASSERT_TRUE(enc.is_ok());
+  EXPECT_EQ(decode_code(enc->bytes), StatusCode::kOk);
+  EXPECT_EQ(decode_code(with_version(enc->bytes, 1)), StatusCode::kCorrupt);
+}
+
+TEST(Robustness, ExactChunksMustPartitionTheirSegment) {
+  auto rewrite_exact = [](auto edit) {
+    auto pc = parse_container(fixture().container.data(), fixture().container.size());
+    EXPECT_TRUE(pc.is_ok());
+    ContainerHeader h = pc->header;
+    for (ChunkEntry& c : h.chunks)
+      if (c.kind == ChunkKind::kExact && c.token_begin > 0) {
+        edit(c);
+        break;
+      }
+    std::vector<uint8_t> out = serialize_container_header(h);
+    out.insert(out.end(), fixture().container.begin() + int64_t(pc->payload_offset), fixture().container.end());
+    return decode_code(out);
+  };
+  EXPECT_EQ(rewrite_exact([](ChunkEntry& c) { c.token_begin -= 1; }), StatusCode::kCorrupt);  // into the compressed tokens
+  EXPECT_EQ(rewrite_exact([](ChunkEntry& c) { c.n_tokens -= 1; }), StatusCode::kCorrupt);     // a gap at the end
 }
 
 TEST(Robustness, SameShapeOtherCalibrationIsMismatch) {

@@ -170,12 +170,15 @@ Status check_coverage(const ContainerHeader& h) {
       }
     }
     for (int l = 0; l < h.shape.n_layers; ++l) {
+      // Version 1: one chunk per segment. Version 2: chunks partitioning each segment (none spans both).
       auto& e = exact[l];
       std::sort(e.begin(), e.end());
-      std::vector<std::pair<uint64_t, uint64_t>> want;
-      if (c0 > 0) want.push_back({0, c0});
-      if (h.n_tail_exact > 0) want.push_back({c1, h.n_tail_exact});
-      if (e != want) return corrupt(where + " layer " + std::to_string(l) + ": exact chunks do not cover the exact tokens");
+      std::vector<std::pair<uint64_t, uint64_t>> head, tail;
+      for (const auto& r : e) (r.first < c0 ? head : tail).push_back(r);
+      const bool v1 = h.format_version == 1;
+      const bool ok = partitions(head, 0, c0) && (h.n_tail_exact == 0 ? tail.empty() : partitions(tail, c1, T)) &&
+                      (!v1 || (head.size() <= 1 && tail.size() <= 1));
+      if (!ok) return corrupt(where + " layer " + std::to_string(l) + ": exact chunks do not cover the exact tokens");
     }
     bool has_side_groups = false;
     for (const Group& g : a.groups) has_side_groups |= side_bits_per_token(g.kind) > 0;
@@ -243,8 +246,9 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
   ByteReader pre(bytes + 8, 8);
   const uint32_t version = pre.u32();
   const uint32_t header_bytes = pre.u32();
-  if (version != kContainerVersion)
-    return unsupported("container format version " + std::to_string(version) + " (this build reads version 1)");
+  if (version < kOldestContainerVersion || version > kContainerVersion)
+    return unsupported("container format version " + std::to_string(version) + " (this build reads versions " +
+                       std::to_string(kOldestContainerVersion) + " to " + std::to_string(kContainerVersion) + ")");
   if (header_bytes < 4 || header_bytes > kMaxHeaderBytes || header_bytes > size_bytes - kPreambleBytes)
     return corrupt("header size " + std::to_string(header_bytes) + " does not fit the file (" + std::to_string(size_bytes) + " bytes)");
   const size_t header_end = kPreambleBytes + header_bytes;
@@ -254,6 +258,7 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
 
   ParsedContainer pc;
   ContainerHeader& h = pc.header;
+  h.format_version = version;
   ByteReader r(bytes + kPreambleBytes, header_bytes - 4);
   const uint32_t n_layers = r.u32(), n_kv_heads = r.u32(), head_dim = r.u32();
   const uint8_t rope_style = r.u8(), dtype = r.u8();

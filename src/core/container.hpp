@@ -16,7 +16,9 @@
 namespace kvtc {
 
 inline constexpr std::array<uint8_t, 8> kContainerMagic = {0x89, 'K', 'V', 'T', 'C', '\r', '\n', 0x1a};
-inline constexpr uint32_t kContainerVersion = 1;
+// Written by this build; readers accept kOldestContainerVersion..kContainerVersion (docs/FORMAT.md section 8).
+inline constexpr uint32_t kContainerVersion = 2;
+inline constexpr uint32_t kOldestContainerVersion = 1;
 inline constexpr uint32_t kPreambleBytes = 16;
 inline constexpr uint32_t kChunkEntryBytes = 40;
 inline constexpr uint32_t kGroupEntryBytes = 12;
@@ -48,6 +50,7 @@ struct StreamAllocation {
 };
 
 struct ContainerHeader {
+  uint32_t format_version = kContainerVersion;  // as read; written as kContainerVersion
   ModelShape shape;
   DType dtype = DType::kBF16;
   int64_t position_offset = 0;

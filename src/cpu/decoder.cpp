@@ -116,8 +116,13 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
     return Status::ok();
   }));
   auto e0 = Clock::now();
+  // Each segment's [H][n][D] block is allocated first; its chunks (several in version 2) fill token ranges.
+  const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
+  const int64_t seg_tokens[2] = {h.n_head_exact, h.n_tail_exact};
+  const int64_t seg_begin[2] = {0, int64_t(h.n_tokens) - h.n_tail_exact};
   for (int s = 0; s < 2; ++s)
-    for (int seg = 0; seg < 2; ++seg) dec.exact[s][seg].assign(size_t(h.shape.n_layers), {});
+    for (int seg = 0; seg < 2; ++seg)
+      dec.exact[s][seg].assign(size_t(h.shape.n_layers), std::vector<float>(size_t(H * seg_tokens[seg] * D)));
   KVTC_RETURN_IF_ERROR(parallel_for(int64_t(exact_idx.size()), opt.n_threads, [&](int64_t ii) -> Status {
     const size_t i = exact_idx[size_t(ii)];
     const ChunkEntry& c = h.chunks[i];
@@ -137,8 +142,11 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
         values[e] = h.dtype == DType::kBF16 ? bf16_to_f32(bits) : f16_to_f32(bits);
       }
     }
-    const int seg = c.token_begin == 0 && h.n_head_exact > 0 ? 0 : 1;
-    dec.exact[c.stream][seg][c.item_begin] = std::move(values);
+    const int seg = c.token_begin < h.n_head_exact ? 0 : 1;
+    std::vector<float>& dst = dec.exact[c.stream][seg][c.item_begin];
+    const int64_t n = c.n_tokens, rel = int64_t(c.token_begin) - seg_begin[seg];
+    for (int hh = 0; hh < H; ++hh)
+      std::memcpy(dst.data() + (hh * seg_tokens[seg] + rel) * D, values.data() + hh * n * D, sizeof(float) * n * D);
     return Status::ok();
   }));
   times.exact_s += seconds_since(e0);

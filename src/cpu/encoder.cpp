@@ -220,14 +220,21 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
     if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
   }
 
-  // Exact tokens: per stream, segment and layer.
+  // Exact tokens: per stream, segment and layer, in chunks of at most chunk_max_bytes raw (one token
+  // at least), so that no chunk is a long serial stream for a GPU warp (format version 2).
   auto e0 = Clock::now();
   struct ExactJob { int s, layer; int64_t t0, n; };
   std::vector<ExactJob> jobs;
+  const int64_t token_bytes = int64_t(cache.shape.n_kv_heads) * cache.shape.head_dim * dtype_size_bytes(cache.dtype);
+  const int64_t exact_chunk_tokens = std::max<int64_t>(1, opt.chunk_max_bytes / token_bytes);
+  auto add_segment = [&](int s, int l, int64_t begin, int64_t n) {
+    for (int64_t t = begin; t < begin + n; t += exact_chunk_tokens)
+      jobs.push_back({s, l, t, std::min(exact_chunk_tokens, begin + n - t)});
+  };
   for (int s = 0; s < 2; ++s)
     for (int l = 0; l < cache.shape.n_layers; ++l) {
-      if (h.n_head_exact > 0) jobs.push_back({s, l, 0, h.n_head_exact});
-      if (h.n_tail_exact > 0) jobs.push_back({s, l, cache.n_tokens - h.n_tail_exact, h.n_tail_exact});
+      if (h.n_head_exact > 0) add_segment(s, l, 0, h.n_head_exact);
+      if (h.n_tail_exact > 0) add_segment(s, l, cache.n_tokens - h.n_tail_exact, h.n_tail_exact);
     }
   chunks[2].resize(jobs.size());
   KVTC_RETURN_IF_ERROR(parallel_for(int64_t(jobs.size()), opt.n_threads, [&](int64_t i) -> Status {

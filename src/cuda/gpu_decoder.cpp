@@ -264,14 +264,17 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     int64_t exact_total = 0;
     for (int s = 0; s < 2; ++s)
       for (int seg = 0; seg < 2; ++seg) seq.exact_offset[s][seg].assign(size_t(h.shape.n_layers), -1);
+    // One [H][n][D] block per (stream, segment, layer); its chunks (several in version 2) fill token ranges.
+    const int64_t seg_tokens[2] = {h.n_head_exact, h.n_tail_exact};
+    const int64_t seg_begin[2] = {0, int64_t(h.n_tokens) - h.n_tail_exact};
+    for (int s = 0; s < 2; ++s)
+      for (int seg = 0; seg < 2; ++seg)
+        for (int l = 0; l < h.shape.n_layers && seg_tokens[seg] > 0; ++l) {
+          seq.exact_offset[s][seg][size_t(l)] = exact_total;
+          exact_total += int64_t(H) * seg_tokens[seg] * D;
+        }
     for (size_t i = 0; i < h.chunks.size(); ++i) {
       const ChunkEntry& c = h.chunks[i];
-      if (c.kind == ChunkKind::kExact) {
-        const int seg = c.token_begin == 0 && h.n_head_exact > 0 ? 0 : 1;
-        seq.exact_offset[c.stream][seg][c.item_begin] = exact_total;
-        exact_total += int64_t(H) * c.n_tokens * D;
-        continue;
-      }
       if (c.kind != ChunkKind::kCodes) continue;
       DequantJob j;
       j.codes = raw_.as<uint8_t>() + raw_off[q][i];
@@ -301,11 +304,14 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     for (size_t i = 0; i < h.chunks.size(); ++i) {
       const ChunkEntry& c = h.chunks[i];
       if (c.kind != ChunkKind::kExact) continue;
-      const int seg = c.token_begin == 0 && h.n_head_exact > 0 ? 0 : 1;
+      const int seg = c.token_begin < h.n_head_exact ? 0 : 1;
       ExactJob e;
       e.raw = raw_.as<uint8_t>() + raw_off[q][i];
-      e.dst = seq.exact.as<float>() + seq.exact_offset[c.stream][seg][c.item_begin];
+      e.dst = seq.exact.as<float>() + seq.exact_offset[c.stream][seg][c.item_begin] +
+              (int64_t(c.token_begin) - seg_begin[seg]) * D;
       e.n_elems = uint32_t(int64_t(H) * c.n_tokens * D);
+      e.row_elems = uint32_t(int64_t(c.n_tokens) * D);
+      e.head_stride = uint32_t(seg_tokens[seg] * D);
       e.dtype = uint32_t(h.dtype);
       ejobs.push_back(e);
     }

@@ -102,7 +102,7 @@ __global__ void exact_convert_kernel(const ExactJob* __restrict__ jobs) {
       const uint32_t u = uint32_t(job.raw[e]) | (uint32_t(job.raw[n + e]) << 8);
       v = job.dtype == 0 ? __uint_as_float(u << 16) : half_bits_to_float(u);
     }
-    job.dst[e] = v;
+    job.dst[(e / job.row_elems) * job.head_stride + e % job.row_elems] = v;
   }
 }
 

@@ -43,11 +43,15 @@ cudaError_t launch_dequantize(const DequantJob* jobs_dev, int n_jobs, bool bf16,
                               cudaStream_t stream);
 
 // Exact chunk: byte planes of n_elems elements of `dtype` (0 bf16, 1 f16, 2 f32) to fp32.
+// One exact chunk: n_elems values [H][n][D] in byte planes -> fp32. Element e goes to
+// dst[(e / row_elems) * head_stride + e % row_elems]: the chunk's token rows inside its segment's block.
 struct ExactJob {
   const uint8_t* raw = nullptr;
   float* dst = nullptr;
   uint32_t n_elems = 0;
   uint32_t dtype = 0;
+  uint32_t row_elems = 0;    // n * D
+  uint32_t head_stride = 0;  // segment tokens * D
 };
 cudaError_t launch_exact_convert(const ExactJob* jobs_dev, int n_jobs, cudaStream_t stream);
 

@@ -50,7 +50,7 @@ Result<json> inspect_container(const uint8_t* bytes, size_t size) {
   const ContainerHeader& h = pc.header;
   json j;
   j["type"] = "container";
-  j["format_version"] = kContainerVersion;
+  j["format_version"] = h.format_version;
   j["file_bytes"] = size;
   j["header_bytes"] = pc.payload_offset;
   j["shape"] = shape_json(h.shape);
