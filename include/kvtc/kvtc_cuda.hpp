@@ -80,9 +80,12 @@ struct BatchDecodeOptions {
   bool overlap_exact = false;
 };
 
-// Device time of the last decode's stages, from CUDA events, in seconds.
+// Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock
+// intervals: host_s from decode()'s start to its first device call (parsing, checks, job tables),
+// wait_s its final synchronisation.
 struct BatchDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
+  double host_s = 0, wait_s = 0;
 };
 
 // A host-memory container: pointer and size in bytes.

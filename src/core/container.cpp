@@ -222,16 +222,22 @@ Result<uint64_t> expected_chunk_raw_bytes(const ContainerHeader& h, const ChunkE
     }
     case ChunkKind::kCodes: {
       if (uint64_t(c.item_begin) + c.n_items > a.n_kept()) return corrupt("codes chunk beyond kept components");
+      // Walk the groups the range overlaps (groups are contiguous from component 0): linear in groups,
+      // not in components, so that parsing a container with thousands of chunks stays cheap.
       uint64_t bytes = 0, bits = 0;
-      for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j) {
-        const Group* g = group_of(a, j);
-        if (g == nullptr) return corrupt("codes chunk component without a group");
-        if (g->kind == GroupKind::kFloat16) {
-          bytes += 2 * n;
-          bits += 16 * n;
-        } else if (g->kind != GroupKind::kDropped) {
-          bytes += (n * uint64_t(container_width_bits(g->width_bits)) + 7) / 8;
-          bits += n * g->width_bits;
+      const uint32_t end = c.item_begin + c.n_items;
+      const Group* first = c.n_items > 0 ? group_of(a, c.item_begin) : nullptr;
+      if (c.n_items > 0 && first == nullptr) return corrupt("codes chunk component without a group");
+      for (size_t gi = c.n_items > 0 ? size_t(first - a.groups.data()) : a.groups.size(); gi < a.groups.size(); ++gi) {
+        const Group& g = a.groups[gi];
+        if (g.first_component >= end) break;
+        const uint64_t k = std::min(end, g.first_component + g.n_components) - std::max(c.item_begin, g.first_component);
+        if (g.kind == GroupKind::kFloat16) {
+          bytes += 2 * n * k;
+          bits += 16 * n * k;
+        } else if (g.kind != GroupKind::kDropped) {
+          bytes += k * ((n * uint64_t(container_width_bits(g.width_bits)) + 7) / 8);
+          bits += k * n * g.width_bits;
         }
       }
       return c.layout == CodesLayout::kAligned ? bytes : (bits + 7) / 8;

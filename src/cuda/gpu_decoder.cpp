@@ -1,6 +1,7 @@
 #include "cuda/gpu_decoder.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <string>
@@ -147,13 +148,17 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
                                bool want_f32, bool want_bf16, bool overlap_exact, cudaStream_t stream,
                                GpuDecodeTimes* times) {
+  const auto host_start = std::chrono::steady_clock::now();
   KVTC_RETURN_IF_ERROR(ensure_handle());
   Events ev;
   // A previous overlapped decode may still be inflating exact chunks into the buffers reused here.
   if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
   KVTC_CUDA_RETURN(cudaEventRecord(ev.e[0], stream));
   seqs_.resize(containers.size());  // kept between calls: device buffers only grow
-  // Host side: parse and check every header, lay out payloads and inflated chunks.
+
+  // ---- Host work, all of it before the first launch (a pageable upload queued behind a kernel would
+  // block the host until that kernel ends and leave the device idle while the host catches up).
+  // Parse and check every header, lay out payloads and inflated chunks.
   uint64_t payload_total = 0, raw_total = 0;
   std::vector<uint64_t> payload_base(containers.size());
   std::vector<std::vector<uint64_t>> raw_off(containers.size());
@@ -166,25 +171,14 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     payload_base[q] = payload_total;
     payload_total += containers[q].second - seqs_[q].container.payload_offset;
     raw_off[q].resize(h.chunks.size());
-    for (size_t i = 0; i < h.chunks.size(); ++i) {
+    for (size_t i = 0; i < h.chunks.size(); ++i) {  // raw sizes were checked by parse_container
       const ChunkEntry& c = h.chunks[i];
-      auto expected = expected_chunk_raw_bytes(h, c);
-      if (!expected.is_ok()) return expected.status().with_context("sequence " + std::to_string(q) + " chunk " + std::to_string(i));
-      if (*expected != c.raw_bytes)
-        return corrupt("sequence " + std::to_string(q) + " chunk " + std::to_string(i) + ": raw size disagrees with its entry");
       raw_off[q][i] = raw_total;
       raw_total += (uint64_t(c.raw_bytes) + 15) & ~uint64_t(15);
     }
   }
   KVTC_RETURN_IF_ERROR(payload_.reserve(payload_total));
   KVTC_RETURN_IF_ERROR(raw_.reserve(raw_total));
-  for (size_t q = 0; q < containers.size(); ++q) {
-    const uint64_t off = seqs_[q].container.payload_offset;
-    if (containers[q].second > off)
-      KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
-                                       containers[q].second - off, cudaMemcpyHostToDevice, stream));
-  }
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[1], stream));
 
   // Inflate jobs: coefficient chunks (side, codes) first, then exact chunks, each part sorted longest
   // first (blocks start roughly in index order, so long serial streams do not set the launch's tail).
@@ -226,55 +220,61 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     if (part == 0) n_coef_jobs = ijobs.size();
   }
   const size_t n_exact_jobs = ijobs.size() - n_coef_jobs;
-  KVTC_RETURN_IF_ERROR(upload_vector(inflate_jobs_, ijobs, stream));
-  // Status slots: one per inflate job, a gap, then one per dequantise job (at most two per chunk).
-  KVTC_RETURN_IF_ERROR(status_.reserve(sizeof(uint32_t) * (3 * ijobs.size() + 1)));
-  uint32_t* inflate_status = status_.as<uint32_t>();
-  uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
-  KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, status_.size_bytes(), stream));
-  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_coef_jobs), verify_checksums, inflate_status, stream));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[2], stream));
-  exact_jobs_begin_ = n_coef_jobs;
-  exact_job_chunk_.assign(job_chunk.begin() + int64_t(n_coef_jobs), job_chunk.end());
-  exact_pending_ = false;
 
-  // Dequantise all codes chunks; allocate coefficient matrices.
+  // Dequantise and exact-conversion jobs; coefficient, component-table and exact buffers.
   std::vector<DequantJob> djobs_f32, djobs_bf16;
   std::vector<ExactJob> ejobs;
+  std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
-    KVTC_RETURN_IF_ERROR(prepare_sequence(gcal, seq, stream));
+    for (int s = 0; s < 2; ++s) {
+      seq.n_kept[s] = h.streams[s].n_kept();
+      if (seq.n_kept[s] > gcal.rows[s])
+        return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) +
+                                " basis rows, the container keeps " + std::to_string(seq.n_kept[s]));
+      comp_tables[2 * q + size_t(s)] = component_table(h.streams[s]);
+      KVTC_RETURN_IF_ERROR(seq.comps[s].reserve(comp_tables[2 * q + size_t(s)].size() * sizeof(CompInfo)));
+    }
     const int64_t m = int64_t(h.n_compressed_tokens());
+    KVTC_RETURN_IF_ERROR(seq.rope.reserve(size_t(std::max<int64_t>(m, 1)) * (h.shape.head_dim / 2) * sizeof(float2)));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
-      if (want_f32) {
-        KVTC_RETURN_IF_ERROR(seq.coef_f32[s].reserve(n * sizeof(float)));
-        KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_f32[s].get(), 0, n * sizeof(float), stream));
-      }
-      if (want_bf16) {
-        KVTC_RETURN_IF_ERROR(seq.coef_bf16[s].reserve(n * 2));
-        KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_bf16[s].get(), 0, n * 2, stream));
-      }
+      if (want_f32) KVTC_RETURN_IF_ERROR(seq.coef_f32[s].reserve(n * sizeof(float)));
+      if (want_bf16) KVTC_RETURN_IF_ERROR(seq.coef_bf16[s].reserve(n * 2));
     }
     std::map<std::pair<int, uint32_t>, size_t> side_of;
     for (size_t i = 0; i < h.chunks.size(); ++i)
       if (h.chunks[i].kind == ChunkKind::kSide) side_of[{h.chunks[i].stream, h.chunks[i].token_begin}] = i;
     const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
-    int64_t exact_total = 0;
-    for (int s = 0; s < 2; ++s)
-      for (int seg = 0; seg < 2; ++seg) seq.exact_offset[s][seg].assign(size_t(h.shape.n_layers), -1);
     // One [H][n][D] block per (stream, segment, layer); its chunks (several in version 2) fill token ranges.
     const int64_t seg_tokens[2] = {h.n_head_exact, h.n_tail_exact};
     const int64_t seg_begin[2] = {0, int64_t(h.n_tokens) - h.n_tail_exact};
+    int64_t exact_total = 0;
     for (int s = 0; s < 2; ++s)
-      for (int seg = 0; seg < 2; ++seg)
+      for (int seg = 0; seg < 2; ++seg) {
+        seq.exact_offset[s][seg].assign(size_t(h.shape.n_layers), -1);
         for (int l = 0; l < h.shape.n_layers && seg_tokens[seg] > 0; ++l) {
           seq.exact_offset[s][seg][size_t(l)] = exact_total;
           exact_total += int64_t(H) * seg_tokens[seg] * D;
         }
+      }
+    KVTC_RETURN_IF_ERROR(seq.exact.reserve(size_t(std::max<int64_t>(exact_total, 1)) * sizeof(float)));
     for (size_t i = 0; i < h.chunks.size(); ++i) {
       const ChunkEntry& c = h.chunks[i];
+      if (c.kind == ChunkKind::kExact) {
+        const int seg = c.token_begin < h.n_head_exact ? 0 : 1;
+        ExactJob e;
+        e.raw = raw_.as<uint8_t>() + raw_off[q][i];
+        e.dst = seq.exact.as<float>() + seq.exact_offset[c.stream][seg][c.item_begin] +
+                (int64_t(c.token_begin) - seg_begin[seg]) * D;
+        e.n_elems = uint32_t(int64_t(H) * c.n_tokens * D);
+        e.row_elems = uint32_t(int64_t(c.n_tokens) * D);
+        e.head_stride = uint32_t(seg_tokens[seg] * D);
+        e.dtype = uint32_t(h.dtype);
+        ejobs.push_back(e);
+        continue;
+      }
       if (c.kind != ChunkKind::kCodes) continue;
       DequantJob j;
       j.codes = raw_.as<uint8_t>() + raw_off[q][i];
@@ -300,26 +300,48 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         djobs_bf16.push_back(j);
       }
     }
-    KVTC_RETURN_IF_ERROR(seq.exact.reserve(size_t(std::max<int64_t>(exact_total, 1)) * sizeof(float)));
-    for (size_t i = 0; i < h.chunks.size(); ++i) {
-      const ChunkEntry& c = h.chunks[i];
-      if (c.kind != ChunkKind::kExact) continue;
-      const int seg = c.token_begin < h.n_head_exact ? 0 : 1;
-      ExactJob e;
-      e.raw = raw_.as<uint8_t>() + raw_off[q][i];
-      e.dst = seq.exact.as<float>() + seq.exact_offset[c.stream][seg][c.item_begin] +
-              (int64_t(c.token_begin) - seg_begin[seg]) * D;
-      e.n_elems = uint32_t(int64_t(H) * c.n_tokens * D);
-      e.row_elems = uint32_t(int64_t(c.n_tokens) * D);
-      e.head_stride = uint32_t(seg_tokens[seg] * D);
-      e.dtype = uint32_t(h.dtype);
-      ejobs.push_back(e);
-    }
   }
   // One job array: f32 jobs then bf16 jobs, sharing one status slot per codes chunk.
   std::vector<DequantJob> djobs = djobs_f32;
   djobs.insert(djobs.end(), djobs_bf16.begin(), djobs_bf16.end());
+  // Status slots: one per inflate job, a gap, then one per dequantise job.
+  KVTC_RETURN_IF_ERROR(status_.reserve(sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size())));
+  const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
+
+  // ---- Device work: uploads, then one launch per stage.
+  for (size_t q = 0; q < containers.size(); ++q) {
+    const uint64_t off = seqs_[q].container.payload_offset;
+    if (containers[q].second > off)
+      KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
+                                       containers[q].second - off, cudaMemcpyHostToDevice, stream));
+  }
+  KVTC_RETURN_IF_ERROR(upload_vector(inflate_jobs_, ijobs, stream));
   KVTC_RETURN_IF_ERROR(upload_vector(dequant_jobs_, djobs, stream));
+  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, stream));
+  for (size_t q = 0; q < seqs_.size(); ++q)
+    for (int s = 0; s < 2; ++s) KVTC_RETURN_IF_ERROR(upload_vector(seqs_[q].comps[s], comp_tables[2 * q + size_t(s)], stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[1], stream));
+  uint32_t* inflate_status = status_.as<uint32_t>();
+  uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
+  KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size()), stream));
+  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_coef_jobs), verify_checksums, inflate_status, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[2], stream));
+  exact_jobs_begin_ = n_coef_jobs;
+  exact_job_chunk_.assign(job_chunk.begin() + int64_t(n_coef_jobs), job_chunk.end());
+  exact_pending_ = false;
+  for (size_t q = 0; q < seqs_.size(); ++q) {
+    GpuSequence& seq = seqs_[q];
+    const ContainerHeader& h = seq.container.header;
+    const int64_t m = int64_t(h.n_compressed_tokens());
+    KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), h.shape.head_dim / 2, h.position_offset + h.n_head_exact,
+                                       m, seq.rope.as<float2>(), stream));
+    // Components without a codes chunk (none in a valid container) would read as 0.
+    for (int s = 0; s < 2; ++s) {
+      const size_t n = size_t(m) * size_t(seq.n_kept[s]);
+      if (want_f32) KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_f32[s].get(), 0, n * sizeof(float), stream));
+      if (want_bf16) KVTC_CUDA_RETURN(cudaMemsetAsync(seq.coef_bf16[s].get(), 0, n * 2, stream));
+    }
+  }
   if (!djobs_f32.empty())
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>(), int(djobs_f32.size()), false, dequant_status, stream));
   if (!djobs_bf16.empty())
@@ -334,18 +356,21 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_CUDA_RETURN(cudaStreamWaitEvent(side_, payload_ready_, 0));
   }
   KVTC_CUDA_RETURN(cudaEventRecord(exact_begin_, xs));
-  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
-                                  inflate_status + n_coef_jobs, xs));
-  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, xs));
-  KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
+  if (n_exact_jobs > 0) {
+    KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
+                                    inflate_status + n_coef_jobs, xs));
+    KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
+  }
   KVTC_CUDA_RETURN(cudaEventRecord(exact_done_, xs));
   exact_recorded_ = true;
   exact_pending_ = overlap_exact;
 
   // The one synchronisation: per-chunk statuses (of the coefficient chunks only, when overlapped).
+  const auto wait_start = std::chrono::steady_clock::now();
   std::vector<uint32_t> st(ijobs.size() + 1 + djobs.size());
   KVTC_CUDA_RETURN(cudaMemcpyAsync(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
+  const double wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
   for (size_t k = 0; k < (overlap_exact ? n_coef_jobs : ijobs.size()); ++k) {
     if (st[k] == kInflateOk) continue;
     const std::string where = "sequence " + std::to_string(job_chunk[k].first) + " chunk " + std::to_string(job_chunk[k].second);
@@ -355,6 +380,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   for (size_t k = 0; k < djobs.size(); ++k)
     if (st[ijobs.size() + 1 + k]) return corrupt("codes chunk: a code exceeds its width, or a non-finite fp16 value or side scale / shift");
   if (times) {
+    times->host_s = host_s;
+    times->wait_s = wait_s;
     times->upload_s = event_seconds(ev.e[0], ev.e[1]);
     times->inflate_s = event_seconds(ev.e[1], ev.e[2]);
     times->dequantize_s = event_seconds(ev.e[2], ev.e[3]);

@@ -49,8 +49,11 @@ struct GpuSequence {
 };
 
 // Per-stage device times of the last decode, from CUDA events (seconds).
+// host_s: host clock from decode()'s start to its first device call (parsing, checks, job tables);
+// wait_s: host clock of its final synchronisation.
 struct GpuDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
+  double host_s = 0, wait_s = 0;
 };
 
 class GpuBatchDecoder {
