@@ -1,0 +1,83 @@
+// `kvtc eval` as users run it: the command line on the reference model, its JSON rows and the PNG plot
+// drawn by gnuplot. Runs the built `kvtc` binary (KVTC_CLI_PATH) on short contexts.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+
+#include <unistd.h>
+
+#include "test_util.hpp"
+
+namespace kvtc {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::vector<uint8_t> read_all(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+
+uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
+
+TEST(CliEval, JsonRowsAndPlot) {
+  const std::string model = testing::shared_dir() + "/models/kvtc-ref-26m";
+  ASSERT_TRUE(fs::exists(model + "/config.json")) << "the reference model is missing at " << model;
+  const fs::path dir = fs::temp_directory_path() / ("kvtc_cli_eval_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path json_path = dir / "eval.json", png_path = dir / "eval.png";
+  // Two tasks, two baselines that need no calibration, two ratios: a 2 x 3 grid of panels is not
+  // needed, one row of two panels is (480 x 360 pixels each).
+  const std::string cmd = std::string(KVTC_CLI_PATH) + " eval --model " + model +
+                          " --tasks passkey,fidelity --methods kivi,snapkv --ratios 4,8 --trials 2"
+                          " --passkey-lengths 512 --contexts 512 --domains prose -j 2 --json-out " +
+                          json_path.string() + " --plot " + png_path.string() + " > " + (dir / "stdout.txt").string() +
+                          " 2> " + (dir / "stderr.txt").string();
+  const int rc = std::system(cmd.c_str());
+  const auto err = read_all(dir / "stderr.txt");
+  ASSERT_EQ(rc, 0) << cmd << "\n" << std::string(err.begin(), err.end());
+
+  // JSON: one object whose `results` rows carry the documented fields; `none` is always included.
+  std::ifstream jf(json_path);
+  ASSERT_TRUE(jf.good());
+  const json j = json::parse(jf);
+  ASSERT_TRUE(j.contains("results"));
+  std::set<std::string> tasks, methods;
+  for (const json& r : j["results"]) {
+    for (const char* key : {"task", "method", "target_ratio", "achieved_ratio", "score", "ci95", "n"})
+      ASSERT_TRUE(r.contains(key)) << key << " missing in " << r.dump();
+    tasks.insert(r["task"].get<std::string>());
+    methods.insert(r["method"].get<std::string>());
+    const double score = r["score"], lo = r["ci95"][0], hi = r["ci95"][1];
+    EXPECT_GE(score, 0.0);
+    EXPECT_LE(score, 100.0);
+    EXPECT_LE(lo, score + 1e-9);
+    EXPECT_GE(hi, score - 1e-9);
+    EXPECT_GT(r["n"].get<int>(), 0);
+    if (r["method"] != "none") EXPECT_GT(r["achieved_ratio"].get<double>(), 1.0) << r.dump();
+  }
+  EXPECT_EQ(methods, (std::set<std::string>{"none", "kivi", "snapkv"}));
+  EXPECT_EQ(tasks.size(), 2u) << "one passkey and one fidelity task";
+
+  // PNG: signature, an IHDR of the size the layout asks for, and an image with content.
+  const auto png = read_all(png_path);
+  ASSERT_GT(png.size(), 5000u) << "plot too small to hold two panels";
+  const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  ASSERT_TRUE(std::equal(sig, sig + 8, png.begin()));
+  ASSERT_EQ(std::string(png.begin() + 12, png.begin() + 16), "IHDR");
+  EXPECT_EQ(be32(png.data() + 16), 2u * 480);  // width: two panels
+  EXPECT_EQ(be32(png.data() + 20), 360u);      // height: one row
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kvtc
