@@ -4,6 +4,7 @@
 // The calibration is made here (mean + a random orthonormal basis + a hand-made allocation that uses
 // every group kind and width 1..8): the codec does not care where its basis came from, and this keeps
 // the test independent of the calibration pipeline.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -390,6 +391,78 @@ TEST(CudaBatchApi, ManySequencesBf16AndF32) {
     EXPECT_EQ(dec.exact_status().code(), StatusCode::kChecksumMismatch);
     bo.overlap_exact = false;
     EXPECT_EQ(dec.decode(*dcal, {{bad.data(), bad.size()}}, bo, nullptr).code(), StatusCode::kChecksumMismatch);
+  }
+}
+
+
+// vLLM's paged layout: restoring into [num_blocks][2][block_size][H][D] through a shuffled block table
+// gives, element for element, what the contiguous restore gives, and leaves blocks outside the table
+// untouched.
+TEST(CudaBatchApi, PagedLayoutEqualsContiguous) {
+  SKIP_WITHOUT_DEVICE();
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 32;
+  KVCache base = testing::synthetic_cache(shape, 300, 31, DType::kBF16);
+  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 60, all_kinds_groups(), simple_groups(50), 4, 16));
+  const Calibration cal(cal_data);
+  KVCache c = testing::synthetic_cache(shape, 203, 32, DType::kBF16);  // not a multiple of the block size
+  EncodeOptions eo;
+  eo.target_ratio = kRatio;
+  eo.chunk_tokens = 64;
+  eo.measure_error = false;
+  auto enc = make_cpu_backend()->encode(*cal_data, c, eo, nullptr);
+  ASSERT_TRUE(enc.is_ok());
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  cuda::BatchDecoder dec;
+  ASSERT_TRUE(dec.decode(*dcal, {{enc->bytes.data(), enc->bytes.size()}}, {}, nullptr).is_ok());
+  const int H = shape.n_kv_heads, D = shape.head_dim, block = 16;
+  const int64_t T = dec.n_tokens(0), n_used = (T + block - 1) / block, n_blocks = n_used + 5;
+  std::vector<int32_t> table(static_cast<size_t>(n_blocks));
+  for (int64_t b = 0; b < n_blocks; ++b) table[size_t(b)] = int32_t(b);
+  std::mt19937 rng(5);
+  std::shuffle(table.begin(), table.end(), rng);
+  table.resize(size_t(n_used));  // 5 blocks stay outside the table
+  for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+    const size_t eb = type == cuda::ElementType::kF32 ? 4 : 2;
+    const size_t layer_elems = size_t(H) * size_t(T) * size_t(D), paged_elems = size_t(n_blocks) * 2 * block * H * D;
+    void *k = nullptr, *v = nullptr, *paged = nullptr;
+    int32_t* table_dev = nullptr;
+    ASSERT_EQ(cudaMalloc(&k, layer_elems * eb), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&v, layer_elems * eb), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&paged, paged_elems * eb), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&table_dev, table.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(table_dev, table.data(), table.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    for (int l = 0; l < shape.n_layers; ++l) {
+      ASSERT_EQ(cudaMemset(paged, 0x7b, paged_elems * eb), cudaSuccess);
+      ASSERT_TRUE(dec.restore_layer(*dcal, 0, l, k, v, type, nullptr).is_ok());
+      ASSERT_TRUE(dec.restore_layer_paged(*dcal, 0, l, paged, table_dev, block, type, nullptr).is_ok());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      std::vector<uint8_t> kh(layer_elems * eb), vh(layer_elems * eb), ph(paged_elems * eb);
+      ASSERT_EQ(cudaMemcpy(kh.data(), k, kh.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(vh.data(), v, vh.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(ph.data(), paged, ph.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      std::vector<bool> written(paged_elems, false);
+      for (int kv = 0; kv < 2; ++kv)
+        for (int h = 0; h < H; ++h)
+          for (int64_t t = 0; t < T; ++t) {
+            const size_t src = (size_t(h) * size_t(T) + size_t(t)) * size_t(D);
+            const size_t dst = ((size_t(table[size_t(t / block)]) * 2 + size_t(kv)) * block + size_t(t % block)) * H * D +
+                               size_t(h) * D;
+            ASSERT_EQ(std::memcmp((kv == 0 ? kh : vh).data() + src * eb, ph.data() + dst * eb, size_t(D) * eb), 0)
+                << "layer " << l << (kv == 0 ? " keys" : " values") << " head " << h << " token " << t;
+            std::fill(written.begin() + int64_t(dst), written.begin() + int64_t(dst + size_t(D)), true);
+          }
+      for (size_t e = 0; e < paged_elems; ++e)
+        if (!written[e])
+          for (size_t b = 0; b < eb; ++b) ASSERT_EQ(ph[e * eb + b], 0x7b) << "element " << e << " written outside the table";
+    }
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(paged);
+    cudaFree(table_dev);
   }
 }
 

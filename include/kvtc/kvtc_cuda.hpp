@@ -118,6 +118,13 @@ class BatchDecoder {
   // contiguous, of `type`. Asynchronous on `cuda_stream`.
   Status restore_layer(const DeviceCalibration& dcal, int seq, int layer, void* k_dev, void* v_dev, ElementType type,
                        void* cuda_stream);
+  // Writes layer `layer` of sequence `seq` into a vLLM-style paged layer cache: `layer_cache` is
+  // [num_blocks][2][block_size][n_kv_heads][head_dim] of `type` (index 0 keys, 1 values); token t goes
+  // to block block_table_dev[t / block_size], slot t % block_size. block_table_dev is device int32 with
+  // at least ceil(n_tokens(seq) / block_size) entries, each < num_blocks (not checked on the device).
+  // Asynchronous on `cuda_stream`; same values as restore_layer.
+  Status restore_layer_paged(const DeviceCalibration& dcal, int seq, int layer, void* layer_cache,
+                             const int32_t* block_table_dev, int block_size, ElementType type, void* cuda_stream);
   // All layers in order, layer 0 first; after layer l, records layer_events[l] (a cudaEvent_t; null
   // entries or a null array: none), so that attention on layer l can wait on it while later layers
   // are still being reconstructed.

@@ -442,21 +442,54 @@ Status GpuBatchDecoder::load_host(const GpuCalibration& gcal, const DecodedCoeff
 Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index, int layer, void* k_dev, void* v_dev,
                                       OutType type, cudaStream_t stream) {
   if (seq_index < 0 || seq_index >= n_sequences()) return invalid_argument("sequence index out of range");
+  const ContainerHeader& h = seqs_[size_t(seq_index)].container.header;
+  DstLayout out[2];
+  for (int s = 0; s < 2; ++s) {
+    out[s].base = s == 0 ? k_dev : v_dev;
+    out[s].bf16 = type == OutType::kBF16;
+    out[s].head_stride = int64_t(h.n_tokens) * h.shape.head_dim;
+    out[s].n_heads = h.shape.n_kv_heads;
+    out[s].head_dim = h.shape.head_dim;
+  }
+  return restore_layer_to(gcal, seq_index, layer, out, stream);
+}
+
+Status GpuBatchDecoder::restore_layer_paged(const GpuCalibration& gcal, int seq_index, int layer, void* layer_cache,
+                                            const int32_t* block_table, int block_size, OutType type,
+                                            cudaStream_t stream) {
+  if (seq_index < 0 || seq_index >= n_sequences()) return invalid_argument("sequence index out of range");
+  if (layer_cache == nullptr || block_table == nullptr || block_size <= 0)
+    return invalid_argument("paged restore needs a layer cache, a block table and a positive block size");
+  const ContainerHeader& h = seqs_[size_t(seq_index)].container.header;
+  DstLayout out[2];
+  for (int s = 0; s < 2; ++s) {
+    out[s].base = layer_cache;
+    out[s].bf16 = type == OutType::kBF16;
+    out[s].block_table = block_table;
+    out[s].block_size = block_size;
+    out[s].kv = s;
+    out[s].n_heads = h.shape.n_kv_heads;
+    out[s].head_dim = h.shape.head_dim;
+  }
+  return restore_layer_to(gcal, seq_index, layer, out, stream);
+}
+
+Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_index, int layer, const DstLayout out[2],
+                                         cudaStream_t stream) {
   const GpuSequence& seq = seqs_[size_t(seq_index)];
   const ContainerHeader& h = seq.container.header;
   if (layer < 0 || layer >= h.shape.n_layers) return invalid_argument("layer " + std::to_string(layer) + " out of range");
-  const bool bf16 = type == OutType::kBF16;
+  const bool bf16 = out[0].bf16;
   if (bf16 ? !gcal.has_bf16 : !gcal.has_f32) return invalid_argument("the device calibration lacks this precision's basis");
   KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
   const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
-  const size_t elem = bf16 ? 2 : 4;
   const float one = 1.0f, zero = 0.0f;
-  if (bf16 && m > 0) KVTC_RETURN_IF_ERROR(tmp_.reserve(size_t(m) * H * D * sizeof(float)));
+  // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D].
+  const bool in_place = !bf16 && out[0].block_table == nullptr;
+  if (!in_place && m > 0) KVTC_RETURN_IF_ERROR(tmp_.reserve(size_t(m) * H * D * sizeof(float)));
   for (int s = 0; s < 2; ++s) {
-    void* out = s == 0 ? k_dev : v_dev;
-    uint8_t* out_bytes = static_cast<uint8_t*>(out);
     const int64_t kept = seq.n_kept[s];
     if (m > 0) {
       EpilogueParams ep;
@@ -466,39 +499,30 @@ Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index,
       ep.n_heads = H;
       ep.head_dim = D;
       ep.rows = m;
-      ep.dst = out_bytes + size_t(t0) * D * elem;
-      ep.dst_head_stride = T * D;
-      ep.dst_bf16 = bf16;
-      if (!bf16) {
-        float* c = reinterpret_cast<float*>(out_bytes) + t0 * D;
-        if (kept > 0) {
-          if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
-          KVTC_RETURN_IF_ERROR(cublas_status(
-              cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
-                                        gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
-                                        int(kept), 0, &zero, c, D, T * D, H),
-              "cublasSgemmStridedBatched"));
-        } else {
-          KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
-        }
-        ep.src = c;
-        ep.src_head_stride = T * D;
+      ep.out = out[s];
+      ep.t_offset = t0;
+      float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
+      const int64_t c_head_stride = in_place ? T * D : m * D;
+      if (kept > 0 && !bf16) {
+        if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
+        KVTC_RETURN_IF_ERROR(cublas_status(
+            cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+                                      gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
+                                      int(kept), 0, &zero, c, D, c_head_stride, H),
+            "cublasSgemmStridedBatched"));
+      } else if (kept > 0) {
+        if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
+        KVTC_RETURN_IF_ERROR(cublas_status(
+            cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+                                       gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
+                                       seq.coef_bf16[s].get(), CUDA_R_16BF, int(kept), 0, &zero, c, CUDA_R_32F, D,
+                                       c_head_stride, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmStridedBatchedEx"));
       } else {
-        float* c = tmp_.as<float>();
-        if (kept > 0) {
-          if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
-          KVTC_RETURN_IF_ERROR(cublas_status(
-              cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
-                                         gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
-                                         seq.coef_bf16[s].get(), CUDA_R_16BF, int(kept), 0, &zero, c, CUDA_R_32F, D,
-                                         m * D, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-              "cublasGemmStridedBatchedEx"));
-        } else {
-          KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, size_t(m) * H * D * 4, stream));
-        }
-        ep.src = c;
-        ep.src_head_stride = m * D;
+        KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(c_head_stride) * 4, 0, size_t(m) * D * 4, H, stream));
       }
+      ep.src = c;
+      ep.src_head_stride = c_head_stride;
       KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
     // Exact rows come from the exact chunks, which may still be inflating on the side stream.
@@ -506,10 +530,9 @@ Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index,
     const float* exact = seq.exact.as<float>();
     const int64_t head_off = seq.exact_offset[s][0][size_t(layer)], tail_off = seq.exact_offset[s][1][size_t(layer)];
     if (h.n_head_exact > 0 && head_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, H, h.n_head_exact, D, out, bf16, T * D, 0, stream));
+      KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, out[s], 0, stream));
     if (h.n_tail_exact > 0 && tail_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, H, h.n_tail_exact, D, out, bf16, T * D,
-                                            T - h.n_tail_exact, stream));
+      KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, h.n_tail_exact, out[s], T - h.n_tail_exact, stream));
   }
   return Status::ok();
 }

@@ -14,6 +14,7 @@
 #include "core/calibration_data.hpp"
 #include "core/container.hpp"
 #include "cuda/cuda_common.hpp"
+#include "cuda/restore_kernels.cuh"
 
 namespace kvtc::cuda {
 
@@ -81,6 +82,11 @@ class GpuBatchDecoder {
   // of `type`. Asynchronous on `stream`.
   Status restore_layer(const GpuCalibration& gcal, int seq, int layer, void* k_dev, void* v_dev, OutType type,
                        cudaStream_t stream);
+  // Reconstructs layer `layer` of sequence `seq` into vLLM's paged layer cache [num_blocks][2][block_size]
+  // [n_kv_heads][head_dim] of `type`: token t goes to block block_table[t / block_size] (device int32,
+  // at least ceil(n_tokens / block_size) entries), slot t % block_size. Asynchronous on `stream`.
+  Status restore_layer_paged(const GpuCalibration& gcal, int seq, int layer, void* layer_cache, const int32_t* block_table,
+                             int block_size, OutType type, cudaStream_t stream);
 
   int n_sequences() const { return int(seqs_.size()); }
   const GpuSequence& sequence(int i) const { return seqs_[size_t(i)]; }
@@ -88,6 +94,7 @@ class GpuBatchDecoder {
  private:
   Status ensure_handle();
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
+  Status restore_layer_to(const GpuCalibration& gcal, int seq, int layer, const DstLayout out[2], cudaStream_t stream);
 
   cublasHandle_t handle_ = nullptr;
   cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes

@@ -194,6 +194,14 @@ Status BatchDecoder::restore_layer(const DeviceCalibration& dcal, int seq, int l
                                   static_cast<cudaStream_t>(cuda_stream));
 }
 
+Status BatchDecoder::restore_layer_paged(const DeviceCalibration& dcal, int seq, int layer, void* layer_cache,
+                                         const int32_t* block_table_dev, int block_size, ElementType type,
+                                         void* cuda_stream) {
+  return impl_->dec.restore_layer_paged(dcal.impl().gcal, seq, layer, layer_cache, block_table_dev, block_size,
+                                        type == ElementType::kBF16 ? OutType::kBF16 : OutType::kF32,
+                                        static_cast<cudaStream_t>(cuda_stream));
+}
+
 Status BatchDecoder::restore_all(const DeviceCalibration& dcal, int seq, void* const* k_layers, void* const* v_layers,
                                  ElementType type, void* cuda_stream, void* const* layer_events) {
   if (seq < 0 || seq >= n_sequences()) return invalid_argument("sequence index out of range");

@@ -23,9 +23,18 @@ __global__ void dequantize_kernel(const DequantJob* __restrict__ jobs, bool to_b
   const uint64_t total = uint64_t(n) * nc;
   const uint32_t ld = job.ld;
   bool bad = false;
-  for (uint64_t e = threadIdx.x; e < total; e += blockDim.x) {
-    const uint32_t i = uint32_t(e / nc);
-    const uint32_t j = job.c0 + uint32_t(e % nc);
+  if (nc == 0) return;
+  // Element e is (token i = e / nc, component c0 + e % nc); both advance incrementally (no 64-bit
+  // division per element): consecutive threads take consecutive components of a token, so the
+  // coefficient writes [row][component] coalesce.
+  const uint32_t step_i = blockDim.x / nc, step_j = blockDim.x % nc;
+  uint32_t i = threadIdx.x / nc, jr = threadIdx.x % nc;
+  for (uint64_t e = threadIdx.x; e < total; e += blockDim.x, i += step_i, jr += step_j) {
+    if (jr >= nc) {
+      jr -= nc;
+      ++i;
+    }
+    const uint32_t j = job.c0 + jr;
     const CompInfo ci = comps[j];
     float value = 0.0f;
     if (ci.cls != 5) {
@@ -140,30 +149,29 @@ __global__ void epilogue_kernel(EpilogueParams p) {
       a = ra;
       b = rb;
     }
-    const int64_t o = h * p.dst_head_stride + t * p.head_dim;
-    if (p.dst_bf16) {
-      __nv_bfloat16* d = static_cast<__nv_bfloat16*>(p.dst) + o;
+    const int64_t o = p.out.offset(h, p.t_offset + t);
+    if (p.out.bf16) {
+      __nv_bfloat16* d = static_cast<__nv_bfloat16*>(p.out.base) + o;
       d[ia] = __float2bfloat16_rn(a);
       d[ib] = __float2bfloat16_rn(b);
     } else {
-      float* d = static_cast<float*>(p.dst) + o;
+      float* d = static_cast<float*>(p.out.base) + o;
       d[ia] = a;
       d[ib] = b;
     }
   }
 }
 
-__global__ void exact_scatter_kernel(const float* __restrict__ src, int n_heads, int64_t n, int head_dim, void* dst,
-                                     bool dst_bf16, int64_t dst_head_stride, int64_t t0) {
-  const int64_t per_head = n * head_dim;
-  const int64_t total = per_head * n_heads;
+__global__ void exact_scatter_kernel(const float* __restrict__ src, int64_t n, DstLayout out, int64_t t0) {
+  const int64_t per_head = n * out.head_dim;
+  const int64_t total = per_head * out.n_heads;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t h = e / per_head, r = e % per_head;
-    const int64_t o = h * dst_head_stride + t0 * head_dim + r;
-    if (dst_bf16)
-      static_cast<__nv_bfloat16*>(dst)[o] = __float2bfloat16_rn(src[e]);
+    const int64_t o = out.offset(int(h), t0 + r / out.head_dim) + r % out.head_dim;
+    if (out.bf16)
+      static_cast<__nv_bfloat16*>(out.base)[o] = __float2bfloat16_rn(src[e]);
     else
-      static_cast<float*>(dst)[o] = src[e];
+      static_cast<float*>(out.base)[o] = src[e];
   }
 }
 
@@ -207,12 +215,10 @@ cudaError_t launch_epilogue(const EpilogueParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t launch_exact_scatter(const float* src, int n_heads, int64_t n, int head_dim, void* dst, bool dst_bf16,
-                                 int64_t dst_head_stride, int64_t t0, cudaStream_t stream) {
-  const int64_t total = int64_t(n_heads) * n * head_dim;
+cudaError_t launch_exact_scatter(const float* src, int64_t n, const DstLayout& out, int64_t t0, cudaStream_t stream) {
+  const int64_t total = int64_t(out.n_heads) * n * out.head_dim;
   if (total <= 0) return cudaSuccess;
-  exact_scatter_kernel<<<grid_for(total, 256), 256, 0, stream>>>(src, n_heads, n, head_dim, dst, dst_bf16,
-                                                                 dst_head_stride, t0);
+  exact_scatter_kernel<<<grid_for(total, 256), 256, 0, stream>>>(src, n, out, t0);
   return cudaGetLastError();
 }
 

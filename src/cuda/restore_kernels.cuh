@@ -60,15 +60,35 @@ cudaError_t launch_exact_convert(const ExactJob* jobs_dev, int n_jobs, cudaStrea
 cudaError_t launch_rope_table(const double* inv_freq_dev, int half_dim, int64_t first_position, int64_t n_positions,
                               float2* table_dev, cudaStream_t stream);
 
-// Epilogue of one layer and stream: dst[h][t][d] = rope(src[h][t][d] + mean[h*D + d]) for t < rows.
-// src is fp32 with head stride src_head_stride; dst is fp32 or bf16 with head stride dst_head_stride.
+// Where element (head h, token t, dim d) of a restored layer goes, t counted from the sequence start:
+// contiguous [H][T][D] (head_stride = T * D), or, with a block table, vLLM's paged layer cache
+// [num_blocks][2][block_size][H][D] (kv: 0 keys, 1 values; token t in block block_table[t / block_size],
+// slot t % block_size).
+struct DstLayout {
+  void* base = nullptr;
+  bool bf16 = false;
+  int64_t head_stride = 0;
+  const int32_t* block_table = nullptr;
+  int block_size = 0;
+  int kv = 0;
+  int n_heads = 0, head_dim = 0;
+#ifdef __CUDACC__
+  __device__ int64_t offset(int h, int64_t t) const {  // of d = 0
+    if (block_table == nullptr) return h * head_stride + t * head_dim;
+    const int64_t blk = block_table[t / block_size];
+    return ((blk * 2 + kv) * block_size + t % block_size) * int64_t(n_heads) * head_dim + int64_t(h) * head_dim;
+  }
+#endif
+};
+
+// Epilogue of one layer and stream: out(h, t_offset + t, d) = rope(src[h][t][d] + mean[h*D + d]) for
+// t < rows. src is fp32 with head stride src_head_stride (it may alias a contiguous fp32 out).
 // rope_table null: no rotation (values). rope_style 0 half, 1 interleaved.
 struct EpilogueParams {
   const float* src = nullptr;
   int64_t src_head_stride = 0;
-  void* dst = nullptr;
-  int64_t dst_head_stride = 0;
-  bool dst_bf16 = false;
+  DstLayout out;
+  int64_t t_offset = 0;
   const float* mean = nullptr;  // this layer's H * D means
   const float2* rope_table = nullptr;
   int rope_style = 0;
@@ -77,8 +97,7 @@ struct EpilogueParams {
 };
 cudaError_t launch_epilogue(const EpilogueParams& p, cudaStream_t stream);
 
-// Copies rows [0, n) of an exact fp32 block [H][n][D] into dst [H][T][D] at token t0 (fp32 or bf16).
-cudaError_t launch_exact_scatter(const float* src, int n_heads, int64_t n, int head_dim, void* dst, bool dst_bf16,
-                                 int64_t dst_head_stride, int64_t t0, cudaStream_t stream);
+// Copies rows [0, n) of an exact fp32 block [H][n][D] to out's tokens [t0, t0 + n).
+cudaError_t launch_exact_scatter(const float* src, int64_t n, const DstLayout& out, int64_t t0, cudaStream_t stream);
 
 }  // namespace kvtc::cuda
