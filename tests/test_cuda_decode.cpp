@@ -455,15 +455,85 @@ TEST(CudaBatchApi, PagedLayoutEqualsContiguous) {
                 << "layer " << l << (kv == 0 ? " keys" : " values") << " head " << h << " token " << t;
             std::fill(written.begin() + int64_t(dst), written.begin() + int64_t(dst + size_t(D)), true);
           }
-      for (size_t e = 0; e < paged_elems; ++e)
-        if (!written[e])
-          for (size_t b = 0; b < eb; ++b) ASSERT_EQ(ph[e * eb + b], 0x7b) << "element " << e << " written outside the table";
+      for (size_t e = 0; e < paged_elems; ++e) {
+        if (written[e]) continue;
+        for (size_t b = 0; b < eb; ++b) ASSERT_EQ(ph[e * eb + b], 0x7b) << "element " << e << " written outside the table";
+      }
     }
     cudaFree(k);
     cudaFree(v);
     cudaFree(paged);
     cudaFree(table_dev);
   }
+}
+
+
+// A caller-provided workspace of workspace_bytes() is enough for decode and restores and gives the same
+// results as the decoder's own buffers; a smaller one is refused; with defer_status a corrupt chunk is
+// reported by status(), not by decode().
+TEST(CudaBatchApi, WorkspaceAndDeferredStatus) {
+  SKIP_WITHOUT_DEVICE();
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 32;
+  KVCache base = testing::synthetic_cache(shape, 300, 41, DType::kBF16);
+  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 60, all_kinds_groups(), simple_groups(50), 4, 16));
+  const Calibration cal(cal_data);
+  std::vector<std::vector<uint8_t>> blobs;
+  for (int q = 0; q < 2; ++q) {
+    EncodeOptions eo;
+    eo.target_ratio = kRatio;
+    eo.chunk_tokens = 48;
+    eo.chunk_max_bytes = 512;
+    eo.measure_error = false;
+    auto enc = make_cpu_backend()->encode(*cal_data, testing::synthetic_cache(shape, 180 + 30 * q, 42 + q, DType::kBF16), eo, nullptr);
+    ASSERT_TRUE(enc.is_ok());
+    blobs.push_back(enc->bytes);
+  }
+  std::vector<cuda::ContainerView> views;
+  for (auto& b : blobs) views.push_back({b.data(), b.size()});
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok());
+  cuda::BatchDecodeOptions bo;
+  auto need = cuda::BatchDecoder::workspace_bytes(*dcal, views, bo);
+  ASSERT_TRUE(need.is_ok()) << need.status().to_string();
+  EXPECT_GT(*need, blobs[0].size() + blobs[1].size());
+
+  cuda::BatchDecoder own, ws;
+  ASSERT_TRUE(own.decode(*dcal, views, bo, nullptr).is_ok());
+  void* mem = nullptr;
+  ASSERT_EQ(cudaMalloc(&mem, *need), cudaSuccess);
+  ASSERT_TRUE(ws.set_workspace(mem, *need - 1).is_ok());
+  EXPECT_EQ(ws.decode(*dcal, views, bo, nullptr).code(), StatusCode::kOutOfMemory);
+  ASSERT_TRUE(ws.set_workspace(mem, *need).is_ok());
+  bo.defer_status = true;
+  ASSERT_TRUE(ws.decode(*dcal, views, bo, nullptr).is_ok());
+  ASSERT_TRUE(ws.status().is_ok());
+  for (int q = 0; q < 2; ++q)
+    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+      std::vector<std::vector<float>> k1, v1, k2, v2;
+      ASSERT_TRUE(cuda_restore_all_to_host(own, *dcal, q, type, &k1, &v1).is_ok());
+      ASSERT_TRUE(cuda_restore_all_to_host(ws, *dcal, q, type, &k2, &v2).is_ok());
+      EXPECT_EQ(k1, k2) << "sequence " << q;
+      EXPECT_EQ(v1, v2) << "sequence " << q;
+    }
+  // A flipped bit in a codes chunk: decode() queues the work and returns; status() names the chunk.
+  auto parsed = parse_container(blobs[1].data(), blobs[1].size());
+  ASSERT_TRUE(parsed.is_ok());
+  std::vector<uint8_t> bad = blobs[1];
+  for (const ChunkEntry& c : parsed->header.chunks)
+    if (c.kind == ChunkKind::kCodes) {
+      bad[parsed->payload_offset + c.offset + c.stored_bytes / 2] ^= 0x04;
+      break;
+    }
+  ASSERT_TRUE(ws.decode(*dcal, {views[0], {bad.data(), bad.size()}}, bo, nullptr).is_ok());
+  const Status st = ws.status();
+  EXPECT_EQ(st.code(), StatusCode::kChecksumMismatch) << st.to_string();
+  EXPECT_NE(st.message().find("sequence 1"), std::string::npos) << st.message();
+  EXPECT_TRUE(ws.status().is_ok()) << "reported once";
+  ASSERT_TRUE(ws.set_workspace(nullptr, 0).is_ok());
+  cudaFree(mem);
 }
 
 }  // namespace

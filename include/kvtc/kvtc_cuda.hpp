@@ -78,6 +78,10 @@ struct BatchDecodeOptions {
   // then checks only the coefficient chunks; call exact_status() (it waits) for the exact ones.
   // restore_layer() orders its exact rows after them on the device, without a host wait.
   bool overlap_exact = false;
+  // decode() returns without waiting for the device: chunk statuses stay in device memory and
+  // status() waits for them and reports. Restores may be queued at once; their results are valid only
+  // if status() then returns OK.
+  bool defer_status = false;
 };
 
 // Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock
@@ -102,6 +106,21 @@ class BatchDecoder {
   // batch; device buffers are kept and grow only.
   Status decode(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
                 const BatchDecodeOptions& options, void* cuda_stream);
+
+  // Device bytes that decode() of these containers with these options, and every restore after it,
+  // use when given a workspace: the compressed payloads, inflated chunks, coefficients, exact tokens,
+  // tables and the restore scratch. Host work only (parses and checks the headers).
+  static Result<size_t> workspace_bytes(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
+                                        const BatchDecodeOptions& options);
+  // Caller-provided device memory (at least workspace_bytes of the batches to come, 256-byte aligned
+  // is best): decode() and the restores then allocate nothing on the device; a batch that needs more
+  // fails with OUT_OF_MEMORY. nullptr returns to buffers the decoder owns. Waits for work still
+  // running in the previous buffers; the memory must outlive its use.
+  Status set_workspace(void* workspace_dev, size_t bytes);
+
+  // Waits for whatever the last decode left pending (defer_status, overlap_exact) and reports every
+  // chunk status: CORRUPT / CHECKSUM_MISMATCH naming the sequence and chunk. OK when nothing is pending.
+  Status status();
 
   // After a decode with overlap_exact: waits for the exact chunks and returns their status (CORRUPT /
   // CHECKSUM_MISMATCH naming the chunk; tensors restored from a failed batch are not valid). OK when

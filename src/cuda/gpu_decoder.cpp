@@ -28,6 +28,14 @@ Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t st
   return Status::ok();
 }
 
+// Copies v into a buffer already sized for it (decode() sizes every buffer before its first copy).
+template <typename T>
+Status copy_to(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
+  if (v.size() * sizeof(T) > buf.size_bytes()) return internal_error("device buffer smaller than its table");
+  if (!v.empty()) KVTC_CUDA_RETURN(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+  return Status::ok();
+}
+
 // The component table of a stream allocation (see CompInfo).
 std::vector<CompInfo> component_table(const StreamAllocation& a) {
   std::vector<CompInfo> comps;
@@ -62,17 +70,6 @@ double event_seconds(cudaEvent_t a, cudaEvent_t b) {
   cudaEventElapsedTime(&ms, a, b);
   return ms * 1e-3;
 }
-
-// Scoped events for stage timing.
-struct Events {
-  cudaEvent_t e[5] = {};
-  Events() {
-    for (auto& x : e) cudaEventCreate(&x);
-  }
-  ~Events() {
-    for (auto& x : e) cudaEventDestroy(x);
-  }
-};
 
 }  // namespace
 
@@ -114,6 +111,9 @@ GpuBatchDecoder::~GpuBatchDecoder() {
   if (payload_ready_) cudaEventDestroy(payload_ready_);
   if (exact_begin_) cudaEventDestroy(exact_begin_);
   if (exact_done_) cudaEventDestroy(exact_done_);
+  if (coef_done_) cudaEventDestroy(coef_done_);
+  for (auto e : stage_events_)
+    if (e) cudaEventDestroy(e);
 }
 
 Status GpuBatchDecoder::ensure_handle() {
@@ -123,6 +123,8 @@ Status GpuBatchDecoder::ensure_handle() {
   KVTC_CUDA_RETURN(cudaEventCreateWithFlags(&payload_ready_, cudaEventDisableTiming));
   KVTC_CUDA_RETURN(cudaEventCreate(&exact_begin_));
   KVTC_CUDA_RETURN(cudaEventCreate(&exact_done_));
+  KVTC_CUDA_RETURN(cudaEventCreate(&coef_done_));
+  for (auto& e : stage_events_) KVTC_CUDA_RETURN(cudaEventCreate(&e));
   return Status::ok();
 }
 
@@ -148,13 +150,57 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
                                bool want_f32, bool want_bf16, bool overlap_exact, cudaStream_t stream,
                                GpuDecodeTimes* times) {
+  GpuDecodeOptions o;
+  o.verify_checksums = verify_checksums;
+  o.want_f32 = want_f32;
+  o.want_bf16 = want_bf16;
+  o.overlap_exact = overlap_exact;
+  return decode(gcal, cal, containers, o, stream, times);
+}
+
+Status GpuBatchDecoder::alloc(DeviceBuffer& buffer, size_t bytes) {
+  return use_arena_ ? buffer.carve(arena_, bytes) : buffer.reserve(bytes);
+}
+
+Status GpuBatchDecoder::set_workspace(void* base, size_t bytes) {
+  if (exact_recorded_) {  // nothing may still run in the old buffers
+    KVTC_CUDA_RETURN(cudaEventSynchronize(coef_done_));
+    KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
+  }
+  coef_pending_ = exact_pending_ = false;
+  use_arena_ = base != nullptr;
+  arena_ = Arena{static_cast<uint8_t*>(base), use_arena_ ? bytes : 0, 0};
+  return Status::ok();
+}
+
+Result<size_t> GpuBatchDecoder::workspace_bytes(const GpuCalibration& gcal, const CalibrationData& cal,
+                                                const std::vector<std::pair<const uint8_t*, size_t>>& containers,
+                                                const GpuDecodeOptions& options) {
+  GpuBatchDecoder planner;
+  planner.use_arena_ = true;
+  planner.plan_only_ = true;  // arena_.base == nullptr: counts
+  KVTC_RETURN_IF_ERROR(planner.decode(gcal, cal, containers, options, nullptr, nullptr));
+  return planner.arena_.used;
+}
+
+Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData& cal,
+                               const std::vector<std::pair<const uint8_t*, size_t>>& containers,
+                               const GpuDecodeOptions& options, cudaStream_t stream, GpuDecodeTimes* times) {
   const auto host_start = std::chrono::steady_clock::now();
-  KVTC_RETURN_IF_ERROR(ensure_handle());
-  Events ev;
-  // A previous overlapped decode may still be inflating exact chunks into the buffers reused here.
-  if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[0], stream));
-  seqs_.resize(containers.size());  // kept between calls: device buffers only grow
+  const bool want_f32 = options.want_f32, want_bf16 = options.want_bf16, overlap_exact = options.overlap_exact;
+  const bool verify_checksums = options.verify_checksums;
+  if (!plan_only_) {
+    KVTC_RETURN_IF_ERROR(ensure_handle());
+    // The previous batch's kernels finish before this one's reuse its buffers (a device-side wait);
+    // statuses it did not report are dropped.
+    if (exact_recorded_) {
+      KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, coef_done_, 0));
+      KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
+    }
+    coef_pending_ = exact_pending_ = false;
+  }
+  if (use_arena_) arena_.used = 0;
+  seqs_.resize(containers.size());  // kept between calls: owned device buffers only grow
 
   // ---- Host work, all of it before the first launch (a pageable upload queued behind a kernel would
   // block the host until that kernel ends and leave the device idle while the host catches up).
@@ -177,8 +223,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       raw_total += (uint64_t(c.raw_bytes) + 15) & ~uint64_t(15);
     }
   }
-  KVTC_RETURN_IF_ERROR(payload_.reserve(payload_total));
-  KVTC_RETURN_IF_ERROR(raw_.reserve(raw_total));
+  KVTC_RETURN_IF_ERROR(alloc(payload_, payload_total));
+  KVTC_RETURN_IF_ERROR(alloc(raw_, raw_total));
 
   // Inflate jobs: coefficient chunks (side, codes) first, then exact chunks, each part sorted longest
   // first (blocks start roughly in index order, so long serial streams do not set the launch's tail).
@@ -225,6 +271,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<DequantJob> djobs_f32, djobs_bf16;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
+  size_t tmp_bytes = 0;  // restore scratch: fp32 [H][M][D] of the longest sequence
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
@@ -234,14 +281,15 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) +
                                 " basis rows, the container keeps " + std::to_string(seq.n_kept[s]));
       comp_tables[2 * q + size_t(s)] = component_table(h.streams[s]);
-      KVTC_RETURN_IF_ERROR(seq.comps[s].reserve(comp_tables[2 * q + size_t(s)].size() * sizeof(CompInfo)));
+      KVTC_RETURN_IF_ERROR(alloc(seq.comps[s], comp_tables[2 * q + size_t(s)].size() * sizeof(CompInfo)));
     }
     const int64_t m = int64_t(h.n_compressed_tokens());
-    KVTC_RETURN_IF_ERROR(seq.rope.reserve(size_t(std::max<int64_t>(m, 1)) * (h.shape.head_dim / 2) * sizeof(float2)));
+    KVTC_RETURN_IF_ERROR(alloc(seq.rope, size_t(std::max<int64_t>(m, 1)) * (h.shape.head_dim / 2) * sizeof(float2)));
+    tmp_bytes = std::max(tmp_bytes, size_t(m) * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
-      if (want_f32) KVTC_RETURN_IF_ERROR(seq.coef_f32[s].reserve(n * sizeof(float)));
-      if (want_bf16) KVTC_RETURN_IF_ERROR(seq.coef_bf16[s].reserve(n * 2));
+      if (want_f32) KVTC_RETURN_IF_ERROR(alloc(seq.coef_f32[s], n * sizeof(float)));
+      if (want_bf16) KVTC_RETURN_IF_ERROR(alloc(seq.coef_bf16[s], n * 2));
     }
     std::map<std::pair<int, uint32_t>, size_t> side_of;
     for (size_t i = 0; i < h.chunks.size(); ++i)
@@ -259,7 +307,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
           exact_total += int64_t(H) * seg_tokens[seg] * D;
         }
       }
-    KVTC_RETURN_IF_ERROR(seq.exact.reserve(size_t(std::max<int64_t>(exact_total, 1)) * sizeof(float)));
+    KVTC_RETURN_IF_ERROR(alloc(seq.exact, size_t(std::max<int64_t>(exact_total, 1)) * sizeof(float)));
     for (size_t i = 0; i < h.chunks.size(); ++i) {
       const ChunkEntry& c = h.chunks[i];
       if (c.kind == ChunkKind::kExact) {
@@ -305,29 +353,35 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<DequantJob> djobs = djobs_f32;
   djobs.insert(djobs.end(), djobs_bf16.begin(), djobs_bf16.end());
   // Status slots: one per inflate job, a gap, then one per dequantise job.
-  KVTC_RETURN_IF_ERROR(status_.reserve(sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size())));
+  KVTC_RETURN_IF_ERROR(alloc(status_, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size())));
+  KVTC_RETURN_IF_ERROR(alloc(inflate_jobs_, ijobs.size() * sizeof(InflateJob)));
+  KVTC_RETURN_IF_ERROR(alloc(dequant_jobs_, djobs.size() * sizeof(DequantJob)));
+  KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
+  KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
+  if (plan_only_) return Status::ok();
   const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
 
   // ---- Device work: uploads, then one launch per stage.
+  cudaEvent_t* ev = stage_events_;
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[0], stream));
   for (size_t q = 0; q < containers.size(); ++q) {
     const uint64_t off = seqs_[q].container.payload_offset;
     if (containers[q].second > off)
       KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
                                        containers[q].second - off, cudaMemcpyHostToDevice, stream));
   }
-  KVTC_RETURN_IF_ERROR(upload_vector(inflate_jobs_, ijobs, stream));
-  KVTC_RETURN_IF_ERROR(upload_vector(dequant_jobs_, djobs, stream));
-  KVTC_RETURN_IF_ERROR(upload_vector(exact_jobs_, ejobs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(inflate_jobs_, ijobs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(dequant_jobs_, djobs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(exact_jobs_, ejobs, stream));
   for (size_t q = 0; q < seqs_.size(); ++q)
-    for (int s = 0; s < 2; ++s) KVTC_RETURN_IF_ERROR(upload_vector(seqs_[q].comps[s], comp_tables[2 * q + size_t(s)], stream));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[1], stream));
+    for (int s = 0; s < 2; ++s) KVTC_RETURN_IF_ERROR(copy_to(seqs_[q].comps[s], comp_tables[2 * q + size_t(s)], stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[1], stream));
   uint32_t* inflate_status = status_.as<uint32_t>();
   uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
   KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size()), stream));
   KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_coef_jobs), verify_checksums, inflate_status, stream));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[2], stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[2], stream));
   exact_jobs_begin_ = n_coef_jobs;
-  exact_job_chunk_.assign(job_chunk.begin() + int64_t(n_coef_jobs), job_chunk.end());
   exact_pending_ = false;
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
@@ -347,7 +401,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   if (!djobs_bf16.empty())
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
-  KVTC_CUDA_RETURN(cudaEventRecord(ev.e[3], stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
   // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
   cudaStream_t xs = stream;
   if (overlap_exact) {
@@ -365,45 +419,74 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   exact_recorded_ = true;
   exact_pending_ = overlap_exact;
 
-  // The one synchronisation: per-chunk statuses (of the coefficient chunks only, when overlapped).
-  const auto wait_start = std::chrono::steady_clock::now();
-  std::vector<uint32_t> st(ijobs.size() + 1 + djobs.size());
-  KVTC_CUDA_RETURN(cudaMemcpyAsync(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
-  KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
-  const double wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
-  for (size_t k = 0; k < (overlap_exact ? n_coef_jobs : ijobs.size()); ++k) {
+  // Statuses: read now (the one synchronisation), or left on the device for status() (defer_status).
+  n_inflate_jobs_ = ijobs.size();
+  n_dequant_jobs_ = djobs.size();
+  job_chunk_ = std::move(job_chunk);
+  last_times_ = GpuDecodeTimes{};
+  last_times_.host_s = host_s;
+  KVTC_CUDA_RETURN(cudaEventRecord(coef_done_, stream));
+  coef_pending_ = true;
+  if (!options.defer_status) {
+    const auto wait_start = std::chrono::steady_clock::now();
+    const Status st = check_coefficients();
+    last_times_.wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+    KVTC_RETURN_IF_ERROR(st);
+  }
+  if (times) *times = last_times_;
+  return Status::ok();
+}
+
+// Waits for the coefficient work of the last decode and reports its inflate and dequantise statuses
+// (and the exact chunks' when they ran on the main stream).
+Status GpuBatchDecoder::check_coefficients() {
+  if (!coef_pending_) return Status::ok();
+  coef_pending_ = false;
+  KVTC_CUDA_RETURN(cudaEventSynchronize(coef_done_));
+  const bool overlapped = exact_pending_;
+  std::vector<uint32_t> st(n_inflate_jobs_ + 1 + n_dequant_jobs_);
+  KVTC_CUDA_RETURN(cudaMemcpy(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost));
+  cudaEvent_t* ev = stage_events_;
+  last_times_.upload_s = event_seconds(ev[0], ev[1]);
+  last_times_.inflate_s = event_seconds(ev[1], ev[2]);
+  last_times_.dequantize_s = event_seconds(ev[2], ev[3]);
+  if (!overlapped) {
+    KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
+    last_times_.exact_s = event_seconds(exact_begin_, exact_done_);
+  }
+  last_times_.total_s = event_seconds(ev[0], overlapped ? ev[3] : exact_done_);
+  for (size_t k = 0; k < (overlapped ? exact_jobs_begin_ : n_inflate_jobs_); ++k) {
     if (st[k] == kInflateOk) continue;
-    const std::string where = "sequence " + std::to_string(job_chunk[k].first) + " chunk " + std::to_string(job_chunk[k].second);
+    const std::string where = "sequence " + std::to_string(job_chunk_[k].first) + " chunk " + std::to_string(job_chunk_[k].second);
     if (st[k] == kInflateBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
     return corrupt(where + ": " + inflate_status_name(st[k]));
   }
-  for (size_t k = 0; k < djobs.size(); ++k)
-    if (st[ijobs.size() + 1 + k]) return corrupt("codes chunk: a code exceeds its width, or a non-finite fp16 value or side scale / shift");
-  if (times) {
-    times->host_s = host_s;
-    times->wait_s = wait_s;
-    times->upload_s = event_seconds(ev.e[0], ev.e[1]);
-    times->inflate_s = event_seconds(ev.e[1], ev.e[2]);
-    times->dequantize_s = event_seconds(ev.e[2], ev.e[3]);
-    times->exact_s = overlap_exact ? 0.0 : event_seconds(exact_begin_, exact_done_);
-    times->total_s = event_seconds(ev.e[0], overlap_exact ? ev.e[3] : exact_done_);
-  }
+  for (size_t k = 0; k < n_dequant_jobs_; ++k)
+    if (st[n_inflate_jobs_ + 1 + k]) return corrupt("codes chunk: a code exceeds its width, or a non-finite fp16 value or side scale / shift");
   return Status::ok();
+}
+
+Status GpuBatchDecoder::status(GpuDecodeTimes* times) {
+  const Status coef = check_coefficients();
+  const Status exact = exact_status(nullptr);
+  if (times) *times = last_times_;
+  return coef.is_ok() ? exact : coef;
 }
 
 Status GpuBatchDecoder::exact_status(GpuDecodeTimes* times) {
   if (!exact_pending_) return Status::ok();
   exact_pending_ = false;
   KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
-  if (times) times->exact_s = event_seconds(exact_begin_, exact_done_);
-  std::vector<uint32_t> st(exact_job_chunk_.size());
+  last_times_.exact_s = event_seconds(exact_begin_, exact_done_);
+  if (times) times->exact_s = last_times_.exact_s;
+  std::vector<uint32_t> st(n_inflate_jobs_ - exact_jobs_begin_);
   if (!st.empty())
     KVTC_CUDA_RETURN(cudaMemcpy(st.data(), status_.as<uint32_t>() + exact_jobs_begin_, st.size() * sizeof(uint32_t),
                                 cudaMemcpyDeviceToHost));
   for (size_t k = 0; k < st.size(); ++k) {
     if (st[k] == kInflateOk) continue;
-    const std::string where = "sequence " + std::to_string(exact_job_chunk_[k].first) + " chunk " +
-                              std::to_string(exact_job_chunk_[k].second);
+    const auto& [q, i] = job_chunk_[exact_jobs_begin_ + k];
+    const std::string where = "sequence " + std::to_string(q) + " chunk " + std::to_string(i);
     if (st[k] == kInflateBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
     return corrupt(where + ": " + inflate_status_name(st[k]));
   }
@@ -488,7 +571,11 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
   const float one = 1.0f, zero = 0.0f;
   // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D].
   const bool in_place = !bf16 && out[0].block_table == nullptr;
-  if (!in_place && m > 0) KVTC_RETURN_IF_ERROR(tmp_.reserve(size_t(m) * H * D * sizeof(float)));
+  const size_t tmp_bytes = size_t(m) * H * D * sizeof(float);
+  if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
+    if (use_arena_) return internal_error("restore scratch missing from the workspace");
+    KVTC_RETURN_IF_ERROR(tmp_.reserve(tmp_bytes));  // sequences loaded by load_host
+  }
   for (int s = 0; s < 2; ++s) {
     const int64_t kept = seq.n_kept[s];
     if (m > 0) {

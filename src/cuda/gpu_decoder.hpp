@@ -57,6 +57,13 @@ struct GpuDecodeTimes {
   double host_s = 0, wait_s = 0;
 };
 
+struct GpuDecodeOptions {
+  bool verify_checksums = true;
+  bool want_f32 = true, want_bf16 = true;  // coefficient copies kept
+  bool overlap_exact = false;              // exact chunks on a second stream; exact_status() reports them
+  bool defer_status = false;               // no host synchronisation: status() waits and reports
+};
+
 class GpuBatchDecoder {
  public:
   GpuBatchDecoder() = default;
@@ -72,9 +79,22 @@ class GpuBatchDecoder {
   Status decode(const GpuCalibration& gcal, const CalibrationData& cal,
                 const std::vector<std::pair<const uint8_t*, size_t>>& containers, bool verify_checksums,
                 bool want_f32, bool want_bf16, bool overlap_exact, cudaStream_t stream, GpuDecodeTimes* times);
+  Status decode(const GpuCalibration& gcal, const CalibrationData& cal,
+                const std::vector<std::pair<const uint8_t*, size_t>>& containers, const GpuDecodeOptions& options,
+                cudaStream_t stream, GpuDecodeTimes* times);
   // Waits for the exact chunks of an overlapped decode and reports their statuses (OK otherwise);
   // sets times->exact_s.
   Status exact_status(GpuDecodeTimes* times);
+  // Waits for everything the last decode left pending and reports every chunk status; the stage times.
+  Status status(GpuDecodeTimes* times);
+
+  // Caller memory for every device buffer of decode() and of the restores after it (nullptr: own
+  // buffers again). Waits for work still running in the old buffers.
+  Status set_workspace(void* base, size_t bytes);
+  // Bytes of workspace decode() needs for these containers (host work only: parses the headers).
+  static Result<size_t> workspace_bytes(const GpuCalibration& gcal, const CalibrationData& cal,
+                                        const std::vector<std::pair<const uint8_t*, size_t>>& containers,
+                                        const GpuDecodeOptions& options);
   // Loads coefficients decoded elsewhere (the CPU backend) as sequence 0, fp32.
   Status load_host(const GpuCalibration& gcal, const DecodedCoefficients& dec, cudaStream_t stream);
 
@@ -93,15 +113,21 @@ class GpuBatchDecoder {
 
  private:
   Status ensure_handle();
+  Status alloc(DeviceBuffer& buffer, size_t bytes);
+  Status check_coefficients();
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
   Status restore_layer_to(const GpuCalibration& gcal, int seq, int layer, const DstLayout out[2], cudaStream_t stream);
 
   cublasHandle_t handle_ = nullptr;
   cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes
   cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
-  bool exact_recorded_ = false, exact_pending_ = false;
-  size_t exact_jobs_begin_ = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> exact_job_chunk_;
+  cudaEvent_t coef_done_ = nullptr, stage_events_[4] = {};
+  bool exact_recorded_ = false, exact_pending_ = false, coef_pending_ = false;
+  size_t exact_jobs_begin_ = 0, n_inflate_jobs_ = 0, n_dequant_jobs_ = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;  // (sequence, chunk) of each inflate job
+  GpuDecodeTimes last_times_;
+  Arena arena_;
+  bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;
   DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, exact_jobs_, tmp_;
 };

@@ -49,6 +49,18 @@ struct BatchDecoder::Impl {
   GpuDecodeTimes times;
 };
 
+namespace {
+GpuDecodeOptions gpu_options(const BatchDecodeOptions& o) {
+  GpuDecodeOptions g;
+  g.verify_checksums = o.verify_checksums;
+  g.want_f32 = o.keep_fp32;
+  g.want_bf16 = o.keep_bf16;
+  g.overlap_exact = o.overlap_exact;
+  g.defer_status = o.defer_status;
+  return g;
+}
+}  // namespace
+
 BatchDecoder::BatchDecoder() : impl_(std::make_unique<Impl>()) {}
 BatchDecoder::~BatchDecoder() = default;
 BatchDecoder::BatchDecoder(BatchDecoder&&) noexcept = default;
@@ -59,12 +71,21 @@ Status BatchDecoder::decode(const DeviceCalibration& dcal, const std::vector<Con
   std::string why;
   if (!device_available(&why)) return Status(StatusCode::kCuda, why);
   if (!options.keep_fp32 && !options.keep_bf16) return invalid_argument("keep fp32 or bf16 coefficients (or both)");
-  return impl_->dec.decode(dcal.impl().gcal, dcal.calibration().data(), containers, options.verify_checksums,
-                           options.keep_fp32, options.keep_bf16, options.overlap_exact,
+  return impl_->dec.decode(dcal.impl().gcal, dcal.calibration().data(), containers, gpu_options(options),
                            static_cast<cudaStream_t>(cuda_stream), &impl_->times);
 }
 
 Status BatchDecoder::exact_status() { return impl_->dec.exact_status(&impl_->times); }
+
+Status BatchDecoder::status() { return impl_->dec.status(&impl_->times); }
+
+Result<size_t> BatchDecoder::workspace_bytes(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
+                                             const BatchDecodeOptions& options) {
+  if (!options.keep_fp32 && !options.keep_bf16) return invalid_argument("keep fp32 or bf16 coefficients (or both)");
+  return GpuBatchDecoder::workspace_bytes(dcal.impl().gcal, dcal.calibration().data(), containers, gpu_options(options));
+}
+
+Status BatchDecoder::set_workspace(void* workspace_dev, size_t bytes) { return impl_->dec.set_workspace(workspace_dev, bytes); }
 
 Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size_t size_bytes, int first_layer,
                               int last_layer, const DecodeOptions& options) {
