@@ -405,7 +405,7 @@ TEST(CudaBatchApi, PagedLayoutEqualsContiguous) {
   shape.n_kv_heads = 2;
   shape.head_dim = 32;
   KVCache base = testing::synthetic_cache(shape, 300, 31, DType::kBF16);
-  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 60, all_kinds_groups(), simple_groups(50), 4, 16));
+  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 80, all_kinds_groups(), simple_groups(50), 4, 16));
   const Calibration cal(cal_data);
   KVCache c = testing::synthetic_cache(shape, 203, 32, DType::kBF16);  // not a multiple of the block size
   EncodeOptions eo;
@@ -478,7 +478,7 @@ TEST(CudaBatchApi, WorkspaceAndDeferredStatus) {
   shape.n_kv_heads = 2;
   shape.head_dim = 32;
   KVCache base = testing::synthetic_cache(shape, 300, 41, DType::kBF16);
-  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 60, all_kinds_groups(), simple_groups(50), 4, 16));
+  const auto cal_data = std::make_shared<CalibrationData>(make_calibration(base, 80, all_kinds_groups(), simple_groups(50), 4, 16));
   const Calibration cal(cal_data);
   std::vector<std::vector<uint8_t>> blobs;
   for (int q = 0; q < 2; ++q) {
