@@ -181,6 +181,32 @@ TEST(Codec, EveryChunkInflatesWithPlainZlib) {
   EXPECT_GT(side + codes, 0);
 }
 
+// Token blocks shrink so that side chunks fit chunk_max_bytes (side chunks are serial streams), and
+// the file still decodes as the reference decoder decodes it.
+TEST(Codec, SideChunksStayWithinChunkMaxBytes) {
+  EncodeOptions o;
+  o.target_ratio = 20;
+  o.measure_error = false;
+  o.chunk_max_bytes = 512;
+  auto enc = encode(small_calibration(), small_test_cache(), o);
+  ASSERT_TRUE(enc.is_ok());
+  auto pc = parse_container(enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(pc.is_ok());
+  int side = 0;
+  for (const ChunkEntry& c : pc->header.chunks) {
+    if (c.kind != ChunkKind::kSide) continue;
+    ++side;
+    EXPECT_LE(c.raw_bytes, 512u);
+    EXPECT_LT(c.n_tokens, 256u);
+  }
+  EXPECT_GT(side, 2 * 2);
+  auto fast = decode(small_calibration(), enc->bytes.data(), enc->bytes.size());
+  auto ref = reference_decode(small_calibration().data(), enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(fast.is_ok());
+  ASSERT_TRUE(ref.is_ok());
+  for (int l = 0; l < small_test_cache().shape.n_layers; ++l) EXPECT_LE(max_abs_diff(fast->k[l], ref->k[l]), 1e-4 * max_abs(ref->k[l]));
+}
+
 TEST(Codec, LayerByLayerRestoreEqualsWholeDecode) {
   EncodeOptions o;
   o.target_ratio = 16;

@@ -118,7 +118,9 @@ class CalibrationBuilder {
 struct EncodeOptions {
   double target_ratio = 20.0;   // bits per token before entropy coding <= 16 * p / target_ratio
   int deflate_level = 6;        // libdeflate level 1..12
-  int chunk_tokens = 256;       // tokens per coefficient chunk
+  // Tokens per block of coefficient chunks; lowered (to 16 at least) where a block's side information
+  // would exceed chunk_max_bytes, so that no chunk is a long serial stream for a GPU warp.
+  int chunk_tokens = 256;
   // Raw bytes per codes chunk before DEFLATE: smaller chunks adapt Huffman tables to fewer components
   // and give GPUs more independent work; 16 KiB measured best on the reference caches (bench/RESULTS.md).
   int64_t chunk_max_bytes = 16 * 1024;

@@ -74,6 +74,14 @@ struct BitReader {
 
 }  // namespace
 
+int64_t block_tokens(const StreamAllocation& a, int64_t chunk_tokens, int64_t chunk_max_bytes) {
+  int64_t side_bytes_per_token = 0;
+  for (const Group& g : a.groups) side_bytes_per_token += side_bits_per_token(g.kind) / 8;
+  if (side_bytes_per_token == 0) return chunk_tokens;
+  const int64_t fit = std::max<int64_t>(16, chunk_max_bytes / side_bytes_per_token);
+  return std::min(chunk_tokens, fit);
+}
+
 uint64_t codes_raw_bytes(const StreamAllocation& a, uint64_t n, uint32_t c0, uint32_t c1, CodesLayout layout) {
   uint64_t bytes = 0, bits = 0;
   for_group_spans(a, c0, c1, [&](const Group& g, uint32_t b, uint32_t e) {

@@ -35,6 +35,11 @@ Status unpack_codes(const StreamAllocation& a, const uint8_t* raw, size_t raw_by
 // Nominal (dense) and aligned sizes of a codes chunk, in bytes.
 uint64_t codes_raw_bytes(const StreamAllocation& a, uint64_t n_tokens, uint32_t c0, uint32_t c1, CodesLayout layout);
 
+// Tokens per block of a stream: chunk_tokens, lowered (to 16 at least) so that the block's side chunk
+// stays within chunk_max_bytes raw. A side chunk is one serial DEFLATE stream, and allocations with
+// many groups carry hundreds of side bytes per token; both encoders use this rule.
+int64_t block_tokens(const StreamAllocation& a, int64_t chunk_tokens, int64_t chunk_max_bytes);
+
 // Component ranges for one token block so that each aligned chunk is at most max_bytes (one component
 // at least): the partition of [0, n_kept) an encoder writes.
 std::vector<std::pair<uint32_t, uint32_t>> split_components(const StreamAllocation& a, uint64_t n_tokens,

@@ -165,11 +165,12 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
     const std::vector<float> coef = project_stream(cal, cache, Stream(s), t0, m, k, rope, times);
     bool has_side = false;
     for (const Group& g : a.groups) has_side |= side_bits_per_token(g.kind) > 0;
-    const int64_t n_blocks = (m + opt.chunk_tokens - 1) / opt.chunk_tokens;
+    const int64_t block = block_tokens(a, opt.chunk_tokens, opt.chunk_max_bytes);
+    const int64_t n_blocks = (m + block - 1) / block;
     std::vector<std::vector<PendingChunk>> per_block(static_cast<size_t>(n_blocks));
     std::mutex time_mu;
     KVTC_RETURN_IF_ERROR(parallel_for(n_blocks, opt.n_threads, [&](int64_t bi) -> Status {
-      const int64_t b0 = bi * opt.chunk_tokens, n = std::min<int64_t>(opt.chunk_tokens, m - b0);
+      const int64_t b0 = bi * block, n = std::min<int64_t>(block, m - b0);
       auto q0 = Clock::now();
       const BlockSymbols blk = quantize_block(a, coef.data() + b0 * k, k, n);
       double quant_s = seconds_since(q0), deflate_s = 0;
