@@ -379,7 +379,10 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   uint32_t* inflate_status = status_.as<uint32_t>();
   uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
   KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size()), stream));
-  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_coef_jobs), verify_checksums, inflate_status, stream));
+  // Without overlap, one launch takes every chunk (coefficient chunks first, each part longest first):
+  // exact chunks fill the multiprocessors as coefficient warps finish instead of waiting for the tail.
+  const size_t n_first_launch = overlap_exact ? n_coef_jobs : ijobs.size();
+  KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>(), int(n_first_launch), verify_checksums, inflate_status, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[2], stream));
   exact_jobs_begin_ = n_coef_jobs;
   exact_pending_ = false;
@@ -411,8 +414,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   }
   KVTC_CUDA_RETURN(cudaEventRecord(exact_begin_, xs));
   if (n_exact_jobs > 0) {
-    KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
-                                    inflate_status + n_coef_jobs, xs));
+    if (overlap_exact)
+      KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
+                                      inflate_status + n_coef_jobs, xs));
     KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
   }
   KVTC_CUDA_RETURN(cudaEventRecord(exact_done_, xs));
