@@ -166,6 +166,22 @@ class BatchDecoder {
 Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size_t size_bytes, int first_layer = 0,
                               int last_layer = -1, const DecodeOptions& options = {});
 
+// Compresses a host cache on the GPU and returns the container: what kvtc::encode gives, made on the
+// device. Gather and RoPE removal, the projection (fp32 cuBLAS GEMM), quantisation and packing, and
+// DEFLATE (Huffman-only, cuda/deflate_encode.cuh) all run there; the host plans the chunks and writes
+// the header. The container has the CPU encoder's chunk table (the same chunks and token and component
+// ranges; stored sizes differ, another DEFLATE encoder, and so may a codes chunk's layout, which follows
+// the stored sizes by the CPU encoder's rule) and restores with every decoder.
+// Exact tokens are bit for bit; given the same coefficients the codes are too, but the GPU's projection
+// rounds differently from the CPU's in the last bits, so a coefficient on a quantisation boundary can
+// take the neighbouring code: restored values agree with a CPU-encoded file's to quantisation noise.
+// options: as for kvtc::encode (deflate_level and n_threads are ignored: the GPU encoder has one level);
+// measure_error restores the container on the GPU to fill the report's per-layer errors. Errors: the
+// CPU encoder's (INVALID_ARGUMENT for bad options or caches, MISMATCH for a calibration of another
+// shape), StatusCode::kCuda without a device. Allocates device memory (about 2 x the cache in fp32,
+// plus the coefficients) and uploads the calibration on every call; not for the hot path.
+Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
+
 // Restore timing of `containers` (decoded together as one batch) into device buffers this call owns:
 // one warm-up, then `repeat` runs; medians in seconds. Restores are bf16 (the serving path) unless
 // `fp32`. Allocates; not for the hot path.

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "cuda/gpu_decoder.hpp"
+#include "cuda/gpu_encoder.hpp"
 #include "cuda/inflate.cuh"
 #include "util/status_macros.hpp"
 
@@ -101,8 +102,28 @@ class CudaBackend final : public Backend {
   }
   const char* name() const override { return "cuda"; }
 
-  Result<EncodedCache> encode(const CalibrationData&, const KVCache&, const EncodeOptions&, StageTimes*) override {
-    return unsupported("the CUDA backend does not encode yet; use the CPU backend");
+  Result<EncodedCache> encode(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& options,
+                              StageTimes* times) override {
+    return encode_with_probe(cal, cache, options, times, nullptr);
+  }
+
+  Result<EncodedCache> encode_with_probe(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& options,
+                                         StageTimes* times, CudaEncodeProbe* probe) {
+    std::lock_guard<std::mutex> lock(mu_);
+    KVTC_RETURN_IF_ERROR(cuda::GpuEncoder::check_inputs(cal, cache, options));  // before any upload
+    KVTC_RETURN_IF_ERROR(ensure(cal));
+    CudaEncodeProbe local;
+    if (probe == nullptr) probe = &local;
+    EncodedCache out;
+    KVTC_RETURN_IF_ERROR(encoder_.encode(gcal_, cal, cache, options, stream_, &out, probe));
+    if (times) {
+      times->gather_s += probe->upload_s + probe->gather_s;
+      times->transform_s += probe->gemm_s;
+      times->quantize_s += probe->quantize_s + probe->pack_s;  // exact byte planes are packed here too
+      times->deflate_s += probe->deflate_s + probe->d2h_s;
+      times->total_s += probe->total_s;
+    }
+    return out;
   }
 
   Result<DecodedCoefficients> decode_coefficients(const CalibrationData& cal, const uint8_t* bytes, size_t size_bytes,
@@ -191,6 +212,7 @@ class CudaBackend final : public Backend {
   mutable const CalibrationData* cal_ = nullptr;
   mutable cuda::GpuCalibration gcal_;
   mutable cuda::GpuBatchDecoder decoder_;
+  cuda::GpuEncoder encoder_;
   mutable std::pair<const float*, const float*> key_{nullptr, nullptr};
   mutable cuda::DeviceBuffer out_;
 };
@@ -198,5 +220,12 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+
+Result<EncodedCache> cuda_encode_probe(Backend& cuda_backend, const CalibrationData& cal, const KVCache& cache,
+                                       const EncodeOptions& options, CudaEncodeProbe* probe) {
+  auto* backend = dynamic_cast<CudaBackend*>(&cuda_backend);
+  if (backend == nullptr) return invalid_argument("cuda_encode_probe needs a backend from make_cuda_backend()");
+  return backend->encode_with_probe(cal, cache, options, nullptr, probe);
+}
 
 }  // namespace kvtc

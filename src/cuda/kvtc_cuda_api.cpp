@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "core/calibration_data.hpp"
+#include "cpu/cpu_backend.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/gpu_decoder.hpp"
 #include "util/status_macros.hpp"
@@ -103,6 +104,29 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
   for (int l = first_layer; l < last_layer; ++l)
     KVTC_RETURN_IF_ERROR(backend->restore_layer(cal.data(), dec, l, out.k[size_t(l - first_layer)].data(),
                                                 out.v[size_t(l - first_layer)].data(), options.n_threads, nullptr));
+  return out;
+}
+
+Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options) {
+  auto backend = make_cuda_backend();
+  KVTC_ASSIGN_OR_RETURN(EncodedCache out, backend->encode(cal.data(), cache, options, nullptr));
+  if (!options.measure_error) return out;
+  // The report's errors, as kvtc::encode measures them, from a restore on the same device.
+  DecodeOptions dopt;
+  dopt.n_threads = options.n_threads;
+  KVTC_ASSIGN_OR_RETURN(DecodedCoefficients dec,
+                        backend->decode_coefficients(cal.data(), out.bytes.data(), out.bytes.size(), dopt, nullptr));
+  KVCache restored = cache_skeleton(dec.container.header);
+  const size_t n = size_t(cache.shape.n_kv_heads) * size_t(cache.n_tokens) * size_t(cache.shape.head_dim);
+  for (int l = 0; l < cache.shape.n_layers; ++l) {
+    restored.k[size_t(l)].resize(n);
+    restored.v[size_t(l)].resize(n);
+    KVTC_RETURN_IF_ERROR(backend->restore_layer(cal.data(), dec, l, restored.k[size_t(l)].data(),
+                                                restored.v[size_t(l)].data(), options.n_threads, nullptr));
+  }
+  const int64_t t0 = std::min<int64_t>(cal.n_sink_tokens(), cache.n_tokens);
+  out.report.layers = measure_layer_errors(cache, restored, t0, t0 + out.report.n_compressed_tokens,
+                                           &out.report.k_relative_mse, &out.report.v_relative_mse);
   return out;
 }
 

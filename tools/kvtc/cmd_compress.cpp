@@ -1,8 +1,11 @@
-// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--json]
+// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--json] [--device cpu|cuda]
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "common.hpp"
+#ifdef KVTC_WITH_CUDA
+#include "kvtc/kvtc_cuda.hpp"
+#endif
 
 namespace kvtc::cli {
 
@@ -66,15 +69,16 @@ void register_compress(CLI::App& app) {
   cmd->add_option("--chunk-tokens", args->chunk_tokens, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunk-bytes", args->chunk_bytes, "Largest chunk before DEFLATE, in bytes")->capture_default_str();
   cmd->add_option("-j,--threads", args->threads, "Worker threads (0: all cores)")->capture_default_str();
-  cmd->add_option("--device", args->device, "cpu (cuda: not implemented for compression yet)")
+  cmd->add_option("--device", args->device, "cpu, or cuda (compress on the GPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print the report as JSON");
   cmd->add_flag("--no-error", args->no_error, "Skip measuring the restoration error");
   cmd->callback([args] {
+#ifndef KVTC_WITH_CUDA
     if (args->device == "cuda")
-      fail(unsupported("compressing on the GPU is not implemented yet; compress on the CPU (the file restores on the GPU)"),
-           "compress --device cuda");
+      fail(unsupported("this kvtc was built without the CUDA backend"), "compress --device cuda");
+#endif
     Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
     KVCache cache = unwrap(read_cache(args->input), args->input);
     EncodeOptions o;
@@ -85,7 +89,12 @@ void register_compress(CLI::App& app) {
     o.n_threads = args->threads;
     o.measure_error = !args->no_error;
     o.progress = progress_bar();
+#ifdef KVTC_WITH_CUDA
+    EncodedCache enc =
+        unwrap(args->device == "cuda" ? cuda::encode_on_gpu(cal, cache, o) : encode(cal, cache, o), args->input);
+#else
     EncodedCache enc = unwrap(encode(cal, cache, o), args->input);
+#endif
     progress_done();
     check(write_bytes_atomic(args->out, enc.bytes), args->out);
     if (args->json) {

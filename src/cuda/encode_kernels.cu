@@ -1,0 +1,115 @@
+// Encode kernels: gather + unrope + centre, quantise, pack, copy. Simple mappings on purpose: the
+// projection GEMM and DEFLATE dominate the encode; these kernels are memory-bound passes.
+#include "cuda/encode_kernels.cuh"
+
+namespace kvtc::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kQuantThreads = 128;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+int blocks_for(int64_t items, int threads) {
+  const int64_t b = (items + threads - 1) / threads;
+  return int(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
+}
+
+// One thread per (token, layer-head, RoPE pair): both features of the pair, so that the rotation reads
+// and writes each element once. Half style: consecutive threads touch consecutive features in both
+// halves; interleaved: neighbouring pairs.
+__global__ void gather_kernel(GatherParams p) {
+  const int half = p.head_dim / 2;
+  const int64_t per_token = int64_t(p.n_lh) * half;
+  const int64_t total = p.n * per_token;
+  const int64_t n_features = int64_t(p.n_lh) * p.head_dim;
+  for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < total;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = item / per_token;
+    const int64_t rem = item - t * per_token;
+    const int64_t lh = rem / half;
+    const int i = int(rem - lh * half);
+    const int ia = p.rope_style == 0 ? i : 2 * i;
+    const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
+    const float* src = p.cache + (lh * p.cache_tokens + p.token0 + t) * p.head_dim;
+    float a = src[ia], b = src[ib];
+    if (p.rope != nullptr) {
+      // RopeTable::apply(inverse): s' = -s; a' = a c - b s'; b' = a s' + b c.
+      const float2 cs = p.rope[t * half + i];
+      const float sj = -cs.y;
+      const float ra = f_sub(f_mul(a, cs.x), f_mul(b, sj));
+      const float rb = f_add(f_mul(a, sj), f_mul(b, cs.x));
+      a = ra;
+      b = rb;
+    }
+    const int64_t col = lh * p.head_dim;
+    float* row = p.x + t * n_features + col;
+    row[ia] = f_sub(a, p.mean[col + ia]);
+    row[ib] = f_sub(b, p.mean[col + ib]);
+  }
+}
+
+// One thread per (token, group); threads of a warp share the group (blockIdx.y) and read consecutive
+// tokens of each component row, so every load and store is coalesced.
+__global__ void quantize_kernel(const float* coef, int64_t m, const QuantGroup* groups, int n_groups, uint16_t* sym,
+                                uint16_t* side) {
+  for (int g = blockIdx.y; g < n_groups; g += gridDim.y) {
+    const QuantGroup G = groups[g];
+    for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < m; t += int64_t(gridDim.x) * blockDim.x) {
+      const float* x = coef + int64_t(G.first_component) * m + t;
+      uint16_t* out = sym + int64_t(G.first_component) * m + t;
+      if (G.kind == uint32_t(kQuantKindF16)) {
+        for (uint32_t j = 0; j < G.n_components; ++j) out[int64_t(j) * m] = f16_symbol(x[int64_t(j) * m]);
+        continue;
+      }
+      const QuantParams q = quantize_group(x, m, int(G.n_components), int(G.kind), int(G.width_bits), out, m);
+      side[int64_t(G.side_row) * m + t] = q.scale_f16;
+      if (G.kind == uint32_t(kQuantKindAffine)) side[int64_t(G.side_row + 1) * m + t] = q.shift_f16;
+    }
+  }
+}
+
+__global__ void pack_kernel(const PackJob* jobs, int n_jobs, const CodesSpan* spans) {
+  for (int b = blockIdx.x; b < n_jobs; b += gridDim.x) {
+    const PackJob j = jobs[b];
+    for (uint64_t i = threadIdx.x; i < j.raw_bytes; i += blockDim.x) j.dst[i] = pack_job_byte(j, spans, i);
+  }
+}
+
+__global__ void copy_kernel(const CopyJob* jobs, int n_jobs) {
+  for (int b = blockIdx.x; b < n_jobs; b += gridDim.x) {
+    const CopyJob j = jobs[b];
+    for (uint32_t i = threadIdx.x; i < j.n_bytes; i += blockDim.x) j.dst[i] = j.src[i];
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_gather(const GatherParams& p, cudaStream_t stream) {
+  if (p.n <= 0 || p.n_lh <= 0 || p.head_dim < 2) return cudaSuccess;
+  const int64_t total = p.n * int64_t(p.n_lh) * (p.head_dim / 2);
+  gather_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_quantize(const float* coef, int64_t m, const QuantGroup* groups, int n_groups, uint16_t* sym,
+                            uint16_t* side, cudaStream_t stream) {
+  if (m <= 0 || n_groups <= 0) return cudaSuccess;
+  const dim3 grid(unsigned(blocks_for(m, kQuantThreads)), unsigned(n_groups < 65535 ? n_groups : 65535));
+  quantize_kernel<<<grid, kQuantThreads, 0, stream>>>(coef, m, groups, n_groups, sym, side);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_pack(const PackJob* jobs, int n_jobs, const CodesSpan* spans, cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  pack_kernel<<<unsigned(n_jobs < (1 << 20) ? n_jobs : (1 << 20)), kThreads, 0, stream>>>(jobs, n_jobs, spans);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_copy(const CopyJob* jobs, int n_jobs, cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  copy_kernel<<<unsigned(n_jobs < (1 << 20) ? n_jobs : (1 << 20)), kThreads, 0, stream>>>(jobs, n_jobs);
+  return cudaGetLastError();
+}
+
+}  // namespace kvtc::cuda

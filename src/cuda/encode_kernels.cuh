@@ -1,0 +1,65 @@
+// Kernels of the GPU encode path before DEFLATE (docs/FORMAT.md; the CPU twin is src/cpu/encoder.cpp):
+//   gather   one stream's token vectors with RoPE removed (keys) and the mean subtracted, fp32;
+//   quantize every (token, group) of a stream, writing symbols and side values component-major;
+//   pack     raw chunks (side, codes aligned or dense, exact byte planes), one thread per byte;
+//   copy     stored chunks back to back into one payload for a single device-to-host copy.
+// The projection between gather and quantize is a cuBLAS GEMM (cuda/gpu_encoder.cpp).
+//
+// Arithmetic mirrors the CPU operation for operation (cuda/encode_quant.hpp; no fused multiply-add
+// where the CPU rounds twice), so that gathered vectors are bit-identical to the CPU encoder's and
+// identical coefficients give identical chunks. All launches are asynchronous on `stream` and return
+// the launch error; pointers are device pointers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/encode_quant.hpp"
+
+namespace kvtc::cuda {
+
+// Tokens [token0, token0 + n) of one stream, as rows x[n][p] with p = n_lh * head_dim:
+//   x[t][lh * D + d] = unrope(cache[lh][token0 + t][d]) - mean[lh * D + d]
+// with the RoPE inverse rotation of RopeTable::apply(inverse) from the table rope[t][D/2] = (cos, sin)
+// of the token's position (rope == nullptr: no rotation, values).
+struct GatherParams {
+  const float* cache = nullptr;  // [n_lh][cache_tokens][head_dim] (layers x KV heads)
+  const float2* rope = nullptr;  // [n][head_dim / 2], or null
+  const float* mean = nullptr;   // [p]
+  float* x = nullptr;            // [n][p]
+  int64_t cache_tokens = 0;
+  int64_t token0 = 0;
+  int64_t n = 0;
+  int n_lh = 0;
+  int head_dim = 0;
+  int rope_style = 0;  // RopeStyle: 0 half, 1 interleaved
+};
+cudaError_t launch_gather(const GatherParams& params, cudaStream_t stream);
+
+// One group of a stream that stores something (int, int-affine or fp16; dropped groups are left out).
+struct QuantGroup {
+  uint32_t first_component = 0;
+  uint32_t n_components = 0;
+  uint32_t kind = 0;        // GroupKind
+  uint32_t width_bits = 0;
+  uint32_t side_row = 0;    // int: its scale row; int-affine: scale row, then shift row side_row + 1
+};
+
+// For every token t < m and group g: quantize_group on coef[c][t] for the group's components c
+// (coef is component-major [n_kept][m]), codes or fp16 patterns to sym[c][t], scale / shift to
+// side[row][t]. One thread per (token, group).
+cudaError_t launch_quantize(const float* coef, int64_t m, const QuantGroup* groups, int n_groups, uint16_t* sym,
+                            uint16_t* side, cudaStream_t stream);
+
+// Writes the raw bytes of jobs[0, n_jobs) (cuda/encode_quant.hpp pack_job_byte), one block per job.
+cudaError_t launch_pack(const PackJob* jobs, int n_jobs, const CodesSpan* spans, cudaStream_t stream);
+
+struct CopyJob {
+  const uint8_t* src = nullptr;
+  uint8_t* dst = nullptr;
+  uint32_t n_bytes = 0;
+};
+cudaError_t launch_copy(const CopyJob* jobs, int n_jobs, cudaStream_t stream);
+
+}  // namespace kvtc::cuda

@@ -1,0 +1,62 @@
+// The GPU encode pipeline (internal): a host cache in, a container (docs/FORMAT.md) out, with the CPU
+// encoder's structure (src/cpu/encoder.cpp) chunk for chunk.
+//
+//   host    validate; plan every chunk (token blocks of block_tokens(), split_components, side chunks,
+//           exact chunks split by chunk_max_bytes), the RoPE table, job tables; all before the first
+//           device call
+//   upload  the cache (fp32, both streams), tables
+//   per stream: gather (RoPE removed, mean subtracted) in slabs -> projection (cuBLAS fp32 SGEMM,
+//           coefficients component-major [n_kept][M]) -> quantise (one thread per token and group)
+//   pack    every raw chunk, one launch (side, aligned codes, exact byte planes)
+//   DEFLATE every chunk, one launch (cuda/deflate_encode.cuh); sizes, CRCs and statuses come back
+//           (synchronisation 1)
+//   dense   codes chunks whose stream exceeds the dense layout's size are packed dense and deflated
+//           again, and the smaller kept: the CPU encoder's rule (synchronisation 2, only if any)
+//   D2H     stored chunks gathered back to back on the device, one copy to the host (synchronisation 3)
+//   host    header with serialize_container_header, report.
+//
+// What matches the CPU encoder: the chunk table except stored sizes and CRCs (and the layout of a
+// chunk whose two DEFLATE encoders disagree on the dense rule); the gathered vectors bit for bit; and,
+// given the same coefficients, every side and codes chunk byte for byte (cuda/encode_quant.hpp). The
+// projection is a different GEMM (cuBLAS against OpenBLAS), so coefficients differ in the last bits and
+// a code near a rounding boundary can differ by one step: restored caches agree to quantisation noise,
+// not bit for bit. Exact tokens are bit for bit.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/backend.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "cuda/cuda_common.hpp"
+#include "cuda/gpu_decoder.hpp"
+
+namespace kvtc::cuda {
+
+class GpuEncoder {
+ public:
+  GpuEncoder() = default;
+  ~GpuEncoder();
+  GpuEncoder(const GpuEncoder&) = delete;
+  GpuEncoder& operator=(const GpuEncoder&) = delete;
+
+  // The checks that need no device: options, cache, shape against the calibration (MISMATCH).
+  static Status check_inputs(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& options);
+
+  // Encodes `cache` with `gcal` (the fp32 upload of `cal`) on `stream` and waits for the result.
+  // probe: optional inputs (replacement coefficients) and outputs (times, intermediate bytes).
+  // Device buffers are kept between calls and grow only. Not thread-safe: one encoder per thread.
+  Status encode(const GpuCalibration& gcal, const CalibrationData& cal, const KVCache& cache,
+                const EncodeOptions& options, cudaStream_t stream, EncodedCache* out, CudaEncodeProbe* probe);
+
+ private:
+  Status ensure_handle();
+
+  cublasHandle_t handle_ = nullptr;
+  DeviceBuffer cache_[2], rope_, x_, coef_[2], sym_[2], side_[2], groups_[2];
+  DeviceBuffer raw_, stored_, spans_, pack_jobs_, deflate_jobs_, results_;
+  DeviceBuffer dense_raw_, dense_stored_, dense_pack_jobs_, dense_deflate_jobs_, dense_results_;
+  DeviceBuffer copy_jobs_, payload_;
+};
+
+}  // namespace kvtc::cuda
