@@ -86,7 +86,8 @@ struct BatchDecodeOptions {
 
 // Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock
 // intervals: host_s from decode()'s start to its first device call (parsing, checks, job tables),
-// wait_s its final synchronisation.
+// wait_s its final synchronisation. Without overlap_exact, inflate_s covers every chunk (one launch)
+// and exact_s the exact tokens' conversion; with it, exact_s is the side stream's inflate + convert.
 struct BatchDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
   double host_s = 0, wait_s = 0;
