@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -182,6 +183,78 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
 // shape), StatusCode::kCuda without a device. Allocates device memory (about 2 x the cache in fp32,
 // plus the coefficients) and uploads the calibration on every call; not for the hot path.
 Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
+
+// ---------------------------------------------------------------------------------------------------
+// Batched encoding of caches held in device memory
+// ---------------------------------------------------------------------------------------------------
+
+// One sequence's cache in device memory. Either contiguous per layer (k_layers[l], v_layers[l], each
+// [n_kv_heads][n_tokens][head_dim] of dtype) or vLLM's paged layout (paged_layers[l] is
+// [num_blocks][2][block_size][n_kv_heads][head_dim] of dtype, index 0 keys, 1 values; token t lies in
+// block block_table_dev[t / block_size], slot t % block_size; block_table_dev is device int32 with at
+// least ceil(n_tokens / block_size) entries, each < num_blocks: not checked on the device).
+// Pointers are device pointers and must stay valid until the batch has run.
+struct DeviceCacheView {
+  ModelShape shape;
+  DType dtype = DType::kBF16;
+  int64_t n_tokens = 0;
+  int64_t position_offset = 0;
+  std::map<std::string, std::string> metadata;  // written to the header, as KVCache::metadata
+  std::vector<const void*> k_layers, v_layers;  // contiguous, or:
+  std::vector<const void*> paged_layers;
+  const int32_t* block_table_dev = nullptr;
+  int block_size = 0;
+};
+
+// Encodes many device caches per call into complete containers in device memory: what encode_on_gpu
+// gives for the same cache values and options, byte for byte (same chunks, same GPU DEFLATE; the host
+// plans the header and chunk table as a template, the device fills offsets, stored sizes, CRCs, the
+// dense-or-aligned choice of codes chunks and the header CRC, and copies the chunks after the header).
+// Exact tokens are the input's bits. dcal must hold fp32 bases (DeviceCalibration::Options::fp32).
+//
+//   kvtc::cuda::BatchEncoder enc;
+//   auto ws = BatchEncoder::workspace_bytes(dcal, views, opt);      // host work only
+//   auto bounds = BatchEncoder::container_bound_bytes(dcal, views, opt);
+//   enc.set_workspace(ws_dev, *ws);                                 // then no device allocation
+//   enc.encode(dcal, views, opt, out_dev, offsets, sizes_dev, stream);  // asynchronous
+//   ... enc.status();                                               // waits, reports errors
+//
+// encode() plans on the host, uploads one table (from pinned host memory), queues gather + RoPE
+// removal, the fp32 cuBLAS projection, quantisation, packing, DEFLATE and the assembly on `stream`,
+// and returns without waiting for the device. Sequence i's container goes to out_dev + out_offsets[i]
+// (room for container_bound_bytes()[i] bytes), its size to sizes_dev[i] (0 on failure). Host-side
+// errors (bad views or options: INVALID_ARGUMENT; a calibration of another shape: MISMATCH; too small a
+// workspace: OUT_OF_MEMORY) are returned by encode() before anything is queued. Consecutive batches
+// on one encoder are ordered on the device (a batch waits for the previous one's workspace).
+// Threading: one BatchEncoder per host thread. Options as for encode_on_gpu (measure_error is ignored).
+class BatchEncoder {
+ public:
+  BatchEncoder();
+  ~BatchEncoder();
+  BatchEncoder(BatchEncoder&&) noexcept;
+  BatchEncoder& operator=(BatchEncoder&&) noexcept;
+
+  // Device bytes encode() of these views needs (host work only).
+  static Result<size_t> workspace_bytes(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views,
+                                        const EncodeOptions& options);
+  // Per sequence, an upper bound of its container's size: the header plus every chunk's DEFLATE bound.
+  static Result<std::vector<uint64_t>> container_bound_bytes(const DeviceCalibration& dcal,
+                                                             const std::vector<DeviceCacheView>& views,
+                                                             const EncodeOptions& options);
+  // Caller-provided device memory (256-byte aligned is best) used by every later encode(); creates the
+  // cuBLAS handle (the only device allocation). Waits for the previous batch.
+  Status set_workspace(void* workspace_dev, size_t bytes);
+  Status encode(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views, const EncodeOptions& options,
+                uint8_t* out_dev, const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, void* cuda_stream);
+  // Waits for the last batch and reports its per-sequence statuses (StatusCode::kInternal naming the
+  // sequence for a failed DEFLATE or assembly, kCuda for CUDA errors). OK when nothing was encoded.
+  Status status();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
 
 // Restore timing of `containers` (decoded together as one batch) into device buffers this call owns:
 // one warm-up, then `repeat` runs; medians in seconds. Restores are bf16 (the serving path) unless

@@ -76,6 +76,75 @@ __global__ void pack_kernel(const PackJob* jobs, int n_jobs, const CodesSpan* sp
   }
 }
 
+// Element (l, h, t, d) of a CacheSource: its bits (zero-extended) and its value.
+__device__ inline uint32_t source_bits(const CacheSource& s, int l, int64_t h, int64_t t, int64_t d) {
+  int64_t index;
+  if (s.block_table != nullptr) {
+    const int64_t block = s.block_table[t / s.block_size], slot = t % s.block_size;
+    index = (((block * 2 + s.stream) * s.block_size + slot) * s.n_heads + h) * s.head_dim + d;
+  } else {
+    index = (h * s.n_tokens + t) * s.head_dim + d;
+  }
+  const void* base = s.layers[l];
+  if (s.dtype == 2) return static_cast<const uint32_t*>(base)[index];
+  return static_cast<const uint16_t*>(base)[index];
+}
+__device__ inline float bits_value(uint32_t bits, uint32_t dtype) {
+  if (dtype == 2) return bits_f32(bits);
+  if (dtype == 1) return f16_bits_to_f32(uint16_t(bits));
+  return bits_f32(bits << 16);
+}
+
+// gather_kernel's mapping and arithmetic, reading a CacheSource.
+__global__ void gather_view_kernel(GatherViewParams p) {
+  const int D = p.src.head_dim, H = p.src.n_heads;
+  const int half = D / 2;
+  const int64_t n_lh = int64_t(p.n_layers) * H;
+  const int64_t per_token = n_lh * half;
+  const int64_t total = p.n * per_token;
+  const int64_t n_features = n_lh * D;
+  for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < total;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = item / per_token;
+    const int64_t rem = item - t * per_token;
+    const int64_t lh = rem / half;
+    const int i = int(rem - lh * half);
+    const int ia = p.rope_style == 0 ? i : 2 * i;
+    const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
+    const int l = int(lh / H);
+    const int64_t h = lh - int64_t(l) * H, token = p.token0 + t;
+    float a = bits_value(source_bits(p.src, l, h, token, ia), p.src.dtype);
+    float b = bits_value(source_bits(p.src, l, h, token, ib), p.src.dtype);
+    if (p.rope != nullptr) {
+      const float2 cs = p.rope[t * half + i];
+      const float sj = -cs.y;
+      const float ra = f_sub(f_mul(a, cs.x), f_mul(b, sj));
+      const float rb = f_add(f_mul(a, sj), f_mul(b, cs.x));
+      a = ra;
+      b = rb;
+    }
+    const int64_t col = lh * D;
+    float* row = p.x + t * n_features + col;
+    row[ia] = f_sub(a, p.mean[col + ia]);
+    row[ib] = f_sub(b, p.mean[col + ib]);
+  }
+}
+
+// One block per job, one thread per output byte: plane-major byte planes of [H][n][D] elements.
+__global__ void pack_exact_kernel(const ExactPackJob* jobs, int n_jobs) {
+  for (int b = blockIdx.x; b < n_jobs; b += gridDim.x) {
+    const ExactPackJob j = jobs[b];
+    const uint64_t n = j.n_tokens, d = uint64_t(j.src.head_dim);
+    const uint64_t count = uint64_t(j.src.n_heads) * n * d;
+    for (uint64_t i = threadIdx.x; i < j.raw_bytes; i += blockDim.x) {
+      const uint64_t plane = i / count, e = i - plane * count;
+      const uint64_t h = e / (n * d), rem = e - h * n * d;
+      const uint32_t bits = source_bits(j.src, int(j.layer), int64_t(h), int64_t(j.token0 + rem / d), int64_t(rem % d));
+      j.dst[i] = uint8_t((bits >> (8 * plane)) & 0xffu);
+    }
+  }
+}
+
 __global__ void copy_kernel(const CopyJob* jobs, int n_jobs) {
   for (int b = blockIdx.x; b < n_jobs; b += gridDim.x) {
     const CopyJob j = jobs[b];
@@ -103,6 +172,19 @@ cudaError_t launch_quantize(const float* coef, int64_t m, const QuantGroup* grou
 cudaError_t launch_pack(const PackJob* jobs, int n_jobs, const CodesSpan* spans, cudaStream_t stream) {
   if (n_jobs <= 0) return cudaSuccess;
   pack_kernel<<<unsigned(n_jobs < (1 << 20) ? n_jobs : (1 << 20)), kThreads, 0, stream>>>(jobs, n_jobs, spans);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gather_view(const GatherViewParams& p, cudaStream_t stream) {
+  if (p.n <= 0 || p.n_layers <= 0 || p.src.n_heads <= 0 || p.src.head_dim < 2) return cudaSuccess;
+  const int64_t total = p.n * int64_t(p.n_layers) * p.src.n_heads * (p.src.head_dim / 2);
+  gather_view_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_pack_exact(const ExactPackJob* jobs, int n_jobs, cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  pack_exact_kernel<<<unsigned(n_jobs < (1 << 20) ? n_jobs : (1 << 20)), kThreads, 0, stream>>>(jobs, n_jobs);
   return cudaGetLastError();
 }
 

@@ -55,6 +55,48 @@ cudaError_t launch_quantize(const float* coef, int64_t m, const QuantGroup* grou
 // Writes the raw bytes of jobs[0, n_jobs) (cuda/encode_quant.hpp pack_job_byte), one block per job.
 cudaError_t launch_pack(const PackJob* jobs, int n_jobs, const CodesSpan* spans, cudaStream_t stream);
 
+// A cache in device memory as a serving system holds it, one stream (keys or values) of it:
+// contiguous: layers[l] is [n_heads][n_tokens][head_dim]; paged (block_table != null): layers[l] is
+// vLLM's [num_blocks][2][block_size][n_heads][head_dim] and token t lies in block
+// block_table[t / block_size], slot t % block_size, at index `stream` of the pair. Elements are
+// `dtype` (DType: 0 bf16, 1 f16, 2 f32).
+struct CacheSource {
+  const void* const* layers = nullptr;  // device array of n_layers device pointers
+  const int32_t* block_table = nullptr;
+  int block_size = 0;
+  int stream = 0;
+  int n_heads = 0;
+  int head_dim = 0;
+  int64_t n_tokens = 0;
+  uint32_t dtype = 0;
+};
+
+// launch_gather's rows (same arithmetic, bit for bit), read from a CacheSource of any dtype and
+// layout instead of an fp32 copy: x[t][(l * H + h) * D + d] for tokens token0 + t, t < n.
+struct GatherViewParams {
+  CacheSource src;
+  const float2* rope = nullptr;  // [n][head_dim / 2], or null
+  const float* mean = nullptr;   // [p]
+  float* x = nullptr;            // [n][p]
+  int64_t token0 = 0;
+  int64_t n = 0;
+  int n_layers = 0;
+  int rope_style = 0;
+};
+cudaError_t launch_gather_view(const GatherViewParams& params, cudaStream_t stream);
+
+// An exact chunk (docs/FORMAT.md section 5): the byte planes of layer `layer`'s tokens
+// [token0, token0 + n_tokens) as [H][n][D] elements of the source's dtype, the bits as stored there.
+struct ExactPackJob {
+  uint8_t* dst = nullptr;
+  CacheSource src;
+  uint32_t layer = 0;
+  uint32_t token0 = 0;
+  uint32_t n_tokens = 0;
+  uint32_t raw_bytes = 0;  // n_heads * n_tokens * head_dim * dtype size
+};
+cudaError_t launch_pack_exact(const ExactPackJob* jobs, int n_jobs, cudaStream_t stream);
+
 struct CopyJob {
   const uint8_t* src = nullptr;
   uint8_t* dst = nullptr;

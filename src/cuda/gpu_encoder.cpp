@@ -76,23 +76,6 @@ class StageClock {
   std::vector<Span> spans_;
 };
 
-// One chunk of the table, in table order, with what its pack job needs.
-struct ChunkPlan {
-  ChunkEntry entry;
-  uint32_t pack_kind = kPackSide;
-  int stream = 0;
-  uint64_t col0 = 0;               // side / codes: first column of the symbol arrays
-  uint32_t n_rows = 0;             // side rows
-  uint32_t span_begin = 0, span_end = 0;
-  uint32_t dense_bytes = 0;        // codes: size of the dense layout
-  uint64_t raw_off = 0, stored_off = 0;
-  // Results.
-  bool dense = false;
-  uint32_t stored_bytes = 0, crc32 = 0;
-  const uint8_t* stored_dev = nullptr;
-  const uint8_t* raw_dev = nullptr;
-};
-
 PackJob make_pack_job(const ChunkPlan& c, uint8_t* dst, const DeviceBuffer* sym, const DeviceBuffer* side,
                       const DeviceBuffer* cache, const KVCache& kv, int64_t m) {
   PackJob j;
@@ -152,73 +135,66 @@ Status GpuEncoder::ensure_handle() {
   return cublas_status(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
 }
 
-Status GpuEncoder::check_inputs(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& o) {
+Status check_encode_options(const EncodeOptions& o) {
   // The CPU encoder's checks (src/cpu/encoder.cpp), same messages.
   if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
   if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
   if (o.chunk_tokens < 1 || o.chunk_tokens > 65536) return invalid_argument("chunk tokens must be 1..65536");
   if (o.chunk_max_bytes < 256 || o.chunk_max_bytes > (int64_t(1) << 26))
     return invalid_argument("chunk max bytes must be 256..64 MiB");
-  KVTC_RETURN_IF_ERROR(cache.validate());
-  if (!(cache.shape == cal.shape))
-    return mismatch("cache is " + cache.shape.to_string() + " but the calibration is for " + cal.shape.to_string());
-  if (cache.shape.n_features() > INT_MAX || cache.n_tokens > INT_MAX)
+  return Status::ok();
+}
+
+Status check_encode_shape(const CalibrationData& cal, const ModelShape& shape, int64_t n_tokens) {
+  if (!(shape == cal.shape))
+    return mismatch("cache is " + shape.to_string() + " but the calibration is for " + cal.shape.to_string());
+  if (shape.n_features() > INT_MAX || n_tokens > INT_MAX)
     return invalid_argument("cache too large for the GPU encoder's GEMM (features and tokens must fit 32-bit sizes)");
   return Status::ok();
 }
 
-Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal, const KVCache& cache,
-                          const EncodeOptions& opt, cudaStream_t stream, EncodedCache* out, CudaEncodeProbe* pr) {
-  const auto start = Clock::now();
-  KVTC_RETURN_IF_ERROR(check_inputs(cal, cache, opt));
-  if (gcal.fingerprint != cal.fingerprint || !gcal.has_f32 || !(gcal.shape == cal.shape))
-    return invalid_argument("the device calibration is not this calibration's fp32 upload");
-  CudaEncodeProbe local;
-  CudaEncodeProbe& probe = pr ? *pr : local;
-  probe.n_dense_chunks = 0;
-  probe.raw.clear();
-  for (auto& c : probe.coef) c.clear();
-  KVTC_RETURN_IF_ERROR(ensure_handle());
-
-  // ---- Host: header, chunk plan, tables.
-  ContainerHeader h;
-  h.shape = cache.shape;
-  h.dtype = cache.dtype;
-  h.position_offset = cache.position_offset;
-  h.n_tokens = uint64_t(cache.n_tokens);
-  h.n_head_exact = uint32_t(std::min<int64_t>(cal.n_sink_tokens, cache.n_tokens));
-  h.n_tail_exact = uint32_t(std::min<int64_t>(cal.n_window_tokens, cache.n_tokens - h.n_head_exact));
+Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], const ModelShape& shape, DType dtype,
+                   int64_t n_tokens, int64_t position_offset, const std::map<std::string, std::string>& metadata,
+                   const EncodeOptions& opt, EncodePlan* plan) {
+  *plan = EncodePlan{};
+  EncodePlan& P = *plan;
+  ContainerHeader& h = P.header;
+  h.shape = shape;
+  h.dtype = dtype;
+  h.position_offset = position_offset;
+  h.n_tokens = uint64_t(n_tokens);
+  h.n_head_exact = uint32_t(std::min<int64_t>(cal.n_sink_tokens, n_tokens));
+  h.n_tail_exact = uint32_t(std::min<int64_t>(cal.n_window_tokens, n_tokens - h.n_head_exact));
   h.calibration_fingerprint = cal.fingerprint;
   h.target_ratio = opt.target_ratio;
-  h.metadata = cache.metadata;
-  const int64_t T = cache.n_tokens, t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
-  const int64_t p = cache.shape.n_features();
-  const int L = cache.shape.n_layers, H = cache.shape.n_kv_heads, D = cache.shape.head_dim;
+  h.metadata = metadata;
+  const int64_t T = n_tokens, t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
+  P.t0 = t0;
+  P.m = m;
+  const int64_t p = shape.n_features();
+  const int L = shape.n_layers, H = shape.n_kv_heads, D = shape.head_dim;
+  (void)p;
 
-  std::vector<ChunkPlan> chunks;
-  std::vector<CodesSpan> spans;
-  std::vector<QuantGroup> qgroups[2];
-  int64_t k[2] = {0, 0};
-  uint32_t side_rows[2] = {0, 0};
-  bool project[2] = {false, false};
+  std::vector<ChunkPlan>& chunks = P.chunks;
+  std::vector<CodesSpan>& spans = P.spans;
+  std::vector<QuantGroup>* qgroups = P.qgroups;
+  int64_t* k = P.k;
+  uint32_t* side_rows = P.side_rows;
   for (int s = 0; s < 2; ++s) {
     KVTC_ASSIGN_OR_RETURN(Allocation alloc, allocation_for_ratio(cal, s, opt.target_ratio));
     StreamAllocation& a = h.streams[s];
     a.basis_rank = uint32_t((s == 0 ? cal.key : cal.value).pca.rank);
     a.groups = alloc.groups;
     k[s] = a.n_kept();
-    if (k[s] > gcal.rows[s])
+    if (k[s] > device_rows[s])
       return invalid_argument("the allocation keeps " + std::to_string(k[s]) + " components, the device basis has " +
-                              std::to_string(gcal.rows[s]) + " rows");
+                              std::to_string(device_rows[s]) + " rows");
     for (const Group& g : a.groups) {
       if (g.kind == GroupKind::kDropped) continue;
       qgroups[s].push_back({g.first_component, g.n_components, uint32_t(g.kind), g.width_bits, side_rows[s]});
       side_rows[s] += uint32_t(side_bits_per_token(g.kind) / 16);
     }
     if (m == 0 || k[s] == 0) continue;
-    if (!probe.coef_in[s].empty() && probe.coef_in[s].size() != size_t(k[s]) * size_t(m))
-      return invalid_argument("replacement coefficients of stream " + std::to_string(s) + " must be [n_kept][M]");
-    project[s] = probe.coef_in[s].empty();
     const int64_t block = block_tokens(a, opt.chunk_tokens, opt.chunk_max_bytes);  // the CPU encoder's blocks
     for (int64_t b0 = 0; b0 < m; b0 += block) {
       const int64_t n = std::min<int64_t>(block, m - b0);
@@ -261,10 +237,10 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
       }
     }
   }
-  const size_t n_coef_chunks = chunks.size();
+  P.n_coef_chunks = chunks.size();
   // Exact tokens: per stream, layer and segment, split so that raw_bytes <= chunk_max_bytes (one token
   // at least), in the CPU encoder's order.
-  const int64_t token_bytes = int64_t(H) * D * dtype_size_bytes(cache.dtype);
+  const int64_t token_bytes = int64_t(H) * D * dtype_size_bytes(dtype);
   const int64_t exact_chunk_tokens = std::max<int64_t>(1, opt.chunk_max_bytes / token_bytes);
   for (int s = 0; s < 2; ++s)
     for (int l = 0; l < L; ++l)
@@ -286,27 +262,72 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
           chunks.push_back(c);
         }
       }
-  uint64_t raw_total = 0, stored_total = 0;
   for (ChunkPlan& c : chunks) {
-    c.raw_off = raw_total;
-    raw_total += align16(c.entry.raw_bytes);
-    c.stored_off = stored_total;
-    stored_total += align16(deflate_encode_bound(c.entry.raw_bytes));
+    c.raw_off = P.raw_total;
+    P.raw_total += align16(c.entry.raw_bytes);
+    c.stored_off = P.stored_total;
+    P.stored_total += align16(deflate_encode_bound(c.entry.raw_bytes));
   }
   // RoPE table of the compressed tokens' positions: RopeTable's numbers exactly (angles in double,
   // cos and sin rounded to fp32 once), computed here with the same code.
-  std::vector<float2> rope_host;
-  if (project[0]) {
+  std::vector<float2>& rope_host = P.rope;
+  if (m > 0 && k[0] > 0) {
     const int half = D / 2;
-    const std::vector<double> inv_freq = cache.shape.rope.inv_freq(2 * half);
+    const std::vector<double> inv_freq = shape.rope.inv_freq(2 * half);
     rope_host.resize(size_t(m) * half);
     for (int64_t t = 0; t < m; ++t) {
-      const double position = double(cache.position_offset + t0 + t);
+      const double position = double(position_offset + t0 + t);
       for (int i = 0; i < half; ++i) {
         const double angle = position * inv_freq[size_t(i)];
         rope_host[size_t(t) * half + i] = make_float2(float(std::cos(angle)), float(std::sin(angle)));
       }
     }
+  }
+
+  return Status::ok();
+}
+
+Status GpuEncoder::check_inputs(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& o) {
+  KVTC_RETURN_IF_ERROR(check_encode_options(o));
+  KVTC_RETURN_IF_ERROR(cache.validate());
+  return check_encode_shape(cal, cache.shape, cache.n_tokens);
+}
+
+Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal, const KVCache& cache,
+                          const EncodeOptions& opt, cudaStream_t stream, EncodedCache* out, CudaEncodeProbe* pr) {
+  const auto start = Clock::now();
+  KVTC_RETURN_IF_ERROR(check_inputs(cal, cache, opt));
+  if (gcal.fingerprint != cal.fingerprint || !gcal.has_f32 || !(gcal.shape == cal.shape))
+    return invalid_argument("the device calibration is not this calibration's fp32 upload");
+  CudaEncodeProbe local;
+  CudaEncodeProbe& probe = pr ? *pr : local;
+  probe.n_dense_chunks = 0;
+  probe.raw.clear();
+  for (auto& c : probe.coef) c.clear();
+  KVTC_RETURN_IF_ERROR(ensure_handle());
+
+  // ---- Host: header, chunk plan, tables (shared with the batched encoder).
+  EncodePlan plan;
+  KVTC_RETURN_IF_ERROR(plan_encode(cal, gcal.rows, cache.shape, cache.dtype, cache.n_tokens, cache.position_offset,
+                                   cache.metadata, opt, &plan));
+  ContainerHeader& h = plan.header;
+  const int64_t T = cache.n_tokens, t0 = plan.t0, m = plan.m;
+  const int64_t p = cache.shape.n_features();
+  const int L = cache.shape.n_layers, H = cache.shape.n_kv_heads, D = cache.shape.head_dim;
+  std::vector<ChunkPlan>& chunks = plan.chunks;
+  const std::vector<CodesSpan>& spans = plan.spans;
+  const std::vector<QuantGroup>* qgroups = plan.qgroups;
+  const int64_t* k = plan.k;
+  const uint32_t* side_rows = plan.side_rows;
+  const size_t n_coef_chunks = plan.n_coef_chunks;
+  const uint64_t raw_total = plan.raw_total, stored_total = plan.stored_total;
+  const std::vector<float2>& rope_host = plan.rope;
+  bool project[2] = {false, false};
+  for (int s = 0; s < 2; ++s) {
+    if (m == 0 || k[s] == 0) continue;
+    if (!probe.coef_in[s].empty() && probe.coef_in[s].size() != size_t(k[s]) * size_t(m))
+      return invalid_argument("replacement coefficients of stream " + std::to_string(s) + " must be [n_kept][M]");
+    project[s] = probe.coef_in[s].empty();
   }
 
   // ---- Buffers (contents are not kept on growth), then job tables with device pointers.

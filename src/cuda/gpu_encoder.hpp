@@ -29,9 +29,54 @@
 #include "core/backend.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/cuda_common.hpp"
+#include "cuda/encode_kernels.cuh"
 #include "cuda/gpu_decoder.hpp"
 
 namespace kvtc::cuda {
+
+// One chunk of the table, in table order, with what its pack job needs.
+struct ChunkPlan {
+  ChunkEntry entry;
+  uint32_t pack_kind = kPackSide;
+  int stream = 0;
+  uint64_t col0 = 0;               // side / codes: first column of the symbol arrays
+  uint32_t n_rows = 0;             // side rows
+  uint32_t span_begin = 0, span_end = 0;
+  uint32_t dense_bytes = 0;        // codes: size of the dense layout
+  uint64_t raw_off = 0, stored_off = 0;
+  // Results.
+  bool dense = false;
+  uint32_t stored_bytes = 0, crc32 = 0;
+  const uint8_t* stored_dev = nullptr;
+  const uint8_t* raw_dev = nullptr;
+};
+
+// Everything the host plans before the first device call, from the calibration, the options and the
+// cache's shape alone (no values): the container header without its chunk table, the chunks in table
+// order (entries with kind, stream, token and item ranges, aligned layout and raw_bytes; raw_off and
+// stored_off are 16-byte aligned offsets into one raw and one stored area of raw_total and
+// stored_total bytes), the quantisation and codes-span tables and the RoPE table.
+struct EncodePlan {
+  ContainerHeader header;
+  std::vector<ChunkPlan> chunks;
+  size_t n_coef_chunks = 0;             // side and codes chunks first, then the exact ones
+  std::vector<CodesSpan> spans;
+  std::vector<QuantGroup> qgroups[2];
+  int64_t k[2] = {0, 0};                // kept components per stream
+  uint32_t side_rows[2] = {0, 0};
+  int64_t t0 = 0, m = 0;                // first compressed token, compressed tokens
+  uint64_t raw_total = 0, stored_total = 0;
+  std::vector<float2> rope;             // [m][head_dim / 2] when m > 0 and keys keep components
+};
+
+// The CPU encoder's option checks (INVALID_ARGUMENT), and the shape against the calibration (MISMATCH).
+Status check_encode_options(const EncodeOptions& options);
+Status check_encode_shape(const CalibrationData& cal, const ModelShape& shape, int64_t n_tokens);
+// Plans a container (see EncodePlan); device_rows: basis rows on the device per stream (the allocation
+// must not keep more).
+Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], const ModelShape& shape, DType dtype,
+                   int64_t n_tokens, int64_t position_offset, const std::map<std::string, std::string>& metadata,
+                   const EncodeOptions& options, EncodePlan* plan);
 
 class GpuEncoder {
  public:

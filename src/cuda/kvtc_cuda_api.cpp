@@ -6,6 +6,7 @@
 
 #include "core/calibration_data.hpp"
 #include "cpu/cpu_backend.hpp"
+#include "cuda/batch_encoder.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda/gpu_decoder.hpp"
 #include "util/status_macros.hpp"
@@ -129,6 +130,39 @@ Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache,
                                            &out.report.k_relative_mse, &out.report.v_relative_mse);
   return out;
 }
+
+struct BatchEncoder::Impl {
+  GpuBatchEncoder enc;
+};
+
+BatchEncoder::BatchEncoder() : impl_(std::make_unique<Impl>()) {}
+BatchEncoder::~BatchEncoder() = default;
+BatchEncoder::BatchEncoder(BatchEncoder&&) noexcept = default;
+BatchEncoder& BatchEncoder::operator=(BatchEncoder&&) noexcept = default;
+
+Result<size_t> BatchEncoder::workspace_bytes(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views,
+                                             const EncodeOptions& options) {
+  return GpuBatchEncoder::workspace_bytes(dcal.impl().gcal, dcal.calibration().data(), views, options);
+}
+
+Result<std::vector<uint64_t>> BatchEncoder::container_bound_bytes(const DeviceCalibration& dcal,
+                                                                  const std::vector<DeviceCacheView>& views,
+                                                                  const EncodeOptions& options) {
+  return GpuBatchEncoder::container_bound_bytes(dcal.impl().gcal, dcal.calibration().data(), views, options);
+}
+
+Status BatchEncoder::set_workspace(void* workspace_dev, size_t bytes) {
+  return impl_->enc.set_workspace(workspace_dev, bytes);
+}
+
+Status BatchEncoder::encode(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views,
+                            const EncodeOptions& options, uint8_t* out_dev, const std::vector<uint64_t>& out_offsets,
+                            uint64_t* sizes_dev, void* cuda_stream) {
+  return impl_->enc.encode(dcal.impl().gcal, dcal.calibration().data(), views, options, out_dev, out_offsets, sizes_dev,
+                           static_cast<cudaStream_t>(cuda_stream));
+}
+
+Status BatchEncoder::status() { return impl_->enc.status(); }
 
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
                                    int repeat, bool fp32, bool overlap_exact) {

@@ -1,0 +1,119 @@
+// Container assembly from a header template and DEFLATE results, one code for the host and the GPU
+// (KVTC_HD), so that a host test checks the logic the device kernel (cuda/container_assembly.cuh) runs.
+//
+// The host plans everything that does not depend on compressed sizes and serialises it with
+// serialize_container_header: the *template*, whose chunk entries (docs/FORMAT.md section 4, 40 bytes
+// each, the table ending 4 bytes before the header's end) carry kind, stream, token and item ranges,
+// the aligned layout and its raw_bytes, with offset, stored_bytes and crc32 zero, and whose CRC is not
+// yet valid. After DEFLATE, per chunk in table order: choose the stored stream (a codes chunk keeps its
+// dense alternative, and then layout 1 and the dense raw_bytes, by GpuEncoder's rule: the aligned
+// stream is larger than the dense layout and the dense stream strictly smaller than the aligned one),
+// write offset (prefix sum of stored sizes), stored_bytes and crc32; then the header CRC-32 (zlib's)
+// over [0, header_size - 4). The payload is the chosen streams back to back.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/encode_quant.hpp"     // KVTC_HD
+#include "cuda/huffman_deflate.hpp"  // kEncodeOk, crc32_table_entry
+
+namespace kvtc::cuda {
+
+constexpr uint32_t kChunkEntryBytes = 40;
+
+// Sequence statuses in device memory.
+enum AssemblyStatus : uint32_t {
+  kAssemblyOk = 0,
+  kAssemblyDeflateFailed = 1,  // a DEFLATE job failed (internal error)
+  kAssemblyOverflow = 2,       // the container exceeds its capacity (internal error: capacity is the bound)
+  kAssemblyBadTemplate = 3,    // the template's table does not fit its header
+};
+
+// One chunk of a sequence's table.
+struct AssemblyChunk {
+  const uint8_t* stored = nullptr;        // its DEFLATE stream (aligned layout for codes chunks)
+  const uint8_t* dense_stored = nullptr;  // codes: the dense layout's stream, or null when none was made
+  uint32_t dense_raw_bytes = 0;           // codes: size of the dense layout
+  uint32_t dense_index = 0;               // index of the dense job's results
+};
+
+// DEFLATE results, three arrays indexed by job (cuda/deflate_encode.cuh).
+struct DeflateResults {
+  const uint32_t* bytes = nullptr;
+  const uint32_t* crc = nullptr;
+  const uint32_t* status = nullptr;
+};
+
+// One stored stream to copy into the payload.
+struct AssemblyCopy {
+  const uint8_t* src = nullptr;
+  uint64_t dst_offset = 0;  // from the start of the container
+  uint32_t n_bytes = 0;
+};
+
+KVTC_HD inline void put_le32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+KVTC_HD inline void put_le64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+KVTC_HD inline uint32_t get_le32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+// zlib's crc32(0, data, n) with a 256-entry table of crc32_table_entry (cuda/huffman_deflate.hpp).
+KVTC_HD inline uint32_t crc32_with_table(const uint32_t* table, const uint8_t* data, uint64_t n) {
+  return crc32_raw_update(table, 0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu;
+}
+
+// Position of the first chunk entry in a template of header_size bytes with n_chunks entries;
+// false when they do not fit.
+KVTC_HD inline bool chunk_table_pos(uint64_t header_size, uint32_t n_chunks, uint64_t* pos) {
+  const uint64_t table = uint64_t(n_chunks) * kChunkEntryBytes + 4;
+  if (header_size < 16 + table) return false;
+  *pos = header_size - table;
+  return true;
+}
+
+// Fills the chunk entries of `header` (a template copy, header_size bytes) for chunks[0, n_chunks)
+// whose results are primary[first_job + i] and dense[chunks[i].dense_index], writes copies[i] and the
+// total container size; returns an AssemblyStatus. Does not write the header CRC.
+KVTC_HD inline uint32_t patch_chunk_table(uint8_t* header, uint64_t header_size, const AssemblyChunk* chunks,
+                                          uint32_t n_chunks, uint32_t first_job, DeflateResults primary,
+                                          DeflateResults dense, AssemblyCopy* copies, uint64_t* total_bytes) {
+  uint64_t pos = 0;
+  *total_bytes = 0;
+  if (!chunk_table_pos(header_size, n_chunks, &pos)) return kAssemblyBadTemplate;
+  uint64_t offset = 0;
+  for (uint32_t i = 0; i < n_chunks; ++i) {
+    const AssemblyChunk& c = chunks[i];
+    const uint32_t j = first_job + i;
+    if (primary.status[j] != kEncodeOk) return kAssemblyDeflateFailed;
+    const uint8_t* src = c.stored;
+    uint32_t stored = primary.bytes[j], crc = primary.crc[j];
+    uint8_t* e = header + pos + uint64_t(i) * kChunkEntryBytes;
+    if (c.dense_stored != nullptr && stored > c.dense_raw_bytes) {  // the dense stream was made
+      const uint32_t d = c.dense_index;
+      if (dense.status[d] != kEncodeOk) return kAssemblyDeflateFailed;
+      if (dense.bytes[d] < stored) {
+        src = c.dense_stored;
+        stored = dense.bytes[d];
+        crc = dense.crc[d];
+        e[2] = 1;  // layout: dense
+        put_le32(e + 32, c.dense_raw_bytes);
+      }
+    }
+    put_le64(e + 20, offset);
+    put_le32(e + 28, stored);
+    put_le32(e + 36, crc);
+    copies[i].src = src;
+    copies[i].dst_offset = header_size + offset;
+    copies[i].n_bytes = stored;
+    offset += stored;
+  }
+  *total_bytes = header_size + offset;
+  return kAssemblyOk;
+}
+
+}  // namespace kvtc::cuda
