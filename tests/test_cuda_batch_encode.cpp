@@ -1,0 +1,393 @@
+// BatchEncoder (kvtc/kvtc_cuda.hpp): device caches in, complete containers assembled on the device.
+// Oracle: encode_on_gpu of the same cache (same chunks, same GPU DEFLATE) gives identical bytes. Every
+// container parses, decodes with kvtc::decode and the reference decoder (exact tokens bit for bit);
+// paged and contiguous views of one cache give identical containers; workspace_bytes is exact enough
+// (one byte less: OUT_OF_MEMORY); bad views and calibrations give statuses. Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/container.hpp"
+#include "core/reference_decoder.hpp"
+#include "core/token_vectors.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "cuda/encode_quant.hpp"
+#include "kvtc/kvtc_cuda.hpp"
+#include "test_util.hpp"
+
+namespace kvtc {
+namespace {
+
+using cuda::DeviceCacheView;
+
+#define SKIP_WITHOUT_DEVICE()                                                   \
+  do {                                                                          \
+    std::string why;                                                            \
+    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why; \
+  } while (0)
+
+Group group(uint32_t first, uint32_t n, GroupKind kind, int width) {
+  Group g;
+  g.first_component = first;
+  g.n_components = n;
+  g.kind = kind;
+  g.width_bits = uint8_t(width);
+  return g;
+}
+
+// Every kind and width 1..8, a dropped group inside, fp16 first: 64 kept components.
+std::vector<Group> all_kinds_groups() {
+  std::vector<Group> g;
+  uint32_t c = 0;
+  g.push_back(group(c, 2, GroupKind::kFloat16, 16)), c += 2;
+  for (int w = 8; w >= 1; --w) {
+    g.push_back(group(c, 2, GroupKind::kInt, w)), c += 2;
+    g.push_back(group(c, 2, GroupKind::kIntAffine, w)), c += 2;
+  }
+  g.push_back(group(c, 6, GroupKind::kDropped, 0)), c += 6;
+  g.push_back(group(c, 16, GroupKind::kInt, 4)), c += 16;
+  g.push_back(group(c, 8, GroupKind::kIntAffine, 3)), c += 8;
+  return g;
+}
+
+std::vector<Group> simple_groups(uint32_t kept) {
+  return {group(0, 16, GroupKind::kInt, 4), group(16, 4, GroupKind::kFloat16, 16),
+          group(20, kept - 20, GroupKind::kIntAffine, 2)};
+}
+
+std::vector<float> random_orthonormal(int64_t rank, int64_t p, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> b(size_t(rank * p));
+  for (auto& x : b) x = normal(rng);
+  for (int64_t i = 0; i < rank; ++i) {
+    double* r = b.data() + i * p;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t j = 0; j < i; ++j) {
+        const double* q = b.data() + j * p;
+        double dot = 0;
+        for (int64_t f = 0; f < p; ++f) dot += r[f] * q[f];
+        for (int64_t f = 0; f < p; ++f) r[f] -= dot * q[f];
+      }
+    double norm = 0;
+    for (int64_t f = 0; f < p; ++f) norm += r[f] * r[f];
+    for (int64_t f = 0; f < p; ++f) r[f] /= std::sqrt(norm);
+  }
+  return std::vector<float>(b.begin(), b.end());
+}
+
+Allocation allocation(double ratio, std::vector<Group> groups) {
+  Allocation a;
+  a.target_ratio = ratio;
+  a.groups = std::move(groups);
+  for (const Group& g : a.groups) a.bits_per_token += g.bits_per_token();
+  a.budget_bits_per_token = a.bits_per_token;
+  return a;
+}
+
+// Mean of the cache's own vectors, a random basis, allocations for ratios 8 and 20.
+CalibrationData make_calibration(const KVCache& cache, int64_t rank, int n_sink, int n_window) {
+  CalibrationData cal;
+  cal.shape = cache.shape;
+  cal.model_name = "test";
+  cal.n_sink_tokens = n_sink;
+  cal.n_window_tokens = n_window;
+  cal.n_calibration_tokens = cache.n_tokens;
+  cal.ratios = {8, 20};
+  const int64_t p = cache.shape.n_features();
+  RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
+  std::vector<float> x(size_t(cache.n_tokens * p));
+  for (int s = 0; s < 2; ++s) {
+    StreamCalibration& sc = s == 0 ? cal.key : cal.value;
+    sc.pca.n_features = p;
+    sc.pca.rank = rank;
+    sc.pca.mean.assign(size_t(p), 0.0f);
+    gather_token_vectors(cache, Stream(s), 0, cache.n_tokens, s == 0 ? &rope : nullptr, x.data());
+    for (int64_t t = 0; t < cache.n_tokens; ++t)
+      for (int64_t f = 0; f < p; ++f) sc.pca.mean[size_t(f)] += x[size_t(t * p + f)] / float(cache.n_tokens);
+    sc.pca.components = random_orthonormal(rank, p, 11 + s);
+    sc.pca.variance.assign(size_t(rank), 1.0);
+    sc.pca.total_variance = double(rank);
+    sc.pca.n_samples = cache.n_tokens;
+    sc.allocations = {allocation(8, s == 0 ? all_kinds_groups() : simple_groups(52)),
+                      allocation(20, s == 0 ? simple_groups(40) : all_kinds_groups())};
+  }
+  cal.fingerprint = 0x1234abcd5678ef00ull;
+  return cal;
+}
+
+#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+uint32_t to_bits(float x, DType t) {
+  if (t == DType::kF32) return cuda::f32_bits(x);
+  return t == DType::kF16 ? cuda::f32_to_f16_bits(x) : cuda::f32_to_bf16_bits(x);
+}
+float from_bits(uint32_t b, DType t) {
+  if (t == DType::kF32) return cuda::bits_f32(b);
+  return t == DType::kF16 ? cuda::f16_bits_to_f32(uint16_t(b)) : cuda::bits_f32(b << 16);
+}
+
+// Device memory freed at scope exit.
+struct Dev {
+  std::vector<void*> ptrs;
+  ~Dev() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+  void* alloc(size_t n) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, std::max<size_t>(n, 1)) != cudaSuccess) return nullptr;
+    ptrs.push_back(p);
+    return p;
+  }
+  void* upload(const void* src, size_t n) {
+    void* p = alloc(n);
+    if (p && n) cudaMemcpy(p, src, n, cudaMemcpyHostToDevice);
+    return p;
+  }
+};
+
+// The cache's values rounded to its dtype (so host and device see the same numbers), and its element
+// bits per layer, [H][T][D].
+std::vector<std::vector<uint8_t>> layer_bytes(KVCache& c, int s) {
+  const size_t es = dtype_size_bytes(c.dtype);
+  std::vector<std::vector<uint8_t>> out;
+  for (auto& layer : (s == 0 ? c.k : c.v)) {
+    std::vector<uint8_t> b(layer.size() * es);
+    for (size_t i = 0; i < layer.size(); ++i) {
+      const uint32_t bits = to_bits(layer[i], c.dtype);
+      layer[i] = from_bits(bits, c.dtype);
+      std::memcpy(b.data() + i * es, &bits, es);  // little-endian low bytes
+    }
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+DeviceCacheView contiguous_view(KVCache& c, Dev& dev) {
+  DeviceCacheView v;
+  v.shape = c.shape;
+  v.dtype = c.dtype;
+  v.n_tokens = c.n_tokens;
+  v.position_offset = c.position_offset;
+  v.metadata = c.metadata;
+  for (int s = 0; s < 2; ++s)
+    for (const auto& b : layer_bytes(c, s)) (s == 0 ? v.k_layers : v.v_layers).push_back(dev.upload(b.data(), b.size()));
+  return v;
+}
+
+// vLLM's paged layout with a shuffled block table (and one spare block).
+DeviceCacheView paged_view(KVCache& c, Dev& dev, int block_size, uint64_t seed) {
+  DeviceCacheView v;
+  v.shape = c.shape;
+  v.dtype = c.dtype;
+  v.n_tokens = c.n_tokens;
+  v.position_offset = c.position_offset;
+  v.metadata = c.metadata;
+  const int64_t H = c.shape.n_kv_heads, D = c.shape.head_dim, T = c.n_tokens;
+  const size_t es = dtype_size_bytes(c.dtype);
+  const int64_t n_blocks = (T + block_size - 1) / block_size + 1;
+  std::vector<int32_t> btable(static_cast<size_t>(n_blocks));
+  std::iota(btable.begin(), btable.end(), 0);
+  std::shuffle(btable.begin(), btable.end(), std::mt19937_64(seed));
+  const auto kb = layer_bytes(c, 0), vb = layer_bytes(c, 1);
+  for (int l = 0; l < c.shape.n_layers; ++l) {
+    std::vector<uint8_t> cache(size_t(n_blocks) * 2 * block_size * H * D * es, 0xAB);
+    for (int s = 0; s < 2; ++s)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t blk = btable[size_t(t / block_size)], slot = t % block_size;
+          const size_t dst = size_t((((blk * 2 + s) * block_size + slot) * H + h) * D) * es;
+          const size_t src = size_t((h * T + t) * D) * es;
+          std::memcpy(cache.data() + dst, (s == 0 ? kb : vb)[size_t(l)].data() + src, size_t(D) * es);
+        }
+    v.paged_layers.push_back(dev.upload(cache.data(), cache.size()));
+  }
+  v.block_table_dev = static_cast<const int32_t*>(dev.upload(btable.data(), btable.size() * 4));
+  v.block_size = block_size;
+  return v;
+}
+
+struct BatchCase {
+  DType dtype;
+  RopeStyle style;
+};
+
+class CudaBatchEncode : public ::testing::TestWithParam<BatchCase> {};
+
+TEST_P(CudaBatchEncode, MatchesEncodeOnGpuAndDecodes) {
+  SKIP_WITHOUT_DEVICE();
+  const BatchCase bc = GetParam();
+  ModelShape shape;
+  shape.n_layers = 3;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 32;
+  shape.rope.theta = 10000.0;
+  shape.rope.style = bc.style;
+  // Lengths: many compressed tokens, a few, none (all exact); not multiples of the block size.
+  const int64_t lengths[] = {301, 57, 20};
+  const int64_t positions[] = {0, 1000, 7};
+  std::vector<KVCache> caches;
+  for (int i = 0; i < 3; ++i) caches.push_back(testing::synthetic_cache(shape, lengths[i], 5 + i, bc.dtype, positions[i]));
+  caches[0].metadata["note"] = "batch";
+  for (auto& c : caches)
+    for (int s = 0; s < 2; ++s) layer_bytes(c, s);  // round to the dtype
+  const CalibrationData cald = make_calibration(caches[0], 96, 4, 16);
+  const Calibration cal(std::make_shared<CalibrationData>(cald));
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  EncodeOptions eo;
+  eo.target_ratio = 8;
+  eo.chunk_tokens = 64;
+  eo.chunk_max_bytes = 600;  // several exact chunks per segment
+  eo.measure_error = false;
+
+  Dev dev;
+  std::vector<DeviceCacheView> views;
+  views.push_back(contiguous_view(caches[0], dev));
+  views.push_back(paged_view(caches[0], dev, 16, 1));  // the same cache, paged
+  views.push_back(paged_view(caches[1], dev, 16, 2));
+  views.push_back(contiguous_view(caches[2], dev));
+  const int owner[] = {0, 0, 1, 2};
+
+  auto ws = cuda::BatchEncoder::workspace_bytes(*dcal, views, eo);
+  ASSERT_TRUE(ws.is_ok()) << ws.status().to_string();
+  auto bounds = cuda::BatchEncoder::container_bound_bytes(*dcal, views, eo);
+  ASSERT_TRUE(bounds.is_ok()) << bounds.status().to_string();
+  std::vector<uint64_t> offsets;
+  uint64_t total = 0;
+  for (uint64_t b : *bounds) offsets.push_back(total), total += b + 3;  // odd offsets on purpose
+  auto* out = static_cast<uint8_t*>(dev.alloc(total));
+  auto* sizes = static_cast<uint64_t*>(dev.alloc(views.size() * 8));
+  void* wsp = dev.alloc(*ws);
+  ASSERT_TRUE(out && sizes && wsp);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreate(&stream));
+
+  cuda::BatchEncoder enc;
+  // (4) One byte too few: OUT_OF_MEMORY, before anything is queued.
+  ASSERT_TRUE(enc.set_workspace(wsp, *ws - 1).is_ok());
+  EXPECT_EQ(enc.encode(*dcal, views, eo, out, offsets, sizes, stream).code(), StatusCode::kOutOfMemory);
+  ASSERT_TRUE(enc.set_workspace(wsp, *ws).is_ok());
+  const Status st = enc.encode(*dcal, views, eo, out, offsets, sizes, stream);
+  ASSERT_TRUE(st.is_ok()) << st.to_string();
+  const Status done = enc.status();
+  ASSERT_TRUE(done.is_ok()) << done.to_string();
+
+  std::vector<uint8_t> all(total);
+  std::vector<uint64_t> sz(views.size());
+  CUDA_OK(cudaMemcpy(all.data(), out, total, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(sz.data(), sizes, sz.size() * 8, cudaMemcpyDeviceToHost));
+  std::vector<std::vector<uint8_t>> got(views.size());
+  for (size_t i = 0; i < views.size(); ++i) {
+    ASSERT_GT(sz[i], 0u);
+    ASSERT_LE(sz[i], (*bounds)[i]);
+    got[i].assign(all.begin() + long(offsets[i]), all.begin() + long(offsets[i] + sz[i]));
+    const KVCache& c = caches[size_t(owner[i])];
+    // (1) + (3): encode_on_gpu's bytes exactly, and the size in device memory is their length.
+    auto ref = cuda::encode_on_gpu(cal, c, eo);
+    ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+    EXPECT_EQ(sz[i], ref->bytes.size()) << "sequence " << i;
+    EXPECT_TRUE(got[i] == ref->bytes) << "sequence " << i << " differs from encode_on_gpu";
+    // (2) Parses and decodes; exact tokens bit for bit.
+    auto parsed = parse_container(got[i].data(), got[i].size());
+    ASSERT_TRUE(parsed.is_ok()) << parsed.status().to_string();
+    auto dec = decode(cal, got[i].data(), got[i].size());
+    ASSERT_TRUE(dec.is_ok()) << dec.status().to_string();
+    auto rdec = reference_decode(cald, got[i].data(), got[i].size());
+    ASSERT_TRUE(rdec.is_ok()) << rdec.status().to_string();
+    const int64_t T = c.n_tokens, H = c.shape.n_kv_heads, D = c.shape.head_dim;
+    const int64_t n_head = parsed->header.n_head_exact, n_tail = parsed->header.n_tail_exact;
+    for (int l = 0; l < c.shape.n_layers; ++l)
+      for (int s = 0; s < 2; ++s) {
+        const auto& want = (s == 0 ? c.k : c.v)[size_t(l)];
+        const auto& a = (s == 0 ? dec->k : dec->v)[size_t(l)];
+        const auto& b = (s == 0 ? rdec->k : rdec->v)[size_t(l)];
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t t = 0; t < T; ++t) {
+            if (t >= n_head && t < T - n_tail) continue;
+            for (int64_t d = 0; d < D; ++d) {
+              const size_t e = size_t((h * T + t) * D + d);
+              ASSERT_EQ(cuda::f32_bits(a[e]), cuda::f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
+              ASSERT_EQ(cuda::f32_bits(b[e]), cuda::f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
+            }
+          }
+      }
+  }
+  // (6) Paged and contiguous views of one cache: the same container.
+  EXPECT_TRUE(got[0] == got[1]);
+  cudaStreamDestroy(stream);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaBatchEncode,
+                         ::testing::Values(BatchCase{DType::kBF16, RopeStyle::kHalf},
+                                           BatchCase{DType::kF16, RopeStyle::kInterleaved},
+                                           BatchCase{DType::kF32, RopeStyle::kHalf},
+                                           BatchCase{DType::kBF16, RopeStyle::kInterleaved}),
+                         [](const ::testing::TestParamInfo<BatchCase>& p) {
+                           return std::string(p.param.dtype == DType::kBF16   ? "bf16"
+                                              : p.param.dtype == DType::kF16 ? "f16"
+                                                                             : "f32") +
+                                  (p.param.style == RopeStyle::kHalf ? "_half" : "_interleaved");
+                         });
+
+TEST(CudaBatchEncodeErrors, BadViewsAndCalibrations) {
+  SKIP_WITHOUT_DEVICE();
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 16;
+  shape.rope.theta = 10000.0;
+  KVCache cache = testing::synthetic_cache(shape, 100, 3, DType::kBF16, 0);
+  const CalibrationData cald = make_calibration(cache, 48, 4, 16);
+  const Calibration cal(std::make_shared<CalibrationData>(cald));
+  ModelShape other = shape;
+  other.n_kv_heads = 4;
+  KVCache other_cache = testing::synthetic_cache(other, 100, 3, DType::kBF16, 0);
+  const Calibration other_cal(std::make_shared<CalibrationData>(make_calibration(other_cache, 48, 4, 16)));
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  auto dother = cuda::DeviceCalibration::upload(other_cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok() && dother.is_ok());
+  EncodeOptions eo;
+  eo.target_ratio = 8;
+  eo.measure_error = false;
+  Dev dev;
+  std::vector<DeviceCacheView> views = {contiguous_view(cache, dev)};
+  auto ws = cuda::BatchEncoder::workspace_bytes(*dcal, views, eo);
+  auto bounds = cuda::BatchEncoder::container_bound_bytes(*dcal, views, eo);
+  ASSERT_TRUE(ws.is_ok() && bounds.is_ok());
+  void* wsp = dev.alloc(*ws);
+  auto* out = static_cast<uint8_t*>(dev.alloc((*bounds)[0]));
+  auto* sizes = static_cast<uint64_t*>(dev.alloc(8));
+  cuda::BatchEncoder enc;
+  ASSERT_TRUE(enc.set_workspace(wsp, *ws).is_ok());
+  // (5) A calibration of another shape.
+  EXPECT_EQ(enc.encode(*dother, views, eo, out, {0}, sizes, nullptr).code(), StatusCode::kMismatch);
+  EXPECT_EQ(cuda::BatchEncoder::workspace_bytes(*dother, views, eo).status().code(), StatusCode::kMismatch);
+  // Bad views.
+  auto bad = views;
+  bad[0].k_layers.pop_back();
+  EXPECT_EQ(enc.encode(*dcal, bad, eo, out, {0}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  bad = views;
+  bad[0].v_layers[1] = nullptr;
+  EXPECT_EQ(enc.encode(*dcal, bad, eo, out, {0}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  bad = views;
+  bad[0].paged_layers = bad[0].k_layers;
+  EXPECT_EQ(enc.encode(*dcal, bad, eo, out, {0}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(enc.encode(*dcal, views, eo, out, {}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(enc.encode(*dcal, views, eo, nullptr, {0}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(enc.encode(*dcal, {}, eo, out, {}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
+  // And the good batch still encodes.
+  ASSERT_TRUE(enc.encode(*dcal, views, eo, out, {0}, sizes, nullptr).is_ok());
+  EXPECT_TRUE(enc.status().is_ok());
+}
+
+}  // namespace
+}  // namespace kvtc
