@@ -346,12 +346,12 @@ TEST(CudaBatchEncodeErrors, BadViewsAndCalibrations) {
   shape.head_dim = 16;
   shape.rope.theta = 10000.0;
   KVCache cache = testing::synthetic_cache(shape, 100, 3, DType::kBF16, 0);
-  const CalibrationData cald = make_calibration(cache, 48, 4, 16);
+  const CalibrationData cald = make_calibration(cache, 64, 4, 16);
   const Calibration cal(std::make_shared<CalibrationData>(cald));
   ModelShape other = shape;
   other.n_kv_heads = 4;
   KVCache other_cache = testing::synthetic_cache(other, 100, 3, DType::kBF16, 0);
-  const Calibration other_cal(std::make_shared<CalibrationData>(make_calibration(other_cache, 48, 4, 16)));
+  const Calibration other_cal(std::make_shared<CalibrationData>(make_calibration(other_cache, 64, 4, 16)));
   auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
   auto dother = cuda::DeviceCalibration::upload(other_cal, {}, nullptr);
   ASSERT_TRUE(dcal.is_ok() && dother.is_ok());
@@ -362,7 +362,8 @@ TEST(CudaBatchEncodeErrors, BadViewsAndCalibrations) {
   std::vector<DeviceCacheView> views = {contiguous_view(cache, dev)};
   auto ws = cuda::BatchEncoder::workspace_bytes(*dcal, views, eo);
   auto bounds = cuda::BatchEncoder::container_bound_bytes(*dcal, views, eo);
-  ASSERT_TRUE(ws.is_ok() && bounds.is_ok());
+  ASSERT_TRUE(ws.is_ok()) << ws.status().to_string();
+  ASSERT_TRUE(bounds.is_ok()) << bounds.status().to_string();
   void* wsp = dev.alloc(*ws);
   auto* out = static_cast<uint8_t*>(dev.alloc((*bounds)[0]));
   auto* sizes = static_cast<uint64_t*>(dev.alloc(8));
