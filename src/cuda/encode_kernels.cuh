@@ -1,8 +1,12 @@
 // Kernels of the GPU encode path before DEFLATE (docs/FORMAT.md; the CPU twin is src/cpu/encoder.cpp):
-//   gather   one stream's token vectors with RoPE removed (keys) and the mean subtracted, fp32;
-//   quantize every (token, group) of a stream, writing symbols and side values component-major;
-//   pack     raw chunks (side, codes aligned or dense, exact byte planes), one thread per byte;
-//   copy     stored chunks back to back into one payload for a single device-to-host copy.
+//   gather       one stream's token vectors with RoPE removed (keys) and the mean subtracted, fp32,
+//                from an uploaded fp32 copy (encode_on_gpu);
+//   gather_view  the same straight from caches in device memory, contiguous or vLLM-paged, bf16 / f16 /
+//                f32 (BatchEncoder);
+//   quantize     every (token, group) of a stream, writing symbols and side values component-major;
+//   pack         raw chunks (side, codes aligned or dense, exact byte planes), one thread per byte;
+//   pack_exact   exact-token chunks from device caches, the input's bit patterns in byte planes;
+//   copy         stored chunks back to back into one payload for a single device-to-host copy.
 // The projection between gather and quantize is a cuBLAS GEMM (cuda/gpu_encoder.cpp).
 //
 // Arithmetic mirrors the CPU operation for operation (cuda/encode_quant.hpp; no fused multiply-add
