@@ -323,6 +323,20 @@ TEST_P(CudaBatchEncode, MatchesEncodeOnGpuAndDecodes) {
   }
   // (6) Paged and contiguous views of one cache: the same container.
   EXPECT_TRUE(got[0] == got[1]);
+  // The TF32 projection: BatchEncoder and encode_on_gpu still give the same bytes.
+  enc.set_projection(cuda::EncodeProjection::kTf32);
+  ASSERT_TRUE(enc.encode(*dcal, views, eo, out, offsets, sizes, stream).is_ok());
+  ASSERT_TRUE(enc.status().is_ok());
+  CUDA_OK(cudaMemcpy(all.data(), out, total, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(sz.data(), sizes, sz.size() * 8, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < views.size(); ++i) {
+    auto ref = cuda::encode_on_gpu(cal, caches[size_t(owner[i])], eo, cuda::EncodeProjection::kTf32);
+    ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+    ASSERT_EQ(sz[i], ref->bytes.size()) << "sequence " << i;
+    EXPECT_TRUE(std::equal(ref->bytes.begin(), ref->bytes.end(), all.begin() + long(offsets[i])))
+        << "TF32: sequence " << i << " differs from encode_on_gpu";
+    EXPECT_TRUE(decode(cal, ref->bytes.data(), ref->bytes.size()).is_ok());
+  }
   cudaStreamDestroy(stream);
 }
 

@@ -456,6 +456,39 @@ TEST(CudaEncodeReal, EncodeOnGpuReport) {
               static_cast<long long>(c->report.file_bytes), c->report.ratio_compressed_tokens);
 }
 
+// The TF32 projection: the same chunk sizes before DEFLATE, the same restored error (within 1% of the
+// CPU container's), exact tokens bit for bit, and a file both CPU decoders accept.
+TEST(CudaEncodeReal, Tf32ProjectionKeepsTheError) {
+  SKIP_WITHOUT_DEVICE();
+  auto cache = read_cache(testing::repo_data("small-test.safetensors"));
+  ASSERT_TRUE(cache.is_ok());
+  const Calibration cal(std::make_shared<CalibrationData>(real_calibration()));
+  for (double ratio : {8.0, 20.0}) {
+    SCOPED_TRACE("ratio " + std::to_string(ratio));
+    EncodeOptions eo;
+    eo.target_ratio = ratio;
+    auto g = cuda::encode_on_gpu(cal, *cache, eo, cuda::EncodeProjection::kTf32);
+    ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+    auto c = encode(cal, *cache, eo);
+    ASSERT_TRUE(c.is_ok());
+    EXPECT_EQ(g->report.nominal_payload_bytes, c->report.nominal_payload_bytes);
+    EXPECT_NEAR(g->report.k_relative_mse, c->report.k_relative_mse, 0.01 * c->report.k_relative_mse + 1e-6);
+    EXPECT_NEAR(g->report.v_relative_mse, c->report.v_relative_mse, 0.01 * c->report.v_relative_mse + 1e-6);
+    auto fast = decode(cal, g->bytes.data(), g->bytes.size());
+    ASSERT_TRUE(fast.is_ok()) << fast.status().to_string();
+    auto ref = reference_decode(cal.data(), g->bytes.data(), g->bytes.size());
+    ASSERT_TRUE(ref.is_ok()) << ref.status().to_string();
+    const int64_t T = cache->n_tokens, t1 = T - cal.data().n_window_tokens;
+    for (int l = 0; l < cache->shape.n_layers; ++l)
+      for (int h = 0; h < cache->shape.n_kv_heads; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          if (t >= cal.data().n_sink_tokens && t < t1) continue;
+          ASSERT_EQ(0, std::memcmp(cache->k_row(l, h, t), fast->k_row(l, h, t), cache->shape.head_dim * sizeof(float)));
+          ASSERT_EQ(0, std::memcmp(cache->v_row(l, h, t), fast->v_row(l, h, t), cache->shape.head_dim * sizeof(float)));
+        }
+  }
+}
+
 // Hostile coefficients (zeros, constants, NaN, infinities, huge and subnormal values) through the GPU
 // quantiser and packer: byte-identical to the CPU's, and the container still restores.
 TEST(CudaEncodeExtremes, InjectedCoefficientsMatchCpu) {

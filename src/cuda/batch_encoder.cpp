@@ -368,6 +368,8 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<DeviceCacheView>& views, const EncodeOptions& opt, uint8_t* out_dev,
                                const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, cudaStream_t stream) {
   if (workspace_ == nullptr || !handle_) return invalid_argument("BatchEncoder: call set_workspace first");
+  KVTC_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+                                     "cublasSetMathMode"));
   std::vector<SeqPlan> plans;
   KVTC_RETURN_IF_ERROR(plan_all(gcal, cal, views, opt, &plans));
   if (out_dev == nullptr || sizes_dev == nullptr) return invalid_argument("null output pointer");

@@ -26,6 +26,7 @@ struct CudaEncodeProbe {
   // coefficients of the compressed tokens (M = tokens - exact tokens), quantised as they are.
   std::vector<float> coef_in[2];
   bool keep_outputs = false;  // fill coef and raw below
+  bool tf32 = false;          // projection on TF32 tensor cores instead of fp32 (kvtc::cuda::EncodeProjection)
   // Out (keep_outputs). coef[s]: the coefficients quantised, [n_kept][M]; raw[i]: chunk i of the chunk
   // table before DEFLATE (in the layout the table names).
   std::vector<float> coef[2];

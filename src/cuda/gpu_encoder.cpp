@@ -305,6 +305,8 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
   probe.raw.clear();
   for (auto& c : probe.coef) c.clear();
   KVTC_RETURN_IF_ERROR(ensure_handle());
+  KVTC_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(handle_, probe.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+                                     "cublasSetMathMode"));
 
   // ---- Host: header, chunk plan, tables (shared with the batched encoder).
   EncodePlan plan;

@@ -108,9 +108,12 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
   return out;
 }
 
-Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options) {
+Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options,
+                                   EncodeProjection projection) {
   auto backend = make_cuda_backend();
-  KVTC_ASSIGN_OR_RETURN(EncodedCache out, backend->encode(cal.data(), cache, options, nullptr));
+  CudaEncodeProbe probe;
+  probe.tf32 = projection == EncodeProjection::kTf32;
+  KVTC_ASSIGN_OR_RETURN(EncodedCache out, cuda_encode_probe(*backend, cal.data(), cache, options, &probe));
   if (!options.measure_error) return out;
   // The report's errors, as kvtc::encode measures them, from a restore on the same device.
   DecodeOptions dopt;
@@ -154,6 +157,8 @@ Result<std::vector<uint64_t>> BatchEncoder::container_bound_bytes(const DeviceCa
 Status BatchEncoder::set_workspace(void* workspace_dev, size_t bytes) {
   return impl_->enc.set_workspace(workspace_dev, bytes);
 }
+
+void BatchEncoder::set_projection(EncodeProjection projection) { impl_->enc.set_tf32(projection == EncodeProjection::kTf32); }
 
 Status BatchEncoder::encode(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views,
                             const EncodeOptions& options, uint8_t* out_dev, const std::vector<uint64_t>& out_offsets,

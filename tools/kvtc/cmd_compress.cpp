@@ -57,7 +57,7 @@ void register_compress(CLI::App& app) {
     double ratio = 20;
     int level = 6, threads = 0, chunk_tokens = 256;
     int64_t chunk_bytes = 16 * 1024;
-    bool json = false, no_error = false;
+    bool json = false, no_error = false, tf32 = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compress", "Compress a cache file into a .kvtc container");
@@ -74,11 +74,13 @@ void register_compress(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print the report as JSON");
   cmd->add_flag("--no-error", args->no_error, "Skip measuring the restoration error");
+  cmd->add_flag("--tf32", args->tf32, "With --device cuda: project on TF32 tensor cores (faster; codes may differ from the CPU's by a level)");
   cmd->callback([args] {
 #ifndef KVTC_WITH_CUDA
     if (args->device == "cuda")
       fail(unsupported("this kvtc was built without the CUDA backend"), "compress --device cuda");
 #endif
+    if (args->tf32 && args->device != "cuda") fail(invalid_argument("--tf32 needs --device cuda"), "compress --tf32");
     Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
     KVCache cache = unwrap(read_cache(args->input), args->input);
     EncodeOptions o;
@@ -91,7 +93,10 @@ void register_compress(CLI::App& app) {
     o.progress = progress_bar();
 #ifdef KVTC_WITH_CUDA
     EncodedCache enc =
-        unwrap(args->device == "cuda" ? cuda::encode_on_gpu(cal, cache, o) : encode(cal, cache, o), args->input);
+        unwrap(args->device == "cuda"
+                   ? cuda::encode_on_gpu(cal, cache, o, args->tf32 ? cuda::EncodeProjection::kTf32 : cuda::EncodeProjection::kFp32)
+                   : encode(cal, cache, o),
+               args->input);
 #else
     EncodedCache enc = unwrap(encode(cal, cache, o), args->input);
 #endif
