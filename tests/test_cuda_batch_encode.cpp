@@ -34,64 +34,10 @@ using cuda::DeviceCacheView;
     if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why; \
   } while (0)
 
-Group group(uint32_t first, uint32_t n, GroupKind kind, int width) {
-  Group g;
-  g.first_component = first;
-  g.n_components = n;
-  g.kind = kind;
-  g.width_bits = uint8_t(width);
-  return g;
-}
-
-// Every kind and width 1..8, a dropped group inside, fp16 first: 64 kept components.
-std::vector<Group> all_kinds_groups() {
-  std::vector<Group> g;
-  uint32_t c = 0;
-  g.push_back(group(c, 2, GroupKind::kFloat16, 16)), c += 2;
-  for (int w = 8; w >= 1; --w) {
-    g.push_back(group(c, 2, GroupKind::kInt, w)), c += 2;
-    g.push_back(group(c, 2, GroupKind::kIntAffine, w)), c += 2;
-  }
-  g.push_back(group(c, 6, GroupKind::kDropped, 0)), c += 6;
-  g.push_back(group(c, 16, GroupKind::kInt, 4)), c += 16;
-  g.push_back(group(c, 8, GroupKind::kIntAffine, 3)), c += 8;
-  return g;
-}
-
-std::vector<Group> simple_groups(uint32_t kept) {
-  return {group(0, 16, GroupKind::kInt, 4), group(16, 4, GroupKind::kFloat16, 16),
-          group(20, kept - 20, GroupKind::kIntAffine, 2)};
-}
-
-std::vector<float> random_orthonormal(int64_t rank, int64_t p, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal;
-  std::vector<double> b(size_t(rank * p));
-  for (auto& x : b) x = normal(rng);
-  for (int64_t i = 0; i < rank; ++i) {
-    double* r = b.data() + i * p;
-    for (int pass = 0; pass < 2; ++pass)
-      for (int64_t j = 0; j < i; ++j) {
-        const double* q = b.data() + j * p;
-        double dot = 0;
-        for (int64_t f = 0; f < p; ++f) dot += r[f] * q[f];
-        for (int64_t f = 0; f < p; ++f) r[f] -= dot * q[f];
-      }
-    double norm = 0;
-    for (int64_t f = 0; f < p; ++f) norm += r[f] * r[f];
-    for (int64_t f = 0; f < p; ++f) r[f] /= std::sqrt(norm);
-  }
-  return std::vector<float>(b.begin(), b.end());
-}
-
-Allocation allocation(double ratio, std::vector<Group> groups) {
-  Allocation a;
-  a.target_ratio = ratio;
-  a.groups = std::move(groups);
-  for (const Group& g : a.groups) a.bits_per_token += g.bits_per_token();
-  a.budget_bits_per_token = a.bits_per_token;
-  return a;
-}
+using testing::all_kinds_groups;
+using testing::fixed_allocation;
+using testing::group;
+using testing::simple_groups;
 
 // Mean of the cache's own vectors, a random basis, allocations for ratios 8 and 20.
 CalibrationData make_calibration(const KVCache& cache, int64_t rank, int n_sink, int n_window) {
@@ -102,24 +48,11 @@ CalibrationData make_calibration(const KVCache& cache, int64_t rank, int n_sink,
   cal.n_window_tokens = n_window;
   cal.n_calibration_tokens = cache.n_tokens;
   cal.ratios = {8, 20};
-  const int64_t p = cache.shape.n_features();
-  RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
-  std::vector<float> x(size_t(cache.n_tokens * p));
-  for (int s = 0; s < 2; ++s) {
-    StreamCalibration& sc = s == 0 ? cal.key : cal.value;
-    sc.pca.n_features = p;
-    sc.pca.rank = rank;
-    sc.pca.mean.assign(size_t(p), 0.0f);
-    gather_token_vectors(cache, Stream(s), 0, cache.n_tokens, s == 0 ? &rope : nullptr, x.data());
-    for (int64_t t = 0; t < cache.n_tokens; ++t)
-      for (int64_t f = 0; f < p; ++f) sc.pca.mean[size_t(f)] += x[size_t(t * p + f)] / float(cache.n_tokens);
-    sc.pca.components = random_orthonormal(rank, p, 11 + s);
-    sc.pca.variance.assign(size_t(rank), 1.0);
-    sc.pca.total_variance = double(rank);
-    sc.pca.n_samples = cache.n_tokens;
-    sc.allocations = {allocation(8, s == 0 ? all_kinds_groups() : simple_groups(52)),
-                      allocation(20, s == 0 ? simple_groups(40) : all_kinds_groups())};
-  }
+  for (int s = 0; s < 2; ++s)
+    (s == 0 ? cal.key : cal.value) =
+        testing::synthetic_stream(cache, Stream(s), rank, 11 + s,
+                                  {fixed_allocation(8, s == 0 ? all_kinds_groups() : simple_groups(52)),
+                                   fixed_allocation(20, s == 0 ? simple_groups(40) : all_kinds_groups())});
   cal.fingerprint = 0x1234abcd5678ef00ull;
   return cal;
 }

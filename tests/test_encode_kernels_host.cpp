@@ -16,6 +16,7 @@
 #include "core/chunk_codec.hpp"
 #include "core/quant.hpp"
 #include "cuda/encode_quant.hpp"
+#include "test_util.hpp"
 #include "util/half.hpp"
 
 namespace kvtc::cuda {
@@ -128,14 +129,7 @@ TEST(EncodeQuantHost, ManyRandomGroupsMatch) {
   }
 }
 
-Group group(uint32_t first, uint32_t n, GroupKind kind, int width) {
-  Group g;
-  g.first_component = first;
-  g.n_components = n;
-  g.kind = kind;
-  g.width_bits = uint8_t(width);
-  return g;
-}
+using ::kvtc::testing::group;
 
 // Random valid symbols of a token block, component-major with row stride ld (as on the GPU), starting
 // at column col0.

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "core/rope.hpp"
+#include "core/token_vectors.hpp"
 #include "util/half.hpp"
 #include <unistd.h>
 
@@ -76,6 +77,85 @@ KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed
   }
   c.sync_metadata();
   return c;
+}
+
+Group group(uint32_t first, uint32_t n, GroupKind kind, int width) {
+  Group g;
+  g.first_component = first;
+  g.n_components = n;
+  g.kind = kind;
+  g.width_bits = uint8_t(width);
+  return g;
+}
+
+std::vector<Group> all_kinds_groups() {
+  std::vector<Group> g;
+  uint32_t c = 0;
+  g.push_back(group(c, 2, GroupKind::kFloat16, 16)), c += 2;
+  for (int w = 8; w >= 1; --w) {
+    g.push_back(group(c, 2, GroupKind::kInt, w)), c += 2;
+    g.push_back(group(c, 2, GroupKind::kIntAffine, w)), c += 2;
+  }
+  g.push_back(group(c, 6, GroupKind::kDropped, 0)), c += 6;
+  g.push_back(group(c, 16, GroupKind::kInt, 4)), c += 16;
+  g.push_back(group(c, 8, GroupKind::kIntAffine, 3)), c += 8;
+  return g;
+}
+
+std::vector<Group> simple_groups(uint32_t kept) {
+  return {group(0, 16, GroupKind::kInt, 4), group(16, 4, GroupKind::kFloat16, 16),
+          group(20, kept - 20, GroupKind::kIntAffine, 2)};
+}
+
+std::vector<float> random_orthonormal(int64_t rank, int64_t p, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<double> b(size_t(rank * p));
+  for (auto& x : b) x = normal(rng);
+  for (int64_t i = 0; i < rank; ++i) {
+    double* r = b.data() + i * p;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t j = 0; j < i; ++j) {
+        const double* q = b.data() + j * p;
+        double dot = 0;
+        for (int64_t f = 0; f < p; ++f) dot += r[f] * q[f];
+        for (int64_t f = 0; f < p; ++f) r[f] -= dot * q[f];
+      }
+    double norm = 0;
+    for (int64_t f = 0; f < p; ++f) norm += r[f] * r[f];
+    norm = std::sqrt(norm);
+    for (int64_t f = 0; f < p; ++f) r[f] /= norm;
+  }
+  return std::vector<float>(b.begin(), b.end());
+}
+
+Allocation fixed_allocation(double ratio, std::vector<Group> groups) {
+  Allocation a;
+  a.target_ratio = ratio;
+  a.groups = std::move(groups);
+  for (const Group& g : a.groups) a.bits_per_token += g.bits_per_token();
+  a.budget_bits_per_token = a.bits_per_token;
+  return a;
+}
+
+StreamCalibration synthetic_stream(const KVCache& cache, Stream stream, int64_t rank, uint64_t seed,
+                                   std::vector<Allocation> allocations) {
+  const int64_t p = cache.shape.n_features();
+  StreamCalibration sc;
+  sc.pca.n_features = p;
+  sc.pca.rank = rank;
+  sc.pca.mean.assign(size_t(p), 0.0f);
+  RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
+  std::vector<float> x(size_t(cache.n_tokens * p));
+  gather_token_vectors(cache, stream, 0, cache.n_tokens, stream == Stream::kKey ? &rope : nullptr, x.data());
+  for (int64_t t = 0; t < cache.n_tokens; ++t)
+    for (int64_t f = 0; f < p; ++f) sc.pca.mean[size_t(f)] += x[size_t(t * p + f)] / float(cache.n_tokens);
+  sc.pca.components = random_orthonormal(rank, p, seed);
+  sc.pca.variance.assign(size_t(rank), 1.0);
+  sc.pca.total_variance = double(rank);
+  sc.pca.n_samples = cache.n_tokens;
+  sc.allocations = std::move(allocations);
+  return sc;
 }
 
 }  // namespace kvtc::testing

@@ -5,6 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "core/allocation.hpp"
+#include "core/calibration_data.hpp"
+#include "core/token_vectors.hpp"
 #include "kvtc/cache.hpp"
 
 namespace kvtc::testing {
@@ -20,5 +23,20 @@ std::string temp_dir();
 // position_offset: RoPE position of token 0 (keys are rotated accordingly).
 KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype = DType::kF32,
                         int64_t position_offset = 0);
+
+// Hand-made calibrations for codec tests (CPU and GPU): groups of every kind on a random basis.
+Group group(uint32_t first, uint32_t n, GroupKind kind, int width);
+// Every kind and width 1..8, a dropped group inside, fp16 first: 64 kept components.
+std::vector<Group> all_kinds_groups();
+// int 4 x 16, fp16 x 4, then int-affine 2 up to `kept` components.
+std::vector<Group> simple_groups(uint32_t kept);
+// Rows of a random orthonormal basis (modified Gram-Schmidt, twice, on Gaussian rows).
+std::vector<float> random_orthonormal(int64_t rank, int64_t p, uint64_t seed);
+// An allocation whose budget is exactly the bits its groups use.
+Allocation fixed_allocation(double ratio, std::vector<Group> groups);
+// One stream: the mean of the cache's own vectors (RoPE removed from keys), `rank` rows of
+// random_orthonormal(seed) with unit variances, and the given allocations.
+StreamCalibration synthetic_stream(const KVCache& cache, Stream stream, int64_t rank, uint64_t seed,
+                                   std::vector<Allocation> allocations);
 
 }  // namespace kvtc::testing
