@@ -1,5 +1,6 @@
-// `kvtc eval`'s pieces: the scorers on hand-made cases, each baseline's size accounting, and an
-// end-to-end evaluation on short contexts.
+// `kvtc eval`'s pieces: the scorers on hand-made cases, each baseline's size accounting, an
+// end-to-end evaluation on short contexts, and parallel trials giving the serial run's report.
+#include <cblas.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -264,6 +265,54 @@ TEST_F(EvalRef, EndToEndShortContexts) {
     }
   }
   EXPECT_EQ(checked_int8, 2);
+}
+
+TEST_F(EvalRef, ParallelTrialsGiveTheSerialReport) {
+  // Trials on several workers must report what one worker reports: each trial's prompt comes from the
+  // seed, the cell and its index alone, and rows are accumulated in trial order. OpenBLAS runs on one
+  // thread in both runs (parallel workers set that themselves), so the arithmetic is the same.
+  const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
+  if (!std::filesystem::exists(calib)) GTEST_SKIP() << "shared caches not found";
+  CalibrateOptions co;
+  co.ratios = {16};
+  auto cal = calibrate({calib}, co);
+  ASSERT_TRUE(cal.is_ok()) << cal.status().to_string();
+  EvalOptions o;
+  o.tasks = {"multikey", "fidelity"};
+  o.multikey_counts = {20};
+  o.fidelity_contexts = {400};
+  o.domains = {"prose"};
+  o.fidelity_tokens = 8;
+  o.trials = 3;
+  o.ratios = {16};
+  o.methods = {"kvtc", "kivi", "snapkv"};
+  o.corpus_dir = corpus_dir();
+  o.method_config.calibration = &*cal;
+  o.method_config.n_threads = 1;
+  const int blas_threads = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+  o.workers = 1;
+  auto serial = run_eval(*model_, *tok_, o);
+  openblas_set_num_threads(blas_threads);
+  o.workers = 3;
+  auto parallel = run_eval(*model_, *tok_, o);
+  ASSERT_TRUE(serial.is_ok()) << serial.status().to_string();
+  ASSERT_TRUE(parallel.is_ok()) << parallel.status().to_string();
+  EXPECT_EQ(openblas_get_num_threads(), blas_threads);  // restored after the parallel run
+  ASSERT_EQ(serial->size(), parallel->size());
+  ASSERT_EQ(serial->size(), 2u * 4u);  // two cells x (none + three methods)
+  for (size_t i = 0; i < serial->size(); ++i) {
+    const EvalRow &a = (*serial)[i], &b = (*parallel)[i];
+    SCOPED_TRACE(a.task + " " + a.method);
+    EXPECT_EQ(a.task, b.task);
+    EXPECT_EQ(a.method, b.method);
+    EXPECT_EQ(a.n, 3);
+    EXPECT_EQ(b.n, 3);
+    EXPECT_EQ(a.score, b.score);
+    EXPECT_EQ(a.ci_lo, b.ci_lo);
+    EXPECT_EQ(a.achieved_ratio, b.achieved_ratio);
+    EXPECT_EQ(a.extra, b.extra);
+  }
 }
 
 }  // namespace

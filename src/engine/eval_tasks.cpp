@@ -1,10 +1,15 @@
 #include "engine/eval_tasks.hpp"
 
+#include <cblas.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "engine/generate.hpp"
 #include "engine/text_io.hpp"
@@ -215,10 +220,12 @@ uint64_t hash_name(const std::string& s) {
 }
 
 // Logits of `tokens` fed after the state, [n][V].
-Result<std::vector<float>> teacher_forced(const Model& model, KvState* st, const std::vector<int32_t>& tokens) {
+Result<std::vector<float>> teacher_forced(const Model& model, KvState* st, const std::vector<int32_t>& tokens,
+                                          int n_threads) {
   std::vector<float> logits;
   ForwardOptions fo;
   fo.n_logits = -1;
+  fo.n_threads = n_threads;
   KVTC_RETURN_IF_ERROR(model.forward(st, tokens.data(), int64_t(tokens.size()), fo, &logits));
   return logits;
 }
@@ -233,18 +240,160 @@ void log_softmax(const float* x, int64_t n, std::vector<double>* out) {
   for (int64_t i = 0; i < n; ++i) (*out)[i] = double(x[i]) - lz;
 }
 
+// One scored (method, target ratio) of one trial.
+struct Scored {
+  size_t method = 0;
+  double target_ratio = 1;
+  Outcome outcome;
+  double achieved = 1, achieved_all = 1;
+  std::string setting;
+};
+
+// What every trial shares (read-only while trials run).
+struct TrialContext {
+  const Model& model;
+  const Tokenizer& tok;
+  const EvalOptions& o;
+  const std::vector<std::unique_ptr<CacheMethod>>& methods;  // "none" first
+  MethodNeeds needs;
+  int forward_threads;  // ForwardOptions::n_threads
+};
+
+// Sets OpenBLAS's thread count for a scope (0: leaves it alone) and restores it after.
+class BlasThreads {
+ public:
+  explicit BlasThreads(int n) : saved_(n > 0 ? openblas_get_num_threads() : 0) {
+    if (n > 0) openblas_set_num_threads(n);
+  }
+  ~BlasThreads() {
+    if (saved_ > 0) openblas_set_num_threads(saved_);
+  }
+  BlasThreads(const BlasThreads&) = delete;
+  BlasThreads& operator=(const BlasThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Scores a state that holds the trial's context: the answer (retrieval), the teacher-forced
+// continuation against the uncompressed logits (fidelity) or the greedy continuation (continuation).
+Result<Outcome> score_state(const TrialContext& c, Kind kind, const Trial& t, const std::vector<float>& ref_logits,
+                            const std::vector<int32_t>& ref_tokens, KvState* st) {
+  Outcome out;
+  if (kind == Kind::kRetrieval) {
+    GenerateOptions go;
+    go.max_new_tokens = 8;
+    go.n_threads = c.forward_threads;
+    go.stop = [&](const std::vector<int32_t>& g) { return number_done(c.tok.decode(g)); };
+    KVTC_ASSIGN_OR_RETURN(auto gen, generate(c.model, st, {t.last}, go));
+    out.score = first_number(c.tok.decode(gen)) == t.answer ? 100.0 : 0.0;
+  } else if (kind == Kind::kFidelity) {
+    const int64_t V = c.model.config().vocab_size;
+    std::vector<int32_t> feed = {t.last};
+    feed.insert(feed.end(), t.continuation.begin(), t.continuation.end() - 1);
+    KVTC_ASSIGN_OR_RETURN(auto logits, teacher_forced(c.model, st, feed, c.forward_threads));
+    std::vector<double> lp_ref, lp;
+    double agree = 0, nll = 0, kl = 0;
+    const int64_t n = int64_t(t.continuation.size());
+    for (int64_t i = 0; i < n; ++i) {
+      const float* a = ref_logits.data() + i * V;
+      const float* b = logits.data() + i * V;
+      agree += argmax(a, V) == argmax(b, V);
+      log_softmax(a, V, &lp_ref);
+      log_softmax(b, V, &lp);
+      nll -= lp[t.continuation[i]];
+      double k = 0;
+      for (int64_t v = 0; v < V; ++v) k += std::exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
+      kl += std::max(0.0, k);
+    }
+    out.score = 100.0 * agree / double(n);
+    out.nll = nll / double(n);
+    out.kl = kl / double(n);
+  } else {
+    GenerateOptions go;
+    go.max_new_tokens = c.o.continuation_tokens;
+    go.n_threads = c.forward_threads;
+    KVTC_ASSIGN_OR_RETURN(auto gen, generate(c.model, st, {t.last}, go));
+    int64_t same = 0;
+    for (size_t i = 0; i < ref_tokens.size(); ++i) same += i < gen.size() && gen[i] == ref_tokens[i];
+    out.score = 100.0 * double(same) / double(std::max<size_t>(1, ref_tokens.size()));
+  }
+  return out;
+}
+
+// One trial of one cell: the context is prefilled once, uncompressed; each method then gets a copy of
+// that state at each target ratio and is scored on it.
+Result<std::vector<Scored>> run_trial(const TrialContext& c, const Cell& cell, int trial) {
+  std::mt19937_64 rng(mix(mix(c.o.seed, hash_name(cell.name)), uint64_t(trial)));
+  KVTC_ASSIGN_OR_RETURN(Trial t, cell.make(trial, rng));
+  KvState base = c.model.new_state();
+  base.set_accumulate_attention(c.needs.attention_mass);
+  base.set_query_capture(c.needs.n_queries);
+  ForwardOptions fo;
+  fo.n_logits = 0;
+  fo.n_threads = c.forward_threads;
+  KVTC_RETURN_IF_ERROR(c.model.forward(&base, t.context.data(), int64_t(t.context.size()), fo, nullptr));
+
+  // The uncompressed reference for this trial.
+  std::vector<float> ref_logits;
+  std::vector<int32_t> ref_tokens;
+  if (cell.kind == Kind::kFidelity) {
+    KvState st = base;
+    std::vector<int32_t> feed = {t.last};
+    feed.insert(feed.end(), t.continuation.begin(), t.continuation.end() - 1);
+    KVTC_ASSIGN_OR_RETURN(ref_logits, teacher_forced(c.model, &st, feed, c.forward_threads));
+  } else if (cell.kind == Kind::kContinuation) {
+    KvState st = base;
+    GenerateOptions go;
+    go.max_new_tokens = c.o.continuation_tokens;
+    go.n_threads = c.forward_threads;
+    KVTC_ASSIGN_OR_RETURN(ref_tokens, generate(c.model, &st, {t.last}, go));
+  }
+
+  std::vector<Scored> scored;
+  for (size_t mi = 0; mi < c.methods.size(); ++mi) {
+    const std::vector<double> ratios = mi == 0 ? std::vector<double>{1.0} : c.o.ratios;
+    // Methods with a discrete knob give the same cache for several targets: score it once.
+    std::map<std::string, Outcome> by_setting;
+    for (double ratio : ratios) {
+      KvState st = base;
+      KVTC_ASSIGN_OR_RETURN(MethodResult mr, c.methods[mi]->apply(c.model, &st, ratio));
+      Scored r;
+      r.method = mi;
+      r.target_ratio = ratio;
+      r.achieved = mi == 0 ? 1.0 : mr.ratio_compressed();
+      r.achieved_all = mi == 0 ? 1.0 : mr.ratio_all();
+      r.setting = mr.setting;
+      if (auto it = by_setting.find(mr.setting); it != by_setting.end()) {
+        r.outcome = it->second;
+      } else {
+        Result<Outcome> outcome = score_state(c, cell.kind, t, ref_logits, ref_tokens, &st);
+        if (!outcome.is_ok())
+          return outcome.status().with_context(c.methods[mi]->name() + " " + std::to_string(ratio));
+        r.outcome = by_setting[mr.setting] = *outcome;
+      }
+      scored.push_back(std::move(r));
+    }
+  }
+  return scored;
+}
+
 }  // namespace
 
 Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, const EvalOptions& o) {
-  const int64_t V = model.config().vocab_size;
   // Methods, "none" first.
   std::vector<std::unique_ptr<CacheMethod>> methods;
   std::vector<std::string> names = {"none"};
   for (const auto& m : o.methods)
     if (m != "none" && std::find(names.begin(), names.end(), m) == names.end()) names.push_back(m);
+  // Parallel trials each take one core: the codec then runs on the worker's thread alone.
+  const int64_t max_workers =
+      o.workers > 0 ? o.workers : int64_t(std::max(1u, std::thread::hardware_concurrency()));
+  MethodConfig method_config = o.method_config;
+  if (max_workers > 1) method_config.n_threads = 1;
   MethodNeeds needs;
   for (const auto& n : names) {
-    KVTC_ASSIGN_OR_RETURN(auto m, make_method(n, o.method_config));
+    KVTC_ASSIGN_OR_RETURN(auto m, make_method(n, method_config));
     needs.attention_mass |= m->needs().attention_mass;
     needs.n_queries = std::max(needs.n_queries, m->needs().n_queries);
     methods.push_back(std::move(m));
@@ -329,104 +478,48 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
     }
   }
 
-  // Results accumulated per (cell, method, ratio).
-  std::map<std::tuple<size_t, size_t, double>, Acc> acc;
+  // Trials run in parallel, one per worker; results are gathered per trial and accumulated in trial
+  // order afterwards, so the report does not depend on which worker ran what.
   const int64_t total = int64_t(cells.size()) * o.trials;
-  int64_t done = 0;
-  std::vector<double> lp_ref, lp;
-  for (size_t ci = 0; ci < cells.size(); ++ci) {
-    const Cell& cell = cells[ci];
-    for (int trial = 0; trial < o.trials; ++trial) {
-      std::mt19937_64 rng(mix(mix(o.seed, hash_name(cell.name)), uint64_t(trial)));
-      KVTC_ASSIGN_OR_RETURN(Trial t, cell.make(trial, rng));
-      KvState base = model.new_state();
-      base.set_accumulate_attention(needs.attention_mass);
-      base.set_query_capture(needs.n_queries);
-      ForwardOptions fo;
-      fo.n_logits = 0;
-      KVTC_RETURN_IF_ERROR(model.forward(&base, t.context.data(), int64_t(t.context.size()), fo, nullptr));
-
-      // The uncompressed reference for this trial.
-      std::vector<float> ref_logits;
-      std::vector<int32_t> ref_tokens;
-      if (cell.kind == Kind::kFidelity) {
-        KvState st = base;
-        std::vector<int32_t> feed = {t.last};
-        feed.insert(feed.end(), t.continuation.begin(), t.continuation.end() - 1);
-        KVTC_ASSIGN_OR_RETURN(ref_logits, teacher_forced(model, &st, feed));
-      } else if (cell.kind == Kind::kContinuation) {
-        KvState st = base;
-        GenerateOptions go;
-        go.max_new_tokens = o.continuation_tokens;
-        KVTC_ASSIGN_OR_RETURN(ref_tokens, generate(model, &st, {t.last}, go));
+  const int64_t workers = std::clamp<int64_t>(max_workers, 1, total);
+  TrialContext ctx{model, tok, o, methods, needs, workers > 1 ? 1 : 0};
+  std::vector<Result<std::vector<Scored>>> results(size_t(total), std::vector<Scored>{});
+  {
+    BlasThreads single(workers > 1 ? 1 : 0);
+    std::atomic<int64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex progress_mutex;
+    int64_t done = 0;
+    auto work = [&] {
+      for (int64_t item; !failed && (item = next.fetch_add(1)) < total;) {
+        const Cell& cell = cells[size_t(item / o.trials)];
+        results[size_t(item)] = run_trial(ctx, cell, int(item % o.trials));
+        if (!results[size_t(item)].is_ok()) failed = true;
+        std::lock_guard<std::mutex> lock(progress_mutex);
+        ++done;
+        if (o.progress) o.progress(double(done) / double(total), cell.name);
       }
+    };
+    std::vector<std::thread> pool;
+    for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
 
-      auto score_state = [&](KvState* st) -> Result<Outcome> {
-        Outcome out;
-        if (cell.kind == Kind::kRetrieval) {
-          GenerateOptions go;
-          go.max_new_tokens = 8;
-          go.stop = [&](const std::vector<int32_t>& g) { return number_done(tok.decode(g)); };
-          KVTC_ASSIGN_OR_RETURN(auto gen, generate(model, st, {t.last}, go));
-          out.score = first_number(tok.decode(gen)) == t.answer ? 100.0 : 0.0;
-        } else if (cell.kind == Kind::kFidelity) {
-          std::vector<int32_t> feed = {t.last};
-          feed.insert(feed.end(), t.continuation.begin(), t.continuation.end() - 1);
-          KVTC_ASSIGN_OR_RETURN(auto logits, teacher_forced(model, st, feed));
-          double agree = 0, nll = 0, kl = 0;
-          const int64_t n = int64_t(t.continuation.size());
-          for (int64_t i = 0; i < n; ++i) {
-            const float* a = ref_logits.data() + i * V;
-            const float* b = logits.data() + i * V;
-            agree += argmax(a, V) == argmax(b, V);
-            log_softmax(a, V, &lp_ref);
-            log_softmax(b, V, &lp);
-            nll -= lp[t.continuation[i]];
-            double k = 0;
-            for (int64_t v = 0; v < V; ++v) k += std::exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
-            kl += std::max(0.0, k);
-          }
-          out.score = 100.0 * agree / double(n);
-          out.nll = nll / double(n);
-          out.kl = kl / double(n);
-        } else {
-          GenerateOptions go;
-          go.max_new_tokens = o.continuation_tokens;
-          KVTC_ASSIGN_OR_RETURN(auto gen, generate(model, st, {t.last}, go));
-          int64_t same = 0;
-          for (size_t i = 0; i < ref_tokens.size(); ++i) same += i < gen.size() && gen[i] == ref_tokens[i];
-          out.score = 100.0 * double(same) / double(std::max<size_t>(1, ref_tokens.size()));
-        }
-        return out;
-      };
-
-      for (size_t mi = 0; mi < methods.size(); ++mi) {
-        const std::vector<double> ratios = mi == 0 ? std::vector<double>{1.0} : o.ratios;
-        // Methods with a discrete knob give the same cache for several targets: score it once.
-        std::map<std::string, Outcome> by_setting;
-        for (double ratio : ratios) {
-          KvState st = base;
-          KVTC_ASSIGN_OR_RETURN(MethodResult mr, methods[mi]->apply(model, &st, ratio));
-          Result<Outcome> outcome = Outcome{};
-          if (auto it = by_setting.find(mr.setting); it != by_setting.end()) {
-            outcome = it->second;
-          } else {
-            outcome = score_state(&st);
-            if (!outcome.is_ok())
-              return outcome.status().with_context(cell.name + " " + methods[mi]->name() + " " + std::to_string(ratio));
-            by_setting[mr.setting] = *outcome;
-          }
-          Acc& a = acc[{ci, mi, ratio}];
-          a.scores.push_back(outcome->score);
-          a.nll.push_back(outcome->nll);
-          a.kl.push_back(outcome->kl);
-          a.ratio.push_back(mi == 0 ? 1.0 : mr.ratio_compressed());
-          a.ratio_all.push_back(mi == 0 ? 1.0 : mr.ratio_all());
-          a.setting = mr.setting;
-        }
-      }
-      ++done;
-      if (o.progress) o.progress(double(done) / double(total), cell.name);
+  // Results accumulated per (cell, method, ratio), in trial order.
+  std::map<std::tuple<size_t, size_t, double>, Acc> acc;
+  for (int64_t item = 0; item < total; ++item) {
+    const size_t ci = size_t(item / o.trials);
+    if (!results[size_t(item)].is_ok())
+      return results[size_t(item)].status().with_context(cells[ci].name + " trial " + std::to_string(item % o.trials));
+    for (const Scored& r : *results[size_t(item)]) {
+      Acc& a = acc[{ci, r.method, r.target_ratio}];
+      a.scores.push_back(r.outcome.score);
+      a.nll.push_back(r.outcome.nll);
+      a.kl.push_back(r.outcome.kl);
+      a.ratio.push_back(r.achieved);
+      a.ratio_all.push_back(r.achieved_all);
+      a.setting = r.setting;
     }
   }
 

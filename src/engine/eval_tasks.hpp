@@ -15,7 +15,8 @@
 //   continuation_<L> greedy 64 tokens after a test context (prose and code alternating): share of
 //                    positions identical to the uncompressed model's continuation (%)
 // Intervals: Wilson score intervals for the exact-match tasks, mean +- 1.96 standard errors for the
-// others; all trials are seeded, so every method sees the same prompts.
+// others; all trials are seeded, so every method sees the same prompts. Trials may run in parallel
+// (EvalOptions::workers); each trial's prompt depends only on the seed, the cell and its index.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +44,9 @@ struct EvalOptions {
   int continuation_tokens = 64;
   int fidelity_tokens = 64;
   int trials = 20;  // per task cell
+  // Trials run at once, each on one core (0: one per core). Results do not depend on it beyond
+  // OpenBLAS's rounding, which may differ with its thread count.
+  int workers = 1;
   uint64_t seed = 1;
   std::string corpus_dir;  // holds <domain>.test.txt.xz and prose.test.docs.tsv
   MethodConfig method_config;

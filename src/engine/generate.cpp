@@ -55,6 +55,7 @@ Result<std::vector<int32_t>> generate(const Model& model, KvState* state, const 
                                       const GenerateOptions& options) {
   ForwardOptions fo;
   fo.chunk_tokens = options.chunk_tokens;
+  fo.n_threads = options.n_threads;
   fo.n_logits = 0;
   if (!prompt.empty()) {
     KVTC_RETURN_IF_ERROR(model.forward(state, prompt.data(), int64_t(prompt.size()), fo, nullptr));

@@ -38,6 +38,7 @@ struct GenerateOptions {
   // Called after every new token with all tokens generated so far; returning true stops.
   std::function<bool(const std::vector<int32_t>&)> stop;
   int64_t chunk_tokens = 512;  // prefill chunk
+  int n_threads = 0;           // ForwardOptions::n_threads
 };
 
 // Feeds `prompt` after what `state` holds (an empty prompt continues from state->last_logits()), then

@@ -435,8 +435,10 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
       a.sliding_window = c.sliding_window;
       const int64_t n_blocks = (T + qblock - 1) / qblock;
       const int64_t n_items = int64_t(KV) * n_blocks;
-      const int n_threads = int(std::min<int64_t>(
-          n_items, T * (n_past + T) >= kParallelAttentionMin ? std::max(1u, std::thread::hardware_concurrency()) : 1));
+      const int64_t max_threads =
+          opt.n_threads > 0 ? opt.n_threads : std::max(1u, std::thread::hardware_concurrency());
+      const int n_threads =
+          int(std::min<int64_t>(n_items, T * (n_past + T) >= kParallelAttentionMin ? max_threads : 1));
       const int64_t mass_stride = n_past + T;
       if (n_threads <= 1) {
         std::vector<float> mass(st->accumulate_attention_ ? size_t(KV) * mass_stride : 0, 0.0f);

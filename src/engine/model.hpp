@@ -107,6 +107,9 @@ struct ForwardOptions {
   // Tokens pushed through the layers at once (bounds activation memory); queries per attention block.
   int64_t chunk_tokens = 512;
   int64_t attention_block = 256;
+  // Threads for attention over a long chunk (0: all cores; 1: the calling thread only, for callers
+  // that run several forward passes in parallel). Matrix products use OpenBLAS's own thread count.
+  int n_threads = 0;
 };
 
 class Model {

@@ -126,7 +126,7 @@ void register_eval(CLI::App& app) {
                                             lengths = "1024,2048,4096", depths = "0.1,0.3,0.5,0.7,0.9",
                                             keys = "50,150", contexts = "1024,2048,4096", domains = "prose,code";
     std::string json_out, plot_out;
-    int trials = 20, sinks = 4, window = 128, threads = 0;
+    int trials = 20, sinks = 4, window = 128, threads = 0, workers = 0;
     int64_t continuation_context = 1024;
     uint64_t seed = 1;
     bool json = false;
@@ -155,7 +155,10 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--window", a->window, "Exact newest tokens for the baselines (kvtc: the calibration's)")
       ->capture_default_str();
-  cmd->add_option("-j,--threads", a->threads, "Codec threads (0: all cores)")->capture_default_str();
+  cmd->add_option("-j,--threads", a->threads, "Codec threads when trials run one at a time (0: all cores)")
+      ->capture_default_str();
+  cmd->add_option("-w,--workers", a->workers, "Trials run at once, one core each (0: one per core)")
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON object instead of the table");
   cmd->add_option("--json-out", a->json_out, "Also write the JSON object to this file");
   cmd->add_option("--plot", a->plot_out, "Write a PNG of score against achieved ratio per task (gnuplot)");
@@ -175,6 +178,7 @@ void register_eval(CLI::App& app) {
     o.domains = split_list(a->domains);
     o.continuation_context = a->continuation_context;
     o.trials = a->trials;
+    o.workers = a->workers;
     o.seed = a->seed;
     o.corpus_dir = a->corpus;
     if (o.corpus_dir.empty()) {
