@@ -1,5 +1,6 @@
-// `kvtc eval` as users run it: the command line on the reference model, its JSON rows and the PNG plot
-// drawn by gnuplot. Runs the built `kvtc` binary (KVTC_CLI_PATH) on short contexts.
+// `kvtc eval` as users run it: the command line on the reference model, its JSON rows, the PNG plot
+// drawn by gnuplot, and runs over different trials pooled by `kvtc eval-merge`. Runs the built `kvtc`
+// binary (KVTC_CLI_PATH) on short contexts.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -76,6 +77,33 @@ TEST(CliEval, JsonRowsAndPlot) {
   ASSERT_EQ(std::string(png.begin() + 12, png.begin() + 16), "IHDR");
   EXPECT_EQ(be32(png.data() + 16), 2u * 480);  // width: two panels
   EXPECT_EQ(be32(png.data() + 20), 360u);      // height: one row
+
+  // A third trial run on its own (--first-trial 2) pools with the first two (eval-merge): three
+  // trials per row, paired differences against none, and the same trials twice are refused.
+  const fs::path third = dir / "third.json", merged = dir / "merged.json";
+  const std::string run3 = std::string(KVTC_CLI_PATH) + " eval --model " + model +
+                           " --tasks passkey,fidelity --methods kivi,snapkv --ratios 4,8 --trials 1 --first-trial 2"
+                           " --passkey-lengths 512 --contexts 512 --domains prose --json-out " + third.string() +
+                           " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(run3.c_str()), 0) << run3;
+  const std::string merge = std::string(KVTC_CLI_PATH) + " eval-merge " + json_path.string() + " " + third.string() +
+                            " --json-out " + merged.string() + " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(merge.c_str()), 0) << merge;
+  std::ifstream mf(merged);
+  const json m = json::parse(mf);
+  EXPECT_EQ(m["trials"].get<int>(), 3);
+  ASSERT_EQ(m["results"].size(), j["results"].size());
+  for (const json& r : m["results"]) {
+    EXPECT_EQ(r["n"].get<int>(), 3) << r.dump();
+    ASSERT_EQ(r["trials"].size(), 3u);
+    for (int t = 0; t < 3; ++t) EXPECT_EQ(r["trials"][t]["trial"].get<int>(), t);
+    EXPECT_EQ(r.contains("delta_ci95"), r["method"] != "none") << r.dump();
+  }
+  const std::string twice = std::string(KVTC_CLI_PATH) + " eval-merge " + json_path.string() + " " +
+                            json_path.string() + " > /dev/null 2> " + (dir / "twice.txt").string();
+  EXPECT_NE(std::system(twice.c_str()), 0);
+  const auto twice_err = read_all(dir / "twice.txt");
+  EXPECT_NE(std::string(twice_err.begin(), twice_err.end()).find("in both runs"), std::string::npos);
   fs::remove_all(dir);
 }
 

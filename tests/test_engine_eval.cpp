@@ -49,6 +49,44 @@ TEST(EvalScoring, Intervals) {
   EXPECT_DOUBLE_EQ(h, 100.0);
 }
 
+// A row of hand-made trials: scores[i] for trial i.
+EvalRow hand_row(const std::string& method, const std::vector<double>& scores, bool exact_match) {
+  EvalRow r;
+  r.task = "t";
+  r.method = method;
+  r.exact_match = exact_match;
+  for (size_t i = 0; i < scores.size(); ++i) r.trials.push_back({int64_t(i), scores[i], 2.0, 1.5, 0, 0});
+  summarize(&r);
+  return r;
+}
+
+TEST(EvalScoring, PairedDifferenceAgainstUncompressed) {
+  // 400 retrieval trials: the uncompressed model right on all, the method wrong on 2 of them.
+  std::vector<double> all(400, 100.0), two_lost = all;
+  two_lost[7] = two_lost[300] = 0;
+  std::vector<EvalRow> rows = {hand_row("none", all, true), hand_row("m", two_lost, true)};
+  add_paired_deltas(&rows);
+  EXPECT_FALSE(rows[0].has_delta);
+  ASSERT_TRUE(rows[1].has_delta);
+  EXPECT_DOUBLE_EQ(rows[1].delta, -0.5);
+  // Agresti-Min: n' = 402, p_gain = 0.5/402, p_loss = 2.5/402.
+  const double pg = 0.5 / 402, pl = 2.5 / 402, half = 1.959964 * std::sqrt((pg + pl - (pg - pl) * (pg - pl)) / 402);
+  EXPECT_NEAR(rows[1].delta_lo, 100 * (pg - pl - half), 1e-9);
+  EXPECT_NEAR(rows[1].delta_hi, 100 * (pg - pl + half), 1e-9);
+  EXPECT_GT(rows[1].delta_lo, -1.5);  // resolved to about a point, where the score's own interval is not
+  EXPECT_GT(rows[1].ci_hi - rows[1].ci_lo, 1.5);
+  // Only shared trials are paired; mean tasks use the per-trial differences.
+  rows = {hand_row("none", {100, 100, 100}, false), hand_row("m", {90, 96, 99, 10}, false)};
+  add_paired_deltas(&rows);
+  ASSERT_TRUE(rows[1].has_delta);
+  EXPECT_NEAR(rows[1].delta, -5.0, 1e-12);
+  EXPECT_NEAR(rows[1].delta_hi - rows[1].delta, 1.959964 * std::sqrt(21.0 / 3.0), 1e-9);
+  // No uncompressed row: no difference.
+  rows = {hand_row("m", {1, 2}, false)};
+  add_paired_deltas(&rows);
+  EXPECT_FALSE(rows[0].has_delta);
+}
+
 class EvalRef : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -267,10 +305,11 @@ TEST_F(EvalRef, EndToEndShortContexts) {
   EXPECT_EQ(checked_int8, 2);
 }
 
-TEST_F(EvalRef, ParallelTrialsGiveTheSerialReport) {
-  // Trials on several workers must report what one worker reports: each trial's prompt comes from the
-  // seed, the cell and its index alone, and rows are accumulated in trial order. OpenBLAS runs on one
-  // thread in both runs (parallel workers set that themselves), so the arithmetic is the same.
+TEST_F(EvalRef, ParallelAndPooledTrialsGiveTheSerialReport) {
+  // Trials on several workers, or split over runs and pooled, must report what one run on one worker
+  // reports: each trial's prompt comes from the seed, the cell and its index alone, and rows are
+  // accumulated in trial order. OpenBLAS runs on one thread throughout (parallel workers set that
+  // themselves), so the arithmetic is the same.
   const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
   if (!std::filesystem::exists(calib)) GTEST_SKIP() << "shared caches not found";
   CalibrateOptions co;
@@ -296,22 +335,39 @@ TEST_F(EvalRef, ParallelTrialsGiveTheSerialReport) {
   openblas_set_num_threads(blas_threads);
   o.workers = 3;
   auto parallel = run_eval(*model_, *tok_, o);
+  EXPECT_EQ(openblas_get_num_threads(), blas_threads);  // restored after the parallel run
+  o.workers = 2;  // trials 2, then 0 and 1, pooled
+  o.first_trial = 2;
+  o.trials = 1;
+  auto last = run_eval(*model_, *tok_, o);
+  o.first_trial = 0;
+  o.trials = 2;
+  auto pooled = run_eval(*model_, *tok_, o);
   ASSERT_TRUE(serial.is_ok()) << serial.status().to_string();
   ASSERT_TRUE(parallel.is_ok()) << parallel.status().to_string();
-  EXPECT_EQ(openblas_get_num_threads(), blas_threads);  // restored after the parallel run
-  ASSERT_EQ(serial->size(), parallel->size());
+  ASSERT_TRUE(last.is_ok() && pooled.is_ok());
+  std::vector<EvalRow> again = *pooled;
+  EXPECT_FALSE(merge_rows(&again, *pooled).is_ok());  // the same trials twice
+  ASSERT_TRUE(merge_rows(&*pooled, *last).is_ok());
   ASSERT_EQ(serial->size(), 2u * 4u);  // two cells x (none + three methods)
-  for (size_t i = 0; i < serial->size(); ++i) {
-    const EvalRow &a = (*serial)[i], &b = (*parallel)[i];
-    SCOPED_TRACE(a.task + " " + a.method);
-    EXPECT_EQ(a.task, b.task);
-    EXPECT_EQ(a.method, b.method);
-    EXPECT_EQ(a.n, 3);
-    EXPECT_EQ(b.n, 3);
-    EXPECT_EQ(a.score, b.score);
-    EXPECT_EQ(a.ci_lo, b.ci_lo);
-    EXPECT_EQ(a.achieved_ratio, b.achieved_ratio);
-    EXPECT_EQ(a.extra, b.extra);
+  for (const auto* other : {&*parallel, &*pooled}) {
+    ASSERT_EQ(serial->size(), other->size());
+    for (size_t i = 0; i < serial->size(); ++i) {
+      const EvalRow &a = (*serial)[i], &b = (*other)[i];
+      SCOPED_TRACE(a.task + " " + a.method);
+      EXPECT_EQ(a.task, b.task);
+      EXPECT_EQ(a.method, b.method);
+      EXPECT_EQ(a.n, 3);
+      EXPECT_EQ(b.n, 3);
+      EXPECT_EQ(a.score, b.score);
+      EXPECT_EQ(a.ci_lo, b.ci_lo);
+      EXPECT_EQ(a.ci_hi, b.ci_hi);
+      EXPECT_DOUBLE_EQ(a.achieved_ratio, b.achieved_ratio);  // the mean of the same values, pooled
+      ASSERT_EQ(a.extra.size(), b.extra.size());
+      for (const auto& [k, v] : a.extra) EXPECT_DOUBLE_EQ(v, b.extra.at(k)) << k;
+      ASSERT_EQ(b.trials.size(), 3u);
+      for (size_t t = 0; t < 3; ++t) EXPECT_EQ(b.trials[t].trial, int64_t(t));
+    }
   }
 }
 

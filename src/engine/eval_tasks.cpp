@@ -191,12 +191,7 @@ enum class Kind { kRetrieval, kFidelity, kContinuation };
 struct Cell {
   std::string name;
   Kind kind;
-  std::function<Result<Trial>(int trial, std::mt19937_64& rng)> make;
-};
-
-struct Acc {
-  std::vector<double> scores, ratio, ratio_all, nll, kl;
-  std::string setting;
+  std::function<Result<Trial>(int64_t trial, std::mt19937_64& rng)> make;
 };
 
 struct Outcome {
@@ -323,7 +318,7 @@ Result<Outcome> score_state(const TrialContext& c, Kind kind, const Trial& t, co
 
 // One trial of one cell: the context is prefilled once, uncompressed; each method then gets a copy of
 // that state at each target ratio and is scored on it.
-Result<std::vector<Scored>> run_trial(const TrialContext& c, const Cell& cell, int trial) {
+Result<std::vector<Scored>> run_trial(const TrialContext& c, const Cell& cell, int64_t trial) {
   std::mt19937_64 rng(mix(mix(c.o.seed, hash_name(cell.name)), uint64_t(trial)));
   KVTC_ASSIGN_OR_RETURN(Trial t, cell.make(trial, rng));
   KvState base = c.model.new_state();
@@ -399,6 +394,7 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
     methods.push_back(std::move(m));
   }
   if (o.trials <= 0) return invalid_argument("eval: trials must be positive");
+  if (o.first_trial < 0) return invalid_argument("eval: first_trial must not be negative");
   for (double r : o.ratios)
     if (!(r >= 1)) return invalid_argument("eval: ratios must be >= 1");
 
@@ -411,7 +407,7 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
       need_verses = true;
       for (int64_t L : o.passkey_lengths)
         cells.push_back({"passkey_" + length_name(L), Kind::kRetrieval,
-                         [&, L](int trial, std::mt19937_64& rng) -> Result<Trial> {
+                         [&, L](int64_t trial, std::mt19937_64& rng) -> Result<Trial> {
                            const double depth = o.passkey_depths[size_t(trial) % o.passkey_depths.size()];
                            Trial t;
                            t.answer = std::to_string(std::uniform_int_distribution<int>(10000, 99999)(rng));
@@ -424,7 +420,7 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
     } else if (task == "multikey") {
       for (int nk : o.multikey_counts)
         cells.push_back({"multikey_" + std::to_string(nk), Kind::kRetrieval,
-                         [&, nk](int, std::mt19937_64& rng) -> Result<Trial> {
+                         [&, nk](int64_t, std::mt19937_64& rng) -> Result<Trial> {
                            Trial t;
                            KVTC_ASSIGN_OR_RETURN(auto ids, multikey_prompt(tok, nk, &t.answer, rng));
                            t.last = ids.back();
@@ -447,7 +443,7 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
         const std::string name = fid ? "fidelity_" + domain + "_" + length_name(L)
                                      : "continuation_" + length_name(L);
         cells.push_back({name, fid ? Kind::kFidelity : Kind::kContinuation,
-                         [&, domain = domain, L = L, n_follow](int trial, std::mt19937_64& rng) -> Result<Trial> {
+                         [&, domain = domain, L = L, n_follow](int64_t trial, std::mt19937_64& rng) -> Result<Trial> {
                            const std::string d =
                                domain.empty() ? o.domains[size_t(trial) % o.domains.size()] : domain;
                            const auto& s = corpus.streams.at(d);
@@ -493,7 +489,7 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
     auto work = [&] {
       for (int64_t item; !failed && (item = next.fetch_add(1)) < total;) {
         const Cell& cell = cells[size_t(item / o.trials)];
-        results[size_t(item)] = run_trial(ctx, cell, int(item % o.trials));
+        results[size_t(item)] = run_trial(ctx, cell, o.first_trial + item % o.trials);
         if (!results[size_t(item)].is_ok()) failed = true;
         std::lock_guard<std::mutex> lock(progress_mutex);
         ++done;
@@ -506,55 +502,126 @@ Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tok, 
     for (auto& t : pool) t.join();
   }
 
-  // Results accumulated per (cell, method, ratio), in trial order.
-  std::map<std::tuple<size_t, size_t, double>, Acc> acc;
+  // Rows per (cell, method, ratio), their trials in trial order.
+  std::map<std::tuple<size_t, size_t, double>, EvalRow> by_key;
   for (int64_t item = 0; item < total; ++item) {
     const size_t ci = size_t(item / o.trials);
+    const int64_t trial = o.first_trial + item % o.trials;
     if (!results[size_t(item)].is_ok())
-      return results[size_t(item)].status().with_context(cells[ci].name + " trial " + std::to_string(item % o.trials));
-    for (const Scored& r : *results[size_t(item)]) {
-      Acc& a = acc[{ci, r.method, r.target_ratio}];
-      a.scores.push_back(r.outcome.score);
-      a.nll.push_back(r.outcome.nll);
-      a.kl.push_back(r.outcome.kl);
-      a.ratio.push_back(r.achieved);
-      a.ratio_all.push_back(r.achieved_all);
-      a.setting = r.setting;
+      return results[size_t(item)].status().with_context(cells[ci].name + " trial " + std::to_string(trial));
+    for (const Scored& sc : *results[size_t(item)]) {
+      EvalRow& r = by_key[{ci, sc.method, sc.target_ratio}];
+      r.task = cells[ci].name;
+      r.method = methods[sc.method]->name();
+      r.setting = sc.setting;
+      r.target_ratio = sc.target_ratio;
+      r.exact_match = cells[ci].kind == Kind::kRetrieval;
+      r.likelihood = cells[ci].kind == Kind::kFidelity;
+      r.trials.push_back({trial, sc.outcome.score, sc.achieved, sc.achieved_all, sc.outcome.nll, sc.outcome.kl});
     }
   }
-
   std::vector<EvalRow> rows;
-  for (auto& [key, a] : acc) {
-    const auto& [ci, mi, ratio] = key;
-    EvalRow r;
-    r.task = cells[ci].name;
-    r.method = methods[mi]->name();
-    r.setting = a.setting;
-    r.target_ratio = ratio;
-    auto mean = [](const std::vector<double>& v) {
-      double s = 0;
-      for (double x : v) s += x;
-      return v.empty() ? 0.0 : s / double(v.size());
-    };
-    r.achieved_ratio = mean(a.ratio);
-    r.achieved_ratio_all = mean(a.ratio_all);
-    r.n = int64_t(a.scores.size());
-    if (cells[ci].kind == Kind::kRetrieval) {
-      int64_t k = 0;
-      for (double s : a.scores) k += s > 50;
-      r.score = 100.0 * double(k) / double(r.n);
-      std::tie(r.ci_lo, r.ci_hi) = wilson_interval(k, r.n);
-    } else {
-      mean_interval(a.scores, &r.score, &r.ci_lo, &r.ci_hi);
-    }
-    if (cells[ci].kind == Kind::kFidelity) {
-      r.extra["nll"] = mean(a.nll);
-      r.extra["ppl"] = std::exp(mean(a.nll));
-      r.extra["kl"] = mean(a.kl);
-    }
+  for (auto& [key, r] : by_key) {
+    summarize(&r);
     rows.push_back(std::move(r));
   }
+  add_paired_deltas(&rows);
   return rows;
+}
+
+void add_paired_deltas(std::vector<EvalRow>* rows) {
+  constexpr double z = 1.959964;
+  for (EvalRow& r : *rows) {
+    r.has_delta = false;
+    if (r.method == "none") continue;
+    auto none = std::find_if(rows->begin(), rows->end(),
+                             [&](const EvalRow& x) { return x.method == "none" && x.task == r.task; });
+    if (none == rows->end()) continue;
+    std::map<int64_t, double> base;
+    for (const TrialValue& t : none->trials) base[t.trial] = t.score;
+    std::vector<double> d;
+    int64_t gained = 0, lost = 0;  // exact match: right only here, right only uncompressed
+    for (const TrialValue& t : r.trials) {
+      auto it = base.find(t.trial);
+      if (it == base.end()) continue;
+      d.push_back(t.score - it->second);
+      gained += t.score > 50 && it->second <= 50;
+      lost += t.score <= 50 && it->second > 50;
+    }
+    if (d.empty()) continue;
+    const double n = double(d.size());
+    double mean = 0, ss = 0;
+    for (double x : d) mean += x;
+    mean /= n;
+    for (double x : d) ss += (x - mean) * (x - mean);
+    double center = mean, half = d.size() > 1 ? z * std::sqrt(ss / (n - 1) / n) : 0;
+    if (r.exact_match) {
+      // Agresti & Min (2005): half a count added to each cell of the paired 2x2 table.
+      const double n2 = n + 2, p_gain = (double(gained) + 0.5) / n2, p_loss = (double(lost) + 0.5) / n2;
+      center = 100 * (p_gain - p_loss);
+      half = 100 * z * std::sqrt((p_gain + p_loss - (p_gain - p_loss) * (p_gain - p_loss)) / n2);
+    }
+    r.has_delta = true;
+    r.delta = mean;
+    r.delta_lo = std::max(-100.0, center - half);
+    r.delta_hi = std::min(100.0, center + half);
+  }
+}
+
+void summarize(EvalRow* r) {
+  const double n = double(r->trials.size());
+  double ratio = 0, ratio_all = 0, nll = 0, kl = 0;
+  int64_t right = 0;
+  std::vector<double> scores;
+  for (const TrialValue& t : r->trials) {
+    ratio += t.achieved_ratio;
+    ratio_all += t.achieved_ratio_all;
+    nll += t.nll;
+    kl += t.kl;
+    right += t.score > 50;
+    scores.push_back(t.score);
+  }
+  r->n = int64_t(r->trials.size());
+  r->achieved_ratio = n > 0 ? ratio / n : 1;
+  r->achieved_ratio_all = n > 0 ? ratio_all / n : 1;
+  if (r->exact_match) {
+    r->score = n > 0 ? 100.0 * double(right) / n : 0;
+    std::tie(r->ci_lo, r->ci_hi) = wilson_interval(right, r->n);
+  } else {
+    mean_interval(scores, &r->score, &r->ci_lo, &r->ci_hi);
+  }
+  r->extra.clear();
+  if (r->likelihood && n > 0) {
+    r->extra["nll"] = nll / n;
+    r->extra["ppl"] = std::exp(nll / n);
+    r->extra["kl"] = kl / n;
+  }
+}
+
+Status merge_rows(std::vector<EvalRow>* into, const std::vector<EvalRow>& more) {
+  for (const EvalRow& m : more) {
+    auto it = std::find_if(into->begin(), into->end(), [&](const EvalRow& r) {
+      return r.task == m.task && r.method == m.method && r.target_ratio == m.target_ratio;
+    });
+    if (it == into->end()) {
+      into->push_back(m);
+      summarize(&into->back());
+      continue;
+    }
+    if (it->exact_match != m.exact_match || it->likelihood != m.likelihood)
+      return invalid_argument("merge: " + m.task + " is scored differently in the two runs");
+    std::vector<TrialValue> all = it->trials;
+    all.insert(all.end(), m.trials.begin(), m.trials.end());
+    std::sort(all.begin(), all.end(), [](const TrialValue& a, const TrialValue& b) { return a.trial < b.trial; });
+    for (size_t i = 1; i < all.size(); ++i)
+      if (all[i].trial == all[i - 1].trial)
+        return invalid_argument("merge: trial " + std::to_string(all[i].trial) + " of " + m.task + " " + m.method +
+                                " is in both runs (pool runs over different trials: --first-trial)");
+    it->trials = std::move(all);
+    summarize(&*it);
+  }
+  add_paired_deltas(into);
+  return Status::ok();
 }
 
 }  // namespace kvtc::engine

@@ -44,6 +44,7 @@ struct EvalOptions {
   int continuation_tokens = 64;
   int fidelity_tokens = 64;
   int trials = 20;  // per task cell
+  int64_t first_trial = 0;  // trials first_trial .. first_trial + trials - 1 (runs to pool: merge_rows)
   // Trials run at once, each on one core (0: one per core). Results do not depend on it beyond
   // OpenBLAS's rounding, which may differ with its thread count.
   int workers = 1;
@@ -53,15 +54,43 @@ struct EvalOptions {
   ProgressFn progress;  // (fraction, task cell)
 };
 
+// One trial's outcome for one (task, method, target ratio).
+struct TrialValue {
+  int64_t trial = 0;  // index: with the seed and the task it fixes the prompt
+  double score = 0;   // points; exact-match tasks: 0 or 100
+  double achieved_ratio = 1, achieved_ratio_all = 1;
+  double nll = 0, kl = 0;  // fidelity only
+};
+
 struct EvalRow {
   std::string task, method, setting;
   double target_ratio = 1, achieved_ratio = 1, achieved_ratio_all = 1;  // means over trials
   double score = 0, ci_lo = 0, ci_hi = 0;  // points, 0..100
   int64_t n = 0;
   std::map<std::string, double> extra;  // fidelity: ppl, kl, nll
+  bool exact_match = false;  // right/wrong per trial: Wilson interval; else mean +- 1.96 SE
+  bool likelihood = false;   // fidelity: nll, ppl and kl in extra
+  std::vector<TrialValue> trials;  // what the summary above is computed from, in trial order
+  // Against the uncompressed model on the same trials (method "none", same task): the mean of
+  // score - none's score over the trials both have, with a 95% interval of that paired difference
+  // (Agresti-Min for exact-match tasks, mean +- 1.96 SE otherwise). Pairing removes the variance the
+  // prompts share, so a small loss is resolved with far fewer trials than the scores' own intervals
+  // need. Not set for "none" itself or without a "none" row.
+  bool has_delta = false;
+  double delta = 0, delta_lo = 0, delta_hi = 0;  // points
 };
 
 Result<std::vector<EvalRow>> run_eval(const Model& model, const Tokenizer& tokenizer, const EvalOptions& options);
+
+// Recomputes a row's summary (score, interval, n, mean ratios, extra) from its trials.
+void summarize(EvalRow* row);
+// Sets the paired difference against the "none" row of the same task on every other row.
+void add_paired_deltas(std::vector<EvalRow>* rows);
+// Pools runs of the same seed over different trials (EvalOptions::first_trial): the trials of each row
+// of `more` join the row of `into` with the same task, method and target ratio (or become a new row),
+// and the summaries and paired differences are recomputed. Fails when a trial index would be counted
+// twice.
+Status merge_rows(std::vector<EvalRow>* into, const std::vector<EvalRow>& more);
 
 // Scoring pieces, public for tests.
 // The first run of digits after leading whitespace ("" when the text does not start that way).

@@ -15,7 +15,8 @@
 
 namespace kvtc::cli {
 
-void register_eval(CLI::App& app);  // cmd_eval.cpp
+void register_eval(CLI::App& app);        // cmd_eval.cpp
+void register_eval_merge(CLI::App& app);  // cmd_eval.cpp
 
 namespace {
 
@@ -145,6 +146,7 @@ void register_engine_commands(CLI::App& app) {
   register_dump(app);
   register_generate(app);
   register_eval(app);
+  register_eval_merge(app);
 }
 
 }  // namespace kvtc::cli

@@ -1,8 +1,13 @@
 // kvtc eval --model DIR -c MODEL.kvtcal --tasks passkey,multikey,fidelity,continuation
 //           --methods kvtc,kivi,snapkv,... --ratios 8,16,20,32 [--trials N] [--json] [--plot FILE.png]
-// What compressing the cache does to the model's answers (engine/eval_tasks.hpp has the tasks).
+// kvtc eval-merge A.json B.json ... [--json-out OUT.json] [--plot FILE.png]
+// What compressing the cache does to the model's answers (engine/eval_tasks.hpp has the tasks); runs
+// over different trials (--first-trial) pool into one report.
 #include <cstdio>
 #include <filesystem>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <map>
 #include <optional>
 #include <sstream>
@@ -42,19 +47,22 @@ std::string fmt(const char* f, double v) {
 }
 
 void print_table(const std::vector<engine::EvalRow>& rows) {
-  std::printf("%-20s %-13s %-22s %7s %9s %9s %7s %15s %5s  %s\n", "task", "method", "setting", "target", "achieved",
-              "with-exact", "score", "95% CI", "n", "ppl / KL");
+  std::printf("%-20s %-13s %-22s %7s %9s %9s %7s %15s %5s %21s  %s\n", "task", "method", "setting", "target",
+              "achieved", "with-exact", "score", "95% CI", "n", "vs none [95% CI]", "ppl / KL");
   std::string last;
   for (const auto& r : rows) {
     if (r.task != last && !last.empty()) std::printf("\n");
     last = r.task;
     std::string extra;
     if (r.extra.count("ppl")) extra = fmt("%.3f", r.extra.at("ppl")) + " / " + fmt("%.4f", r.extra.at("kl"));
-    std::printf("%-20s %-13s %-22s %7s %9s %9s %7.1f %15s %5lld  %s\n", r.task.c_str(), r.method.c_str(),
+    const std::string delta = r.has_delta ? fmt("%+.1f", r.delta) + " [" + fmt("%+.1f", r.delta_lo) + ", " +
+                                                fmt("%+.1f", r.delta_hi) + "]"
+                                          : "-";
+    std::printf("%-20s %-13s %-22s %7s %9s %9s %7.1f %15s %5lld %21s  %s\n", r.task.c_str(), r.method.c_str(),
                 r.setting.substr(0, 22).c_str(), r.method == "none" ? "-" : fmt("%.0fx", r.target_ratio).c_str(),
                 fmt("%.2fx", r.achieved_ratio).c_str(), fmt("%.2fx", r.achieved_ratio_all).c_str(), r.score,
                 ("[" + fmt("%.1f", r.ci_lo) + ", " + fmt("%.1f", r.ci_hi) + "]").c_str(), static_cast<long long>(r.n),
-                extra.c_str());
+                delta.c_str(), extra.c_str());
   }
 }
 
@@ -71,9 +79,52 @@ nlohmann::json to_json(const std::vector<engine::EvalRow>& rows) {
                         {"ci95", {r.ci_lo, r.ci_hi}},
                         {"n", r.n}};
     for (const auto& [k, v] : r.extra) j[k] = v;
+    if (r.has_delta) j.update({{"delta_vs_none", r.delta}, {"delta_ci95", {r.delta_lo, r.delta_hi}}});
+    j["scoring"] = r.exact_match ? "exact_match" : (r.likelihood ? "mean_with_likelihood" : "mean");
+    nlohmann::json trials = nlohmann::json::array();
+    for (const auto& t : r.trials) {
+      nlohmann::json tj = {{"trial", t.trial}, {"score", t.score}, {"achieved_ratio", t.achieved_ratio},
+                           {"achieved_ratio_with_exact_tokens", t.achieved_ratio_all}};
+      if (r.likelihood) tj.update({{"nll", t.nll}, {"kl", t.kl}});
+      trials.push_back(tj);
+    }
+    j["trials"] = trials;
     out.push_back(j);
   }
   return out;
+}
+
+// The rows of a `kvtc eval --json-out` file, with their trials.
+Result<std::vector<engine::EvalRow>> rows_from_json(const nlohmann::json& doc) {
+  std::vector<engine::EvalRow> rows;
+  try {
+    for (const auto& j : doc.at("results")) {
+      engine::EvalRow r;
+      r.task = j.at("task").get<std::string>();
+      r.method = j.at("method").get<std::string>();
+      r.setting = j.at("setting").get<std::string>();
+      r.target_ratio = j.at("target_ratio").get<double>();
+      const std::string scoring = j.at("scoring").get<std::string>();
+      r.exact_match = scoring == "exact_match";
+      r.likelihood = scoring == "mean_with_likelihood";
+      for (const auto& t : j.at("trials")) {
+        engine::TrialValue v;
+        v.trial = t.at("trial").get<int64_t>();
+        v.score = t.at("score").get<double>();
+        v.achieved_ratio = t.at("achieved_ratio").get<double>();
+        v.achieved_ratio_all = t.at("achieved_ratio_with_exact_tokens").get<double>();
+        v.nll = t.value("nll", 0.0);
+        v.kl = t.value("kl", 0.0);
+        r.trials.push_back(v);
+      }
+      engine::summarize(&r);
+      rows.push_back(std::move(r));
+    }
+    engine::add_paired_deltas(&rows);
+  } catch (const nlohmann::json::exception& e) {
+    return corrupt(std::string("not a kvtc eval report with trials: ") + e.what());
+  }
+  return rows;
 }
 
 // Accuracy against achieved ratio, one panel per task, drawn by gnuplot (pngcairo).
@@ -117,6 +168,22 @@ Status plot(const std::vector<engine::EvalRow>& rows, const std::string& path) {
   return Status::ok();
 }
 
+// Writes the report: table or JSON on stdout, and the JSON file and plot where asked.
+void report(const std::vector<engine::EvalRow>& rows, nlohmann::json doc, bool json, const std::string& json_out,
+            const std::string& plot_out) {
+  doc["results"] = to_json(rows);
+  if (json) std::printf("%s\n", doc.dump(1).c_str());
+  else print_table(rows);
+  if (!json_out.empty()) {
+    const std::string text = doc.dump(1) + "\n";
+    check(write_file_atomic(json_out, reinterpret_cast<const uint8_t*>(text.data()), text.size()), json_out);
+  }
+  if (!plot_out.empty()) {
+    check(plot(rows, plot_out), plot_out);
+    if (!json) std::printf("wrote %s\n", plot_out.c_str());
+  }
+}
+
 }  // namespace
 
 void register_eval(CLI::App& app) {
@@ -127,6 +194,7 @@ void register_eval(CLI::App& app) {
                                             keys = "50,150", contexts = "1024,2048,4096", domains = "prose,code";
     std::string json_out, plot_out;
     int trials = 20, sinks = 4, window = 128, threads = 0, workers = 0;
+    int64_t first_trial = 0;
     int64_t continuation_context = 1024;
     uint64_t seed = 1;
     bool json = false;
@@ -144,6 +212,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--ratios", a->ratios, "Target ratios (over the compressed tokens)")->capture_default_str();
   cmd->add_option("--trials", a->trials, "Trials per task cell")->capture_default_str();
   cmd->add_option("--seed", a->seed, "Seed of every trial's prompt")->capture_default_str();
+  cmd->add_option("--first-trial", a->first_trial, "Index of the first trial (runs to pool with eval-merge)")
+      ->capture_default_str();
   cmd->add_option("--passkey-lengths", a->lengths, "Passkey prompt lengths (tokens)")->capture_default_str();
   cmd->add_option("--depths", a->depths, "Passkey depths, cycled over trials")->capture_default_str();
   cmd->add_option("--keys", a->keys, "Multi-key list sizes")->capture_default_str();
@@ -163,6 +233,12 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--json-out", a->json_out, "Also write the JSON object to this file");
   cmd->add_option("--plot", a->plot_out, "Write a PNG of score against achieved ratio per task (gnuplot)");
   cmd->callback([a] {
+#if defined(__GLIBC__)
+    // Trials copy and free caches of megabytes: keep freed memory in the heap rather than handing it
+    // back to the kernel and faulting it in again, which parallel workers would queue on.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
     engine::Model model = unwrap(engine::Model::load(a->model), a->model);
     engine::Tokenizer tok = unwrap(engine::Tokenizer::load(a->model + "/tokenizer.json"), a->model);
     std::optional<Calibration> cal;
@@ -179,6 +255,7 @@ void register_eval(CLI::App& app) {
     o.continuation_context = a->continuation_context;
     o.trials = a->trials;
     o.workers = a->workers;
+    o.first_trial = a->first_trial;
     o.seed = a->seed;
     o.corpus_dir = a->corpus;
     if (o.corpus_dir.empty()) {
@@ -200,21 +277,47 @@ void register_eval(CLI::App& app) {
     nlohmann::json doc = {{"model", model.config().name},
                           {"calibration", a->calibration},
                           {"trials", a->trials},
+                          {"first_trial", a->first_trial},
                           {"seed", a->seed},
                           {"ratio_note", "achieved_ratio: raw 16-bit bytes of the compressed tokens / bytes stored for "
                                          "them; achieved_ratio_with_exact_tokens counts the exact sinks and window too"},
-                          {"methods", methods},
-                          {"results", to_json(rows)}};
-    if (a->json) std::printf("%s\n", doc.dump(1).c_str());
-    else print_table(rows);
-    if (!a->json_out.empty()) {
-      const std::string text = doc.dump(1) + "\n";
-      check(write_file_atomic(a->json_out, reinterpret_cast<const uint8_t*>(text.data()), text.size()), a->json_out);
+                          {"methods", methods}};
+    report(rows, doc, a->json, a->json_out, a->plot_out);
+  });
+}
+
+void register_eval_merge(CLI::App& app) {
+  struct Args {
+    std::vector<std::string> inputs;
+    std::string json_out, plot_out;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("eval-merge", "Pool `kvtc eval` reports of the same seed over different trials");
+  cmd->add_option("inputs", a->inputs, "Reports written by kvtc eval --json-out (runs with different --first-trial)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--json", a->json, "Print one JSON object instead of the table");
+  cmd->add_option("--json-out", a->json_out, "Also write the pooled JSON object to this file");
+  cmd->add_option("--plot", a->plot_out, "Write a PNG of score against achieved ratio per task (gnuplot)");
+  cmd->callback([a] {
+    nlohmann::json first;
+    std::vector<engine::EvalRow> rows;
+    int64_t trials = 0;
+    for (const auto& path : a->inputs) {
+      const auto bytes = unwrap(read_file(path), path);
+      nlohmann::json doc = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+      if (doc.is_discarded() || !doc.is_object()) check(corrupt("not JSON"), path);
+      if (first.is_null()) first = doc;
+      for (const char* key : {"model", "seed", "calibration"})
+        if (doc.value(key, nlohmann::json()) != first.value(key, nlohmann::json()))
+          check(invalid_argument(std::string("\"") + key + "\" differs from " + a->inputs[0] + "'s"), path);
+      check(engine::merge_rows(&rows, unwrap(rows_from_json(doc), path)), path);
+      trials += doc.value("trials", int64_t(0));
     }
-    if (!a->plot_out.empty()) {
-      check(plot(rows, a->plot_out), a->plot_out);
-      if (!a->json) std::printf("wrote %s\n", a->plot_out.c_str());
-    }
+    first["trials"] = trials;
+    first["merged_from"] = a->inputs;
+    report(rows, first, a->json, a->json_out, a->plot_out);
   });
 }
 
