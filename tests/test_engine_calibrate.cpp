@@ -55,6 +55,47 @@ TEST(TokenStream, CutsTheBosDocEosStream) {
   EXPECT_EQ(joined, want);
 }
 
+TEST(InterleavedStreams, FilesTakeTurnsUntilEachIsUsedUp) {
+  if (!have_model()) GTEST_SKIP() << "reference model not found";
+  auto tok = Tokenizer::load(model_dir() + "/tokenizer.json");
+  ASSERT_TRUE(tok.is_ok());
+  const std::string dir = kvtc::testing::temp_dir();
+  const std::string a = "a long first file, with enough words for several pieces\n\x1e\nand a second document",
+                    b = "x";
+  ASSERT_TRUE(write_file_atomic(dir + "/a.txt", reinterpret_cast<const uint8_t*>(a.data()), a.size()).is_ok());
+  ASSERT_TRUE(write_file_atomic(dir + "/b.txt", reinterpret_cast<const uint8_t*>(b.data()), b.size()).is_ok());
+  // Each file alone, as one stream.
+  std::vector<std::vector<int32_t>> alone;
+  for (const char* f : {"/a.txt", "/b.txt"}) {
+    TokenStream s(*tok, {dir + f}, 1);
+    auto all = s.next(1 << 20);
+    ASSERT_TRUE(all.is_ok());
+    alone.push_back(*all);
+  }
+  ASSERT_GT(alone[0].size(), 12u);
+  ASSERT_LT(alone[1].size(), 4u);  // <bos> x <eos>: b is used up on its first turn
+  InterleavedStreams s(*tok, {dir + "/a.txt", dir + "/b.txt"}, 1);
+  std::vector<size_t> order;
+  std::vector<std::vector<int32_t>> got(2);
+  for (;;) {
+    size_t file = 99;
+    auto piece = s.next(4, &file);
+    ASSERT_TRUE(piece.is_ok());
+    if (piece->empty()) break;
+    ASSERT_LT(file, 2u);
+    order.push_back(file);
+    got[file].insert(got[file].end(), piece->begin(), piece->end());
+  }
+  // a, b, then a alone to its end; each file's tokens are its own stream's, in order.
+  ASSERT_GE(order.size(), 3u);
+  EXPECT_EQ(order[0], 0u);
+  EXPECT_EQ(order[1], 1u);
+  for (size_t i = 2; i < order.size(); ++i) EXPECT_EQ(order[i], 0u);
+  EXPECT_EQ(got[0], alone[0]);
+  EXPECT_EQ(got[1], alone[1]);
+  EXPECT_DOUBLE_EQ(s.progress(), 1.0);
+}
+
 TEST(CalibrateFromModel, CalibratesAndCompressesAnEngineCache) {
   if (!have_model()) GTEST_SKIP() << "reference model not found";
   CalibrateOptions o;

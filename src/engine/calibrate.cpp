@@ -22,7 +22,8 @@ Result<Calibration> calibrate_from_model(const std::string& model_dir, const std
                             " tokens exceed the model's " + std::to_string(cfg.max_position_embeddings) + " positions");
   KVTC_ASSIGN_OR_RETURN(CalibrationBuilder builder, CalibrationBuilder::create(cfg.cache_shape(), cfg.name, options));
 
-  TokenStream stream(tok, text_files, cfg.eos_token_ids.empty() ? -1 : cfg.eos_token_ids[0]);
+  // The files take turns, a sequence each: every domain given is represented whatever max_tokens is.
+  InterleavedStreams stream(tok, text_files, cfg.eos_token_ids.empty() ? -1 : cfg.eos_token_ids[0]);
   const int64_t min_tokens = int64_t(options.n_sink_tokens) + options.n_window_tokens + 64;
   KvState state = model.new_state();
   ExportOptions eo;
@@ -32,7 +33,8 @@ Result<Calibration> calibrate_from_model(const std::string& model_dir, const std
   while (max_tokens == 0 || done < max_tokens) {
     const int64_t want = max_tokens == 0 ? n_tokens_per_sequence : std::min(n_tokens_per_sequence, max_tokens - done);
     KVTC_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, stream.next(want));
-    if (int64_t(tokens.size()) < std::min(want, min_tokens)) break;
+    if (tokens.empty()) break;                                           // every file is used up
+    if (int64_t(tokens.size()) < std::min(want, min_tokens)) continue;  // a file's short tail
     state.clear();
     ForwardOptions fo;
     fo.n_logits = 0;
@@ -43,7 +45,6 @@ Result<Calibration> calibrate_from_model(const std::string& model_dir, const std
     ++n_sequences;
     if (options.progress)
       options.progress(max_tokens > 0 ? double(done) / double(max_tokens) : stream.progress(), "prefill");
-    if (int64_t(tokens.size()) < want) break;  // the text is used up
   }
   if (n_sequences == 0)
     return invalid_argument("calibrate_from_model: the text gives no sequence of at least " +

@@ -12,7 +12,9 @@ namespace kvtc::engine {
 
 // Runs the model in `model_dir` over `text_files` (.txt or .txt.xz; documents as in shared/corpus, made
 // into the <bos> doc <eos> stream of token_stream.hpp), cut into sequences of n_tokens_per_sequence
-// tokens, each prefilled from position 0, until max_tokens tokens (0: all the text). Sequences shorter
+// tokens, each prefilled from position 0, until max_tokens tokens (0: all the text). The files take
+// turns (InterleavedStreams), one sequence each, so every file given counts even when max_tokens
+// stops long before the first one ends. Sequences shorter
 // than sinks + window + 64 tokens (the tail) are skipped, since the builder would learn nothing from
 // them. Caches are rounded to bf16 before they are added, like the cache files `kvtc dump` writes.
 // options.progress sees "prefill" with the fraction of tokens (or text) done, then the builder's own

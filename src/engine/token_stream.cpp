@@ -52,4 +52,30 @@ double TokenStream::progress() const {
   return std::min(1.0, done / double(files_.size()));
 }
 
+InterleavedStreams::InterleavedStreams(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                                       int32_t eos_id)
+    : used_up_(files.size(), false) {
+  for (const auto& f : files) streams_.push_back(std::make_unique<TokenStream>(tokenizer, std::vector{f}, eos_id));
+}
+
+Result<std::vector<int32_t>> InterleavedStreams::next(int64_t n, size_t* file) {
+  for (size_t tried = 0; tried < streams_.size(); ++tried) {
+    const size_t i = turn_++ % streams_.size();
+    if (used_up_[i]) continue;
+    KVTC_ASSIGN_OR_RETURN(std::vector<int32_t> out, streams_[i]->next(n));
+    if (int64_t(out.size()) < n) used_up_[i] = true;
+    if (out.empty()) continue;
+    if (file != nullptr) *file = i;
+    return out;
+  }
+  return std::vector<int32_t>{};
+}
+
+double InterleavedStreams::progress() const {
+  if (streams_.empty()) return 1.0;
+  double sum = 0;
+  for (size_t i = 0; i < streams_.size(); ++i) sum += used_up_[i] ? 1.0 : streams_[i]->progress();
+  return sum / double(streams_.size());
+}
+
 }  // namespace kvtc::engine

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,25 @@ class TokenStream {
   size_t doc_index_ = 0;
   std::vector<int32_t> pending_;
   size_t pending_pos_ = 0;
+};
+
+// One TokenStream per file, taking turns: each next() cuts its sequence from the next file in the
+// rotation, so that every file is represented however early the caller stops (calibration text of
+// several domains, say). A file leaves the rotation when its text is used up.
+class InterleavedStreams {
+ public:
+  InterleavedStreams(const Tokenizer& tokenizer, const std::vector<std::string>& files, int32_t eos_id);
+
+  // The next n tokens of the next file in turn: fewer at that file's end, none once every file is
+  // used up. *file, when given, receives the index of the file they came from.
+  Result<std::vector<int32_t>> next(int64_t n, size_t* file = nullptr);
+  // Mean share of the files' documents consumed, in [0, 1].
+  double progress() const;
+
+ private:
+  std::vector<std::unique_ptr<TokenStream>> streams_;
+  std::vector<bool> used_up_;
+  size_t turn_ = 0;
 };
 
 }  // namespace kvtc::engine

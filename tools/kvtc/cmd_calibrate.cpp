@@ -23,7 +23,7 @@ void register_calibrate(CLI::App& app) {
 #ifdef KVTC_WITH_ENGINE
   auto* model = cmd->add_option("--model", args->model, "Hugging Face model folder: run it over --text instead of reading caches")
                     ->check(CLI::ExistingDirectory);
-  cmd->add_option("--text", args->texts, "Calibration text (.txt or .txt.xz; documents split by a 0x1E line)")
+  cmd->add_option("--text", args->texts, "Calibration text (.txt or .txt.xz; documents split by a 0x1E line); files take turns, a sequence each")
       ->check(CLI::ExistingFile)
       ->needs(model);
   cmd->add_option("--tokens-per-sequence", args->seq_tokens, "Tokens per prefill sequence")->capture_default_str();
