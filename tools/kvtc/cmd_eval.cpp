@@ -316,6 +316,7 @@ void register_eval_merge(CLI::App& app) {
       trials += doc.value("trials", int64_t(0));
     }
     first["trials"] = trials;
+    first.erase("first_trial");
     first["merged_from"] = a->inputs;
     report(rows, first, a->json, a->json_out, a->plot_out);
   });
