@@ -1,7 +1,5 @@
 #include "engine/eval_tasks.hpp"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -11,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/blas_threads.hpp"
 #include "engine/generate.hpp"
 #include "engine/text_io.hpp"
 #include "engine/token_stream.hpp"
@@ -252,22 +251,6 @@ struct TrialContext {
   const std::vector<std::unique_ptr<CacheMethod>>& methods;  // "none" first
   MethodNeeds needs;
   int forward_threads;  // ForwardOptions::n_threads
-};
-
-// Sets OpenBLAS's thread count for a scope (0: leaves it alone) and restores it after.
-class BlasThreads {
- public:
-  explicit BlasThreads(int n) : saved_(n > 0 ? openblas_get_num_threads() : 0) {
-    if (n > 0) openblas_set_num_threads(n);
-  }
-  ~BlasThreads() {
-    if (saved_ > 0) openblas_set_num_threads(saved_);
-  }
-  BlasThreads(const BlasThreads&) = delete;
-  BlasThreads& operator=(const BlasThreads&) = delete;
-
- private:
-  int saved_;
 };
 
 // Scores a state that holds the trial's context: the answer (retrieval), the teacher-forced

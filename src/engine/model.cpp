@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 
+#include "engine/blas_threads.hpp"
 #include "engine/kernels.hpp"
 #include "engine/weights.hpp"
 #include "util/status_macros.hpp"
@@ -456,13 +457,13 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
             attend_block(a, int(item / n_blocks), (item % n_blocks) * qblock, &s.attn[w],
                          mass[w].empty() ? nullptr : mass[w].data() + (item / n_blocks) * mass_stride);
         };
-        const int blas_threads = openblas_get_num_threads();
-        openblas_set_num_threads(1);
-        std::vector<std::thread> pool;
-        for (int w = 1; w < n_threads; ++w) pool.emplace_back(worker, w);
-        worker(0);
-        for (auto& t : pool) t.join();
-        openblas_set_num_threads(blas_threads);
+        {
+          BlasThreads single(1);  // each block's sgemm calls on its own worker
+          std::vector<std::thread> pool;
+          for (int w = 1; w < n_threads; ++w) pool.emplace_back(worker, w);
+          worker(0);
+          for (auto& t : pool) t.join();
+        }
         for (const auto& m : mass) add_mass(l, m, mass_stride);
       }
       matmul_wt(s.o.data(), T, nq, L.wo.data(), D, s.x.data(), true);
