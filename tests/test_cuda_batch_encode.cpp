@@ -19,6 +19,7 @@
 #include "core/reference_decoder.hpp"
 #include "core/token_vectors.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
 #include "cuda/encode_quant.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
@@ -27,35 +28,6 @@ namespace kvtc {
 namespace {
 
 using cuda::DeviceCacheView;
-
-#define SKIP_WITHOUT_DEVICE()                                                   \
-  do {                                                                          \
-    std::string why;                                                            \
-    if (!cuda_device_available(&why)) GTEST_SKIP() << "no CUDA device: " << why; \
-  } while (0)
-
-using testing::all_kinds_groups;
-using testing::fixed_allocation;
-using testing::group;
-using testing::simple_groups;
-
-// Mean of the cache's own vectors, a random basis, allocations for ratios 8 and 20.
-CalibrationData make_calibration(const KVCache& cache, int64_t rank, int n_sink, int n_window) {
-  CalibrationData cal;
-  cal.shape = cache.shape;
-  cal.model_name = "test";
-  cal.n_sink_tokens = n_sink;
-  cal.n_window_tokens = n_window;
-  cal.n_calibration_tokens = cache.n_tokens;
-  cal.ratios = {8, 20};
-  for (int s = 0; s < 2; ++s)
-    (s == 0 ? cal.key : cal.value) =
-        testing::synthetic_stream(cache, Stream(s), rank, 11 + s,
-                                  {fixed_allocation(8, s == 0 ? all_kinds_groups() : simple_groups(52)),
-                                   fixed_allocation(20, s == 0 ? simple_groups(40) : all_kinds_groups())});
-  cal.fingerprint = 0x1234abcd5678ef00ull;
-  return cal;
-}
 
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
 
@@ -172,7 +144,7 @@ TEST_P(CudaBatchEncode, MatchesEncodeOnGpuAndDecodes) {
   caches[0].metadata["note"] = "batch";
   for (auto& c : caches)
     for (int s = 0; s < 2; ++s) layer_bytes(c, s);  // round to the dtype
-  const CalibrationData cald = make_calibration(caches[0], 96, 4, 16);
+  const CalibrationData cald = testing::calibration_8_20(caches[0], 96, 4, 16);
   const Calibration cal(std::make_shared<CalibrationData>(cald));
   auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
   ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
@@ -293,12 +265,12 @@ TEST(CudaBatchEncodeErrors, BadViewsAndCalibrations) {
   shape.head_dim = 16;
   shape.rope.theta = 10000.0;
   KVCache cache = testing::synthetic_cache(shape, 100, 3, DType::kBF16, 0);
-  const CalibrationData cald = make_calibration(cache, 64, 4, 16);
+  const CalibrationData cald = testing::calibration_8_20(cache, 64, 4, 16);
   const Calibration cal(std::make_shared<CalibrationData>(cald));
   ModelShape other = shape;
   other.n_kv_heads = 4;
   KVCache other_cache = testing::synthetic_cache(other, 100, 3, DType::kBF16, 0);
-  const Calibration other_cal(std::make_shared<CalibrationData>(make_calibration(other_cache, 64, 4, 16)));
+  const Calibration other_cal(std::make_shared<CalibrationData>(testing::calibration_8_20(other_cache, 64, 4, 16)));
   auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
   auto dother = cuda::DeviceCalibration::upload(other_cal, {}, nullptr);
   ASSERT_TRUE(dcal.is_ok() && dother.is_ok());

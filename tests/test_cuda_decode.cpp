@@ -22,17 +22,12 @@
 #include "core/token_vectors.hpp"
 #include "cpu/deflate.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 
 namespace kvtc {
 namespace {
-
-#define SKIP_WITHOUT_DEVICE()                              \
-  do {                                                     \
-    std::string why;                                       \
-    if (!cuda_device_available(&why)) GTEST_SKIP() << why; \
-  } while (0)
 
 constexpr double kRatio = 20.0;
 
@@ -42,17 +37,8 @@ using testing::simple_groups;
 // Mean of the cache's own vectors, a random basis, one allocation per stream at kRatio.
 CalibrationData make_calibration(const KVCache& cache, int64_t rank, std::vector<Group> kg, std::vector<Group> vg,
                                  int n_sink, int n_window) {
-  CalibrationData cal;
-  cal.shape = cache.shape;
-  cal.model_name = "test";
-  cal.n_sink_tokens = n_sink;
-  cal.n_window_tokens = n_window;
-  cal.n_calibration_tokens = cache.n_tokens;
-  cal.ratios = {kRatio};
-  cal.key = testing::synthetic_stream(cache, Stream::kKey, rank, 11, {testing::fixed_allocation(kRatio, std::move(kg))});
-  cal.value = testing::synthetic_stream(cache, Stream::kValue, rank, 12, {testing::fixed_allocation(kRatio, std::move(vg))});
-  cal.fingerprint = 0x1234abcd5678ef00ull;
-  return cal;
+  return testing::synthetic_calibration(cache, rank, {kRatio}, {testing::fixed_allocation(kRatio, std::move(kg))},
+                                       {testing::fixed_allocation(kRatio, std::move(vg))}, n_sink, n_window);
 }
 
 // Rewrites every aligned codes chunk of a container in the dense layout (section 5), so that both

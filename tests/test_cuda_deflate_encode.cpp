@@ -14,18 +14,13 @@
 #include <vector>
 
 #include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
 #include "cuda/cuda_common.hpp"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/inflate.cuh"
 
 namespace kvtc::cuda {
 namespace {
-
-#define SKIP_WITHOUT_DEVICE()                                     \
-  do {                                                            \
-    std::string why;                                              \
-    if (!::kvtc::cuda_device_available(&why)) GTEST_SKIP() << why; \
-  } while (0)
 
 #define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
 

@@ -31,6 +31,7 @@
 #include "core/token_vectors.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 #include "util/half.hpp"
@@ -38,34 +39,8 @@
 namespace kvtc {
 namespace {
 
-#define SKIP_WITHOUT_DEVICE()                              \
-  do {                                                     \
-    std::string why;                                       \
-    if (!cuda_device_available(&why)) GTEST_SKIP() << why; \
-  } while (0)
-
-using testing::all_kinds_groups;
 using testing::fixed_allocation;
 using testing::group;
-using testing::simple_groups;
-
-// Mean of the cache's own vectors, a random basis, allocations for ratios 8 and 20.
-CalibrationData make_calibration(const KVCache& cache, int64_t rank, int n_sink, int n_window) {
-  CalibrationData cal;
-  cal.shape = cache.shape;
-  cal.model_name = "test";
-  cal.n_sink_tokens = n_sink;
-  cal.n_window_tokens = n_window;
-  cal.n_calibration_tokens = cache.n_tokens;
-  cal.ratios = {8, 20};
-  for (int s = 0; s < 2; ++s)
-    (s == 0 ? cal.key : cal.value) =
-        testing::synthetic_stream(cache, Stream(s), rank, 11 + s,
-                                  {fixed_allocation(8, s == 0 ? all_kinds_groups() : simple_groups(52)),
-                                   fixed_allocation(20, s == 0 ? simple_groups(40) : all_kinds_groups())});
-  cal.fingerprint = 0x1234abcd5678ef00ull;
-  return cal;
-}
 
 // Plain zlib, as FORMAT.md promises: the stream inflates to exactly raw_bytes and ends there.
 bool zlib_inflate(const uint8_t* src, size_t n, size_t raw_bytes, std::vector<uint8_t>* out) {
@@ -322,7 +297,7 @@ TEST_P(CudaEncode, MatchesCpuEncoder) {
   SKIP_WITHOUT_DEVICE();
   const Case c = GetParam();
   const KVCache cache = small_cache(c);
-  const CalibrationData cal = make_calibration(cache, 96, 4, 32);
+  const CalibrationData cal = testing::calibration_8_20(cache, 96, 4, 32);
   EncodeOptions eo;
   eo.target_ratio = c.ratio;
   eo.chunk_tokens = c.chunk_tokens;
@@ -428,7 +403,7 @@ TEST(CudaEncodeExtremes, InjectedCoefficientsMatchCpu) {
   SKIP_WITHOUT_DEVICE();
   const Case c{DType::kBF16, RopeStyle::kHalf, 0, 200, 32, 256, 8};
   const KVCache cache = small_cache(c);
-  const CalibrationData cal = make_calibration(cache, 96, 4, 16);
+  const CalibrationData cal = testing::calibration_8_20(cache, 96, 4, 16);
   EncodeOptions eo;
   eo.target_ratio = 8;
   eo.chunk_tokens = 32;
@@ -483,7 +458,7 @@ TEST(CudaEncodeErrors, BadInputsGiveStatuses) {
   SKIP_WITHOUT_DEVICE();
   const Case c{DType::kBF16, RopeStyle::kHalf, 0, 100, 32, 256, 20};
   KVCache cache = small_cache(c);
-  const CalibrationData cal = make_calibration(cache, 96, 4, 16);
+  const CalibrationData cal = testing::calibration_8_20(cache, 96, 4, 16);
   auto gpu = make_cuda_backend();
   EncodeOptions eo;
   eo.measure_error = false;

@@ -11,15 +11,10 @@
 
 #include "core/container.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
 
 namespace kvtc {
 namespace {
-
-#define SKIP_WITHOUT_DEVICE()                       \
-  do {                                              \
-    std::string why;                                \
-    if (!cuda_device_available(&why)) GTEST_SKIP() << why; \
-  } while (0)
 
 // Inputs with different statistics: random bytes, a small alphabet (like quantised codes), text-like
 // repetitions with long matches, runs, and all zeros.

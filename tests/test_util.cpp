@@ -158,4 +158,27 @@ StreamCalibration synthetic_stream(const KVCache& cache, Stream stream, int64_t 
   return sc;
 }
 
+CalibrationData synthetic_calibration(const KVCache& cache, int64_t rank, std::vector<double> ratios,
+                                      std::vector<Allocation> key_allocations,
+                                      std::vector<Allocation> value_allocations, int n_sink, int n_window) {
+  CalibrationData cal;
+  cal.shape = cache.shape;
+  cal.model_name = "test";
+  cal.n_sink_tokens = n_sink;
+  cal.n_window_tokens = n_window;
+  cal.n_calibration_tokens = cache.n_tokens;
+  cal.ratios = std::move(ratios);
+  cal.key = synthetic_stream(cache, Stream::kKey, rank, 11, std::move(key_allocations));
+  cal.value = synthetic_stream(cache, Stream::kValue, rank, 12, std::move(value_allocations));
+  cal.fingerprint = 0x1234abcd5678ef00ull;
+  return cal;
+}
+
+CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink, int n_window) {
+  return synthetic_calibration(cache, rank, {8, 20},
+                               {fixed_allocation(8, all_kinds_groups()), fixed_allocation(20, simple_groups(40))},
+                               {fixed_allocation(8, simple_groups(52)), fixed_allocation(20, all_kinds_groups())},
+                               n_sink, n_window);
+}
+
 }  // namespace kvtc::testing

@@ -38,5 +38,13 @@ Allocation fixed_allocation(double ratio, std::vector<Group> groups);
 // random_orthonormal(seed) with unit variances, and the given allocations.
 StreamCalibration synthetic_stream(const KVCache& cache, Stream stream, int64_t rank, uint64_t seed,
                                    std::vector<Allocation> allocations);
+// A calibration for the cache's shape: synthetic_stream for keys (seed 11) and values (seed 12) with
+// their allocations (one per ratio, in the order of `ratios`), and n_sink and n_window exact tokens.
+CalibrationData synthetic_calibration(const KVCache& cache, int64_t rank, std::vector<double> ratios,
+                                      std::vector<Allocation> key_allocations,
+                                      std::vector<Allocation> value_allocations, int n_sink, int n_window);
+// synthetic_calibration at ratios 8 and 20, with groups of every kind in each stream: keys
+// all_kinds_groups() at 8 and simple_groups(40) at 20, values simple_groups(52) and all_kinds_groups().
+CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink, int n_window);
 
 }  // namespace kvtc::testing
