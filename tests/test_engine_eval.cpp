@@ -251,6 +251,50 @@ TEST_F(EvalRef, LowRankMeetsTheTargetAndImprovesWithRank) {
   EXPECT_LT(rel_error(st, *base_, 4, 272), 1e-5);
 }
 
+TEST_F(EvalRef, OnePreparedFactorisationServesEveryTarget) {
+  // The eval factorises a prompt once and applies every target from it: the same caches as apply().
+  for (const char* name : {"svd", "xkv"}) {
+    auto m = make_method(name, MethodConfig{});
+    ASSERT_TRUE(m.is_ok());
+    auto prepared = (*m)->prepare(*model_, *base_);
+    ASSERT_TRUE(prepared.is_ok()) << prepared.status().to_string();
+    ASSERT_NE(prepared->get(), nullptr);
+    for (double target : {16.0, 4.0}) {
+      KvState a = *base_, b = *base_;
+      const MethodResult ra = run(name, target, &a);
+      auto rb = (*m)->apply_prepared(*model_, &b, target, prepared->get());
+      ASSERT_TRUE(rb.is_ok()) << rb.status().to_string();
+      EXPECT_EQ(rb->setting, ra.setting) << name << " " << target;
+      EXPECT_DOUBLE_EQ(rb->stored_compressed_bytes, ra.stored_compressed_bytes);
+      EXPECT_EQ(rel_error(b, a, 0, 400), 0.0) << name << " " << target;
+    }
+    // Factors of another state are refused, not applied.
+    KvState shorter = model_->new_state();
+    std::vector<int32_t> ids(300, 65);
+    ASSERT_TRUE(model_->forward(&shorter, ids).is_ok());
+    EXPECT_FALSE((*m)->apply_prepared(*model_, &shorter, 8.0, prepared->get()).is_ok()) << name;
+  }
+}
+
+TEST_F(EvalRef, DiscreteKnobsTellTheirSettingWithoutCompressing) {
+  // The eval scores a setting once for all targets that give it; the setting it is told must be the one
+  // apply() then chooses.
+  for (const char* name : {"kivi", "gear", "int8", "int4", "fp8"}) {
+    auto m = make_method(name, MethodConfig{});
+    ASSERT_TRUE(m.is_ok());
+    for (double target : {2.0, 3.0, 8.0, 64.0}) {
+      KvState st = *base_;
+      const std::string told = (*m)->setting_for(*model_, *base_, target);
+      EXPECT_FALSE(told.empty()) << name;
+      EXPECT_EQ(told, run(name, target, &st).setting) << name << " " << target;
+    }
+  }
+  // Methods whose knob is continuous do not claim one.
+  auto svd = make_method("svd", MethodConfig{});
+  ASSERT_TRUE(svd.is_ok());
+  EXPECT_TRUE((*svd)->setting_for(*model_, *base_, 8.0).empty());
+}
+
 TEST_F(EvalRef, EndToEndShortContexts) {
   // A calibration from the bundled 512-token cache, then every method on three tasks.
   const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");

@@ -52,10 +52,7 @@ class Gear : public CacheMethod {
     const int hd = cfg.head_dim;
     const int64_t n = (r.n() / kGroup) * kGroup;  // grouped tokens
     const int64_t rank = std::min<int64_t>({kRank, n, hd});
-    auto bits_per_element = [&](int b) {
-      return b + 32.0 / kGroup + kOutlierShare * 48.0 + (n > 0 ? double(rank) * (n + hd) * 16.0 / (double(n) * hd) : 0.0);
-    };
-    const int bits = 16.0 / bits_per_element(4) >= target_ratio ? 4 : 2;
+    const int bits = bits_for(n, hd, target_ratio);
     double stored = double(r.n() - n) * raw_bytes_per_token(cfg);
     if (n > 0) {
       const int64_t n_out = int64_t(std::floor(kOutlierShare * double(n) * hd));
@@ -102,10 +99,23 @@ class Gear : public CacheMethod {
                       double(rank) * double(n + hd) * 2.0;
           }
     }
-    return make_result(model, *st, r, stored, std::to_string(bits) + "-bit, rank 4, 2% outliers");
+    return make_result(model, *st, r, stored, setting(bits));
+  }
+  std::string setting_for(const Model& model, const KvState& st, double target_ratio) const override {
+    const int64_t n = (compressed_range(st, c_).n() / kGroup) * kGroup;
+    return setting(bits_for(n, model.config().head_dim, target_ratio));
   }
 
  private:
+  // The bit width: 4 where it reaches the target, else 2 (n grouped tokens of head_dim channels).
+  static int bits_for(int64_t n, int hd, double target_ratio) {
+    const int64_t rank = std::min<int64_t>({kRank, n, hd});
+    auto bits_per_element = [&](int b) {
+      return b + 32.0 / kGroup + kOutlierShare * 48.0 + (n > 0 ? double(rank) * (n + hd) * 16.0 / (double(n) * hd) : 0.0);
+    };
+    return 16.0 / bits_per_element(4) >= target_ratio ? 4 : 2;
+  }
+  static std::string setting(int bits) { return std::to_string(bits) + "-bit, rank 4, 2% outliers"; }
   MethodConfig c_;
 };
 

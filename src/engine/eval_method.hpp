@@ -47,6 +47,12 @@ struct MethodNeeds {
   int64_t n_queries = 0;        // KvState::set_query_capture (SnapKV's observation window)
 };
 
+// What a method computes from the context alone, whatever the target (low rank: each prompt matrix's
+// SVD), so that the eval can do it once per trial and apply every target from it.
+struct PreparedContext {
+  virtual ~PreparedContext() = default;
+};
+
 class CacheMethod {
  public:
   virtual ~CacheMethod() = default;
@@ -56,6 +62,20 @@ class CacheMethod {
   // Compresses the state's tokens at `target_ratio` (over the compressed tokens) and puts back what a
   // decoder would see. The state's later tokens (decoding) are not affected by the method.
   virtual Result<MethodResult> apply(const Model& model, KvState* state, double target_ratio) const = 0;
+
+  // The setting apply() would choose at `target_ratio` (MethodResult::setting), where a method with a
+  // discrete knob can tell it without compressing; empty otherwise. Equal settings give equal caches,
+  // so the eval compresses and scores each setting once.
+  virtual std::string setting_for(const Model&, const KvState&, double /*target_ratio*/) const { return {}; }
+  // Context-only work for several apply_prepared() calls on copies of `state`; null where there is none.
+  virtual Result<std::unique_ptr<PreparedContext>> prepare(const Model&, const KvState&) const {
+    return std::unique_ptr<PreparedContext>();
+  }
+  // apply() on a copy of the state that prepare() saw, reusing its work: the same result as apply().
+  virtual Result<MethodResult> apply_prepared(const Model& model, KvState* state, double target_ratio,
+                                              const PreparedContext* /*prepared*/) const {
+    return apply(model, state, target_ratio);
+  }
 };
 
 // Names: none, kvtc, kivi, int8, int4, fp8, gear, streamingllm, h2o, snapkv, svd, xkv.

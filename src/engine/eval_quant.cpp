@@ -77,11 +77,13 @@ class IntBlockwise : public CacheMethod {
     const double elements = double(r.n()) * cfg.n_layers * cfg.n_kv_heads * hd * 2;
     const double blocks = double(r.n()) * cfg.n_layers * cfg.n_kv_heads * ((hd + kBlock - 1) / kBlock) * 2;
     const double bytes = elements * bits_ / 8.0 + blocks * 2.0;
-    return make_result(model, *st, r, bytes, bits_ == 8 ? "q8_0" : "q4_0");
+    return make_result(model, *st, r, bytes, setting());
   }
+  std::string setting_for(const Model&, const KvState&, double) const override { return setting(); }
 
  private:
   MethodConfig c_;
+  std::string setting() const { return bits_ == 8 ? "q8_0" : "q4_0"; }
   int bits_;
 };
 
@@ -123,6 +125,7 @@ class Fp8 : public CacheMethod {
     const double elements = double(r.n()) * cfg.n_layers * cfg.n_kv_heads * hd * 2;
     return make_result(model, *st, r, elements + cfg.n_layers * 2 * 4.0, "e4m3");
   }
+  std::string setting_for(const Model&, const KvState&, double) const override { return "e4m3"; }
 
  private:
   MethodConfig c_;
@@ -157,8 +160,7 @@ class Kivi : public CacheMethod {
     const ModelConfig& cfg = model.config();
     const CompressedRange r = compressed_range(*st, c_);
     const int hd = cfg.head_dim;
-    // 16 / (b + 1) over grouped tokens: 4 bits 3.2x, 2 bits 5.33x.
-    const int bits = 16.0 / (4 + 1) >= target_ratio ? 4 : 2;
+    const int bits = bits_for(target_ratio);
     const int64_t n_grouped = (r.n() / kBlock) * kBlock;  // the rest stays full precision
     for (int l = 0; l < cfg.n_layers; ++l)
       for (int h = 0; h < cfg.n_kv_heads; ++h) {
@@ -176,8 +178,13 @@ class Kivi : public CacheMethod {
                          double(r.n() - n_grouped) * raw_bytes_per_token(cfg);
     return make_result(model, *st, r, bytes, std::to_string(bits) + "-bit");
   }
+  std::string setting_for(const Model&, const KvState&, double target_ratio) const override {
+    return std::to_string(bits_for(target_ratio)) + "-bit";
+  }
 
  private:
+  // 16 / (b + 1) over grouped tokens: 4 bits 3.2x, 2 bits 5.33x.
+  static int bits_for(double target_ratio) { return 16.0 / (4 + 1) >= target_ratio ? 4 : 2; }
   MethodConfig c_;
 };
 

@@ -330,26 +330,37 @@ Result<std::vector<Scored>> run_trial(const TrialContext& c, const Cell& cell, i
 
   std::vector<Scored> scored;
   for (size_t mi = 0; mi < c.methods.size(); ++mi) {
+    const CacheMethod& method = *c.methods[mi];
     const std::vector<double> ratios = mi == 0 ? std::vector<double>{1.0} : c.o.ratios;
-    // Methods with a discrete knob give the same cache for several targets: score it once.
-    std::map<std::string, Outcome> by_setting;
+    // Methods with a discrete knob give the same cache for several targets: compress and score it once.
+    std::map<std::string, std::pair<MethodResult, Outcome>> by_setting;
+    std::unique_ptr<PreparedContext> prepared;  // made on the first target that needs it
+    bool is_prepared = false;
     for (double ratio : ratios) {
-      KvState st = base;
-      KVTC_ASSIGN_OR_RETURN(MethodResult mr, c.methods[mi]->apply(c.model, &st, ratio));
+      const std::string known = method.setting_for(c.model, base, ratio);
+      auto it = known.empty() ? by_setting.end() : by_setting.find(known);
+      if (it == by_setting.end()) {
+        if (!is_prepared) {
+          KVTC_ASSIGN_OR_RETURN(prepared, method.prepare(c.model, base));
+          is_prepared = true;
+        }
+        KvState st = base;
+        KVTC_ASSIGN_OR_RETURN(MethodResult mr, method.apply_prepared(c.model, &st, ratio, prepared.get()));
+        it = by_setting.find(mr.setting);
+        if (it == by_setting.end()) {
+          Result<Outcome> outcome = score_state(c, cell.kind, t, ref_logits, ref_tokens, &st);
+          if (!outcome.is_ok()) return outcome.status().with_context(method.name() + " " + std::to_string(ratio));
+          it = by_setting.emplace(mr.setting, std::make_pair(mr, *outcome)).first;
+        }
+      }
+      const MethodResult& mr = it->second.first;
       Scored r;
       r.method = mi;
       r.target_ratio = ratio;
       r.achieved = mi == 0 ? 1.0 : mr.ratio_compressed();
       r.achieved_all = mi == 0 ? 1.0 : mr.ratio_all();
       r.setting = mr.setting;
-      if (auto it = by_setting.find(mr.setting); it != by_setting.end()) {
-        r.outcome = it->second;
-      } else {
-        Result<Outcome> outcome = score_state(c, cell.kind, t, ref_logits, ref_tokens, &st);
-        if (!outcome.is_ok())
-          return outcome.status().with_context(c.methods[mi]->name() + " " + std::to_string(ratio));
-        r.outcome = by_setting[mr.setting] = *outcome;
-      }
+      r.outcome = it->second.second;
       scored.push_back(std::move(r));
     }
   }
