@@ -15,6 +15,23 @@ int blocks_for(int64_t items, int threads) {
   return int(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
+// The tail both gather kernels share, once the pair (a, b) of features ia, ib is read: the inverse RoPE
+// rotation with rope[k] when rope is set (RopeTable::apply(inverse): s' = -s; a' = a c - b s';
+// b' = a s' + b c), then the mean subtracted. mean and row point at the layer-head's first feature.
+__device__ inline void unrope_centre_pair(float a, float b, const float2* rope, int64_t k, const float* mean, float* row,
+                                          int ia, int ib) {
+  if (rope != nullptr) {
+    const float2 cs = rope[k];
+    const float sj = -cs.y;
+    const float ra = f_sub(f_mul(a, cs.x), f_mul(b, sj));
+    const float rb = f_add(f_mul(a, sj), f_mul(b, cs.x));
+    a = ra;
+    b = rb;
+  }
+  row[ia] = f_sub(a, mean[ia]);
+  row[ib] = f_sub(b, mean[ib]);
+}
+
 // One thread per (token, layer-head, RoPE pair): both features of the pair, so that the rotation reads
 // and writes each element once. Half style: consecutive threads touch consecutive features in both
 // halves; interleaved: neighbouring pairs.
@@ -32,20 +49,8 @@ __global__ void gather_kernel(GatherParams p) {
     const int ia = p.rope_style == 0 ? i : 2 * i;
     const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
     const float* src = p.cache + (lh * p.cache_tokens + p.token0 + t) * p.head_dim;
-    float a = src[ia], b = src[ib];
-    if (p.rope != nullptr) {
-      // RopeTable::apply(inverse): s' = -s; a' = a c - b s'; b' = a s' + b c.
-      const float2 cs = p.rope[t * half + i];
-      const float sj = -cs.y;
-      const float ra = f_sub(f_mul(a, cs.x), f_mul(b, sj));
-      const float rb = f_add(f_mul(a, sj), f_mul(b, cs.x));
-      a = ra;
-      b = rb;
-    }
     const int64_t col = lh * p.head_dim;
-    float* row = p.x + t * n_features + col;
-    row[ia] = f_sub(a, p.mean[col + ia]);
-    row[ib] = f_sub(b, p.mean[col + ib]);
+    unrope_centre_pair(src[ia], src[ib], p.rope, t * half + i, p.mean + col, p.x + t * n_features + col, ia, ib);
   }
 }
 
@@ -113,20 +118,10 @@ __global__ void gather_view_kernel(GatherViewParams p) {
     const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
     const int l = int(lh / H);
     const int64_t h = lh - int64_t(l) * H, token = p.token0 + t;
-    float a = bits_value(source_bits(p.src, l, h, token, ia), p.src.dtype);
-    float b = bits_value(source_bits(p.src, l, h, token, ib), p.src.dtype);
-    if (p.rope != nullptr) {
-      const float2 cs = p.rope[t * half + i];
-      const float sj = -cs.y;
-      const float ra = f_sub(f_mul(a, cs.x), f_mul(b, sj));
-      const float rb = f_add(f_mul(a, sj), f_mul(b, cs.x));
-      a = ra;
-      b = rb;
-    }
+    const float a = bits_value(source_bits(p.src, l, h, token, ia), p.src.dtype);
+    const float b = bits_value(source_bits(p.src, l, h, token, ib), p.src.dtype);
     const int64_t col = lh * D;
-    float* row = p.x + t * n_features + col;
-    row[ia] = f_sub(a, p.mean[col + ia]);
-    row[ib] = f_sub(b, p.mean[col + ib]);
+    unrope_centre_pair(a, b, p.rope, t * half + i, p.mean + col, p.x + t * n_features + col, ia, ib);
   }
 }
 

@@ -65,6 +65,28 @@ std::vector<CompInfo> component_table(const StreamAllocation& a) {
   return comps;
 }
 
+// A sequence's setup, shared by decode() (which sizes everything before its first launch) and
+// prepare_sequence (load_host). Stream s's component table, after setting n_kept to the stream's
+// kept-component count and checking that the device calibration holds that many basis rows.
+Result<std::vector<CompInfo>> kept_component_table(const GpuCalibration& gcal, const ContainerHeader& h, int s,
+                                                   int64_t& n_kept) {
+  n_kept = h.streams[s].n_kept();
+  if (n_kept > gcal.rows[s])
+    return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) +
+                            " basis rows, the container keeps " + std::to_string(n_kept));
+  return component_table(h.streams[s]);
+}
+
+// The RoPE table of the compressed tokens, float2 [max(M, 1)][head_dim / 2]: its size, and its launch.
+size_t rope_table_bytes(const ContainerHeader& h) {
+  return size_t(std::max<int64_t>(int64_t(h.n_compressed_tokens()), 1)) * (h.shape.head_dim / 2) * sizeof(float2);
+}
+cudaError_t launch_sequence_rope(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream) {
+  const ContainerHeader& h = seq.container.header;
+  return launch_rope_table(gcal.inv_freq.as<double>(), h.shape.head_dim / 2, h.position_offset + h.n_head_exact,
+                           int64_t(h.n_compressed_tokens()), seq.rope.as<float2>(), stream);
+}
+
 double event_seconds(cudaEvent_t a, cudaEvent_t b) {
   float ms = 0;
   cudaEventElapsedTime(&ms, a, b);
@@ -132,17 +154,11 @@ Status GpuBatchDecoder::ensure_handle() {
 Status GpuBatchDecoder::prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream) {
   const ContainerHeader& h = seq.container.header;
   for (int s = 0; s < 2; ++s) {
-    seq.n_kept[s] = h.streams[s].n_kept();
-    if (seq.n_kept[s] > gcal.rows[s])
-      return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) + " basis rows, the container keeps " +
-                              std::to_string(seq.n_kept[s]));
-    KVTC_RETURN_IF_ERROR(upload_vector(seq.comps[s], component_table(h.streams[s]), stream));
+    KVTC_ASSIGN_OR_RETURN(const std::vector<CompInfo> table, kept_component_table(gcal, h, s, seq.n_kept[s]));
+    KVTC_RETURN_IF_ERROR(upload_vector(seq.comps[s], table, stream));
   }
-  const int64_t m = int64_t(h.n_compressed_tokens());
-  const int half = h.shape.head_dim / 2;
-  KVTC_RETURN_IF_ERROR(seq.rope.reserve(size_t(std::max<int64_t>(m, 1)) * half * sizeof(float2)));
-  KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), half, h.position_offset + h.n_head_exact, m,
-                                     seq.rope.as<float2>(), stream));
+  KVTC_RETURN_IF_ERROR(seq.rope.reserve(rope_table_bytes(h)));
+  KVTC_CUDA_RETURN(launch_sequence_rope(gcal, seq, stream));
   return Status::ok();
 }
 
@@ -276,15 +292,11 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
     for (int s = 0; s < 2; ++s) {
-      seq.n_kept[s] = h.streams[s].n_kept();
-      if (seq.n_kept[s] > gcal.rows[s])
-        return invalid_argument("the device calibration holds " + std::to_string(gcal.rows[s]) +
-                                " basis rows, the container keeps " + std::to_string(seq.n_kept[s]));
-      comp_tables[2 * q + size_t(s)] = component_table(h.streams[s]);
+      KVTC_ASSIGN_OR_RETURN(comp_tables[2 * q + size_t(s)], kept_component_table(gcal, h, s, seq.n_kept[s]));
       KVTC_RETURN_IF_ERROR(alloc(seq.comps[s], comp_tables[2 * q + size_t(s)].size() * sizeof(CompInfo)));
     }
     const int64_t m = int64_t(h.n_compressed_tokens());
-    KVTC_RETURN_IF_ERROR(alloc(seq.rope, size_t(std::max<int64_t>(m, 1)) * (h.shape.head_dim / 2) * sizeof(float2)));
+    KVTC_RETURN_IF_ERROR(alloc(seq.rope, rope_table_bytes(h)));
     tmp_bytes = std::max(tmp_bytes, size_t(m) * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
@@ -390,8 +402,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
     const int64_t m = int64_t(h.n_compressed_tokens());
-    KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), h.shape.head_dim / 2, h.position_offset + h.n_head_exact,
-                                       m, seq.rope.as<float2>(), stream));
+    KVTC_CUDA_RETURN(launch_sequence_rope(gcal, seq, stream));
     // Components without a codes chunk (none in a valid container) would read as 0.
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
