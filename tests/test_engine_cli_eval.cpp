@@ -106,6 +106,27 @@ TEST(CliEval, JsonRowsAndPlot) {
   EXPECT_NE(std::system(twice.c_str()), 0);
   const auto twice_err = read_all(dir / "twice.txt");
   EXPECT_NE(std::string(twice_err.begin(), twice_err.end()).find("in both runs"), std::string::npos);
+
+  // Runs calibrated with the same file pool even where it lay at different paths (the fingerprint
+  // decides); runs with different calibrations are refused, whatever their paths.
+  auto with_calibration = [&](const fs::path& from, const fs::path& to, const char* path, const char* fingerprint) {
+    std::ifstream in(from);
+    json doc = json::parse(in);
+    doc["calibration"] = path;
+    doc["calibration_fingerprint"] = fingerprint;
+    std::ofstream(to) << doc.dump();
+  };
+  with_calibration(json_path, dir / "a.json", "/device/cal.kvtcal", "0123456789abcdef");
+  with_calibration(third, dir / "b.json", "/here/cal.kvtcal", "0123456789abcdef");
+  with_calibration(third, dir / "c.json", "/device/cal.kvtcal", "fedcba9876543210");
+  const std::string same = std::string(KVTC_CLI_PATH) + " eval-merge " + (dir / "a.json").string() + " " +
+                           (dir / "b.json").string() + " > /dev/null 2>&1";
+  EXPECT_EQ(std::system(same.c_str()), 0) << same;
+  const std::string other = std::string(KVTC_CLI_PATH) + " eval-merge " + (dir / "a.json").string() + " " +
+                            (dir / "c.json").string() + " > /dev/null 2> " + (dir / "other.txt").string();
+  EXPECT_NE(std::system(other.c_str()), 0);
+  const auto other_err = read_all(dir / "other.txt");
+  EXPECT_NE(std::string(other_err.begin(), other_err.end()).find("calibration_fingerprint"), std::string::npos);
   fs::remove_all(dir);
 }
 

@@ -274,8 +274,12 @@ void register_eval(CLI::App& app) {
       auto m = engine::make_method(name, o.method_config);
       if (m.is_ok()) methods[name] = (*m)->reference();
     }
+    char fingerprint[17] = "";  // as `kvtc inspect` prints it
+    if (cal)
+      std::snprintf(fingerprint, sizeof fingerprint, "%016llx", static_cast<unsigned long long>(cal->fingerprint()));
     nlohmann::json doc = {{"model", model.config().name},
                           {"calibration", a->calibration},
+                          {"calibration_fingerprint", cal ? nlohmann::json(fingerprint) : nlohmann::json()},
                           {"trials", a->trials},
                           {"first_trial", a->first_trial},
                           {"seed", a->seed},
@@ -309,7 +313,12 @@ void register_eval_merge(CLI::App& app) {
       nlohmann::json doc = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
       if (doc.is_discarded() || !doc.is_object()) check(corrupt("not JSON"), path);
       if (first.is_null()) first = doc;
-      for (const char* key : {"model", "seed", "calibration"})
+      // The calibration is known by its fingerprint where both runs record it (the same file may lie
+      // at different paths on different machines), else by its path.
+      const bool by_fingerprint =
+          !doc.value("calibration_fingerprint", nlohmann::json()).is_null() &&
+          !first.value("calibration_fingerprint", nlohmann::json()).is_null();
+      for (const char* key : {"model", "seed", by_fingerprint ? "calibration_fingerprint" : "calibration"})
         if (doc.value(key, nlohmann::json()) != first.value(key, nlohmann::json()))
           check(invalid_argument(std::string("\"") + key + "\" differs from " + a->inputs[0] + "'s"), path);
       check(engine::merge_rows(&rows, unwrap(rows_from_json(doc), path)), path);
