@@ -54,16 +54,19 @@ fi
 corpus=$(cd "$model/../.." && pwd)/corpus
 echo
 echo "== calibrate from the model $model on validation text"
-if [ ! -f "$out/model-ref.kvtcal" ]; then
+# The cached calibration is named after the model's folder and the recipe ("v2": the text files take
+# turns since commit 04fffc3), so another model or an older recipe is never reused.
+cal="$out/model-ref-$(echo "v2 $(cd "$model" && pwd)" | sha256sum | cut -c1-12).kvtcal"
+if [ ! -f "$cal" ]; then
   $kvtc calibrate --model "$model" --text "$corpus/prose.valid.txt.xz" "$corpus/code.valid.txt.xz" \
-    --max-tokens 8192 -o "$out/model-ref.kvtcal"
+    --max-tokens 8192 -o "$cal"
 else
-  echo "(cached: $out/model-ref.kvtcal)"
+  echo "(cached: $cal)"
 fi
 echo
 echo "== accuracy on held-out text (test split), 4 trials per cell: a demonstration, not a benchmark"
-$kvtc eval --model "$model" -c "$out/model-ref.kvtcal" --corpus "$corpus" --tasks passkey,fidelity \
-  --methods kvtc,kivi,int4,snapkv --ratios 8,16,20,32,64 --trials 4 --passkey-lengths 1024 --contexts 1024 \
+$kvtc eval --model "$model" -c "$cal" --corpus "$corpus" --tasks passkey,fidelity \
+  --methods kvtc,kivi,int4,snapkv,xkv --ratios 8,16,20,32,64 --trials 4 --passkey-lengths 1024 --contexts 1024 \
   --domains prose
 echo "passkey: share of passkeys retrieved; fidelity: top-1 agreement with the uncompressed model (points)."
 echo "achieved: ratio over the compressed tokens; with-exact: counting the exact first 4 and last 128 too."
