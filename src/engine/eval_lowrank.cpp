@@ -23,14 +23,44 @@ namespace kvtc::engine {
 
 namespace {
 
+// cos/sin of every compressed token's position, as the forward pass computed them.
+struct Rotation {
+  std::vector<float> cs, sn, neg_sn;
+  int half = 0;
+  bool interleaved = false;
+  void unrope(float* row, int64_t t) const { rope_rotate(row, &cs[t * half], &neg_sn[t * half], half, interleaved); }
+  void rope(float* row, int64_t t) const { rope_rotate(row, &cs[t * half], &sn[t * half], half, interleaved); }
+};
+Rotation rotation(const ModelConfig& cfg, const KvState& st, const CompressedRange& r) {
+  Rotation rot;
+  rot.half = cfg.head_dim / 2;
+  rot.interleaved = cfg.rope.style == RopeStyle::kInterleaved;
+  const std::vector<float> inv_freq = cfg.rope_inv_freq();
+  const int64_t n = r.n();
+  rot.cs.resize(size_t(n) * rot.half);
+  rot.sn.resize(size_t(n) * rot.half);
+  rot.neg_sn.resize(size_t(n) * rot.half);
+  for (int64_t t = 0; t < n; ++t)
+    for (int i = 0; i < rot.half; ++i) {
+      const float angle = float(st.positions()[r.begin + t]) * inv_freq[i];
+      const size_t j = size_t(t * rot.half + i);
+      rot.cs[j] = float(std::cos(double(angle)));
+      rot.sn[j] = float(std::sin(double(angle)));
+      rot.neg_sn[j] = -rot.sn[j];
+    }
+  return rot;
+}
+
 // One prompt's factorisations: for each group of layers and each stream (K, V), U * S [n][full_rank]
-// and V^T [full_rank][D] of the compressed tokens' matrix (keys unroped), in full precision.
+// and V^T [full_rank][D] of the compressed tokens' matrix (keys unroped), in full precision; and the
+// compressed tokens' rotation, which unroped the keys and ropes them again.
 struct Factors : PreparedContext {
   struct Matrix {
     int64_t d = 0, full_rank = 0;
     std::vector<float> us, vt;
   };
   std::vector<Matrix> matrices;  // group-major, then stream
+  Rotation rot;
 };
 
 class LowRank : public CacheMethod {
@@ -52,7 +82,8 @@ class LowRank : public CacheMethod {
     const int64_t n = r.n();
     auto f = std::make_unique<Factors>();
     if (n == 0) return std::unique_ptr<PreparedContext>(std::move(f));
-    const Rotation rot = rotation(cfg, st, r);
+    f->rot = rotation(cfg, st, r);
+    const Rotation& rot = f->rot;
     const int hd = cfg.head_dim, KV = cfg.n_kv_heads;
     const int64_t d_layer = int64_t(KV) * hd;
     for (int l0 = 0; l0 < cfg.n_layers; l0 += group_) {
@@ -98,7 +129,7 @@ class LowRank : public CacheMethod {
     if (f == nullptr || int64_t(f->matrices.size()) != 2 * n_groups ||
         f->matrices[0].us.size() != size_t(n * f->matrices[0].full_rank))
       return invalid_argument(name() + ": prepared factors do not belong to this state");
-    const Rotation rot = rotation(cfg, *st, r);
+    const Rotation& rot = f->rot;
     const int hd = cfg.head_dim, KV = cfg.n_kv_heads;
     const int64_t d_layer = int64_t(KV) * hd;
     double stored = 0;
@@ -135,34 +166,6 @@ class LowRank : public CacheMethod {
   }
 
  private:
-  // cos/sin of every compressed token's position, as the forward pass computed them.
-  struct Rotation {
-    std::vector<float> cs, sn, neg_sn;
-    int half = 0;
-    bool interleaved = false;
-    void unrope(float* row, int64_t t) const { rope_rotate(row, &cs[t * half], &neg_sn[t * half], half, interleaved); }
-    void rope(float* row, int64_t t) const { rope_rotate(row, &cs[t * half], &sn[t * half], half, interleaved); }
-  };
-  static Rotation rotation(const ModelConfig& cfg, const KvState& st, const CompressedRange& r) {
-    Rotation rot;
-    rot.half = cfg.head_dim / 2;
-    rot.interleaved = cfg.rope.style == RopeStyle::kInterleaved;
-    const std::vector<float> inv_freq = cfg.rope_inv_freq();
-    const int64_t n = r.n();
-    rot.cs.resize(size_t(n) * rot.half);
-    rot.sn.resize(size_t(n) * rot.half);
-    rot.neg_sn.resize(size_t(n) * rot.half);
-    for (int64_t t = 0; t < n; ++t)
-      for (int i = 0; i < rot.half; ++i) {
-        const float angle = float(st.positions()[r.begin + t]) * inv_freq[i];
-        const size_t j = size_t(t * rot.half + i);
-        rot.cs[j] = float(std::cos(double(angle)));
-        rot.sn[j] = float(std::sin(double(angle)));
-        rot.neg_sn[j] = -rot.sn[j];
-      }
-    return rot;
-  }
-
   MethodConfig c_;
   int group_;
 };

@@ -334,16 +334,11 @@ Result<std::vector<Scored>> run_trial(const TrialContext& c, const Cell& cell, i
     const std::vector<double> ratios = mi == 0 ? std::vector<double>{1.0} : c.o.ratios;
     // Methods with a discrete knob give the same cache for several targets: compress and score it once.
     std::map<std::string, std::pair<MethodResult, Outcome>> by_setting;
-    std::unique_ptr<PreparedContext> prepared;  // made on the first target that needs it
-    bool is_prepared = false;
+    KVTC_ASSIGN_OR_RETURN(const std::unique_ptr<PreparedContext> prepared, method.prepare(c.model, base));
     for (double ratio : ratios) {
       const std::string known = method.setting_for(c.model, base, ratio);
       auto it = known.empty() ? by_setting.end() : by_setting.find(known);
       if (it == by_setting.end()) {
-        if (!is_prepared) {
-          KVTC_ASSIGN_OR_RETURN(prepared, method.prepare(c.model, base));
-          is_prepared = true;
-        }
         KvState st = base;
         KVTC_ASSIGN_OR_RETURN(MethodResult mr, method.apply_prepared(c.model, &st, ratio, prepared.get()));
         it = by_setting.find(mr.setting);
