@@ -7,9 +7,10 @@ Per task, one row per method and one column per target ratio. A cell is the scor
 difference from the uncompressed model on the same trials with its 95% interval, and the achieved
 ratio over the compressed tokens: `97.7 (-1.0 [-2.6, +0.5]) @16.8x`. A setting that several targets
 share (a discrete knob: KIVI's 2 bits, q4_0) is shown once, under the target nearest the ratio it
-achieves. A method run on fewer trials than the uncompressed row has its n beside its name. --summary prints instead, per
-task and target, kvtc's difference with its interval and the best baseline's (the highest score among methods whose
-achieved ratio is at least 0.9 times the target). --metric ppl or kl prints, for the fidelity tasks,
+achieves. A method run on other trials than the uncompressed row has its n beside its name, or in
+each cell where its cells differ. --summary prints instead, per task and target, kvtc's difference
+with its interval and the best baseline's (the highest score among methods whose achieved ratio is
+at least 0.9 times the target). --metric ppl or kl prints, for the fidelity tasks,
 the perplexity of the continuation or the KL divergence from the uncompressed model's next-token
 distribution (nats per token) instead of the score.
 """
@@ -87,9 +88,12 @@ def main():
                 best = shown.get(r["setting"])
                 if best is None or abs(math.log(t / r["achieved_ratio"])) < abs(math.log(best / r["achieved_ratio"])):
                     shown[r["setting"]] = t
-            cols = [cell(by[(m, t)], a.metric) if (m, t) in by and shown[by[(m, t)]["setting"]] == t else "" for t in targets]
-            n = {by[(m, t)]["n"] for t in targets if (m, t) in by}
-            label = m if n == {none["n"]} else f"{m} (n {'/'.join(str(k) for k in sorted(n))})"
+            cells = [by[(m, t)] if (m, t) in by and shown[by[(m, t)]["setting"]] == t else None for t in targets]
+            n = {r["n"] for r in cells if r}
+            # One n for the row goes beside the name (when it is not the uncompressed row's); a row whose
+            # cells have different n gives each cell its own.
+            cols = [(cell(r, a.metric) + (f" n {r['n']}" if len(n) > 1 else "")) if r else "" for r in cells]
+            label = m if n == {none["n"]} or len(n) > 1 else f"{m} (n {n.pop()})"
             out.write(f"| {label} | " + " | ".join(cols) + " |\n")
 
 
