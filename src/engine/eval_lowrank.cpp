@@ -39,15 +39,9 @@ Rotation rotation(const ModelConfig& cfg, const KvState& st, const CompressedRan
   const int64_t n = r.n();
   rot.cs.resize(size_t(n) * rot.half);
   rot.sn.resize(size_t(n) * rot.half);
-  rot.neg_sn.resize(size_t(n) * rot.half);
-  for (int64_t t = 0; t < n; ++t)
-    for (int i = 0; i < rot.half; ++i) {
-      const float angle = float(st.positions()[r.begin + t]) * inv_freq[i];
-      const size_t j = size_t(t * rot.half + i);
-      rot.cs[j] = float(std::cos(double(angle)));
-      rot.sn[j] = float(std::sin(double(angle)));
-      rot.neg_sn[j] = -rot.sn[j];
-    }
+  rope_angles(&st.positions()[size_t(r.begin)], n, inv_freq.data(), rot.half, rot.cs.data(), rot.sn.data());
+  rot.neg_sn.resize(rot.sn.size());
+  for (size_t j = 0; j < rot.sn.size(); ++j) rot.neg_sn[j] = -rot.sn[j];
   return rot;
 }
 

@@ -69,4 +69,13 @@ void rope_rotate(float* x, const float* c, const float* s, int n_pairs, bool int
   }
 }
 
+void rope_angles(const int64_t* positions, int64_t n, const float* inv_freq, int n_pairs, float* cos, float* sin) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int i = 0; i < n_pairs; ++i) {
+      const float angle = float(positions[t]) * inv_freq[i];
+      cos[t * n_pairs + i] = float(std::cos(double(angle)));
+      sin[t * n_pairs + i] = float(std::sin(double(angle)));
+    }
+}
+
 }  // namespace kvtc::engine

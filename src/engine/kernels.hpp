@@ -41,4 +41,8 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 // half: pairs (i, i + n_pairs); interleaved: pairs (2i, 2i + 1).
 void rope_rotate(float* x, const float* cos, const float* sin, int n_pairs, bool interleaved);
 
+// cos and sin [n][n_pairs] of the RoPE angles of n positions, as transformers computes them:
+// angle = fp32(position) * inv_freq[i] in fp32, then cos and sin of that fp32 angle.
+void rope_angles(const int64_t* positions, int64_t n, const float* inv_freq, int n_pairs, float* cos, float* sin);
+
 }  // namespace kvtc::engine

@@ -370,16 +370,10 @@ Status Model::forward(KvState* st, const int32_t* tokens, int64_t n, const Forwa
     for (int64_t t = 0; t < T; ++t) st->positions_[n_past + t] = pos0 + t;
     st->next_position_ = pos0 + T;
 
-    // RoPE tables for this chunk, computed as transformers does: angle = fp32(position) * inv_freq in
-    // fp32, then cos and sin of that fp32 angle.
+    // RoPE tables for this chunk, computed as transformers does.
     s.cos.resize(size_t(T) * half);
     s.sin.resize(size_t(T) * half);
-    for (int64_t t = 0; t < T; ++t)
-      for (int i = 0; i < half; ++i) {
-        const float angle = float(pos0 + t) * w_->inv_freq[i];
-        s.cos[t * half + i] = float(std::cos(double(angle)));
-        s.sin[t * half + i] = float(std::sin(double(angle)));
-      }
+    rope_angles(&st->positions_[size_t(n_past)], T, w_->inv_freq.data(), half, s.cos.data(), s.sin.data());
 
     s.x.resize(size_t(T) * D);
     for (int64_t t = 0; t < T; ++t)
