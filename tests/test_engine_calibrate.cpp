@@ -25,7 +25,7 @@ bool have_model() {
 
 TEST(TokenStream, CutsTheBosDocEosStream) {
   if (!have_model()) GTEST_SKIP() << "reference model not found";
-  auto tok = Tokenizer::load(model_dir() + "/tokenizer.json");
+  auto tok = Tokenizer::load_for_model(model_dir());
   ASSERT_TRUE(tok.is_ok());
   const std::string dir = kvtc::testing::temp_dir();
   const std::string text = "first document\n\x1e\nsecond\n";
@@ -57,7 +57,7 @@ TEST(TokenStream, CutsTheBosDocEosStream) {
 
 TEST(InterleavedStreams, FilesTakeTurnsUntilEachIsUsedUp) {
   if (!have_model()) GTEST_SKIP() << "reference model not found";
-  auto tok = Tokenizer::load(model_dir() + "/tokenizer.json");
+  auto tok = Tokenizer::load_for_model(model_dir());
   ASSERT_TRUE(tok.is_ok());
   const std::string dir = kvtc::testing::temp_dir();
   const std::string a = "a long first file, with enough words for several pieces\n\x1e\nand a second document",
@@ -115,7 +115,7 @@ TEST(CalibrateFromModel, CalibratesAndCompressesAnEngineCache) {
 
   // A held-out cache made by the engine compresses and restores at the calibrated ratio.
   auto model = Model::load(model_dir());
-  auto tok = Tokenizer::load(model_dir() + "/tokenizer.json");
+  auto tok = Tokenizer::load_for_model(model_dir());
   ASSERT_TRUE(model.is_ok() && tok.is_ok());
   TokenStream s(*tok, {corpus("code.test.txt.xz")}, 1, 3);
   auto tokens = s.next(512);

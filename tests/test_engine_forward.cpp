@@ -68,7 +68,7 @@ class RefModel : public ::testing::Test {
     auto m = Model::load(model_dir());
     ASSERT_TRUE(m.is_ok()) << m.status().to_string();
     model_ = new Model(std::move(m).value());
-    auto t = Tokenizer::load(model_dir() + "/tokenizer.json");
+    auto t = Tokenizer::load_for_model(model_dir());
     ASSERT_TRUE(t.is_ok()) << t.status().to_string();
     tok_ = new Tokenizer(std::move(t).value());
     auto f = SafetensorsFile::open(test_data("engine_logits_ref.safetensors"));

@@ -31,7 +31,7 @@ class RefTokenizer : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(model_dir() + "/tokenizer.json")) return;
-    auto t = Tokenizer::load(model_dir() + "/tokenizer.json");
+    auto t = Tokenizer::load_for_model(model_dir());
     ASSERT_TRUE(t.is_ok()) << t.status().to_string();
     tok_ = new Tokenizer(std::move(t).value());
   }

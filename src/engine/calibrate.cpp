@@ -15,7 +15,7 @@ Result<Calibration> calibrate_from_model(const std::string& model_dir, const std
   if (n_tokens_per_sequence <= 0 || max_tokens < 0)
     return invalid_argument("calibrate_from_model: sequence length must be > 0 and max_tokens >= 0");
   KVTC_ASSIGN_OR_RETURN(Model model, Model::load(model_dir));
-  KVTC_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(model_dir + "/tokenizer.json"));
+  KVTC_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load_for_model(model_dir));
   const ModelConfig& cfg = model.config();
   if (cfg.max_position_embeddings > 0 && n_tokens_per_sequence > cfg.max_position_embeddings)
     return invalid_argument("calibrate_from_model: sequences of " + std::to_string(n_tokens_per_sequence) +

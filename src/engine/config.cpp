@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/gguf_model.hpp"
 #include "util/file_io.hpp"
 #include "util/status_macros.hpp"
 
@@ -74,6 +75,12 @@ Status parse_rope(const json& j, ModelConfig* c) {
 }  // namespace
 
 Result<ModelConfig> ModelConfig::load(const std::string& model_dir) {
+  if (is_gguf_file(model_dir)) {
+    KVTC_ASSIGN_OR_RETURN(GgufFile f, GgufFile::open(model_dir));
+    auto r = config_from_gguf(f, std::filesystem::path(model_dir).stem().string());
+    if (!r.is_ok()) return r.status().with_context(model_dir);
+    return r;
+  }
   const std::string path = model_dir + "/config.json";
   KVTC_ASSIGN_OR_RETURN(auto bytes, read_file(path));
   std::string name = std::filesystem::path(model_dir).lexically_normal().filename().string();

@@ -1,4 +1,5 @@
 // Model configuration of a Hugging Face Llama-family checkpoint (config.json), as the engine needs it.
+// GGUF files give the same struct from their metadata (gguf_model.hpp).
 //
 // Supported model_type values: "llama", "mistral", "qwen2". Every field the forward pass depends on is
 // read here and checked once, so that the forward code can trust it:
@@ -42,7 +43,7 @@ struct ModelConfig {
   int32_t bos_token_id = -1;        // -1: none
   std::vector<int32_t> eos_token_ids;
 
-  // Reads <dir>/config.json.
+  // Reads <dir>/config.json, or the metadata of a .gguf file (gguf_model.hpp).
   static Result<ModelConfig> load(const std::string& model_dir);
   // Parses the text of a config.json; `name` goes into cache metadata.
   static Result<ModelConfig> parse(const std::string& json_text, const std::string& name);

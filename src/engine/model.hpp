@@ -115,7 +115,8 @@ struct ForwardOptions {
 class Model {
  public:
   // Reads config.json and the weights (model.safetensors, or the shards named by
-  // model.safetensors.index.json) from `model_dir`, converting bf16/f16/f32 to fp32.
+  // model.safetensors.index.json) from `model_dir`, converting bf16/f16/f32 to fp32; or, when
+  // `model_dir` is a .gguf file, the configuration and dequantised weights from it (gguf_model.hpp).
   static Result<Model> load(const std::string& model_dir, const LoadOptions& options = {});
 
   const ModelConfig& config() const;

@@ -30,6 +30,9 @@ class Tokenizer {
  public:
   // Reads <path> (a tokenizer.json file).
   static Result<Tokenizer> load(const std::string& path);
+  // The tokenizer of a model: <dir>/tokenizer.json for a Hugging Face folder, the tokenizer.ggml.*
+  // metadata for a .gguf file (gguf_tokenizer.hpp).
+  static Result<Tokenizer> load_for_model(const std::string& model_path);
   static Result<Tokenizer> parse(const std::string& json_text);
 
   // Token ids of UTF-8 `text` (invalid UTF-8: kInvalidArgument). add_special_tokens applies the

@@ -21,8 +21,8 @@ void register_calibrate(CLI::App& app) {
   auto* cmd = app.add_subcommand("calibrate", "Compute the PCA bases and bit allocations of a model from cache files");
   cmd->add_option("inputs", args->inputs, "Cache files (safetensors, kvtc cache layout)")->check(CLI::ExistingFile);
 #ifdef KVTC_WITH_ENGINE
-  auto* model = cmd->add_option("--model", args->model, "Hugging Face model folder: run it over --text instead of reading caches")
-                    ->check(CLI::ExistingDirectory);
+  auto* model = cmd->add_option("--model", args->model, "Model (Hugging Face folder or .gguf file): run it over --text instead of reading caches")
+                    ->check(CLI::ExistingPath);
   cmd->add_option("--text", args->texts, "Calibration text (.txt or .txt.xz; documents split by a 0x1E line); files take turns, a sequence each")
       ->check(CLI::ExistingFile)
       ->needs(model);

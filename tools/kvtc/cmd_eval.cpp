@@ -201,7 +201,7 @@ void register_eval(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("eval", "Accuracy of the model on compressed-and-restored caches, per task and method");
-  cmd->add_option("--model", a->model, "Hugging Face model folder")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--model", a->model, "Model: Hugging Face folder or .gguf file")->required()->check(CLI::ExistingPath);
   cmd->add_option("-c,--calibration", a->calibration, "Calibration file (.kvtcal) for method kvtc")
       ->check(CLI::ExistingFile);
   cmd->add_option("--corpus", a->corpus, "Folder with <domain>.test.txt.xz (default: ../../corpus from the model)");
@@ -240,7 +240,7 @@ void register_eval(CLI::App& app) {
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
 #endif
     engine::Model model = unwrap(engine::Model::load(a->model), a->model);
-    engine::Tokenizer tok = unwrap(engine::Tokenizer::load(a->model + "/tokenizer.json"), a->model);
+    engine::Tokenizer tok = unwrap(engine::Tokenizer::load_for_model(a->model), a->model);
     std::optional<Calibration> cal;
     if (!a->calibration.empty()) cal = unwrap(Calibration::load(a->calibration), a->calibration);
     engine::EvalOptions o;
