@@ -1,0 +1,56 @@
+"""Shared paths for tests/python.
+
+    KVTC_CLI         the kvtc binary (default: build/bin/kvtc under the repo root)
+    KVTC_SHARED_DIR  the shared data folder (default: ../shared beside the repo root)
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_reference
+
+
+def _from_repo(p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else REPO / path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    d = _from_repo(os.environ.get("KVTC_SHARED_DIR", "../shared")).resolve()
+    if not d.is_dir():
+        pytest.fail(f"shared folder {d} not found (set KVTC_SHARED_DIR)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def kvtc_cli() -> Path:
+    cli = _from_repo(os.environ.get("KVTC_CLI", "build/bin/kvtc"))
+    if not (cli.is_file() and os.access(cli, os.X_OK)):
+        pytest.fail(f"kvtc CLI {cli} not found or not executable: build it (scripts/test.sh, or "
+                    f"cmake -S . -B build && cmake --build build) or set KVTC_CLI")
+    return cli
+
+
+def model_path(name: str) -> Path:
+    """models/<name>, installed by scripts/models.sh when absent; skips the test only when the file
+    is absent and cannot be installed."""
+    path = REPO / "models" / name
+    if path.is_file():
+        return path
+    r = subprocess.run([str(REPO / "scripts" / "models.sh")], cwd=REPO, capture_output=True, text=True)
+    if path.is_file():
+        return path
+    pytest.skip(f"model {path} absent and scripts/models.sh could not install it "
+                f"(exit {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}")
