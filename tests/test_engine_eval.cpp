@@ -94,7 +94,7 @@ class EvalRef : public ::testing::Test {
     auto m = Model::load(model_dir());
     ASSERT_TRUE(m.is_ok());
     model_ = new Model(std::move(m).value());
-    auto t = Tokenizer::load(model_dir() + "/tokenizer.json");
+    auto t = Tokenizer::load_for_model(model_dir());
     ASSERT_TRUE(t.is_ok());
     tok_ = new Tokenizer(std::move(t).value());
     TokenStream s(*tok_, {corpus_dir() + "/code.test.txt.xz"}, 1, 5);
@@ -347,6 +347,55 @@ TEST_F(EvalRef, EndToEndShortContexts) {
     }
   }
   EXPECT_EQ(checked_int8, 2);
+}
+
+TEST_F(EvalRef, EvictionThenKvtcKeepsTrueEvictedPositions) {
+  // snapkv+kvtc/2 and h2o+kvtc/2 keep half the compressed tokens at their own RoPE positions and code
+  // them with kvtc at about half the target. Keys go to consecutive positions for the container and
+  // back; a wrong rotation would leave errors near 100% instead of kvtc's own.
+  const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
+  if (!std::filesystem::exists(calib)) GTEST_SKIP() << "shared caches not found";
+  CalibrateOptions co;
+  co.ratios = {4, 8};
+  auto cal = calibrate({calib}, co);
+  ASSERT_TRUE(cal.is_ok()) << cal.status().to_string();
+  MethodConfig mc;
+  mc.calibration = &*cal;
+  KvState plain = *base_;
+  auto kvtc = make_method("kvtc", mc);
+  ASSERT_TRUE(kvtc.is_ok());
+  ASSERT_TRUE((*kvtc)->apply(*model_, &plain, 4.0).is_ok());
+  for (const char* name : {"snapkv+kvtc/2", "h2o+kvtc/2"}) {
+    SCOPED_TRACE(name);
+    auto m = make_method(name, mc);
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    KvState st = *base_;
+    auto r = (*m)->apply(*model_, &st, 8.0);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_GE(r->ratio_compressed(), 8.0);
+    EXPECT_EQ(r->n_tokens, 400);
+    EXPECT_EQ(r->n_compressed_tokens, kMid);
+    ASSERT_EQ(st.n_tokens(), 400 - kMid + kMid / 2);
+    const auto& pos = st.positions();
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(pos[size_t(i)], i);
+    for (size_t i = 1; i < pos.size(); ++i) ASSERT_LT(pos[i - 1], pos[i]);
+    EXPECT_EQ(pos.back(), 399);
+    EXPECT_EQ(pos[pos.size() - 128], 272);
+    EXPECT_EQ(st.next_position(), 400);
+    // Each kept token against the uncompressed one at the same position, next to plain kvtc at 4x.
+    double num = 0, den = 0, num_plain = 0;
+    for (int l = 0; l < 8; ++l)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t t = 4; t < st.n_tokens() - 128; ++t)
+          for (int d = 0; d < 128; ++d) {
+            const int64_t src = pos[size_t(t)] * 128 + d;
+            const float kb = base_->k(l, h)[src];
+            num += std::pow(st.k(l, h)[t * 128 + d] - kb, 2);
+            num_plain += std::pow(plain.k(l, h)[src] - kb, 2);
+            den += double(kb) * kb;
+          }
+    EXPECT_LT(num / den, 2.0 * num_plain / den + 1e-4) << "kept keys " << num / den << ", kvtc at 4x " << num_plain / den;
+  }
 }
 
 TEST_F(EvalRef, ParallelAndPooledTrialsGiveTheSerialReport) {

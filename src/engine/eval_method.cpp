@@ -1,10 +1,12 @@
 #include "engine/eval_method.hpp"
 
 #include <algorithm>
+#include <utility>
 
 namespace kvtc::engine {
 
-// Defined in the method files (eval_quant.cpp, eval_gear.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp).
+// Defined in the method files (eval_quant.cpp, eval_gear.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp,
+// eval_evict_kvtc.cpp).
 std::unique_ptr<CacheMethod> make_int_blockwise(const MethodConfig& c, int bits);
 std::unique_ptr<CacheMethod> make_fp8(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_kivi(const MethodConfig& c);
@@ -14,6 +16,7 @@ std::unique_ptr<CacheMethod> make_snapkv(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_group);
 std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_gear(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_evict_then_kvtc(const MethodConfig& c, EvictionScore kind, int fraction);
 
 namespace {
 
@@ -34,15 +37,19 @@ class NoneMethod : public CacheMethod {
 }  // namespace
 
 std::vector<std::string> method_names() {
-  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv"};
+  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
+          "snapkv+kvtc/2", "snapkv+kvtc/4", "h2o+kvtc/2", "h2o+kvtc/4"};
 }
 
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
   if (name == "none") return std::unique_ptr<CacheMethod>(new NoneMethod(config));
-  if (name == "kvtc") {
-    if (config.calibration == nullptr) return invalid_argument("method kvtc needs a calibration (-c MODEL.kvtcal)");
-    return make_kvtc(config);
-  }
+  const bool with_kvtc = name == "kvtc" || name.find("+kvtc/") != std::string::npos;
+  if (with_kvtc && config.calibration == nullptr)
+    return invalid_argument("method " + name + " needs a calibration (-c MODEL.kvtcal)");
+  if (name == "kvtc") return make_kvtc(config);
+  for (auto [prefix, kind] : {std::pair{"snapkv+kvtc/", EvictionScore::kSnapKv}, {"h2o+kvtc/", EvictionScore::kH2o}})
+    for (int fraction : {2, 4})
+      if (name == prefix + std::to_string(fraction)) return make_evict_then_kvtc(config, kind, fraction);
   if (name == "kivi") return make_kivi(config);
   if (name == "int8") return make_int_blockwise(config, 8);
   if (name == "int4") return make_int_blockwise(config, 4);

@@ -98,4 +98,13 @@ MethodResult make_result(const Model& model, const KvState& state, const Compres
 // Bytes of one token's K and V at 16 bits (all layers and KV heads).
 double raw_bytes_per_token(const ModelConfig& config);
 
+// How eviction methods rank the compressed tokens of one layer and KV head (eval_evict.cpp):
+// H2O by the attention they received over the prefill (MethodNeeds::attention_mass), SnapKV by the
+// attention of the prompt's last kSnapKvObservation queries, max-pooled over neighbours.
+enum class EvictionScore { kH2o, kSnapKv };
+constexpr int kSnapKvObservation = 32;
+// score[i] for token range.begin + i (higher: more worth keeping).
+Status eviction_scores(EvictionScore kind, const ModelConfig& cfg, const KvState& state, const CompressedRange& range,
+                       int layer, int head, std::vector<float>* score);
+
 }  // namespace kvtc::engine
