@@ -1,19 +1,14 @@
 #include "core/safetensors.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <new>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
+#include "util/file_io.hpp"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 
@@ -196,29 +191,12 @@ Result<SafetensorsFile> SafetensorsFile::parse(std::vector<uint8_t> bytes) {
 }
 
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_error(path + ": " + std::strerror(errno));
-  struct stat st{};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return io_error(path + ": not a regular file");
-  }
-  const size_t size_bytes = size_t(st.st_size);
-  if (size_bytes < 8) {
-    ::close(fd);
-    return corrupt(path + ": " + std::to_string(size_bytes) + " bytes, too short for a safetensors file");
-  }
-  // Read-only private mapping: pages load on demand, so opening a large file costs no read. A file cut
-  // short by another process while mapped would fault on access; cache and weight files are not
-  // rewritten in place (kvtc writes via a temporary and rename).
-  void* map = ::mmap(nullptr, size_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);  // the mapping stays valid without the descriptor
-  if (map == MAP_FAILED) return io_error(path + ": mmap failed: " + std::strerror(map_errno));
-  std::shared_ptr<void> holder(map, [size_bytes](void* p) { ::munmap(p, size_bytes); });
-  auto f = parse_view(static_cast<const uint8_t*>(map), size_bytes);
+  KVTC_ASSIGN_OR_RETURN(MappedFile m, map_file(path));
+  if (m.size_bytes < 8)
+    return corrupt(path + ": " + std::to_string(m.size_bytes) + " bytes, too short for a safetensors file");
+  auto f = parse_view(m.data, m.size_bytes);
   if (!f.is_ok()) return f.status().with_context(path);
-  f->holder_ = std::move(holder);
+  f->holder_ = std::move(m.holder);
   return f;
 }
 

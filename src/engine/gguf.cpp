@@ -1,18 +1,13 @@
 #include "engine/gguf.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <new>
 
+#include "util/file_io.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::engine {
@@ -426,28 +421,13 @@ Result<GgufFile> GgufFile::parse_view(const uint8_t* data, size_t size_bytes) {
 }
 
 Result<GgufFile> GgufFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_error(path + ": " + std::strerror(errno));
-  struct stat st{};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return io_error(path + ": not a regular file");
-  }
-  const size_t size_bytes = size_t(st.st_size);
-  if (size_bytes < kFixedHeaderBytes) {
-    ::close(fd);
-    return corrupt(path + ": " + std::to_string(size_bytes) + " bytes, too short for a GGUF file");
-  }
-  // Read-only private mapping: a model's gigabytes load on demand as tensors are read. Model files are
-  // not rewritten in place while in use; one cut short under the mapping would fault on access.
-  void* map = ::mmap(nullptr, size_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);  // the mapping stays valid without the descriptor
-  if (map == MAP_FAILED) return io_error(path + ": mmap failed: " + std::strerror(map_errno));
-  std::shared_ptr<void> holder(map, [size_bytes](void* p) { ::munmap(p, size_bytes); });
-  auto f = parse_view(static_cast<const uint8_t*>(map), size_bytes);
+  // Model files are mapped, not read: a model's gigabytes load on demand as tensors are dequantised.
+  KVTC_ASSIGN_OR_RETURN(MappedFile m, map_file(path));
+  if (m.size_bytes < kFixedHeaderBytes)
+    return corrupt(path + ": " + std::to_string(m.size_bytes) + " bytes, too short for a GGUF file");
+  auto f = parse_view(m.data, m.size_bytes);
   if (!f.is_ok()) return f.status().with_context(path);
-  f->holder_ = std::move(holder);
+  f->holder_ = std::move(m.holder);
   return f;
 }
 

@@ -1,6 +1,7 @@
 #include "util/file_io.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,6 +33,30 @@ Result<std::vector<uint8_t>> read_file(const std::string& path) {
   }
   ::close(fd);
   return bytes;
+}
+
+Result<MappedFile> map_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_error(path + ": " + std::strerror(errno));
+  struct stat st{};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return io_error(path + ": not a regular file");
+  }
+  MappedFile m;
+  m.size_bytes = size_t(st.st_size);
+  if (m.size_bytes == 0) {  // mmap refuses an empty range
+    ::close(fd);
+    return m;
+  }
+  void* map = ::mmap(nullptr, m.size_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_errno = errno;
+  ::close(fd);  // the mapping stays valid without the descriptor
+  if (map == MAP_FAILED) return io_error(path + ": mmap failed: " + std::strerror(map_errno));
+  const size_t n = m.size_bytes;
+  m.holder = std::shared_ptr<void>(map, [n](void* p) { ::munmap(p, n); });
+  m.data = static_cast<const uint8_t*>(map);
+  return m;
 }
 
 Status write_file_atomic(const std::string& path, const uint8_t* data, size_t size_bytes) {

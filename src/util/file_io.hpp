@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,17 @@
 namespace kvtc {
 
 Result<std::vector<uint8_t>> read_file(const std::string& path);
+
+// A whole regular file, memory-mapped read-only and private: pages load on demand, so mapping a large
+// file costs no read. `holder` owns the mapping (unmapped when the last copy goes); an empty file has
+// no mapping (data null, size 0). A file cut short by another process while mapped would fault on
+// access: kvtc's own files are replaced by rename, never rewritten in place.
+struct MappedFile {
+  std::shared_ptr<void> holder;
+  const uint8_t* data = nullptr;
+  size_t size_bytes = 0;
+};
+Result<MappedFile> map_file(const std::string& path);
 
 // Writes to "<path>.tmp.<pid>" in the same directory, flushes, then renames over `path`, so readers
 // see the old file or the whole new one, never a partial one. On failure the temporary is removed.
