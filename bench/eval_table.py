@@ -24,15 +24,21 @@ def signed(x):
     return ("+" if x >= 0 else "\u2212") + f"{abs(x):.1f}"
 
 
+def ratio(r):
+    # An eviction method that keeps none of the compressed tokens stores nothing for them: the report's
+    # ratio is then 0 (no finite value).
+    return f"@{r['achieved_ratio']:.1f}\u00d7" if r["achieved_ratio"] > 0 else "@(none kept)"
+
+
 def cell(r, metric):
     if metric:
         v = r.get(metric)
         return "" if v is None else (f"{v:.3f}" if metric == "ppl" else f"{v:.4f}") + (
-            f" @{r['achieved_ratio']:.1f}\u00d7" if r["method"] != "none" else "")
+            f" {ratio(r)}" if r["method"] != "none" else "")
     if "delta_vs_none" not in r:
         return f"{r['score']:.1f}"
     lo, hi = r["delta_ci95"]
-    return f"{r['score']:.1f} ({signed(r['delta_vs_none'])} [{signed(lo)}, {signed(hi)}]) @{r['achieved_ratio']:.1f}\u00d7"
+    return f"{r['score']:.1f} ({signed(r['delta_vs_none'])} [{signed(lo)}, {signed(hi)}]) {ratio(r)}"
 
 
 def main():
@@ -86,7 +92,8 @@ def main():
                 if r is None:
                     continue
                 best = shown.get(r["setting"])
-                if best is None or abs(math.log(t / r["achieved_ratio"])) < abs(math.log(best / r["achieved_ratio"])):
+                achieved = r["achieved_ratio"] if r["achieved_ratio"] > 0 else t
+                if best is None or abs(math.log(t / achieved)) < abs(math.log(best / achieved)):
                     shown[r["setting"]] = t
             cells = [by[(m, t)] if (m, t) in by and shown[by[(m, t)]["setting"]] == t else None for t in targets]
             n = {r["n"] for r in cells if r}
