@@ -9,9 +9,14 @@
 #include <cstdio>
 #include <cstring>
 
+#include "util/status_macros.hpp"
+
 namespace kvtc {
 
-Result<std::vector<uint8_t>> read_file(const std::string& path) {
+namespace {
+
+// A read-only descriptor of `path`, refused unless it is a regular file; *size_bytes gets its size.
+Result<int> open_regular_file(const std::string& path, size_t* size_bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return io_error(path + ": " + std::strerror(errno));
   struct stat st{};
@@ -19,7 +24,16 @@ Result<std::vector<uint8_t>> read_file(const std::string& path) {
     ::close(fd);
     return io_error(path + ": not a regular file");
   }
-  std::vector<uint8_t> bytes(size_t(st.st_size));
+  *size_bytes = size_t(st.st_size);
+  return fd;
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> read_file(const std::string& path) {
+  size_t size_bytes = 0;
+  KVTC_ASSIGN_OR_RETURN(const int fd, open_regular_file(path, &size_bytes));
+  std::vector<uint8_t> bytes(size_bytes);
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
@@ -36,15 +50,8 @@ Result<std::vector<uint8_t>> read_file(const std::string& path) {
 }
 
 Result<MappedFile> map_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_error(path + ": " + std::strerror(errno));
-  struct stat st{};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return io_error(path + ": not a regular file");
-  }
   MappedFile m;
-  m.size_bytes = size_t(st.st_size);
+  KVTC_ASSIGN_OR_RETURN(const int fd, open_regular_file(path, &m.size_bytes));
   if (m.size_bytes == 0) {  // mmap refuses an empty range
     ::close(fd);
     return m;
