@@ -88,6 +88,40 @@ struct KVCache {
   void sync_metadata();
 };
 
+// A borrowed tensor of one layer in caller memory. Element (head, token, dim) lies at
+//   data + (head * head_stride + token * token_stride + dim) * element size,
+// strides in elements, the head_dim elements of a row contiguous. Contiguous [n_kv_heads][n_tokens]
+// [head_dim] has head_stride = n_tokens * head_dim and token_stride = head_dim.
+struct TensorView {
+  const void* data = nullptr;
+  int64_t head_stride = 0, token_stride = 0;
+};
+struct MutableTensorView {
+  void* data = nullptr;
+  int64_t head_stride = 0, token_stride = 0;
+};
+
+// A cache in caller memory (a framework's tensors, pinned buffers), borrowed for one call: kvtc reads
+// the elements where they lie and copies nothing up front. Keys carry RoPE, as in a KVCache.
+struct CacheView {
+  ModelShape shape;
+  DType element_dtype = DType::kF32;  // type of the elements in memory
+  DType dtype = DType::kBF16;         // element type the container records (its exact tokens use it)
+  int64_t n_tokens = 0;
+  int64_t position_offset = 0;        // RoPE position of token 0 (a block's first position in block mode)
+  std::string model_name;
+  std::map<std::string, std::string> metadata;
+  std::vector<TensorView> k, v;       // one per layer
+
+  // Checks counts, strides and pointers (non-null where there are elements; rows that do not overlap).
+  Status validate() const;
+  // A view over a KVCache's own fp32 tensors (element_dtype kF32, dtype the cache's file dtype).
+  static CacheView of(const KVCache& cache);
+};
+
+// An owned fp32 copy of a view (metadata synced from the typed fields), e.g. to calibrate on it.
+Result<KVCache> copy_cache(const CacheView& view);
+
 // Reads a cache file. Errors name the tensor or metadata key at fault.
 Result<KVCache> read_cache(const std::string& path);
 // Parses a cache from the bytes of a safetensors file.

@@ -124,6 +124,13 @@ struct EncodeOptions {
   // Raw bytes per codes chunk before DEFLATE: smaller chunks adapt Huffman tables to fewer components
   // and give GPUs more independent work; 16 KiB measured best on the reference caches (bench/RESULTS.md).
   int64_t chunk_max_bytes = 16 * 1024;
+  // Tokens kept exact at the start (attention sinks) and at the end (the recent window); -1 takes the
+  // calibration's counts (n_sink_tokens, n_window_tokens). Block mode, for engines that cache prefixes
+  // in fixed blocks: a view of tokens [a, b) of a sequence with position_offset = a, encoded with
+  // exact_tail_tokens = 0 and exact_head_tokens = 0 (or -1 for the block that holds position 0), stays
+  // valid for every later request that shares the prefix.
+  int exact_head_tokens = -1;
+  int exact_tail_tokens = -1;
   int n_threads = 0;
   bool measure_error = true;    // fill EncodeReport's per-layer errors (costs one decode)
   ProgressFn progress;
@@ -157,6 +164,10 @@ struct EncodedCache {
 };
 
 Result<EncodedCache> encode(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
+// The same from caller memory: K and V are read where they lie (bf16, fp16 or fp32, any strides), with
+// no copy of the cache. The view's shape must be the calibration's. Per-layer attention errors need
+// query vectors, which a view does not carry: they are reported as -1.
+Result<EncodedCache> encode(const Calibration& cal, const CacheView& cache, const EncodeOptions& options);
 
 // Upper bound of the container size for a cache of this shape and token count (any ratio).
 int64_t compress_bound(const Calibration& cal, const KVCache& cache, const EncodeOptions& options);
@@ -180,6 +191,13 @@ class Decoder {
                               const DecodeOptions& options = {});
   // Writes layer `layer` as [n_kv_heads][n_tokens][head_dim] fp32 into k and v (resized).
   Status restore_layer(int layer, std::vector<float>* k, std::vector<float>* v) const;
+  // Writes layer `layer` into caller memory: element (head, token, dim) of the views, converted to
+  // element_dtype (round to nearest even). Rows of a view must not overlap. Thread-safe for distinct
+  // outputs: several layers may restore at once.
+  Status restore_layer_into(int layer, const MutableTensorView& k, const MutableTensorView& v,
+                            DType element_dtype) const;
+  int64_t n_tokens() const;
+  int64_t position_offset() const;
   // A cache with metadata and no layer data filled yet, as the container describes it.
   const KVCache& skeleton() const;
   ~Decoder();

@@ -2,6 +2,7 @@
 
 #include "core/calibrate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -10,6 +11,15 @@ namespace kvtc {
 Result<Allocation> allocation_for_ratio(const CalibrationData& cal, int stream, double ratio) {
   if (!(ratio >= 1.0) || !std::isfinite(ratio)) return invalid_argument("target ratio must be a number >= 1");
   return plan_allocation(stream == 0 ? cal.key : cal.value, cal.shape.n_features(), ratio, AllocatorOptions{});
+}
+
+ExactTokens exact_tokens(const CalibrationData& cal, int64_t n_tokens, const EncodeOptions& options) {
+  ExactTokens e;
+  const int64_t head = options.exact_head_tokens >= 0 ? options.exact_head_tokens : cal.n_sink_tokens;
+  const int64_t tail = options.exact_tail_tokens >= 0 ? options.exact_tail_tokens : cal.n_window_tokens;
+  e.head = std::min<int64_t>(head, n_tokens);
+  e.tail = std::min<int64_t>(tail, n_tokens - e.head);
+  return e;
 }
 
 Status check_container_matches(const CalibrationData& cal, const ContainerHeader& h) {

@@ -48,6 +48,13 @@ std::unique_ptr<Backend> make_cpu_backend();
 // from the stored distortion table.
 Result<Allocation> allocation_for_ratio(const CalibrationData& cal, int stream, double ratio);
 
+// Tokens kept exact at the start (sinks) and the end (recent window) of an encode: the calibration's
+// counts unless the options set them, never more than the cache holds.
+struct ExactTokens {
+  int64_t head = 0, tail = 0;
+};
+ExactTokens exact_tokens(const CalibrationData& cal, int64_t n_tokens, const EncodeOptions& options);
+
 // Checks that a container belongs to this calibration (fingerprint, shape, ranks).
 Status check_container_matches(const CalibrationData& cal, const ContainerHeader& header);
 

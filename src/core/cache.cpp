@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/safetensors.hpp"
+#include "core/token_vectors.hpp"
 #include "util/file_io.hpp"
 #include "util/status_macros.hpp"
 
@@ -404,6 +405,69 @@ Status write_cache(const KVCache& cache, const std::string& path) {
   auto bytes = serialize_cache(cache);
   if (!bytes.is_ok()) return bytes.status().with_context(path);
   return write_file_atomic(path, bytes.value());
+}
+
+}  // namespace kvtc
+
+namespace kvtc {
+
+Status CacheView::validate() const {
+  KVTC_RETURN_IF_ERROR(check_shape(shape));
+  if (n_tokens < 0 || n_tokens > kMaxTokens) return invalid_argument("n_tokens=" + std::to_string(n_tokens) + " out of range");
+  if (position_offset < 0 || position_offset > kMaxPosition)
+    return invalid_argument("position_offset=" + std::to_string(position_offset) + " out of range");
+  if (dtype_size_bytes(dtype) == 0 || dtype_size_bytes(element_dtype) == 0) return invalid_argument("unknown dtype");
+  if (k.size() != size_t(shape.n_layers) || v.size() != size_t(shape.n_layers))
+    return invalid_argument("expected " + std::to_string(shape.n_layers) + " layers of k and v, got " +
+                            std::to_string(k.size()) + " and " + std::to_string(v.size()));
+  for (int l = 0; l < shape.n_layers; ++l) {
+    for (const TensorView* t : {&k[size_t(l)], &v[size_t(l)]}) {
+      const std::string name = (t == &k[size_t(l)] ? "k." : "v.") + std::to_string(l);
+      if (t->head_stride < 0 || t->token_stride < 0 || t->head_stride > kMaxTokens * kMaxHeadDim ||
+          t->token_stride > kMaxTokens * kMaxHeadDim)
+        return invalid_argument(name + ": strides must be non-negative and in range");
+      if (n_tokens > 0 && t->data == nullptr) return invalid_argument(name + ": no data");
+    }
+  }
+  return Status::ok();
+}
+
+CacheView CacheView::of(const KVCache& cache) {
+  CacheView v;
+  v.shape = cache.shape;
+  v.element_dtype = DType::kF32;
+  v.dtype = cache.dtype;
+  v.n_tokens = cache.n_tokens;
+  v.position_offset = cache.position_offset;
+  v.model_name = cache.model_name;
+  v.metadata = cache.metadata;
+  const int64_t token_stride = cache.shape.head_dim, head_stride = cache.n_tokens * token_stride;
+  for (size_t l = 0; l < cache.k.size(); ++l) v.k.push_back({cache.k[l].data(), head_stride, token_stride});
+  for (size_t l = 0; l < cache.v.size(); ++l) v.v.push_back({cache.v[l].data(), head_stride, token_stride});
+  return v;
+}
+
+Result<KVCache> copy_cache(const CacheView& view) {
+  KVTC_RETURN_IF_ERROR(view.validate());
+  KVCache c;
+  c.shape = view.shape;
+  c.dtype = view.dtype;
+  c.n_tokens = view.n_tokens;
+  c.position_offset = view.position_offset;
+  c.model_name = view.model_name;
+  c.metadata = view.metadata;
+  const int d = view.shape.head_dim;
+  const size_t n = size_t(view.shape.n_kv_heads) * size_t(view.n_tokens) * size_t(d);
+  c.k.assign(size_t(view.shape.n_layers), std::vector<float>(n));
+  c.v.assign(size_t(view.shape.n_layers), std::vector<float>(n));
+  for (int l = 0; l < view.shape.n_layers; ++l)
+    for (int h = 0; h < view.shape.n_kv_heads; ++h)
+      for (int64_t t = 0; t < view.n_tokens; ++t) {
+        read_row_f32(view.k[size_t(l)], view.element_dtype, h, t, d, c.k_row(l, h, t));
+        read_row_f32(view.v[size_t(l)], view.element_dtype, h, t, d, c.v_row(l, h, t));
+      }
+  c.sync_metadata();
+  return c;
 }
 
 }  // namespace kvtc

@@ -12,8 +12,16 @@ namespace kvtc {
 enum class Stream : uint8_t { kKey = 0, kValue = 1 };
 inline const char* stream_name(Stream s) { return s == Stream::kKey ? "K" : "V"; }
 
+// One row (head_dim elements) of a view as fp32, and back: element types convert exactly to fp32 and
+// round to nearest even on the way down.
+void read_row_f32(const TensorView& t, DType element_dtype, int head, int64_t token, int head_dim, float* out);
+void write_row_f32(const float* in, int head_dim, DType element_dtype, const MutableTensorView& t, int head,
+                   int64_t token);
+
 // Writes tokens [token0, token0 + n) of one stream as out[n][p]. For keys, `unrope` (if not null)
 // removes RoPE; it must cover positions position_offset + token0 ... of the cache.
+void gather_token_vectors(const CacheView& cache, Stream stream, int64_t token0, int64_t n,
+                          const RopeTable* unrope, float* out);
 void gather_token_vectors(const KVCache& cache, Stream stream, int64_t token0, int64_t n,
                           const RopeTable* unrope, float* out);
 

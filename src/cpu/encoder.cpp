@@ -33,12 +33,14 @@ Status check_encode_options(const EncodeOptions& o) {
   if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
   if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
   if (o.chunk_tokens < 1 || o.chunk_tokens > 65536) return invalid_argument("chunk tokens must be 1..65536");
+  if (o.exact_head_tokens < -1 || o.exact_tail_tokens < -1)
+    return invalid_argument("exact head and tail tokens must be >= 0, or -1 for the calibration's");
   if (o.chunk_max_bytes < 256 || o.chunk_max_bytes > (int64_t(1) << 26)) return invalid_argument("chunk max bytes must be 256..64 MiB");
   return Status::ok();
 }
 
 // Coefficients [M][k] of the compressed tokens of one stream.
-std::vector<float> project_stream(const CalibrationData& cal, const KVCache& cache, Stream stream, int64_t t0,
+std::vector<float> project_stream(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0,
                                   int64_t m, int64_t k, const RopeTable& rope, StageTimes& times) {
   const PcaBasis& pca = stream == Stream::kKey ? cal.key.pca : cal.value.pca;
   const int64_t p = cal.shape.n_features();
@@ -107,15 +109,18 @@ Status make_chunk(ChunkEntry entry, const std::vector<uint8_t>& raw, int level, 
 }
 
 // Exact tokens of one layer of one stream: elements in the file dtype, [head][token][dim], byte planes.
-std::vector<uint8_t> exact_raw(const KVCache& cache, Stream stream, int layer, int64_t t0, int64_t n) {
+std::vector<uint8_t> exact_raw(const CacheView& cache, Stream stream, int layer, int64_t t0, int64_t n) {
   const int d = cache.shape.head_dim, h_count = cache.shape.n_kv_heads;
   const int eb = dtype_size_bytes(cache.dtype);
   const int64_t count = int64_t(h_count) * n * d;
   std::vector<uint8_t> elems(static_cast<size_t>(count * eb));
+  std::vector<float> row(static_cast<size_t>(d));
+  const float* src = row.data();
+  const TensorView& tv = stream == Stream::kKey ? cache.k[size_t(layer)] : cache.v[size_t(layer)];
   int64_t e = 0;
   for (int h = 0; h < h_count; ++h)
     for (int64_t t = t0; t < t0 + n; ++t) {
-      const float* src = stream == Stream::kKey ? cache.k_row(layer, h, t) : cache.v_row(layer, h, t);
+      read_row_f32(tv, cache.element_dtype, h, t, d, row.data());
       for (int i = 0; i < d; ++i, ++e) {
         if (cache.dtype == DType::kF32) {
           std::memcpy(&elems[e * 4], &src[i], 4);
@@ -134,6 +139,12 @@ std::vector<uint8_t> exact_raw(const KVCache& cache, Stream stream, int layer, i
 
 Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& opt,
                                         StageTimes* times_out) {
+  KVTC_RETURN_IF_ERROR(cache.validate());
+  return encode_view(cal, CacheView::of(cache), opt, times_out);
+}
+
+Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const CacheView& cache,
+                                             const EncodeOptions& opt, StageTimes* times_out) {
   const auto start = Clock::now();
   StageTimes times;
   KVTC_RETURN_IF_ERROR(check_encode_options(opt));
@@ -146,8 +157,9 @@ Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCach
   h.dtype = cache.dtype;
   h.position_offset = cache.position_offset;
   h.n_tokens = uint64_t(cache.n_tokens);
-  h.n_head_exact = uint32_t(std::min<int64_t>(cal.n_sink_tokens, cache.n_tokens));
-  h.n_tail_exact = uint32_t(std::min<int64_t>(cal.n_window_tokens, cache.n_tokens - h.n_head_exact));
+  const ExactTokens exact = exact_tokens(cal, cache.n_tokens, opt);
+  h.n_head_exact = uint32_t(exact.head);
+  h.n_tail_exact = uint32_t(exact.tail);
   h.calibration_fingerprint = cal.fingerprint;
   h.target_ratio = opt.target_ratio;
   h.metadata = cache.metadata;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/token_vectors.hpp"
 #include "cpu/cpu_backend.hpp"
 
 namespace kvtc {
@@ -31,9 +32,15 @@ void attend(const float* q, int64_t pos, const float* k, const float* v, int d, 
 
 std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b, int64_t t0, int64_t t1,
                                              double* k_rel, double* v_rel) {
+  return measure_layer_errors(CacheView::of(a), &a, b, t0, t1, k_rel, v_rel);
+}
+
+std::vector<LayerError> measure_layer_errors(const CacheView& a, const KVCache* queries, const KVCache& b, int64_t t0,
+                                             int64_t t1, double* k_rel, double* v_rel) {
   const ModelShape& s = a.shape;
   const int d = s.head_dim;
   std::vector<LayerError> out(static_cast<size_t>(s.n_layers));
+  std::vector<float> xrow(static_cast<size_t>(d));
   double kn = 0, ke = 0, vn = 0, ve = 0;
   for (int l = 0; l < s.n_layers; ++l) {
     LayerError& e = out[size_t(l)];
@@ -42,7 +49,8 @@ std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b,
     for (int h = 0; h < s.n_kv_heads; ++h)
       for (int64_t t = t0; t < t1; ++t) {
         for (int st = 0; st < 2; ++st) {
-          const float* x = st == 0 ? a.k_row(l, h, t) : a.v_row(l, h, t);
+          read_row_f32(st == 0 ? a.k[size_t(l)] : a.v[size_t(l)], a.element_dtype, h, t, d, xrow.data());
+          const float* x = xrow.data();
           const float* y = st == 0 ? b.k_row(l, h, t) : b.v_row(l, h, t);
           double xx = 0, yy = 0, xy = 0, dd = 0;
           for (int i = 0; i < d; ++i) {
@@ -63,19 +71,27 @@ std::vector<LayerError> measure_layer_errors(const KVCache& a, const KVCache& b,
     e.v_cosine = cos_n ? cos_sum[1] / double(cos_n) : 1;
     ke += num[0]; kn += den[0]; ve += num[1]; vn += den[1];
     e.attention_relative_error = -1;
-    if (a.n_query > 0 && a.n_heads > 0 && a.n_heads % s.n_kv_heads == 0 && !a.q.empty()) {
-      const int group = a.n_heads / s.n_kv_heads;
+    const KVCache* qc = queries;
+    if (qc != nullptr && qc->n_query > 0 && qc->n_heads > 0 && qc->n_heads % s.n_kv_heads == 0 && !qc->q.empty() &&
+        qc->n_tokens == a.n_tokens) {
+      const int group = qc->n_heads / s.n_kv_heads;
       std::vector<double> w, oa(static_cast<size_t>(d)), ob(static_cast<size_t>(d));
+      std::vector<float> ka_all(static_cast<size_t>(a.n_tokens * d)), va_all(ka_all.size());
       double an = 0, ae = 0;
-      for (int qh = 0; qh < a.n_heads; ++qh) {
+      for (int qh = 0; qh < qc->n_heads; ++qh) {
         const int kvh = qh / group;
-        const float* ka = a.k[l].data() + int64_t(kvh) * a.n_tokens * d;
-        const float* va = a.v[l].data() + int64_t(kvh) * a.n_tokens * d;
+        if (qh % group == 0)
+          for (int64_t t = 0; t < a.n_tokens; ++t) {
+            read_row_f32(a.k[size_t(l)], a.element_dtype, kvh, t, d, ka_all.data() + t * d);
+            read_row_f32(a.v[size_t(l)], a.element_dtype, kvh, t, d, va_all.data() + t * d);
+          }
+        const float* ka = ka_all.data();
+        const float* va = va_all.data();
         const float* kb = b.k[l].data() + int64_t(kvh) * b.n_tokens * d;
         const float* vb = b.v[l].data() + int64_t(kvh) * b.n_tokens * d;
-        for (int64_t i = 0; i < a.n_query; ++i) {
-          const float* q = a.q[l].data() + (int64_t(qh) * a.n_query + i) * d;
-          const int64_t pos = a.n_tokens - a.n_query + i;
+        for (int64_t i = 0; i < qc->n_query; ++i) {
+          const float* q = qc->q[l].data() + (int64_t(qh) * qc->n_query + i) * d;
+          const int64_t pos = a.n_tokens - qc->n_query + i;
           attend(q, pos, ka, va, d, w, oa.data());
           attend(q, pos, kb, vb, d, w, ob.data());
           for (int j = 0; j < d; ++j) {

@@ -163,8 +163,9 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
   h.dtype = dtype;
   h.position_offset = position_offset;
   h.n_tokens = uint64_t(n_tokens);
-  h.n_head_exact = uint32_t(std::min<int64_t>(cal.n_sink_tokens, n_tokens));
-  h.n_tail_exact = uint32_t(std::min<int64_t>(cal.n_window_tokens, n_tokens - h.n_head_exact));
+  const ExactTokens exact = exact_tokens(cal, n_tokens, opt);
+  h.n_head_exact = uint32_t(exact.head);
+  h.n_tail_exact = uint32_t(exact.tail);
   h.calibration_fingerprint = cal.fingerprint;
   h.target_ratio = opt.target_ratio;
   h.metadata = metadata;

@@ -128,7 +128,7 @@ Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache,
     KVTC_RETURN_IF_ERROR(backend->restore_layer(cal.data(), dec, l, restored.k[size_t(l)].data(),
                                                 restored.v[size_t(l)].data(), options.n_threads, nullptr));
   }
-  const int64_t t0 = std::min<int64_t>(cal.n_sink_tokens(), cache.n_tokens);
+  const int64_t t0 = dec.container.header.n_head_exact;
   out.report.layers = measure_layer_errors(cache, restored, t0, t0 + out.report.n_compressed_tokens,
                                            &out.report.k_relative_mse, &out.report.v_relative_mse);
   return out;
