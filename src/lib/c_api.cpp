@@ -1,49 +1,34 @@
 // The C API: handles wrap the C++ objects; every entry point catches everything.
+// Files, caches and whole-container calls here; views, params and the decoder in c_api_codec.cpp.
 #include "kvtc/kvtc.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
+#include "c_api_internal.hpp"
 #include "core/container.hpp"
-#include "kvtc/kvtc.hpp"
 
-struct kvtc_calibration {
-  kvtc::Calibration cal;
-};
-struct kvtc_cache {
-  kvtc::KVCache cache;
-};
+namespace kvtc::capi {
 
 namespace {
-
 thread_local std::string g_last_error;
+}  // namespace
 
-kvtc_status report(const kvtc::Status& s) {
+kvtc_status report(const Status& s) {
   g_last_error = s.is_ok() ? "" : s.to_string();
   return static_cast<kvtc_status>(s.code());
 }
 
-template <typename Fn>
-kvtc_status guarded(Fn fn) {
-  try {
-    return fn();
-  } catch (const std::bad_alloc&) {
-    return report(kvtc::Status(kvtc::StatusCode::kOutOfMemory, "out of memory"));
-  } catch (const std::exception& e) {
-    return report(kvtc::internal_error(e.what()));
-  } catch (...) {
-    return report(kvtc::internal_error("unknown exception"));
-  }
-}
+}  // namespace kvtc::capi
 
-kvtc_status null_argument(const char* what) { return report(kvtc::invalid_argument(std::string(what) + " is NULL")); }
-
-}  // namespace
+using kvtc::capi::guarded;
+using kvtc::capi::null_argument;
+using kvtc::capi::report;
 
 extern "C" {
 
-const char* kvtc_last_error(void) { return g_last_error.c_str(); }
+const char* kvtc_last_error(void) { return kvtc::capi::g_last_error.c_str(); }
 const char* kvtc_status_name(kvtc_status status) { return kvtc::status_code_name(kvtc::StatusCode(status)); }
 
 kvtc_status kvtc_calibration_load(const char* path, kvtc_calibration** out) {
@@ -76,6 +61,17 @@ kvtc_status kvtc_calibration_save(const kvtc_calibration* cal, const char* path)
 }
 
 void kvtc_calibration_free(kvtc_calibration* cal) { delete cal; }
+
+void kvtc_calibration_shape(const kvtc_calibration* cal, int32_t* n_layers, int32_t* n_kv_heads, int32_t* head_dim,
+                            int32_t* n_sink_tokens, int32_t* n_window_tokens) {
+  if (!cal) return;
+  const kvtc::ModelShape& s = cal->cal.shape();
+  if (n_layers) *n_layers = s.n_layers;
+  if (n_kv_heads) *n_kv_heads = s.n_kv_heads;
+  if (head_dim) *head_dim = s.head_dim;
+  if (n_sink_tokens) *n_sink_tokens = cal->cal.n_sink_tokens();
+  if (n_window_tokens) *n_window_tokens = cal->cal.n_window_tokens();
+}
 
 kvtc_status kvtc_cache_load(const char* path, kvtc_cache** out) {
   if (!path || !out) return null_argument("path or out");
