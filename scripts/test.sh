@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs dependencies and the pretrained models (scripts/models.sh), builds kvtc, runs every test through
-# ctest, then, in the normal mode, tests/python (pytest, .venv) against build/bin/kvtc.
-#   scripts/test.sh             release build in build/, ctest, then pytest tests/python
+# ctest, then, in the normal mode, installs the Python package into .venv and runs tests/python (pytest)
+# against it and build/bin/kvtc.
+#   scripts/test.sh             release build in build/, ctest, pip install ., then pytest tests/python
 #   scripts/test.sh --sanitize  AddressSanitizer + UBSan build in build-asan/ (CUDA off), ctest only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,11 @@ cmake --build "$dir" -j"$jobs"
 # One thread for OpenBLAS inside ctest's parallel jobs keeps 2 cores from thrashing.
 OPENBLAS_NUM_THREADS=1 ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900 "${exclude[@]}"
 if [ "$dir" = build ]; then
+  # The Python package, built as users build it (pip install ., pyproject.toml) into .venv; its own
+  # CMake build lives in build-python/ and is incremental. --no-build-isolation: the pinned
+  # scikit-build-core and nanobind of requirements.txt, nothing fetched at build time.
+  .venv/bin/python -m pip install --disable-pip-version-check --no-input -q --no-build-isolation --no-deps . 2>&1 |
+    { grep -v "^WARNING: Location 'file:" || true; }
   # The CLI's path as the build writes it (tools/CMakeLists.txt: RUNTIME_OUTPUT_DIRECTORY bin).
   rc=0
   KVTC_CLI="$PWD/$dir/bin/kvtc" .venv/bin/python -m pytest tests/python -q || rc=$?
