@@ -95,14 +95,18 @@ void write_report(const EncodeReport& r, kvtc_compress_report* out) {
 #undef KVTC_PUT
 }
 
-bool valid_dtype(kvtc_dtype d) {
-  const int v = static_cast<int>(d);
-  return v == KVTC_BF16 || v == KVTC_F16 || v == KVTC_F32;
+// A caller's kvtc_dtype as the integer it holds: C callers may pass any int, and loading an enum
+// object whose value is outside the enumerators is undefined in C++, so it is read as bytes.
+int32_t raw_dtype(const kvtc_dtype& d) {
+  static_assert(sizeof(kvtc_dtype) == sizeof(int32_t));
+  int32_t v;
+  std::memcpy(&v, &d, sizeof v);
+  return v;
 }
 
-std::string dtype_arg_name(kvtc_dtype d) {
-  return valid_dtype(d) ? dtype_name(DType(d)) : std::to_string(static_cast<int>(d));
-}
+bool valid_dtype(int32_t v) { return v == KVTC_BF16 || v == KVTC_F16 || v == KVTC_F32; }
+
+std::string dtype_arg_name(int32_t v) { return valid_dtype(v) ? dtype_name(DType(v)) : std::to_string(v); }
 
 // A kvtc::CacheView over the caller's view, with the calibration's shape (RoPE included).
 Status build_view(const Calibration& cal, const kvtc_cache_view* cv, CacheView* out) {
@@ -113,13 +117,14 @@ Status build_view(const Calibration& cal, const kvtc_cache_view* cv, CacheView* 
   if (v.n_layers != s.n_layers || v.n_kv_heads != s.n_kv_heads || v.head_dim != s.head_dim)
     return mismatch("view is " + std::to_string(v.n_layers) + " layers x " + std::to_string(v.n_kv_heads) +
                     " kv heads x " + std::to_string(v.head_dim) + " but the calibration is for " + s.to_string());
-  if (!valid_dtype(v.element_dtype) || !valid_dtype(v.dtype))
+  const int32_t element_dtype = raw_dtype(v.element_dtype), dtype = raw_dtype(v.dtype);
+  if (!valid_dtype(element_dtype) || !valid_dtype(dtype))
     return invalid_argument("view dtypes must be KVTC_BF16, KVTC_F16 or KVTC_F32 (element_dtype " +
-                            dtype_arg_name(v.element_dtype) + ", dtype " + dtype_arg_name(v.dtype) + ")");
+                            dtype_arg_name(element_dtype) + ", dtype " + dtype_arg_name(dtype) + ")");
   if (v.keys == nullptr || v.values == nullptr) return invalid_argument("view keys or values is NULL");
   out->shape = s;
-  out->element_dtype = DType(v.element_dtype);
-  out->dtype = DType(v.dtype);
+  out->element_dtype = DType(element_dtype);
+  out->dtype = DType(dtype);
   out->n_tokens = v.n_tokens;
   out->position_offset = v.position_offset;
   // The metadata a cache file of this shape has, so that a restored cache saves as a loadable file.
@@ -275,12 +280,13 @@ kvtc_status kvtc_decoder_restore_layer(const kvtc_decoder* dec, int32_t layer, k
     if (layer < 0 || layer >= n_layers)
       return report(kvtc::invalid_argument("layer " + std::to_string(layer) + " out of range [0, " +
                                            std::to_string(n_layers) + ")"));
-    if (!kvtc::capi::valid_dtype(element_dtype))
-      return report(kvtc::invalid_argument("element_dtype " + kvtc::capi::dtype_arg_name(element_dtype) +
+    const int32_t dtype = kvtc::capi::raw_dtype(element_dtype);
+    if (!kvtc::capi::valid_dtype(dtype))
+      return report(kvtc::invalid_argument("element_dtype " + kvtc::capi::dtype_arg_name(dtype) +
                                            " is not KVTC_BF16, KVTC_F16 or KVTC_F32"));
     if (dec->dec.n_tokens() > 0 && (!keys || !values)) return null_argument("keys or values");
     return report(dec->dec.restore_layer_into(layer, {keys, head_stride, token_stride},
-                                              {values, head_stride, token_stride}, kvtc::DType(element_dtype)));
+                                              {values, head_stride, token_stride}, kvtc::DType(dtype)));
   });
 }
 
