@@ -9,13 +9,14 @@
 #include <nlohmann/json.hpp>
 
 #include "util/bytes.hpp"
+#include "util/crc32.hpp"
 
 static_assert(sizeof(double) == 8 && sizeof(float) == 4, "IEEE types required");
 static_assert(std::endian::native == std::endian::little, "kvtc formats assume a little-endian host");
 
 namespace kvtc {
 
-uint32_t crc32_of(const uint8_t* data, size_t size_bytes) { return libdeflate_crc32(0, data, size_bytes); }
+uint32_t crc32_of(const uint8_t* data, size_t size_bytes) { return crc32_update(0, data, size_bytes); }
 
 KVCache cache_skeleton(const ContainerHeader& h) {
   KVCache c;

@@ -32,5 +32,6 @@ void register_calibrate(CLI::App& app);
 void register_compress(CLI::App& app);
 void register_decompress(CLI::App& app);
 void register_inspect(CLI::App& app);
+void register_store(CLI::App& app);  // cmd_store.cpp: kvtc store stats / put / get
 
 }  // namespace kvtc::cli

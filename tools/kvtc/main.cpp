@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   kvtc::cli::register_compress(app);
   kvtc::cli::register_decompress(app);
   kvtc::cli::register_inspect(app);
+  kvtc::cli::register_store(app);
 #ifdef KVTC_WITH_CUDA
   kvtc::cli::register_cuda_commands(app);
 #endif
