@@ -20,31 +20,22 @@
 #include <string>
 #include <vector>
 
+#include "binding.hpp"
 #include "kvtc/kvtc.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
-namespace {
+using kvtc_py::raise_if_error;
+using kvtc_py::StatusError;
+using kvtc_py::take;
 
-// A failed kvtc::Status on its way to Python; translated by the handler registered below.
-struct StatusError {
-  kvtc::Status status;
-};
+namespace {
 
 // StatusCode -> Python exception class, filled by kvtc/__init__.py through _set_error_classes.
 std::map<int, nb::object>& error_classes() {
   static auto* m = new std::map<int, nb::object>();  // leaked on purpose: outlives interpreter teardown order
   return *m;
-}
-
-void raise_if_error(const kvtc::Status& s) {
-  if (!s.is_ok()) throw StatusError{s};
-}
-template <typename T>
-T take(kvtc::Result<T>&& r) {
-  if (!r.is_ok()) throw StatusError{r.status()};
-  return std::move(r).value();
 }
 
 using InArray = nb::ndarray<nb::ro, nb::device::cpu>;
@@ -340,6 +331,8 @@ NB_MODULE(_kvtc, m) {
         nb::gil_scoped_release unlocked;
         raise_if_error(d.restore_layer_into(layer, {k.data(), khs, kts}, {v.data(), vhs, vts}, dt));
       }, "layer"_a, "keys"_a, "values"_a);
+
+  kvtc_py::bind_store(m);
 
   m.def("inspect_json", [](const Bytes& data) {
     nb::gil_scoped_release unlocked;

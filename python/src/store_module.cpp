@@ -1,0 +1,133 @@
+// kvtc._kvtc.Store: the block store (include/kvtc/store.hpp) as one Python class, a TieredStore of a
+// host tier over an optional disk tier. Keys and values are bytes; calls release the GIL.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "binding.hpp"
+#include "kvtc/store.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace kvtc_py {
+namespace {
+
+using kvtc::store::Bytes;
+
+std::string key_of(const nb::bytes& b) { return std::string(b.c_str(), b.size()); }
+
+nb::object to_python(std::optional<Bytes>&& v) {
+  if (!v) return nb::none();
+  return nb::bytes(reinterpret_cast<const char*>(v->data()), v->size());
+}
+
+kvtc::store::EvictionPolicy policy_of(const std::string& s) {
+  if (s == "s3fifo") return kvtc::store::EvictionPolicy::kS3Fifo;
+  if (s == "lru") return kvtc::store::EvictionPolicy::kLru;
+  throw StatusError{kvtc::invalid_argument("policy must be 's3fifo' or 'lru', not '" + s + "'")};
+}
+
+std::unique_ptr<kvtc::store::TieredStore> open_store(uint64_t host_capacity_bytes, const std::string& policy,
+                                                     std::optional<std::string> disk_dir,
+                                                     uint64_t disk_capacity_bytes, bool write_through,
+                                                     int n_threads) {
+  kvtc::store::HostTierOptions ho;
+  ho.capacity_bytes = host_capacity_bytes;
+  ho.policy = policy_of(policy);
+  nb::gil_scoped_release unlocked;
+  auto host = take(kvtc::store::HostTier::create(ho));
+  std::unique_ptr<kvtc::store::DiskTier> disk;
+  if (disk_dir) {
+    kvtc::store::DiskTierOptions d;
+    d.directory = *disk_dir;
+    d.capacity_bytes = disk_capacity_bytes;
+    disk = take(kvtc::store::DiskTier::open(d));
+  }
+  kvtc::store::TieredStoreOptions o;
+  o.write_through = write_through;
+  o.n_threads = n_threads;
+  return take(kvtc::store::TieredStore::create(std::move(host), std::move(disk), o));
+}
+
+}  // namespace
+
+void bind_store(nb::module_& m) {
+  using Store = kvtc::store::TieredStore;
+  nb::class_<Store>(m, "Store")
+      .def_static("open", &open_store, "host_capacity_bytes"_a, "policy"_a = "s3fifo", "disk_dir"_a.none() = nb::none(),
+                  "disk_capacity_bytes"_a = uint64_t(16) << 30, "write_through"_a = false, "n_threads"_a = 2)
+      .def("put", [](Store& s, const nb::bytes& key, const nb::bytes& value) {
+        const std::string k = key_of(key);
+        const auto* p = reinterpret_cast<const uint8_t*>(value.c_str());
+        const std::span<const uint8_t> v(p, value.size());
+        nb::gil_scoped_release unlocked;
+        raise_if_error(s.put(k, v));
+      }, "key"_a, "value"_a)
+      .def("get", [](Store& s, const nb::bytes& key) {
+        const std::string k = key_of(key);
+        std::optional<Bytes> v;
+        {
+          nb::gil_scoped_release unlocked;
+          v = take(s.get(k));
+        }
+        return to_python(std::move(v));
+      }, "key"_a)
+      .def("contains", [](Store& s, const nb::bytes& key) {
+        const std::string k = key_of(key);
+        nb::gil_scoped_release unlocked;
+        return s.contains(k);
+      }, "key"_a)
+      .def("erase", [](Store& s, const nb::bytes& key) {
+        const std::string k = key_of(key);
+        nb::gil_scoped_release unlocked;
+        return take(s.erase(k));
+      }, "key"_a)
+      .def("put_many", [](Store& s, const std::vector<std::pair<nb::bytes, nb::bytes>>& items) {
+        std::vector<kvtc::store::Entry> entries;
+        entries.reserve(items.size());
+        for (const auto& [k, v] : items) {
+          const auto* p = reinterpret_cast<const uint8_t*>(v.c_str());
+          entries.push_back({key_of(k), Bytes(p, p + v.size())});
+        }
+        std::vector<kvtc::Status> st;
+        {
+          nb::gil_scoped_release unlocked;
+          st = s.put_many(entries);
+        }
+        for (const kvtc::Status& x : st) raise_if_error(x);
+      }, "items"_a)
+      .def("get_many", [](Store& s, const std::vector<nb::bytes>& keys) {
+        std::vector<std::string> ks;
+        for (const nb::bytes& k : keys) ks.push_back(key_of(k));
+        std::vector<kvtc::store::GetResult> rs;
+        {
+          nb::gil_scoped_release unlocked;
+          rs = s.get_many(ks);
+        }
+        nb::list out;
+        for (auto& r : rs) out.append(to_python(take(std::move(r))));
+        return out;
+      }, "keys"_a)
+      .def("contains_many", [](Store& s, const std::vector<nb::bytes>& keys) {
+        std::vector<std::string> ks;
+        for (const nb::bytes& k : keys) ks.push_back(key_of(k));
+        nb::gil_scoped_release unlocked;
+        return s.contains_many(ks);
+      }, "keys"_a)
+      .def_prop_ro("bytes_used", &Store::bytes_used)
+      .def_prop_ro("capacity_bytes", &Store::capacity_bytes)
+      .def_prop_ro("entry_count", &Store::entry_count)
+      .def("metrics_json", [](const Store& s) { return s.metrics_json(); })
+      .def("metrics_prometheus", [](const Store& s) { return s.metrics_prometheus(); });
+}
+
+}  // namespace kvtc_py
