@@ -115,20 +115,12 @@ std::vector<uint8_t> exact_raw(const CacheView& cache, Stream stream, int layer,
   const int64_t count = int64_t(h_count) * n * d;
   std::vector<uint8_t> elems(static_cast<size_t>(count * eb));
   std::vector<float> row(static_cast<size_t>(d));
-  const float* src = row.data();
   const TensorView& tv = stream == Stream::kKey ? cache.k[size_t(layer)] : cache.v[size_t(layer)];
-  int64_t e = 0;
+  const MutableTensorView out{elems.data(), n * d, d};  // [head][token][dim] in the container's dtype
   for (int h = 0; h < h_count; ++h)
     for (int64_t t = t0; t < t0 + n; ++t) {
       read_row_f32(tv, cache.element_dtype, h, t, d, row.data());
-      for (int i = 0; i < d; ++i, ++e) {
-        if (cache.dtype == DType::kF32) {
-          std::memcpy(&elems[e * 4], &src[i], 4);
-        } else {
-          const uint16_t bits = cache.dtype == DType::kBF16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
-          std::memcpy(&elems[e * 2], &bits, 2);
-        }
-      }
+      write_row_f32(row.data(), d, cache.dtype, out, h, t - t0);
     }
   std::vector<uint8_t> raw(elems.size());
   to_byte_planes(elems.data(), count, eb, raw.data());
