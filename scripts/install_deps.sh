@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential cmake ninja-build pkg-config
       libdeflate-dev zlib1g-dev libopenblas-dev liblapacke-dev nlohmann-json3-dev libcli11-dev
       libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev liblzma-dev
-      gnuplot-nox python3 python3-venv)
+      gnuplot-nox python3 python3-venv libhiredis-dev redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

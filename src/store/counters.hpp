@@ -25,6 +25,14 @@ class AtomicHistogram {
 
 struct TierCounters {
   std::atomic<uint64_t> hits{0}, misses{0}, puts{0}, put_errors{0}, evictions{0}, corruptions{0};
+  std::atomic<uint64_t> errors{0}, reconnects{0}, bytes_put{0}, bytes_raw_put{0};
+
+  // A put that stored its entry: puts, bytes_put and bytes_raw_put.
+  void stored(uint64_t value_bytes, uint64_t raw_bytes) {
+    puts.fetch_add(1, std::memory_order_relaxed);
+    bytes_put.fetch_add(value_bytes, std::memory_order_relaxed);
+    bytes_raw_put.fetch_add(raw_bytes, std::memory_order_relaxed);
+  }
   AtomicHistogram get_latency, put_latency;
 
   // Fills the running totals; the caller sets tier name and gauges.

@@ -249,7 +249,7 @@ std::string DiskTier::path_of(std::string_view key) const {
   return it == impl_->index.end() ? std::string() : impl_->path(it->second.file);
 }
 
-Status DiskTier::put(std::string_view key, std::span<const uint8_t> value) {
+Status DiskTier::put(std::string_view key, std::span<const uint8_t> value, uint64_t raw_bytes) {
   detail::ScopedLatency latency(impl_->counters.put_latency);
   Impl& d = *impl_;
   if (d.options.read_only) {
@@ -287,13 +287,14 @@ Status DiskTier::put(std::string_view key, std::span<const uint8_t> value) {
         d.files.erase(file);
       }
       bump(d.counters.put_errors);
+      if (w.code() == StatusCode::kIo) bump(d.counters.errors);
       return w;
     }
     std::lock_guard lock(d.mu);
     d.index_put(key, file, size, victims);
   }
   d.remove_victims(victims);
-  bump(d.counters.puts);
+  d.counters.stored(value.size(), raw_bytes);
   return Status::ok();
 }
 
@@ -319,6 +320,7 @@ GetResult DiskTier::get(std::string_view key) {
     return std::optional<Bytes>(std::move(r->value));
   }
   if (!r.is_ok() && r.status().code() == StatusCode::kIo && !missing) {
+    bump(d.counters.errors);
     return r.status();  // the disk refused: an error, not a miss
   }
   // Deleted behind our back (a miss), or corrupt: never served, removed, counted.

@@ -27,7 +27,7 @@ struct HostTier::Impl {
   detail::TierCounters counters;
 
   // Stores under mu; entries pushed out go to `evicted`.
-  Status put_locked(std::string_view key, std::span<const uint8_t> value, Evicted& evicted) {
+  Status put_locked(std::string_view key, std::span<const uint8_t> value, uint64_t raw_bytes, Evicted& evicted) {
     const uint64_t size = key.size() + value.size();
     if (size > options.capacity_bytes) {
       bump(counters.put_errors);
@@ -60,7 +60,7 @@ struct HostTier::Impl {
       evicted.emplace_back(std::move(handle.key()), std::move(handle.mapped().value));
       bump(counters.evictions);
     }
-    bump(counters.puts);
+    counters.stored(value.size(), raw_bytes);
     return Status::ok();
   }
 
@@ -102,14 +102,14 @@ void HostTier::set_eviction_callback(EvictionCallback callback) {
 
 EvictionPolicy HostTier::policy() const { return impl_->options.policy; }
 
-Status HostTier::put(std::string_view key, std::span<const uint8_t> value) {
+Status HostTier::put(std::string_view key, std::span<const uint8_t> value, uint64_t raw_bytes) {
   detail::ScopedLatency latency(impl_->counters.put_latency);
   Impl::Evicted evicted;
   EvictionCallback cb;
   Status s;
   {
     std::lock_guard lock(impl_->mu);
-    s = impl_->put_locked(key, value, evicted);
+    s = impl_->put_locked(key, value, raw_bytes, evicted);
     if (!evicted.empty()) cb = impl_->callback;
   }
   impl_->hand_over(evicted, cb);
@@ -125,7 +125,7 @@ std::vector<Status> HostTier::put_many(std::span<const Entry> entries) {
     std::lock_guard lock(impl_->mu);
     for (const Entry& e : entries) {
       detail::ScopedLatency latency(impl_->counters.put_latency);
-      out.push_back(impl_->put_locked(e.key, e.value, evicted));
+      out.push_back(impl_->put_locked(e.key, e.value, e.raw_bytes, evicted));
     }
     if (!evicted.empty()) cb = impl_->callback;
   }

@@ -66,6 +66,10 @@ TierMetrics TierCounters::snapshot() const {
   m.put_errors = put_errors.load(std::memory_order_relaxed);
   m.evictions = evictions.load(std::memory_order_relaxed);
   m.corruptions = corruptions.load(std::memory_order_relaxed);
+  m.errors = errors.load(std::memory_order_relaxed);
+  m.reconnects = reconnects.load(std::memory_order_relaxed);
+  m.bytes_put = bytes_put.load(std::memory_order_relaxed);
+  m.bytes_raw_put = bytes_raw_put.load(std::memory_order_relaxed);
   m.get_latency = get_latency.snapshot();
   m.put_latency = put_latency.snapshot();
   return m;
@@ -114,6 +118,11 @@ std::string metrics_json(const StoreMetrics& metrics) {
                      {"put_errors", t.put_errors},
                      {"evictions", t.evictions},
                      {"corruptions", t.corruptions},
+                     {"errors", t.errors},
+                     {"reconnects", t.reconnects},
+                     {"bytes_put", t.bytes_put},
+                     {"bytes_raw_put", t.bytes_raw_put},
+                     {"compression_ratio", t.bytes_put && t.bytes_raw_put ? double(t.bytes_raw_put) / double(t.bytes_put) : 0.0},
                      {"entries", t.entries},
                      {"bytes_stored", t.bytes_stored},
                      {"capacity_bytes", t.capacity_bytes},
@@ -146,6 +155,14 @@ std::string metrics_prometheus(const StoreMetrics& metrics) {
   tier_values("kvtc_store_evictions_total", "counter", "Entries evicted to make room.", &TierMetrics::evictions);
   tier_values("kvtc_store_corruptions_total", "counter", "Corrupt entries found and removed.",
               &TierMetrics::corruptions);
+  tier_values("kvtc_store_errors_total", "counter", "Operations that failed (I/O, server unreachable).",
+              &TierMetrics::errors);
+  tier_values("kvtc_store_reconnects_total", "counter", "Connections made again after the server was lost.",
+              &TierMetrics::reconnects);
+  tier_values("kvtc_store_put_bytes_total", "counter", "Value bytes of the puts that stored their entry.",
+              &TierMetrics::bytes_put);
+  tier_values("kvtc_store_put_raw_bytes_total", "counter", "Uncompressed bytes the callers declared with those puts.",
+              &TierMetrics::bytes_raw_put);
   tier_values("kvtc_store_entries", "gauge", "Entries held.", &TierMetrics::entries);
   tier_values("kvtc_store_bytes", "gauge", "Bytes counted against the capacity.", &TierMetrics::bytes_stored);
   tier_values("kvtc_store_capacity_bytes", "gauge", "Capacity in bytes.", &TierMetrics::capacity_bytes);
