@@ -1,9 +1,49 @@
 // Writes the seed corpora: containers made with the fuzz calibration at several ratios and chunk
-// sizes, and calibration files. Run: make_seeds OUT_DIR  (OUT_DIR/container, OUT_DIR/calibration)
+// sizes, calibration files, and rANS tables each followed by a chunk coded with it.
+// Run: make_seeds OUT_DIR  (OUT_DIR/container, OUT_DIR/calibration, OUT_DIR/rans)
 #include <cstdio>
 #include <filesystem>
 
+#include "entropy/rans_encode.hpp"
 #include "fuzz_common.hpp"
+
+namespace {
+
+// rANS seeds: a table (counts, prob_bits) and a chunk of n symbols drawn from a fixed recurrence.
+bool write_rans_seeds(const std::filesystem::path& dir) {
+  using namespace kvtc;
+  struct Seed {
+    std::vector<uint64_t> counts;
+    int prob_bits, lanes;
+    size_t n;
+  };
+  const std::vector<Seed> seeds = {{{400, 200, 100, 50, 25, 12, 6, 3, 1, 1, 1, 1, 1, 1, 1, 1}, 12, 8, 300},
+                                   {std::vector<uint64_t>(256, 1), 15, 32, 100},
+                                   {{0, 0, 7}, 4, 4, 50},
+                                   {{3, 1}, 12, 32, 0},
+                                   {{1, 2, 3, 4, 5, 6, 7, 8}, 8, 1, 40}};
+  int i = 0;
+  for (const Seed& s : seeds) {
+    auto t = build_rans_table(s.counts, s.prob_bits, false);
+    if (!t.is_ok()) return false;
+    std::vector<uint8_t> symbols(s.n), bytes, chunk;
+    uint32_t state = 12345;
+    for (size_t k = 0; k < s.n; ++k) {  // symbols with freq > 0, in proportion to nothing in particular
+      state = state * 1103515245u + 12345u;
+      uint32_t slot = (state >> 8) % t->total();
+      size_t sym = 0;
+      while (t->cum[sym + 1] <= slot) ++sym;
+      symbols[k] = uint8_t(sym);
+    }
+    serialize_rans_table(*t, bytes);
+    if (!rans_encode(symbols.data(), symbols.size(), *t, s.lanes, chunk).is_ok()) return false;
+    bytes.insert(bytes.end(), chunk.begin(), chunk.end());
+    if (!write_bytes_atomic((dir / ("seed-" + std::to_string(i++) + ".bin")).string(), bytes).is_ok()) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace kvtc;
@@ -14,6 +54,8 @@ int main(int argc, char** argv) {
   const std::filesystem::path out(argv[1]);
   std::filesystem::create_directories(out / "container");
   std::filesystem::create_directories(out / "calibration");
+  std::filesystem::create_directories(out / "rans");
+  if (!write_rans_seeds(out / "rans")) return 1;
   const Calibration& cal = fuzz::fuzz_calibration();
   int i = 0;
   for (double ratio : {8.0, 20.0, 40.0})
@@ -29,6 +71,6 @@ int main(int argc, char** argv) {
     }
   auto bytes = cal.serialize();
   if (!bytes.is_ok() || !write_bytes_atomic((out / "calibration" / "seed-0.kvtcal").string(), *bytes).is_ok()) return 1;
-  std::printf("wrote %d container seeds and 1 calibration seed to %s\n", i, argv[1]);
+  std::printf("wrote %d container seeds, 1 calibration seed and 5 rANS seeds to %s\n", i, argv[1]);
   return 0;
 }
