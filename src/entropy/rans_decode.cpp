@@ -1,7 +1,7 @@
 // The decode step of lane l for symbol i (l = i mod N), with x its state and M = 2^prob_bits:
-//   slot = x & (M - 1); (f, bias, s) = table[slot]; x = f * (x >> prob_bits) + bias;
+//   slot = x & (M - 1); s = symbol[slot]; (f, c) = (freq, cum)[s]; x = f * (x >> prob_bits) + slot - c;
 //   if x < 2^16: x = x << 16 | next word.
-// For any state in [2^16, 2^32) and any table this keeps x in [2^16, 2^32) (f * (x >> pb) + bias <
+// For any state in [2^16, 2^32) and any table this keeps x in [2^16, 2^32) (f * (x >> pb) + slot - c <
 // f * 2^(32 - pb) <= 2^32, and x >> pb >= 1 makes x >= 1 before the shift), so corrupt input can give
 // wrong symbols but never an undefined state. The word read clamps its index, and the position moves
 // only where a word was needed; an overrun shows as a position past the end, checked once per chunk.
@@ -20,32 +20,68 @@ inline uint32_t load_u32(const uint8_t* p) {
   return v;
 }
 
-// The lanes' loop over one run of symbols with one table.
-inline void decode_run(const RansDecodeTable& t, uint32_t* state, int n_lanes, int& lane, const uint8_t* words,
-                       size_t n_words, size_t& pos, uint8_t* out, size_t count) {
+// One decode step of one lane: returns the new state, sets the symbol and advances pos by the word
+// read, if any. kChecked: the word index may lie past the stream, so it is clamped (an overrun shows
+// later as pos > n_words); otherwise the caller guarantees pos < n_words. Everything is passed and
+// returned by value so that the byte stores to the output cannot force reloads (a uint8_t store may
+// alias anything reached through a pointer).
+template <bool kChecked>
+inline uint32_t step(uint32_t x, int pb, uint32_t mask, const uint32_t* entry, const uint8_t* sym, const uint8_t* words,
+                     size_t n_words, size_t& pos, uint8_t& symbol) {
+  const uint32_t slot = x & mask;
+  symbol = sym[slot];
+  const uint32_t e = entry[symbol];
+  x = (e >> 16) * (x >> pb) + slot - (e & 0xffffu);
+  const uint32_t need = x < kRansStateLow;
+  uint16_t w = 0;
+  if (!kChecked) {
+    std::memcpy(&w, words + 2 * pos, 2);
+  } else if (n_words > 0) {
+    std::memcpy(&w, words + 2 * (pos < n_words ? pos : 0), 2);
+  }
+  pos += need;
+  // A select through a mask rather than `need ? a : b`, which compilers may turn into a branch that
+  // mispredicts about every other symbol.
+  const uint32_t take = 0u - need;
+  return (x & ~take) | ((x << 16 | w) & take);
+}
+
+// The lanes' loop over one run of symbols with one table: single checked steps up to a lane-0
+// boundary, then whole rounds of n_lanes symbols without index checks while the stream holds at
+// least n_lanes more words (a round reads at most one word per lane), then checked steps again.
+// `state` is the caller's local array (it never escapes), pos and lane are copied into locals.
+inline void decode_run(const RansDecodeTable& t, uint32_t* state, int n_lanes, int& lane_io, const uint8_t* words,
+                       size_t n_words, size_t& pos_io, uint8_t* out, size_t count) {
   const int pb = t.prob_bits();
   const uint32_t mask = (1u << pb) - 1u;
   const uint32_t* entry = t.entries();
   const uint8_t* sym = t.symbols();
-  size_t p = pos;
-  int l = lane;
-  for (size_t i = 0; i < count; ++i) {
-    uint32_t x = state[l];
-    const uint32_t slot = x & mask;
-    const uint32_t e = entry[slot];
-    out[i] = sym[slot];
-    x = (e >> 16) * (x >> pb) + (e & 0xffffu);
-    const uint32_t need = x < kRansStateLow;
-    uint16_t w = 0;
-    const size_t at = p < n_words ? p : 0;
-    if (n_words > 0) std::memcpy(&w, words + 2 * at, 2);
-    x = need ? (x << 16 | w) : x;
-    p += need;
-    state[l] = x;
-    l = l + 1 == n_lanes ? 0 : l + 1;
+  const size_t lanes = size_t(n_lanes);
+  size_t i = 0, pos = pos_io;
+  size_t l = size_t(lane_io);
+  uint8_t s = 0;
+  for (; i < count && l != 0; ++i) {
+    state[l] = step<true>(state[l], pb, mask, entry, sym, words, n_words, pos, s);
+    out[i] = s;
+    l = l + 1 == lanes ? 0 : l + 1;
   }
-  pos = p;
-  lane = l;
+  while (count - i >= lanes && pos + lanes <= n_words) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 4
+#endif
+    for (size_t j = 0; j < lanes; ++j) {
+      state[j] = step<false>(state[j], pb, mask, entry, sym, words, n_words, pos, s);
+      out[i + j] = s;
+    }
+    i += lanes;
+  }
+  for (; i < count; ++i) {
+    state[l] = step<true>(state[l], pb, mask, entry, sym, words, n_words, pos, s);
+    out[i] = s;
+    l = l + 1 == lanes ? 0 : l + 1;
+  }
+  pos_io = pos;
+  lane_io = int(l);
 }
 
 }  // namespace
@@ -55,13 +91,12 @@ Result<RansDecodeTable> RansDecodeTable::build(const RansTable& table) {
   if (!s.is_ok()) return invalid_argument(s.message());
   RansDecodeTable d;
   d.prob_bits_ = table.prob_bits;
-  d.entry_.resize(table.total());
+  d.entry_.resize(table.freq.size());
   d.symbol_.resize(table.total());
-  for (size_t sym = 0; sym < table.freq.size(); ++sym)
-    for (uint32_t slot = table.cum[sym]; slot < table.cum[sym + 1]; ++slot) {
-      d.entry_[slot] = uint32_t(table.freq[sym]) << 16 | (slot - table.cum[sym]);
-      d.symbol_[slot] = uint8_t(sym);
-    }
+  for (size_t sym = 0; sym < table.freq.size(); ++sym) {
+    d.entry_[sym] = uint32_t(table.freq[sym]) << 16 | table.cum[sym];
+    std::memset(d.symbol_.data() + table.cum[sym], int(sym), table.freq[sym]);
+  }
   return d;
 }
 

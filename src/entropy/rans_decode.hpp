@@ -1,5 +1,8 @@
-// Fast rANS decoder: a slot -> (symbol, frequency, bias) lookup table per coding table, branch-free
-// renormalisation, every read bounds-checked by index clamping (chunk layout in entropy/rans_chunk.hpp).
+// Fast rANS decoder: a direct slot -> symbol table (2^prob_bits bytes) and a (frequency, cumulative)
+// pair per symbol, branch-free renormalisation, whole rounds of lanes without index checks while the
+// stream cannot run out (chunk layout in entropy/rans_chunk.hpp).
+// The slot table holds bytes, not (symbol, frequency, bias) words: kvtc codes a chunk with one table
+// per component, hundreds of tables per ratio, and the smaller tables stay in cache (bench/RESULTS.md).
 #pragma once
 
 #include <cstddef>
@@ -10,15 +13,15 @@
 
 namespace kvtc {
 
-// The decoding form of a RansTable: 2^prob_bits slots.
+// The decoding form of a RansTable: 2^prob_bits slots of one byte, 4 bytes per symbol.
 class RansDecodeTable {
  public:
   // INVALID_ARGUMENT if the table is not valid (validate_rans_table).
   static Result<RansDecodeTable> build(const RansTable& table);
 
   int prob_bits() const { return prob_bits_; }
-  const uint32_t* entries() const { return entry_.data(); }  // freq << 16 | (slot - cum[symbol])
-  const uint8_t* symbols() const { return symbol_.data(); }
+  const uint32_t* entries() const { return entry_.data(); }  // per symbol: freq << 16 | cum
+  const uint8_t* symbols() const { return symbol_.data(); }  // per slot: the symbol
 
  private:
   int prob_bits_ = 0;
