@@ -198,7 +198,7 @@ struct RedisTier::Impl {
   int backoff_ms = 0;           // guarded by health_mu
   bool trying = false;          // guarded by health_mu: one attempt at a time while down
   bool ever_connected = false;  // guarded by health_mu
-  std::string last_error;       // guarded by health_mu
+  std::string last_error = "redis tier: unavailable";  // guarded by health_mu: why, in full
   std::atomic<uint64_t> attempts{0};
 
   std::atomic<uint64_t> maxmemory{0}, used_memory{0}, dbsize{0};
@@ -233,7 +233,7 @@ struct RedisTier::Impl {
   // The server was lost while `conn_generation` was current: mark down (once) and start the backoff.
   void lost(uint64_t conn_generation, const std::string& why) {
     std::lock_guard lock(health_mu);
-    last_error = why;
+    last_error = unavailable(endpoint + ": " + why).message();
     if (conn_generation != generation.load() || !up.load()) return;  // already known
     up.store(false);
     generation.fetch_add(1);
@@ -281,8 +281,8 @@ struct RedisTier::Impl {
       if (!up.load()) {
         const int64_t now = now_ms();
         if (trying || now < next_try_ms) {
-          return unavailable(endpoint + ": " + last_error + " (next attempt in " +
-                             std::to_string(std::max<int64_t>(0, next_try_ms - now)) + " ms)");
+          return io_error(last_error + " (next attempt in " +
+                          std::to_string(std::max<int64_t>(0, next_try_ms - now)) + " ms)");
         }
         trying = true;
         retry = true;
@@ -324,7 +324,8 @@ struct RedisTier::Impl {
     for (const Command& cmd : commands) {
       if (redisAppendCommandArgv(c.ctx.get(), int(cmd.argv.size()), const_cast<const char**>(cmd.argv.data()),
                                  cmd.argvlen.data()) != REDIS_OK) {
-        break;
+        c.ctx.reset();  // a half-queued pipeline: the connection cannot be reused
+        return io_error("redis tier: cannot queue a command (out of memory)");
       }
     }
     for (size_t i = 0; i < commands.size() && c.ctx->err == 0; ++i) {

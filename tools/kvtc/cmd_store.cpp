@@ -1,4 +1,5 @@
-// kvtc store stats DIR [--json] [--quick] [--repair]; kvtc store put DIR KEY FILE; kvtc store get DIR KEY -o FILE
+// kvtc store stats [DIR] [--redis-socket P | --redis-host H --redis-port N] [--json] [--quick] [--repair];
+// kvtc store put DIR KEY FILE; kvtc store get DIR KEY -o FILE
 #include <cstdio>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -34,10 +35,52 @@ std::unique_ptr<store::DiskTier> open_store(const std::string& dir, bool read_on
   return unwrap(store::DiskTier::open(o), dir);
 }
 
+// What a Redis tier's server reports, as JSON (connected false and the error when unreachable).
+nlohmann::json redis_stats(const store::RedisTierOptions& o) {
+  auto tier = unwrap(store::RedisTier::create(o), "redis");
+  auto info = tier->server_info();
+  const std::string endpoint = o.unix_socket.empty() ? o.host + ":" + std::to_string(o.port) : "unix:" + o.unix_socket;
+  nlohmann::json j = {{"endpoint", endpoint},
+                      {"key_prefix", o.key_prefix},
+                      {"connected", info.is_ok()}};
+  if (!info.is_ok()) {
+    j["error"] = info.status().to_string();
+    return j;
+  }
+  j["redis_version"] = info->redis_version;
+  j["maxmemory_bytes"] = info->maxmemory_bytes;
+  j["maxmemory_policy"] = info->maxmemory_policy;
+  j["used_memory_bytes"] = info->used_memory_bytes;
+  j["keys"] = info->keys;
+  return j;
+}
+
+void print_redis(const nlohmann::json& j) {
+  std::printf("redis %s (prefix \"%s\"): ", j["endpoint"].get<std::string>().c_str(),
+              j["key_prefix"].get<std::string>().c_str());
+  if (!j["connected"].get<bool>()) {
+    std::printf("unreachable: %s\n", j["error"].get<std::string>().c_str());
+    return;
+  }
+  std::printf("Redis %s\n", j["redis_version"].get<std::string>().c_str());
+  std::printf("  used memory: %llu bytes\n", static_cast<unsigned long long>(j["used_memory_bytes"].get<uint64_t>()));
+  const uint64_t mm = j["maxmemory_bytes"].get<uint64_t>();
+  if (mm == 0) {
+    std::printf("  maxmemory: unlimited (or not readable), policy %s\n",
+                j["maxmemory_policy"].get<std::string>().c_str());
+  } else {
+    std::printf("  maxmemory: %llu bytes, policy %s\n", static_cast<unsigned long long>(mm),
+                j["maxmemory_policy"].get<std::string>().c_str());
+  }
+  std::printf("  keys in the database (every prefix): %llu\n",
+              static_cast<unsigned long long>(j["keys"].get<uint64_t>()));
+}
+
 }  // namespace
 
 void register_store(CLI::App& app) {
-  auto* store_cmd = app.add_subcommand("store", "Inspect and use a disk tier of the block store (docs/STORE.md)");
+  auto* store_cmd =
+      app.add_subcommand("store", "Inspect and use the block store: a disk tier, a Redis tier's server (docs/STORE.md)");
   store_cmd->require_subcommand(1);
 
   struct StatsArgs {
@@ -45,16 +88,44 @@ void register_store(CLI::App& app) {
     bool json = false;
     bool quick = false;
     bool repair = false;
+    store::RedisTierOptions redis;
   };
   auto sa = std::make_shared<StatsArgs>();
+  sa->redis.host.clear();
+  sa->redis.port = 6379;
   auto* stats = store_cmd->add_subcommand(
-      "stats", "Scan a disk tier directory: entries, bytes, leftover temporaries and corrupt files");
-  stats->add_option("dir", sa->dir, "The disk tier's directory")->required()->check(CLI::ExistingDirectory);
+      "stats", "Scan a disk tier directory (entries, bytes, leftover temporaries and corrupt files) and/or ask a "
+               "Redis tier's server (memory, maxmemory, keys)");
+  stats->add_option("dir", sa->dir, "The disk tier's directory")->check(CLI::ExistingDirectory);
+  stats->add_option("--redis-socket", sa->redis.unix_socket, "A Redis tier's server: its unix socket");
+  stats->add_option("--redis-host", sa->redis.host, "A Redis tier's server: its host (TCP)");
+  stats->add_option("--redis-port", sa->redis.port, "... and port")->capture_default_str();
+  stats->add_option("--redis-prefix", sa->redis.key_prefix, "The tier's key prefix")->capture_default_str();
   stats->add_flag("--json", sa->json, "Print JSON");
   stats->add_flag("--quick", sa->quick, "Check headers and sizes only, not every file's CRC");
   stats->add_flag("--repair", sa->repair,
                   "Delete temporaries and bad files (takes the directory's lock: not while a server has it open)");
   stats->callback([sa] {
+    const bool with_redis = !sa->redis.unix_socket.empty() || !sa->redis.host.empty();
+    if (sa->dir.empty() && !with_redis) {
+      fail(invalid_argument("give a disk tier's directory, --redis-socket or --redis-host"), "store stats");
+    }
+    nlohmann::json redis;
+    if (with_redis) {
+      sa->redis.connect_timeout_ms = 1000;
+      sa->redis.command_timeout_ms = 5000;
+      sa->redis.pool_size = 1;
+      redis = redis_stats(sa->redis);
+    }
+    if (sa->dir.empty()) {
+      if (sa->json) {
+        std::printf("%s\n", nlohmann::json({{"redis", redis}}).dump(2).c_str());
+      } else {
+        print_redis(redis);
+      }
+      if (!redis["connected"].get<bool>()) std::exit(1);
+      return;
+    }
     auto tier = open_store(sa->dir, !sa->repair, !sa->quick);
     const store::DiskRecovery& r = tier->recovery();
     if (sa->json) {
@@ -66,6 +137,7 @@ void register_store(CLI::App& app) {
                           {"temp_files", r.temp_files_removed},
                           {"bad_files", r.bad_files},
                           {"ignored_files", r.ignored_files}};
+      if (with_redis) j["redis"] = redis;
       std::printf("%s\n", j.dump(2).c_str());
       return;
     }
@@ -79,6 +151,7 @@ void register_store(CLI::App& app) {
     if (!r.ignored_files.empty()) {
       std::printf("  other files (left alone): %llu\n", static_cast<unsigned long long>(r.ignored_files.size()));
     }
+    if (with_redis) print_redis(redis);
   });
 
   struct PutGetArgs {
