@@ -1,15 +1,20 @@
-"""The block store: compressed KV blocks in host memory over an optional disk directory.
+"""The block store: compressed KV blocks in host memory over an optional disk directory and an optional
+Redis server shared by many processes.
 
     from kvtc.store import Store
-    store = Store(host_capacity_bytes=8 << 30, disk_dir="/var/cache/kvtc", disk_capacity_bytes=200 << 30)
+    store = Store(host_capacity_bytes=8 << 30, disk_dir="/var/cache/kvtc", disk_capacity_bytes=200 << 30,
+                  redis_socket="/run/redis/redis.sock", redis_prefix="kvtc:" + model_id)
     store.put(block_hash, kvtc.compress_block(cal, keys, values, a, b, 16))
     data = store.get(block_hash)          # bytes, or None on a miss
 
 Keys are bytes (a serving engine's block hash, e.g. vLLM's chained prefix hash); values are bytes
 (containers, which the store does not parse). The host tier evicts by S3-FIFO (or LRU) and demotes what
 it evicts to disk; disk hits are promoted back. Disk entries are checksummed files written atomically;
-a corrupt one is a miss, removed and counted. Every call releases the GIL and may run from any thread.
-The design and file format: docs/STORE.md. Not here yet: the Redis tier and the vLLM connector.
+a corrupt one is a miss, removed and counted. With Redis (``redis_socket`` or ``redis_host``), puts are
+written through to the server and gets that miss host and disk ask it, so a second process with its own
+empty store finds the first one's blocks; while the server is away, the store serves from host and disk,
+puts raise ``KvtcIOError`` ("stored locally; not shared") after storing locally, and the tier reconnects
+by itself. Every call releases the GIL and may run from any thread. The design: docs/STORE.md.
 """
 
 from __future__ import annotations
@@ -33,17 +38,30 @@ class Store:
     ``policy``: "s3fifo" (default) or "lru" for the host tier. ``write_through``: put writes to disk
     as well (otherwise disk receives host's evictions). Capacities count key + value bytes in memory
     and whole files on disk.
+
+    Redis (optional, below disk): ``redis_socket`` (a unix socket path) or ``redis_host`` and
+    ``redis_port``; ``redis_prefix`` namespaces the keys (use one per model, e.g. "kvtc:" + model id);
+    ``redis_write_through`` (default True) sends every put to the server; ``redis_pool_size``
+    connections. The store is created even if the server is down (it connects when it appears).
     """
 
     def __init__(self, host_capacity_bytes: int, *, policy: str = "s3fifo", disk_dir: str | os.PathLike | None = None,
-                 disk_capacity_bytes: int = 16 << 30, write_through: bool = False, n_threads: int = 2):
+                 disk_capacity_bytes: int = 16 << 30, write_through: bool = False, n_threads: int = 2,
+                 redis_socket: str | os.PathLike | None = None, redis_host: str | None = None,
+                 redis_port: int = 6379, redis_prefix: str | bytes = "kvtc:", redis_write_through: bool = True,
+                 redis_pool_size: int = 4):
+        prefix = redis_prefix.decode() if isinstance(redis_prefix, bytes) else str(redis_prefix)
         self._core = _kvtc.Store.open(int(host_capacity_bytes), policy,
                                       None if disk_dir is None else os.fspath(disk_dir), int(disk_capacity_bytes),
-                                      bool(write_through), int(n_threads))
+                                      bool(write_through), int(n_threads),
+                                      None if redis_socket is None else os.fspath(redis_socket), redis_host,
+                                      int(redis_port), prefix, bool(redis_write_through), int(redis_pool_size))
 
-    def put(self, key: bytes | str, value: bytes) -> None:
-        """Stores key -> value (OutOfSpaceError if it can never fit, KvtcIOError if disk fails)."""
-        self._core.put(_key(key), bytes(value))
+    def put(self, key: bytes | str, value: bytes, raw_bytes: int = 0) -> None:
+        """Stores key -> value (OutOfSpaceError if it can never fit, KvtcIOError if disk fails or, after
+        storing locally, if Redis could not be written). ``raw_bytes``: the uncompressed size the value
+        stands for, for the metrics' compression ratio."""
+        self._core.put(_key(key), bytes(value), int(raw_bytes))
 
     def get(self, key: bytes | str) -> bytes | None:
         """The value, or None on a miss."""
@@ -73,6 +91,11 @@ class Store:
     @property
     def entry_count(self) -> int:
         return self._core.entry_count
+
+    @property
+    def redis_connected(self) -> bool:
+        """Whether a Redis tier is configured and believes its server reachable."""
+        return self._core.redis_connected
 
     def metrics(self) -> dict:
         """Hits, misses, puts, evictions, corruptions, bytes and latency histograms per tier."""

@@ -1,5 +1,6 @@
 // kvtc._kvtc.Store: the block store (include/kvtc/store.hpp) as one Python class, a TieredStore of a
-// host tier over an optional disk tier. Keys and values are bytes; calls release the GIL.
+// host tier over an optional disk tier over an optional Redis tier. Keys and values are bytes; calls
+// release the GIL.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -39,7 +40,10 @@ kvtc::store::EvictionPolicy policy_of(const std::string& s) {
 std::unique_ptr<kvtc::store::TieredStore> open_store(uint64_t host_capacity_bytes, const std::string& policy,
                                                      std::optional<std::string> disk_dir,
                                                      uint64_t disk_capacity_bytes, bool write_through,
-                                                     int n_threads) {
+                                                     int n_threads, std::optional<std::string> redis_socket,
+                                                     std::optional<std::string> redis_host, int redis_port,
+                                                     const std::string& redis_prefix, bool redis_write_through,
+                                                     int redis_pool_size) {
   kvtc::store::HostTierOptions ho;
   ho.capacity_bytes = host_capacity_bytes;
   ho.policy = policy_of(policy);
@@ -52,10 +56,21 @@ std::unique_ptr<kvtc::store::TieredStore> open_store(uint64_t host_capacity_byte
     d.capacity_bytes = disk_capacity_bytes;
     disk = take(kvtc::store::DiskTier::open(d));
   }
+  std::unique_ptr<kvtc::store::RedisTier> redis;
+  if (redis_socket || redis_host) {
+    kvtc::store::RedisTierOptions r;
+    if (redis_socket) r.unix_socket = *redis_socket;
+    if (redis_host) r.host = *redis_host;
+    r.port = redis_port;
+    r.key_prefix = redis_prefix;
+    r.pool_size = redis_pool_size;
+    redis = take(kvtc::store::RedisTier::create(r));
+  }
   kvtc::store::TieredStoreOptions o;
   o.write_through = write_through;
   o.n_threads = n_threads;
-  return take(kvtc::store::TieredStore::create(std::move(host), std::move(disk), o));
+  o.redis_write_through = redis_write_through;
+  return take(kvtc::store::TieredStore::create(std::move(host), std::move(disk), std::move(redis), o));
 }
 
 }  // namespace
@@ -64,14 +79,17 @@ void bind_store(nb::module_& m) {
   using Store = kvtc::store::TieredStore;
   nb::class_<Store>(m, "Store")
       .def_static("open", &open_store, "host_capacity_bytes"_a, "policy"_a = "s3fifo", "disk_dir"_a.none() = nb::none(),
-                  "disk_capacity_bytes"_a = uint64_t(16) << 30, "write_through"_a = false, "n_threads"_a = 2)
-      .def("put", [](Store& s, const nb::bytes& key, const nb::bytes& value) {
+                  "disk_capacity_bytes"_a = uint64_t(16) << 30, "write_through"_a = false, "n_threads"_a = 2,
+                  "redis_socket"_a.none() = nb::none(), "redis_host"_a.none() = nb::none(), "redis_port"_a = 6379,
+                  "redis_prefix"_a = "kvtc:", "redis_write_through"_a = true, "redis_pool_size"_a = 4)
+      .def("put", [](Store& s, const nb::bytes& key, const nb::bytes& value, uint64_t raw_bytes) {
         const std::string k = key_of(key);
         const auto* p = reinterpret_cast<const uint8_t*>(value.c_str());
         const std::span<const uint8_t> v(p, value.size());
         nb::gil_scoped_release unlocked;
-        raise_if_error(s.put(k, v));
-      }, "key"_a, "value"_a)
+        raise_if_error(s.put(k, v, raw_bytes));
+      }, "key"_a, "value"_a, "raw_bytes"_a = 0)
+      .def_prop_ro("redis_connected", [](Store& s) { return s.redis() != nullptr && s.redis()->connected(); })
       .def("get", [](Store& s, const nb::bytes& key) {
         const std::string k = key_of(key);
         std::optional<Bytes> v;
@@ -96,7 +114,7 @@ void bind_store(nb::module_& m) {
         entries.reserve(items.size());
         for (const auto& [k, v] : items) {
           const auto* p = reinterpret_cast<const uint8_t*>(v.c_str());
-          entries.push_back({key_of(k), Bytes(p, p + v.size())});
+          entries.push_back({key_of(k), Bytes(p, p + v.size()), 0});
         }
         std::vector<kvtc::Status> st;
         {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 
 import pytest
 import torch
@@ -84,3 +85,68 @@ def test_errors():
     with pytest.raises(kvtc.OutOfSpaceError):
         store.put(b"big", b"x" * 200)
     assert store.get("absent") is None and not store.erase(b"absent")
+
+
+@pytest.fixture
+def redis_socket(tmp_path):
+    """A redis-server of this test's own on a unix socket (--port 0 --save "" --appendonly no)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK)
+                                              else None)
+    if binary is None:
+        pytest.fail("redis-server not found on PATH or in /usr/bin: run scripts/install_deps.sh")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")])
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(sock))
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("redis-server did not answer within 5 s")
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_two_stores_share_blocks_through_redis(blocks, redis_socket):
+    _, _, _, items = blocks
+    first = Store(1 << 20, redis_socket=redis_socket, redis_prefix="kvtc:test-model:")
+    second = Store(1 << 20, redis_socket=redis_socket, redis_prefix="kvtc:test-model:")  # empty host tier
+    other_model = Store(1 << 20, redis_socket=redis_socket, redis_prefix="kvtc:other-model:")
+    assert first.redis_connected and second.redis_connected
+    raw = 2 * 64 * 1024  # what each block would be uncompressed (declared, for the ratio)
+    first.put(items[0][0], items[0][1], raw_bytes=raw)
+    first.put_many(items[1:])
+    assert second.get_many([k for k, _ in items]) == [v for _, v in items]
+    assert other_model.get(items[0][0]) is None
+    m = second.metrics()
+    assert m["tiers"]["redis"]["hits"] == len(items)
+    assert m["promotions"] == len(items)
+    assert second.get(items[2][0]) == items[2][1]  # from its host tier now
+    assert second.metrics()["tiers"]["redis"]["hits"] == len(items)
+    assert first.metrics()["tiers"]["all"]["bytes_raw_put"] == raw
+    assert 'kvtc_store_reconnects_total{tier="redis"} 0' in first.metrics_prometheus()
+
+
+def test_redis_down_serves_from_host(blocks, tmp_path):
+    _, _, _, items = blocks
+    store = Store(1 << 20, redis_socket=str(tmp_path / "nobody.sock"))
+    assert not store.redis_connected
+    with pytest.raises(kvtc.KvtcIOError, match="stored locally; not shared"):
+        store.put(items[0][0], items[0][1])
+    assert store.get(items[0][0]) == items[0][1]
+    assert store.get(items[1][0]) is None
