@@ -319,6 +319,32 @@ TEST(RansCoder, SizeIsNearTheEmpiricalEntropy) {
     }
 }
 
+// A chunk written out byte for byte (docs/FORMAT.md, "rANS chunk"): the layout is a contract with
+// decoders elsewhere (the GPU), so any change to it must show here. Table {2048, 1024, 1024} of total
+// 2^12, two lanes. First step by hand: lane 0 starts at 0x002174ee; slot = x mod 4096 = 1262 < 2048,
+// so symbol 0, and x = 2048 * (x >> 12) + 1262 = 1096942, no word read; lane 1 starts at 0x0004088b,
+// slot 2187 lies in [2048, 3072): symbol 1.
+TEST(RansCoder, GoldenChunk) {
+  auto t = build_rans_table({2, 1, 1}, 12, false);
+  ASSERT_TRUE(t.is_ok());
+  ASSERT_EQ(t->freq, (std::vector<uint16_t>{2048, 1024, 1024}));
+  const std::vector<uint8_t> x = {0, 1, 2, 0, 2, 2, 1, 0, 0, 0, 1, 2, 2, 2, 0, 1, 1, 0, 2, 0, 1, 1, 2, 0};
+  const std::vector<uint8_t> golden = {
+      0x18, 0x00, 0x00, 0x00,  // n_symbols 24
+      0x02, 0x00, 0x00, 0x00,  // 2 lanes, reserved
+      0x04, 0x00, 0x00, 0x00,  // 4 stream bytes
+      0xee, 0x74, 0x21, 0x00,  // lane 0 state
+      0x8b, 0x08, 0x04, 0x00,  // lane 1 state
+      0x00, 0x9c, 0x00, 0x70,  // words 0x9c00, 0x7000
+  };
+  EXPECT_EQ(round_trip(x, *t, 2), golden);
+  std::vector<uint8_t> table_bytes;
+  serialize_rans_table(*t, table_bytes);
+  ASSERT_EQ(table_bytes.size(), 14u);
+  EXPECT_EQ(std::vector<uint8_t>(table_bytes.begin(), table_bytes.begin() + 10),
+            (std::vector<uint8_t>{0x01, 0x0c, 0x03, 0x00, 0x00, 0x08, 0x00, 0x04, 0x00, 0x04}));
+}
+
 // ---- corruption ----
 
 // Flips every bit of chunks over small inputs. Integrity of a chunk is the container's CRC-32 of the
