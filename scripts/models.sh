@@ -56,4 +56,15 @@ except m.PackageNotFoundError: pass' "$pkg")
   fi
   [ "$dst" -ef "$src" ] || { echo "models.sh: $dst does not lead to $src" >&2; exit 1; }
   printf '%s  %s bytes  sha256 %s\n' "$dst" "$size" "$sha"
+  # The same weights as a Hugging Face folder (fp32 safetensors), for engines that load only that
+  # (vLLM): models/<name without the quantisation tag>/, remade when the .gguf changes.
+  hf="models/$(basename "$file" | sed -E 's/\.[^.]+\.gguf$//')"
+  if [ "$(cat "$hf/SOURCE.sha256" 2>/dev/null)" != "$sha" ]; then
+    echo "models.sh: writing $hf from $(basename "$file")"
+    "$py" scripts/gguf_to_hf.py "$dst" "$hf" 2>&1 | { grep -v -E "it/s\]|^\s*$" || true; }
+    [ -f "$hf/model.safetensors" ] || { echo "models.sh: $hf was not written" >&2; exit 1; }
+    echo "$sha" > "$hf/SOURCE.sha256"
+  fi
+  printf '%s/  (from %s)  model.safetensors sha256 %s\n' "$hf" "$(basename "$file")" \
+    "$(sha256sum < "$hf/model.safetensors" | cut -d' ' -f1)"
 done
