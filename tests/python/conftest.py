@@ -54,3 +54,30 @@ def model_path(name: str) -> Path:
         return path
     pytest.skip(f"model {path} absent and scripts/models.sh could not install it "
                 f"(exit {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_calibration(request, shared_dir) -> Path:
+    """A calibration of SmolLM2-135M-Instruct by kvtc.hf.calibrate (12 documents of the valid split, at
+    most 1,024 tokens each, ratios 8 and 16). Made once and kept in pytest's cache folder under a key of
+    the built extension, kvtc.hf and the model file, so a rebuild makes it again."""
+    import kvtc
+    import kvtc.hf
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_reference import load_model
+    from smollm2_common import CAL_RATIOS, MODEL, calibration_key, calibration_texts
+
+    gguf = model_path(MODEL)
+    folder = Path(request.config.cache.mkdir("kvtc-smollm2"))
+    path = folder / f"cal-{calibration_key(kvtc, gguf)}.kvtcal"
+    if not path.is_file():
+        torch.set_num_threads(2)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cal = kvtc.hf.calibrate(load_model(str(gguf)), tok, calibration_texts(shared_dir), ratios=list(CAL_RATIOS),
+                                max_tokens=1024, model_name="SmolLM2-135M-Instruct")
+        tmp = path.with_suffix(".partial")
+        cal.save(tmp)
+        tmp.rename(path)
+    return path

@@ -10,9 +10,6 @@ uncompressed model's greedy tokens and each position's argmax is compared.
 """
 from __future__ import annotations
 
-import lzma
-import math
-
 import pytest
 import torch
 from transformers import AutoTokenizer, DynamicCache
@@ -22,18 +19,10 @@ import kvtc.hf
 from conftest import model_path
 from hf_reference import load_model
 
-MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from smollm2_common import MODEL, PREDICTED, bar as _bar, docs as _docs
+
 PROMPT_TOKENS = 420
 NEW_TOKENS = 32
-# The eval harness's top-1 agreement for kvtc on SmolLM2, fidelity 1K, prose and code (bench/RESULTS.md,
-# "SmolLM2-135M-Instruct: the real model"): 94.8 / 98.2 at 8.6x, 92.3 / 96.5 at 17x. The prompts here
-# are half prose, half code.
-PREDICTED = {8: (0.948 + 0.982) / 2, 16: (0.923 + 0.965) / 2}
-
-
-def _docs(shared_dir, name):
-    with lzma.open(shared_dir / "corpus" / f"{name}.txt.xz", "rt", encoding="utf-8") as f:
-        return f.read()[:-1].split("\n\x1e\n")
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +34,8 @@ def model_and_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def cal(model_and_tokenizer, shared_dir):
-    model, tok = model_and_tokenizer
-    texts = [d for pair in zip(_docs(shared_dir, "prose.valid")[:6], _docs(shared_dir, "code.valid")[:6]) for d in pair]
-    return kvtc.hf.calibrate(model, tok, texts, ratios=[8, 16], max_tokens=1024, model_name="SmolLM2-135M-Instruct")
+def cal(smollm2_calibration):
+    return kvtc.Calibration.load(smollm2_calibration)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +73,6 @@ def _teacher_forced(model, ids, cache, ref):
         if i + 1 < len(ref):
             logits = model(ref[i].view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
     return agree
-
-
-def _bar(ratio, n):
-    """The harness's prediction less two standard errors of an n-token sample."""
-    p = PREDICTED[ratio]
-    return p - 2 * math.sqrt(p * (1 - p) / n)
 
 
 @pytest.mark.parametrize("ratio", [8, 16])
