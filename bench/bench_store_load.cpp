@@ -3,13 +3,26 @@
 // over a unix socket and over TCP loopback (bench/STORE_RESULTS.md).
 //
 //   kvtc_bench_store_load [--threads 1,2,4] [--ops 2000] [--value-bytes 65536] [--keys 256] [--batch 16]
-//                         [--port 6399] [--tiers host,disk,redis-unix,redis-unix-pool1,redis-tcp]
+//                         [--port 6399]
+//                         [--tiers host,disk,redis-unix,redis-unix-pool1,redis-tcp,tiered-sync,tiered-async]
+//                         [--glibc-trim]
 //
 // Starts its own redis-server (from PATH or /usr/bin) on a unix socket in a temp directory and on
 // --port, with --save "" --appendonly no, and stops it at the end. The disk tier runs with sync = false
 // (no fsync: the page cache, as a benchmark of everything but the device). Every thread works on the
 // same K keys, prefilled; a "put" replaces an existing key. Latencies are per call: one key for single
 // operations, one batch of --batch keys for batches; throughput counts keys.
+//
+// tiered-sync / tiered-async: a TieredStore of a host tier over the Redis tier (unix socket), puts only,
+// with the write-through to Redis in the caller's thread or on the store's pool (redis_write_async, 2
+// threads). Latency is the caller's; for async, the wall time (so keys/s) runs until Redis has every
+// put of the phase, since the queue would otherwise hide the cost.
+//
+// glibc returns the top of the heap to the kernel once 128 KiB are free there, so a batch of 16 x 64 KiB
+// values freed and allocated again pays about 256 page faults each time (half a millisecond here). A
+// server's heap is in a steady state, so by default the bench raises M_TRIM_THRESHOLD and
+// M_MMAP_THRESHOLD (mallopt) to keep that memory; --glibc-trim leaves glibc's defaults.
+#include <malloc.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -20,6 +33,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -41,7 +55,9 @@ struct Config {
   int keys = 256;
   int batch = 16;
   int port = 6399;
-  std::vector<std::string> tiers = {"host", "disk", "redis-unix", "redis-unix-pool1", "redis-tcp"};
+  std::vector<std::string> tiers = {"host",      "disk",        "redis-unix",  "redis-unix-pool1",
+                                    "redis-tcp", "tiered-sync", "tiered-async"};
+  bool glibc_trim = false;
 };
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -87,7 +103,7 @@ struct Phase {
 
 // Runs one phase on n threads; prints a table row.
 void run_phase(Tier& tier, const std::string& tier_name, int n_threads, const Phase& phase, const Config& cfg,
-               const std::vector<kvtc::store::Bytes>& values) {
+               const std::vector<kvtc::store::Bytes>& values, const std::function<void(uint64_t)>& drain) {
   std::vector<std::vector<double>> lat(static_cast<size_t>(n_threads));
   std::vector<int> failures(static_cast<size_t>(n_threads), 0);
   const int calls = phase.batched ? std::max(1, cfg.ops / cfg.batch) : cfg.ops;
@@ -125,6 +141,7 @@ void run_phase(Tier& tier, const std::string& tier_name, int n_threads, const Ph
     });
   }
   for (auto& th : threads) th.join();
+  if (drain) drain(uint64_t(n_threads) * uint64_t(calls) * uint64_t(per_call));
   const double wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<double> all;
   int failed = 0;
@@ -169,6 +186,8 @@ int main(int argc, char** argv) {
       cfg.port = std::stoi(next());
     } else if (a == "--tiers") {
       cfg.tiers = split(next());
+    } else if (a == "--glibc-trim") {
+      cfg.glibc_trim = true;
     } else {
       std::fprintf(stderr, "unknown argument %s (see the comment at the top of bench/bench_store_load.cpp)\n",
                    a.c_str());
@@ -176,6 +195,10 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (!cfg.glibc_trim) {
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  }
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("kvtc-bench-load-" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -183,7 +206,7 @@ int main(int argc, char** argv) {
 
   pid_t redis_pid = -1;
   const bool need_redis = std::any_of(cfg.tiers.begin(), cfg.tiers.end(),
-                                      [](const std::string& t) { return t.rfind("redis", 0) == 0; });
+                                      [](const std::string& t) { return t.rfind("redis", 0) == 0 || t.rfind("tiered", 0) == 0; });
   if (need_redis) {
     const std::string bin = find_redis_server();
     if (bin.empty()) {
@@ -209,8 +232,9 @@ int main(int argc, char** argv) {
     for (auto& b : v) b = uint8_t(rng());
   }
 
-  std::printf("%zu-byte values, %d keys, %d operations per thread (batches of %d), %u hardware threads\n\n",
-              cfg.value_bytes, cfg.keys, cfg.ops, cfg.batch, std::thread::hardware_concurrency());
+  std::printf("%zu-byte values, %d keys, %d operations per thread (batches of %d), %u hardware threads, %s\n\n",
+              cfg.value_bytes, cfg.keys, cfg.ops, cfg.batch, std::thread::hardware_concurrency(),
+              cfg.glibc_trim ? "glibc's malloc defaults" : "malloc trimming off");
   std::printf("| tier             | threads | operation | keys/s    | MB/s    | p50 us   | p99 us   |\n");
   std::printf("|---|---:|---|---:|---:|---:|---:|\n");
   const Phase phases[] = {{"put", true, false}, {"get", false, false}, {"put_many", true, true},
@@ -234,7 +258,7 @@ int main(int argc, char** argv) {
           return 1;
         }
         tier = std::move(d).value();
-      } else if (name.rfind("redis", 0) == 0) {
+      } else if (name.rfind("redis", 0) == 0 || name.rfind("tiered", 0) == 0) {
         RedisTierOptions o;
         if (name == "redis-tcp") {
           o.port = cfg.port;
@@ -255,7 +279,17 @@ int main(int argc, char** argv) {
           rc = 1;
           break;
         }
-        tier = std::move(r).value();
+        if (name.rfind("tiered", 0) == 0) {
+          HostTierOptions ho;
+          ho.capacity_bytes = uint64_t(4) << 30;
+          TieredStoreOptions so;
+          so.redis_write_async = name == "tiered-async";
+          tier = std::move(TieredStore::create(std::move(HostTier::create(ho)).value(), nullptr,
+                                               std::move(r).value(), so))
+                     .value();
+        } else {
+          tier = std::move(r).value();
+        }
       } else {
         std::fprintf(stderr, "unknown tier %s\n", name.c_str());
         rc = 2;
@@ -269,7 +303,23 @@ int main(int argc, char** argv) {
           return 1;
         }
       }
-      for (const Phase& p : phases) run_phase(*tier, name, n, p, cfg, values);
+      std::function<void(uint64_t)> drain;
+      const bool tiered = name.rfind("tiered", 0) == 0;
+      if (name == "tiered-async") {
+        RedisTier* redis = static_cast<TieredStore*>(tier.get())->redis();
+        auto expected = std::make_shared<uint64_t>(uint64_t(cfg.keys));  // the prefill (a fresh tier)
+        drain = [redis, expected](uint64_t n_keys) {
+          *expected += n_keys;
+          const auto t0 = Clock::now();
+          while (redis->metrics().puts < *expected && Clock::now() - t0 < std::chrono::seconds(60)) {
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+          }
+        };
+      }
+      for (const Phase& p : phases) {
+        if (tiered && !p.put) continue;  // gets hit host: the host rows
+        run_phase(*tier, name, n, p, cfg, values, drain);
+      }
     }
   }
 
