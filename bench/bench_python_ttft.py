@@ -42,16 +42,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shared", default=str(REPO.parent / "shared"))
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the model, the prefill and the restore on the GPU)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     path = Path(a.model)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    model.eval()
+    model.eval().to(a.device)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     cal = kvtc.Calibration.load(a.calibration)
     with lzma.open(Path(a.shared) / "corpus" / "prose.test.txt.xz", "rt", encoding="utf-8") as f:
         text = "\n\n".join(f.read()[:-1].split("\n\x1e\n")[:40])
-    all_ids = tok(text, return_tensors="pt").input_ids
+    all_ids = tok(text, return_tensors="pt").input_ids.to(a.device)
+
+    def sync():
+        if a.device != "cpu":
+            torch.cuda.synchronize()
     tmp = Path(tempfile.mkdtemp(prefix="kvtc-ttft-"))
     for n in [int(x) for x in a.tokens.split(",")]:
         ids = all_ids[:, :n]
@@ -59,21 +64,26 @@ def main() -> None:
             model(ids, past_key_values=DynamicCache(), use_cache=True)  # warm-up: allocator, kernels
             prefill_s = []
             for _ in range(a.repeats):
+                sync()
                 t0 = time.perf_counter()
                 ref = model(ids, past_key_values=DynamicCache(), use_cache=True).logits[0, -1]
+                sync()
                 prefill_s.append(time.perf_counter() - t0)
             cache = DynamicCache()
             model(ids[:, :-1], past_key_values=cache, use_cache=True)
             for ratio in [float(r) for r in a.ratios.split(",")]:
                 file = tmp / f"p{n}-{ratio:g}.kvtc"
                 size = kvtc.hf.save_cache(cache, file, cal, ratio)
-                model(ids[:, -1:], past_key_values=kvtc.hf.load_cache(file, cal, dtype=torch.float32))  # warm-up
+                model(ids[:, -1:], past_key_values=kvtc.hf.load_cache(file, cal, dtype=torch.float32, device=a.device))
                 total_s, load_s = [], []
                 for _ in range(a.repeats):
+                    sync()
                     t0 = time.perf_counter()
-                    restored = kvtc.hf.load_cache(file, cal, dtype=torch.float32)
+                    restored = kvtc.hf.load_cache(file, cal, dtype=torch.float32, device=a.device)
+                    sync()
                     t1 = time.perf_counter()
                     logits = model(ids[:, -1:], past_key_values=restored, use_cache=True).logits[0, -1]
+                    sync()
                     total_s.append(time.perf_counter() - t0)
                     load_s.append(t1 - t0)
                 raw16 = 2 * 2 * cal.n_layers * cal.n_kv_heads * cal.head_dim * (n - 1)
@@ -84,7 +94,8 @@ def main() -> None:
                     "restore_load_cache_s": round(statistics.median(load_s), 4),
                     "speedup": round(statistics.median(prefill_s) / statistics.median(total_s), 2),
                     "first_token_agrees": bool(logits.argmax() == ref.argmax()),
-                    "threads": a.threads,
+                    "threads": a.threads, "device": a.device,
+                    "restore_path": "cuda backend" if a.device != "cpu" and kvtc.cuda_available() else "host",
                 }), flush=True)
     sys.stdout.flush()
 

@@ -53,6 +53,7 @@ __all__ = [
     "decompress_into",
     "inspect",
     "container_format_version",
+    "cuda_available",
     "KvtcError",
     "InvalidArgumentError",
     "UnsupportedError",
@@ -306,17 +307,21 @@ def decompress(cal: Calibration, data: bytes, layers: Sequence[int] | range | No
     ``layers`` restores only those layers, in that order (the others cost no reconstruction). The
     result is in the caller's array type: ``like`` (an array or tensor, e.g. the compressed keys) sets
     framework, dtype and device; or give ``framework`` ("numpy" or "torch"), ``dtype`` and ``device``.
-    The default is NumPy in the container's dtype, float32 where NumPy has no bfloat16. Tensors for a
-    CUDA device are restored on the host and copied over.
+    The default is NumPy in the container's dtype, float32 where NumPy has no bfloat16. Torch tensors
+    for a CUDA device are restored there by the CUDA backend when the package was built with it
+    (:func:`cuda_available`; bfloat16 or float32 output), else restored on the host and copied over.
     """
+    if like is not None:
+        first = like[0] if isinstance(like, (list, tuple)) else like
+        framework = framework or ("torch" if _is_torch(first) else "numpy")
+        dtype = dtype if dtype is not None else first.dtype
+        device = device if device is not None else (first.device if _is_torch(first) else None)
+        like = None
+    gpu = _cuda_decompress(cal, data, layers, framework, dtype, device)
+    if gpu is not None:
+        return gpu
     dec = Decoder(cal, data, n_threads)
     sel = list(range(dec.n_layers)) if layers is None else [int(l) for l in layers]
-    if like is not None:
-        if isinstance(like, (list, tuple)):
-            like = like[0]
-        framework = framework or ("torch" if _is_torch(like) else "numpy")
-        dtype = dtype if dtype is not None else like.dtype
-        device = device if device is not None else (like.device if _is_torch(like) else None)
     framework = framework or "numpy"
     shape = (len(sel), dec.n_kv_heads, dec.n_tokens, dec.head_dim)
     if framework == "torch":
@@ -338,6 +343,45 @@ def decompress(cal: Calibration, data: bytes, layers: Sequence[int] | range | No
         dec.restore_layer_into(layer, k[i], v[i])
     if framework == "torch" and device is not None and str(device) != "cpu":
         k, v = k.to(device), v.to(device)
+    return k, v
+
+
+def cuda_available() -> bool:
+    """Whether this build has the CUDA backend and a usable device (decompress(device="cuda") uses it)."""
+    return hasattr(_kvtc, "_cuda_available") and _kvtc._cuda_available()[0]
+
+
+def _cuda_decompress(cal, data, layers, framework, dtype, device):
+    """Restores on the GPU into torch tensors on `device` when the CUDA backend can: a CUDA device,
+    torch, and bfloat16 or float32 output. None when it cannot (the host path then runs)."""
+    if framework != "torch" or device is None or "cuda" not in str(device) or not cuda_available():
+        return None
+    import torch
+
+    if dtype is not None:
+        name = _dtype_name(dtype)
+    else:
+        name = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}[inspect(data)["dtype"]]
+    if name == "float16":
+        return None
+    dev = torch.device(device)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        restorer = getattr(cal, "_cuda_restorer", None)
+        if restorer is None or restorer[0] != dev:
+            restorer = (dev, _kvtc._CudaRestorer.create(cal._core, stream))
+            cal._cuda_restorer = restorer
+        r = restorer[1]
+        r.decode([data], stream)
+        n_layers = r.n_layers(0)
+        sel = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+        shape = (len(sel), cal.n_kv_heads, r.n_tokens(0), cal.head_dim)
+        k = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
+        v = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
+        for i, layer in enumerate(sel):
+            if not 0 <= layer < n_layers:
+                raise InvalidArgumentError(f"layer {layer} out of range [0, {n_layers})")
+            r.restore_layer(0, layer, k[i], v[i], stream)
     return k, v
 
 

@@ -25,5 +25,7 @@ T take(kvtc::Result<T>&& r) {
 
 // kvtc._kvtc.Store: the block store (store_module.cpp).
 void bind_store(nanobind::module_& m);
+// kvtc._kvtc._CudaRestorer, when built with the CUDA backend (cuda_module.cpp).
+void bind_cuda(nanobind::module_& m);
 
 }  // namespace kvtc_py

@@ -333,6 +333,9 @@ NB_MODULE(_kvtc, m) {
       }, "layer"_a, "keys"_a, "values"_a);
 
   kvtc_py::bind_store(m);
+#ifdef KVTC_WITH_CUDA
+  kvtc_py::bind_cuda(m);
+#endif
 
   m.def("inspect_json", [](const Bytes& data) {
     nb::gil_scoped_release unlocked;

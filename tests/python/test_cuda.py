@@ -1,0 +1,57 @@
+"""The CUDA path of the package (a build with the CUDA backend and a GPU; skipped elsewhere, saying why):
+containers restored by the CUDA backend straight into torch CUDA tensors agree with the CPU decoder, and
+CUDA tensors compress to the bytes their host copies give."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kvtc
+
+pytestmark = pytest.mark.skipif(not kvtc.cuda_available(),
+                                reason="no CUDA backend in this build or no usable GPU (the CPU path is tested)")
+
+
+@pytest.fixture(scope="module")
+def case(repo_root):
+    cal = kvtc.Calibration.fit([repo_root / "data" / "small-calib.safetensors"], ratios=[8, 16])
+    t = load_file(str(repo_root / "data" / "small-test.safetensors"))
+    keys = [t[f"k.{l}"] for l in range(cal.n_layers)]
+    values = [t[f"v.{l}"] for l in range(cal.n_layers)]
+    return cal, keys, values
+
+
+@pytest.mark.parametrize("ratio", [8, 16])
+def test_gpu_restore_matches_cpu(case, ratio):
+    cal, keys, values = case
+    data = kvtc.compress(cal, keys, values, ratio)
+    k_cpu, v_cpu = kvtc.decompress(cal, data, framework="torch", dtype=torch.float32)
+    k_gpu, v_gpu = kvtc.decompress(cal, data, framework="torch", dtype=torch.float32, device="cuda")
+    assert k_gpu.is_cuda and k_gpu.dtype == torch.float32
+    for a, b in ((k_gpu.cpu(), k_cpu), (v_gpu.cpu(), v_cpu)):
+        rel = float((a - b).norm() / b.norm())
+        assert rel < 1e-5, rel  # the fp32 path: within fp32 rounding of the CPU decoder
+    # Exact tokens are exact on the GPU too.
+    assert torch.equal(k_gpu[:, :, :4].cpu(), k_cpu[:, :, :4])
+    kb, vb = kvtc.decompress(cal, data, like=keys[0].cuda())  # bf16 on the device: the tensor-core path
+    assert kb.dtype == torch.bfloat16 and kb.is_cuda
+    rel = float((kb.float().cpu() - k_cpu).norm() / k_cpu.norm())
+    assert rel < 1e-2, rel
+    sel, _ = kvtc.decompress(cal, data, layers=[2], framework="torch", dtype=torch.float32, device="cuda")
+    assert torch.equal(sel[0], k_gpu[2])
+
+
+def test_cuda_tensors_compress_to_host_bytes(case):
+    cal, keys, values = case
+    host = kvtc.compress(cal, keys, values, 16)
+    dev = kvtc.compress(cal, [k.cuda() for k in keys], [v.cuda() for v in values], 16)
+    assert dev == host
+
+
+def test_corrupt_container_on_gpu(case):
+    cal, keys, values = case
+    data = bytearray(kvtc.compress(cal, keys, values, 16))
+    data[len(data) // 2] ^= 0x08
+    with pytest.raises(kvtc.CorruptError):
+        kvtc.decompress(cal, bytes(data), framework="torch", device="cuda")
