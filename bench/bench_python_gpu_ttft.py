@@ -1,28 +1,33 @@
 """Time to first token on a GPU: a kvtc file restored by the CUDA backend against recomputing the prefill,
 for Llama-family shapes with random weights (transformers, bf16, SDPA), through kvtc.hf.load_cache.
 
-    python3 bench/bench_python_gpu_ttft.py [--shapes smollm2,llama3.2-1b] [--tokens 2048,8192] [--ratios 16,20]
+    python3 -u bench/bench_python_gpu_ttft.py [--shapes smollm2,llama3.2-1b] [--tokens 2048,8192]
+        [--ratios 16,20] [--calib-tokens 2048] [--budget 420] [--shape-timeout 240]
 
-Per shape: a random-weight model, a calibration from its own caches of random tokens (Calibration.fit on
-4 sequences of 2,048 tokens), then per prompt length and ratio: prefill = model(prompt) from an empty
-cache to the last position's logits; restore = load_cache(file, device="cuda") (the file is in the page
-cache; entropy decoding, reconstruction and RoPE on the GPU) + one forward step for the last token. The
-weights are random, so this measures time only; median of --repeats after a warm-up. JSON lines on stdout.
+Each shape runs in a child process with a timeout (--shape-timeout, and never past --budget seconds
+from the start), so one slow stage costs that shape only; a shape that runs out of time prints a JSON
+line with "error". Progress goes to stderr, flushed, with the seconds since the child started.
+
+Per shape: a random-weight model built on the GPU, a calibration from its own cache of --calib-tokens
+random tokens (Calibration.fit on the host: the exact PCA solves a p x p eigenproblem, O(p^3), which
+is most of a shape's time; the rank is at most the compressible tokens, so keep --calib-tokens at
+least p / 4 for allocations that keep as many components as a real model's), then per prompt length
+and ratio: prefill = model(prompt) from an empty cache to the last position's logits; restore =
+load_cache(file, device="cuda") (the file is in the page cache; entropy decoding, reconstruction and
+RoPE on the GPU) + one forward step for the last token. Both compute the last position's logits only
+(logits_to_keep=1). The weights are random, so this measures time only; median of --repeats after a
+warm-up. JSON lines on stdout.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-
-import kvtc
-import kvtc.hf
 
 SHAPES = {
     # SmolLM2-135M: 30 layers x 3 KV heads x 64 (p = 5,760)
@@ -31,76 +36,141 @@ SHAPES = {
     # Llama 3.2 1B: 16 layers x 8 KV heads x 64 (p = 8,192)
     "llama3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                         intermediate_size=8192, vocab_size=128256, rope_theta=5e5, head_dim=64),
+    # A smoke test of this script (p = 256), also on a CPU: --shapes tiny --device cpu --tokens 300
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=256, vocab_size=1000, rope_theta=1e4, head_dim=64),
 }
 
+T0 = time.perf_counter()
 
-def timed(fn, repeats):
-    out, ts = None, []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def run_shape(a: argparse.Namespace, shape: str) -> None:
+    import torch
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    import kvtc
+    import kvtc.hf
+
+    dev = torch.device(a.device)
+    gpu = dev.type == "cuda"
+    if gpu and not kvtc.cuda_available():
+        raise SystemExit("this build has no CUDA backend or no GPU (kvtc.cuda_available() is False)")
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    def timed(fn, repeats):
+        out, ts = None, []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return out, statistics.median(ts)
+
+    tmp = Path(tempfile.mkdtemp(prefix="kvtc-gpu-ttft-"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(max_position_embeddings=16384, **SHAPES[shape])
+    dtype = torch.bfloat16 if gpu else torch.float32
+    log(f"{shape}: building the random-weight model on {dev}")
+    with torch.device(dev):  # initialised where it runs: a 1B model's init on the host takes long
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    vocab, p = cfg.vocab_size, cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    log(f"{shape}: model ready ({sum(t.numel() for t in model.parameters()) / 1e6:.0f} M parameters, p = {p})")
+
+    with torch.no_grad():
+        ids = torch.randint(0, vocab, (1, a.calib_tokens), device=dev)
+        pkv = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+        pair = ([l.keys[0].cpu() for l in pkv.layers], [l.values[0].cpu() for l in pkv.layers])
+        del pkv
+        ratios = [float(r) for r in a.ratios.split(",")]
+        log(f"{shape}: calibrating on {a.calib_tokens} tokens (host, exact PCA of p = {p})")
         t0 = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return out, statistics.median(ts)
+        cal = kvtc.Calibration.fit([pair], ratios, rope_theta=SHAPES[shape]["rope_theta"], model_name=shape)
+        cal_s = time.perf_counter() - t0
+        info = cal.info()
+        log(f"{shape}: calibration done in {cal_s:.1f} s, rank {info['rank']}")
+
+        for n in [int(x) for x in a.tokens.split(",")]:
+            ids = torch.randint(0, vocab, (1, n), device=dev)
+
+            def prefill():
+                return model(ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1).logits[0, -1]
+
+            prefill()  # warm-up: allocator, kernels
+            ref, prefill_s = timed(prefill, a.repeats)
+            log(f"{shape} {n} tokens: prefill {prefill_s * 1e3:.2f} ms")
+            cache = DynamicCache()
+            model(ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            for ratio in ratios:
+                file = tmp / f"{shape}-{n}-{ratio:g}.kvtc"
+                t0 = time.perf_counter()
+                size = kvtc.hf.save_cache(cache, file, cal, ratio)
+                save_s = time.perf_counter() - t0
+
+                def load():
+                    return kvtc.hf.load_cache(file, cal, dtype=dtype, device=dev)
+
+                def restore():
+                    c = load()
+                    return model(ids[:, -1:], past_key_values=c, use_cache=True, logits_to_keep=1).logits[0, -1]
+
+                restore()  # warm-up (device calibration upload, buffers)
+                _, load_s = timed(load, a.repeats)
+                logits, total_s = timed(restore, a.repeats)
+                raw16 = 2 * 2 * p * (n - 1)
+                alloc = info["allocations"][str(ratio)] if str(ratio) in info["allocations"] else {}
+                print(json.dumps({
+                    "shape": shape, "p": p, "tokens": n, "ratio": ratio, "file_bytes": size,
+                    "file_ratio": round(raw16 / size, 2),
+                    "prefill_ms": round(prefill_s * 1e3, 2), "restore_ms": round(total_s * 1e3, 2),
+                    "load_cache_ms": round(load_s * 1e3, 2), "prefill_over_restore": round(prefill_s / total_s, 2),
+                    "first_token_agrees": bool(logits.argmax() == ref.argmax()),
+                    "save_cache_s": round(save_s, 2), "calibration_s": round(cal_s, 1),
+                    "calibration_tokens": a.calib_tokens, "rank": info["rank"],
+                    "kept_components": {k: v.get("kept_components") for k, v in alloc.items()},
+                    "restore_path": "cuda backend" if gpu and kvtc.cuda_available() else "host",
+                    "device": torch.cuda.get_device_name() if gpu else "cpu", "torch": torch.__version__,
+                }), flush=True)
+                log(f"{shape} {n} tokens {ratio:g}x: restore {total_s * 1e3:.2f} ms (load_cache {load_s * 1e3:.2f})")
 
 
-@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="smollm2,llama3.2-1b")
     ap.add_argument("--tokens", default="2048,8192")
     ap.add_argument("--ratios", default="16,20")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--calib-tokens", type=int, default=2048, help="random tokens the calibration is fitted on")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds for all shapes together")
+    ap.add_argument("--shape-timeout", type=float, default=240.0, help="seconds for one shape")
+    ap.add_argument("--one-shape", default=None, help=argparse.SUPPRESS)  # the child's mode
     a = ap.parse_args()
-    dev = torch.device("cuda")
-    tmp = Path(tempfile.mkdtemp(prefix="kvtc-gpu-ttft-"))
-    assert kvtc.cuda_available(), "this build has no CUDA backend or no GPU"
+    if a.one_shape:
+        run_shape(a, a.one_shape)
+        return
+    args = list(sys.argv[1:])
     for shape in a.shapes.split(","):
-        torch.manual_seed(0)
-        cfg = LlamaConfig(max_position_embeddings=16384, **SHAPES[shape])
-        model = LlamaForCausalLM(cfg).to(dev, torch.bfloat16).eval()
-        vocab = cfg.vocab_size
-
-        def caches():
-            for _ in range(4):
-                ids = torch.randint(0, vocab, (1, 2048), device=dev)
-                pkv = model(ids, use_cache=True).past_key_values
-                yield ([l.keys[0].cpu() for l in pkv.layers], [l.values[0].cpu() for l in pkv.layers])
-
-        t0 = time.perf_counter()
-        ratios = [float(r) for r in a.ratios.split(",")]
-        cal = kvtc.Calibration.fit(caches(), ratios, rope_theta=SHAPES[shape]["rope_theta"], model_name=shape)
-        cal_s = time.perf_counter() - t0
-        for n in [int(x) for x in a.tokens.split(",")]:
-            ids = torch.randint(0, vocab, (1, n), device=dev)
-            model(ids, past_key_values=DynamicCache(), use_cache=True)  # warm-up
-            ref, prefill_s = timed(lambda: model(ids, past_key_values=DynamicCache(), use_cache=True).logits[0, -1],
-                                   a.repeats)
-            cache = DynamicCache()
-            model(ids[:, :-1], past_key_values=cache, use_cache=True)
-            for ratio in ratios:
-                file = tmp / f"{shape}-{n}-{ratio:g}.kvtc"
-                size = kvtc.hf.save_cache(cache, file, cal, ratio)
-
-                def restore():
-                    c = kvtc.hf.load_cache(file, cal, dtype=torch.bfloat16, device=dev)
-                    return model(ids[:, -1:], past_key_values=c, use_cache=True).logits[0, -1]
-
-                restore()  # warm-up (device calibration upload, buffers)
-                _, load_s = timed(lambda: kvtc.hf.load_cache(file, cal, dtype=torch.bfloat16, device=dev), a.repeats)
-                logits, total_s = timed(restore, a.repeats)
-                raw16 = 2 * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * (n - 1)
-                print(json.dumps({
-                    "shape": shape, "p": cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim,
-                    "tokens": n, "ratio": ratio, "file_bytes": size, "file_ratio": round(raw16 / size, 2),
-                    "prefill_ms": round(prefill_s * 1e3, 2), "restore_ms": round(total_s * 1e3, 2),
-                    "load_cache_ms": round(load_s * 1e3, 2), "prefill_over_restore": round(prefill_s / total_s, 2),
-                    "first_token_agrees": bool(logits.argmax() == ref.argmax()), "calibration_s": round(cal_s, 1),
-                    "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                }), flush=True)
-        del model
-        torch.cuda.empty_cache()
+        left = a.budget - (time.perf_counter() - T0)
+        if left < 10:
+            print(json.dumps({"shape": shape, "error": f"skipped: the budget of {a.budget:g} s is spent"}), flush=True)
+            continue
+        timeout = min(a.shape_timeout, left)
+        log(f"{shape}: child started, timeout {timeout:.0f} s")
+        try:
+            r = subprocess.run([sys.executable, "-u", __file__, *args, "--one-shape", shape], timeout=timeout)
+            if r.returncode != 0:
+                print(json.dumps({"shape": shape, "error": f"exit status {r.returncode}"}), flush=True)
+        except subprocess.TimeoutExpired:
+            print(json.dumps({"shape": shape, "error": f"timed out after {timeout:.0f} s"}), flush=True)
+        log(f"{shape}: done")
 
 
 if __name__ == "__main__":

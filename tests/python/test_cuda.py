@@ -9,8 +9,17 @@ from safetensors.torch import load_file
 
 import kvtc
 
-pytestmark = pytest.mark.skipif(not kvtc.cuda_available(),
-                                reason="no CUDA backend in this build or no usable GPU (the CPU path is tested)")
+
+def _why_not() -> str | None:
+    """None when the CUDA path can run, else why not (the skip reason)."""
+    if not hasattr(kvtc._kvtc, "_cuda_available"):
+        return ("this build has no CUDA backend (built with KVTC_CUDA=OFF, or AUTO found no CUDA toolkit); "
+                "test_package.py tests the CPU path")
+    ok, why = kvtc._kvtc._cuda_available()
+    return None if ok else f"the CUDA backend is built but no device is usable: {why}"
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
 
 
 @pytest.fixture(scope="module")
