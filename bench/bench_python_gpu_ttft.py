@@ -15,7 +15,10 @@ least p / 4 for allocations that keep as many components as a real model's), the
 and ratio: prefill = model(prompt) from an empty cache to the last position's logits; restore =
 load_cache(file, device="cuda") (the file is in the page cache; entropy decoding, reconstruction and
 RoPE on the GPU) + one forward step for the last token. Both compute the last position's logits only
-(logits_to_keep=1). The weights are random, so this measures time only; median of --repeats after a
+(logits_to_keep=1). Also: decompress of the file by the CUDA backend against the host decoder plus a
+copy to the device (the path CUDA tensors took before the backend was bound), and the relative L2
+error of the restored cache against the model's (all tokens; exact ones add none). The weights are
+random, so the logits are nearly flat and the first token says little; median of --repeats after a
 warm-up. JSON lines on stdout.
 """
 from __future__ import annotations
@@ -124,6 +127,29 @@ def run_shape(a: argparse.Namespace, shape: str) -> None:
                 restore()  # warm-up (device calibration upload, buffers)
                 _, load_s = timed(load, a.repeats)
                 logits, total_s = timed(restore, a.repeats)
+
+                # The same file decompressed by the CUDA backend and, as before it was bound, by the
+                # host decoder with a copy to the device; the error of the restored cache.
+                def dec_gpu():
+                    return kvtc.decompress(cal, file.read_bytes(), framework="torch", dtype=dtype, device=dev)
+
+                def dec_host():
+                    k, v = kvtc.decompress(cal, file.read_bytes(), framework="torch", dtype=dtype)
+                    return k.to(dev), v.to(dev)
+
+                (gk, gv), dec_gpu_s = timed(dec_gpu, a.repeats)
+                dec_host()
+                (hk, hv), dec_host_s = timed(dec_host, min(a.repeats, 3))
+                ok = torch.stack([l.keys[0] for l in cache.layers]).float()
+                ov = torch.stack([l.values[0] for l in cache.layers]).float()
+
+                def rel(x, y):
+                    return float((x.float() - y).norm() / y.norm())
+
+                errors = {"keys": round(rel(gk, ok), 4), "values": round(rel(gv, ov), 4),
+                          "gpu_vs_host_keys": float(f"{rel(gk, hk.float()):.2e}"),
+                          "gpu_vs_host_values": float(f"{rel(gv, hv.float()):.2e}")}
+                del gk, gv, hk, hv, ok, ov
                 raw16 = 2 * 2 * p * (n - 1)
                 alloc = info["allocations"][str(ratio)] if str(ratio) in info["allocations"] else {}
                 print(json.dumps({
@@ -131,6 +157,8 @@ def run_shape(a: argparse.Namespace, shape: str) -> None:
                     "file_ratio": round(raw16 / size, 2),
                     "prefill_ms": round(prefill_s * 1e3, 2), "restore_ms": round(total_s * 1e3, 2),
                     "load_cache_ms": round(load_s * 1e3, 2), "prefill_over_restore": round(prefill_s / total_s, 2),
+                    "decompress_gpu_ms": round(dec_gpu_s * 1e3, 2), "decompress_host_ms": round(dec_host_s * 1e3, 2),
+                    "relative_error": errors,
                     "first_token_agrees": bool(logits.argmax() == ref.argmax()),
                     "save_cache_s": round(save_s, 2), "calibration_s": round(cal_s, 1),
                     "calibration_tokens": a.calib_tokens, "rank": info["rank"],

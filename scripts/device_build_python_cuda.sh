@@ -6,14 +6,16 @@
 # development machine is carried: $PYSYS/pysys.tar.xz (default .pysys/ in the checkout, listed in
 # .git/info/exclude; carry it) holds the headers and .so files of libdeflate, OpenBLAS, LAPACKE,
 # nlohmann-json..., their pkg-config data, a pkg-config binary and the wheels of scikit-build-core
-# 1.1.2, pathspec, packaging and nanobind 2.9.2. Run from the repository root:
+# 1.1.2, pathspec, packaging and nanobind 2.9.2; $PYSYS/hiredis.tar.xz adds hiredis 0.14.1 (include/,
+# lib/, a relocatable lib/pkgconfig/hiredis.pc). Every $PYSYS/*.tar.xz is unpacked into one sysroot.
+# Run from the repository root:
 #   OUT=... scripts/device_build_python_cuda.sh [bench seconds, default 330]
 PYSYS=${PYSYS:-$PWD/.pysys}; BENCH_S=${1:-330}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-S=/tmp/pysys-root; mkdir -p $S; tar xJf "$PYSYS/pysys.tar.xz" -C $S
+S=/tmp/pysys-root; mkdir -p $S; for t in "$PYSYS"/*.tar.xz; do tar xJf "$t" -C $S; done
 export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH PKG_CONFIG_PATH=$S/lib/pkgconfig PYTHONUNBUFFERED=1
 if ! command -v pkg-config >/dev/null; then mkdir -p $S/bin; cp $S/pkg-config $S/bin/; export PATH=$S/bin:$PATH; fi
 { date -u; python3 --version; nproc; nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader
-  cmake --version | head -1; nvcc --version | tail -2; git log -1 --format=%H 2>/dev/null
+  cmake --version | head -1; nvcc --version | tail -2; cat COMMIT 2>/dev/null || git log -1 --format=%H 2>/dev/null
   python3 -c "import torch, transformers; print('torch', torch.__version__, torch.version.cuda, 'transformers', transformers.__version__)"
 } 2>&1 | tee $OUT/env.txt
 python3 -m pip install -q --no-index --find-links $S/wheels --break-system-packages scikit-build-core==1.1.2 pathspec nanobind==2.9.2 2>&1 | tail -3

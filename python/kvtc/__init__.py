@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -351,6 +352,9 @@ def cuda_available() -> bool:
     return hasattr(_kvtc, "_cuda_available") and _kvtc._cuda_available()[0]
 
 
+_cuda_lock = threading.Lock()  # creates the per-calibration CUDA restorers
+
+
 def _cuda_decompress(cal, data, layers, framework, dtype, device):
     """Restores on the GPU into torch tensors on `device` when the CUDA backend can: a CUDA device,
     torch, and bfloat16 or float32 output. None when it cannot (the host path then runs)."""
@@ -367,21 +371,30 @@ def _cuda_decompress(cal, data, layers, framework, dtype, device):
     dev = torch.device(device)
     with torch.cuda.device(dev):
         stream = torch.cuda.current_stream(dev).cuda_stream
-        restorer = getattr(cal, "_cuda_restorer", None)
-        if restorer is None or restorer[0] != dev:
-            restorer = (dev, _kvtc._CudaRestorer.create(cal._core, stream))
-            cal._cuda_restorer = restorer
-        r = restorer[1]
-        r.decode([data], stream)
-        n_layers = r.n_layers(0)
-        sel = list(range(n_layers)) if layers is None else [int(l) for l in layers]
-        shape = (len(sel), cal.n_kv_heads, r.n_tokens(0), cal.head_dim)
-        k = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
-        v = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
-        for i, layer in enumerate(sel):
-            if not 0 <= layer < n_layers:
-                raise InvalidArgumentError(f"layer {layer} out of range [0, {n_layers})")
-            r.restore_layer(0, layer, k[i], v[i], stream)
+        with _cuda_lock:
+            restorer = getattr(cal, "_cuda_restorer", None)
+            if restorer is None or restorer[0] != dev:
+                restorer = (dev, _kvtc._CudaRestorer.create(cal._core, stream), threading.Lock(), [None])
+                cal._cuda_restorer = restorer
+        _, r, lock, last = restorer
+        # The decoder holds one decoded batch in device buffers: one decompress at a time per
+        # calibration, and a decode on another stream waits for the restores queued before it.
+        with lock:
+            if last[0] is not None:
+                torch.cuda.current_stream(dev).wait_event(last[0])
+            try:
+                r.decode([data], stream)
+                n_layers = r.n_layers(0)
+                sel = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+                shape = (len(sel), cal.n_kv_heads, r.n_tokens(0), cal.head_dim)
+                k = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
+                v = torch.empty(shape, dtype=_torch_dtype(name), device=dev)
+                for i, layer in enumerate(sel):
+                    if not 0 <= layer < n_layers:
+                        raise InvalidArgumentError(f"layer {layer} out of range [0, {n_layers})")
+                    r.restore_layer(0, layer, k[i], v[i], stream)
+            finally:
+                last[0] = torch.cuda.current_stream(dev).record_event()
     return k, v
 
 

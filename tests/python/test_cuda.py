@@ -3,6 +3,8 @@ containers restored by the CUDA backend straight into torch CUDA tensors agree w
 CUDA tensors compress to the bytes their host copies give."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -64,3 +66,26 @@ def test_corrupt_container_on_gpu(case):
     data[len(data) // 2] ^= 0x08
     with pytest.raises(kvtc.CorruptError):
         kvtc.decompress(cal, bytes(data), framework="torch", device="cuda")
+
+
+def test_threads_on_their_own_streams(case):
+    """One calibration shared by threads that restore on streams of their own: the serial results."""
+    cal, keys, values = case
+    datas = [kvtc.compress(cal, keys, values, r) for r in (8, 16)]
+    want = [kvtc.decompress(cal, d, framework="torch", dtype=torch.float32, device="cuda") for d in datas]
+    got = [None] * 8
+
+    def work(i):
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                got[i] = kvtc.decompress(cal, datas[i % 2], framework="torch", dtype=torch.float32, device="cuda")
+            s.synchronize()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(got))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (k, v) in enumerate(got):
+        assert torch.equal(k, want[i % 2][0]) and torch.equal(v, want[i % 2][1]), i
