@@ -8,6 +8,9 @@
 # nlohmann-json..., their pkg-config data, a pkg-config binary and the wheels of scikit-build-core
 # 1.1.2, pathspec, packaging and nanobind 2.9.2; $PYSYS/hiredis.tar.xz adds hiredis 0.14.1 (include/,
 # lib/, a relocatable lib/pkgconfig/hiredis.pc). Every $PYSYS/*.tar.xz is unpacked into one sysroot.
+# hiredis.tar.xz was made from Debian 12's libhiredis-dev: include/hiredis/ from /usr/include/hiredis,
+# lib/libhiredis.so{,.0.14}, and Debian's hiredis.pc with prefix=${pcfiledir}/../.. and
+# Cflags -I${includedir} -I${prefix}/include (the code includes <hiredis/hiredis.h>).
 # Run from the repository root:
 #   OUT=... scripts/device_build_python_cuda.sh [bench seconds, default 330]
 PYSYS=${PYSYS:-$PWD/.pysys}; BENCH_S=${1:-330}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

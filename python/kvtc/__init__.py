@@ -99,7 +99,7 @@ def _host(layers: list, name: str) -> list:
     for i, a in enumerate(layers):
         if _is_torch(a):
             if a.device.type != "cpu":
-                # The CUDA backend is not bound yet (docs/PYTHON.md): copy to host memory first.
+                # Compression runs on the host (the GPU encoder is not bound, docs/PYTHON.md): copy first.
                 a = a.detach().to("cpu")
             out.append(a.detach())
         else:
