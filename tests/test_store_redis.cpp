@@ -527,6 +527,30 @@ TEST_F(StoreRedis, ServerStoppedAndRestartedMidRun) {
   ASSERT_TRUE(r.is_ok() && r->has_value());
 }
 
+// A server restarted between two calls (or one that closed an idle connection) costs no error: the
+// pooled connection fails before any reply, and the call goes again on a fresh one.
+TEST_F(StoreRedis, ServerRestartedBetweenCallsCostsNoError) {
+  RedisTierOptions o = options();
+  o.pool_size = 1;
+  auto t = tier(o);
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->put(key(1), value_of(key(1))).is_ok());
+  server_->stop();
+  ASSERT_TRUE(server_->start());  // empty
+  auto r = t->get(key(1));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_FALSE(r->has_value());
+  ASSERT_TRUE(t->put(key(1), value_of(key(1))).is_ok());
+  // The same after the server closed the connection itself.
+  ASSERT_EQ(server_->command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}), ":1");
+  auto again = t->get(key(1));
+  ASSERT_TRUE(again.is_ok() && again->has_value()) << again.status().to_string();
+  TierMetrics m = t->metrics();
+  EXPECT_EQ(m.errors, 0u);
+  EXPECT_EQ(m.reconnects, 2u);
+  EXPECT_TRUE(t->connected());
+}
+
 // A frozen server (SIGSTOP) makes the first call wait for its command timeout; the calls after it fail
 // at once until the backoff interval has passed, so a hundred calls cost a few timeouts, not a hundred.
 TEST_F(StoreRedis, CallsWhileDownFailFastThanksToTheBackoff) {
