@@ -48,6 +48,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -156,11 +157,14 @@ class KVTCConnector(KVConnectorBase_V1):
         self._perm: _Permutation | None = None          # vLLM's in-block layout (None: plain)
         self._layer_of: dict[str, int] = {}            # vLLM layer name -> kvtc layer index
         self._pending: list[tuple[int, kvtc.Decoder]] = []  # (block id, opened container) to restore
-        self._restored_layers: set[int] = set()
+        self._layer_ready: list[threading.Event] = []       # set when a layer of the pending blocks is in
+        self._restorer: ThreadPoolExecutor | None = None     # the thread that restores, made on first use
+        self._restore_job: Future | None = None
         self._load_errors: set[int] = set()
         # Worker-side running totals: blocks, bytes (raw = K and V at 16 bits), seconds per stage.
         self.stats = {"blocks_saved": 0, "blocks_loaded": 0, "blocks_failed": 0, "bytes_saved": 0,
-                      "raw_bytes_saved": 0, "save_s": 0.0, "fetch_decode_s": 0.0, "restore_s": 0.0}
+                      "raw_bytes_saved": 0, "save_s": 0.0, "fetch_decode_s": 0.0, "restore_s": 0.0,
+                      "restore_wait_s": 0.0}
 
     # ---------------------------------------------------------------------------------------------------
     # Scheduler side
@@ -302,14 +306,14 @@ class KVTCConnector(KVConnectorBase_V1):
         t.view(t.shape[0], t.shape[1], -1)[block_id] = flat
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        self._finish_restore()
         meta = self._get_connector_metadata()
         assert isinstance(meta, KVTCConnectorMetadata)
-        self._pending = []
-        self._restored_layers = set()
         if not meta.loads:
             return
         t0 = time.perf_counter()
         values = self._store.get_many([t.key for t in meta.loads])
+        pending = []
         for t, data in zip(meta.loads, values):
             try:
                 if data is None:
@@ -325,26 +329,54 @@ class KVTCConnector(KVConnectorBase_V1):
                 self._load_errors.add(t.block_id)
                 self.stats["blocks_failed"] += 1
                 continue
-            self._pending.append((t.block_id, dec))
-        self.stats["blocks_loaded"] += len(self._pending)
+            pending.append((t.block_id, dec))
+        self.stats["blocks_loaded"] += len(pending)
         self.stats["fetch_decode_s"] += time.perf_counter() - t0
+        if not pending:
+            return
+        # Layers are reconstructed in order on the connector's thread while the forward pass runs:
+        # layer l's attention waits (wait_for_layer_load) only for layer l, not for the layers after it.
+        self._pending = pending
+        self._layer_ready = [threading.Event() for _ in self._layers]
+        if self._restorer is None:
+            self._restorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvtc-restore")
+        self._restore_job = self._restorer.submit(self._restore_all)
 
-    def _restore_layer(self, layer: int) -> None:
+    def _restore_all(self) -> None:
         t0 = time.perf_counter()
-        t = self._layers[layer]
+        t = self._layers[0]
         std = torch.empty((t.shape[1], 2, self._block_size, t.shape[3] // 2), dtype=t.dtype)
-        for block_id, dec in self._pending:
-            dec.restore_layer_into(layer, std[:, 0], std[:, 1])
-            self._write_standard(layer, block_id, std)
-        self._restored_layers.add(layer)
-        self.stats["restore_s"] += time.perf_counter() - t0
+        try:
+            for layer in range(len(self._layers)):
+                for block_id, dec in self._pending:
+                    dec.restore_layer_into(layer, std[:, 0], std[:, 1])
+                    self._write_standard(layer, block_id, std)
+                self._layer_ready[layer].set()
+        except Exception as e:  # the blocks hold garbage now: vLLM recomputes them
+            log.warning("kvtc: restoring %d blocks failed, vLLM recomputes them: %s", len(self._pending), e)
+            self._load_errors.update(block_id for block_id, _ in self._pending)
+            self.stats["blocks_failed"] += len(self._pending)
+            for event in self._layer_ready:
+                event.set()
+        finally:
+            self.stats["restore_s"] += time.perf_counter() - t0
+
+    def _finish_restore(self) -> None:
+        """Waits for the restore of this step, if any, and forgets it."""
+        if self._restore_job is not None:
+            self._restore_job.result()
+            self._restore_job = None
+        self._pending = []
+        self._layer_ready = []
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        if not self._pending:
+        if not self._layer_ready:
             return
         layer = self._layer_of.get(layer_name)
-        if layer is not None and layer not in self._restored_layers:
-            self._restore_layer(layer)
+        if layer is not None and not self._layer_ready[layer].is_set():
+            t0 = time.perf_counter()
+            self._layer_ready[layer].wait()
+            self.stats["restore_wait_s"] += time.perf_counter() - t0
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: "AttentionMetadata",
                       **kwargs: Any) -> None:
@@ -355,11 +387,9 @@ class KVTCConnector(KVConnectorBase_V1):
     def wait_for_save(self):
         meta = self._get_connector_metadata()
         assert isinstance(meta, KVTCConnectorMetadata)
-        # Layers whose attention never asked (none, in the models supported) still get their tokens.
-        for layer in range(len(self._layers)):
-            if self._pending and layer not in self._restored_layers:
-                self._restore_layer(layer)
-        self._pending = []
+        # Every layer is restored by now (each attention layer waited for its own); the blocks of layers
+        # that never asked are complete too.
+        self._finish_restore()
         if not meta.saves:
             return
         t0 = time.perf_counter()
@@ -383,6 +413,12 @@ class KVTCConnector(KVConnectorBase_V1):
             self.stats["bytes_saved"] += sum(len(d) for _, d in entries)
             self.stats["raw_bytes_saved"] += raw_bytes * len(entries)
         self.stats["save_s"] += time.perf_counter() - t0
+
+    def shutdown(self):
+        self._finish_restore()
+        if self._restorer is not None:
+            self._restorer.shutdown()
+            self._restorer = None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()

@@ -69,8 +69,11 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
     ap.add_argument("--calibration")
     ap.add_argument("--ratio", type=float, default=16.0)
+    ap.add_argument("--n-threads", type=int, default=0, help="the connector's threads (0: the library's choice)")
     ap.add_argument("--store-dir", help="disk tier directory (default: host memory only)")
     ap.add_argument("--host-capacity-bytes", type=int, default=1 << 30)
+    ap.add_argument("--redis-socket", help="a Redis server's unix socket: the store's shared tier")
+    ap.add_argument("--redis-prefix", default="kvtc:")
     ap.add_argument("--prefix-tokens", type=int, default=2048)
     ap.add_argument("--continuation-tokens", type=int, default=32)
     ap.add_argument("--continuation", help="JSON file with the reference run's continuation tokens")
@@ -93,9 +96,12 @@ def main() -> None:
         store = {"host_capacity_bytes": args.host_capacity_bytes}
         if args.store_dir:
             store.update(disk_dir=args.store_dir, write_through=True)
+        if args.redis_socket:
+            store.update(redis_socket=args.redis_socket, redis_prefix=args.redis_prefix)
         kw["kv_transfer_config"] = KVTransferConfig(
             kv_connector="KVTCConnector", kv_connector_module_path="kvtc.vllm", kv_role="kv_both",
-            kv_connector_extra_config={"calibration": args.calibration, "ratio": args.ratio, "store": store},
+            kv_connector_extra_config={"calibration": args.calibration, "ratio": args.ratio, "store": store,
+                                       "n_threads": args.n_threads},
             kv_load_failure_policy="recompute")
     t0 = time.perf_counter()
     llm = LLM(**kw)
