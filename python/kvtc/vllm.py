@@ -4,6 +4,7 @@
     from vllm.config import KVTransferConfig
     llm = LLM(model=..., enable_prefix_caching=True, kv_transfer_config=KVTransferConfig(
         kv_connector="KVTCConnector", kv_connector_module_path="kvtc.vllm", kv_role="kv_both",
+        kv_load_failure_policy="recompute",
         kv_connector_extra_config={"calibration": "model.kvtcal", "ratio": 16,
                                    "store": {"host_capacity_bytes": 4 << 30, "disk_dir": "/var/cache/kvtc"}}))
 
@@ -18,10 +19,11 @@ What it does (docs/SERVING.md has the whole story and the command lines):
 - **Load.** For a new request, the scheduler side counts the leading blocks of its prompt, beyond
   vLLM's own prefix cache, that the store holds, and reports them as external tokens (never the whole
   prompt: the last token is always computed, so the model yields logits). Before the forward pass the
-  worker side fetches those blocks and entropy-decodes them (``start_load_kv``); each layer is then
-  reconstructed straight into the request's paged blocks when that layer's attention asks for it
-  (``wait_for_layer_load``). A block that has vanished or fails to decode is reported to vLLM
-  (``get_block_ids_with_load_errors``), which recomputes it.
+  worker side fetches those blocks and entropy-decodes them (``start_load_kv``); a connector thread
+  then reconstructs them into the request's paged blocks, layer 0 first, while the forward pass runs,
+  and each attention layer waits for its own layer only (``wait_for_layer_load``). A block that has
+  vanished or fails to decode is reported to vLLM (``get_block_ids_with_load_errors``), which
+  recomputes it when run with ``kv_load_failure_policy="recompute"``.
 
 Configuration (``kv_connector_extra_config``):
 
@@ -35,10 +37,10 @@ Configuration (``kv_connector_extra_config``):
   ratio and the block size, so engines with different models or settings never share blocks).
 - ``n_threads``: threads for compression and restore (default 0: the library's choice).
 
-Limits of this version: one KV cache group of full attention (no sliding-window or hybrid models),
-tensor parallelism 1, vLLM's CPU attention backend layout (``[blocks, kv_heads, block_size,
-2 * head_dim]``, keys then values per block) or the same per-block ``[kv_heads, tokens, head_dim]``
-interiors on other backends, synchronous loads and saves.
+Limits of this version: vLLM's CPU attention backend (paged caches ``[blocks, kv_heads, block_size,
+2 * head_dim]``; the layout inside a block is probed from vLLM's own cache-write kernel), one KV cache
+group of full attention (no sliding-window or hybrid models), tensor parallelism 1, no fp8 KV cache;
+saves run after the forward pass that fills a block, loads within the forward pass that needs them.
 """
 
 from __future__ import annotations
