@@ -14,12 +14,14 @@
 // - entropy: the symbols' cost under the static tables (an ideal coder with the same model), and the
 //   empirical order-0 entropy per series pooled over the test caches (the model free).
 // Then single-threaded decode speed over all chunks of a ratio: inflate (libdeflate), the fast rANS
-// decoder, the reference rANS decoder, htscodecs' decoder. Prints Markdown.
+// decoder (AVX2 rounds where the CPU has them), the reference rANS decoder, htscodecs' decoder, each
+// its fastest pass, the decoders taking turns. Prints Markdown.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +31,7 @@
 #include "core/container.hpp"
 #include "cpu/deflate.hpp"
 #include "entropy/rans_decode.hpp"
+#include "entropy/rans_decode_avx2.hpp"
 #include "entropy/rans_encode.hpp"
 #include "entropy/rans_reference.hpp"
 #include "entropy/rans_table.hpp"
@@ -121,17 +124,20 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Repeats pass() until at least min_s have gone by; seconds per pass.
-template <typename Fn>
-double time_per_pass(Fn pass, double min_s) {
-  pass();  // warm
-  int reps = 0;
+// Seconds per pass of each decoder: the passes take turns (one of each per round, so that all see
+// the same load on a shared machine) until min_s have gone by, and each keeps its fastest pass.
+std::vector<double> best_pass_seconds(const std::vector<std::function<void()>>& passes, double min_s) {
+  std::vector<double> best(passes.size(), 1e30);
+  for (const auto& pass : passes) pass();  // warm
   const auto t0 = std::chrono::steady_clock::now();
   do {
-    pass();
-    ++reps;
+    for (size_t k = 0; k < passes.size(); ++k) {
+      const auto t = std::chrono::steady_clock::now();
+      passes[k]();
+      best[k] = std::min(best[k], seconds_since(t));
+    }
   } while (seconds_since(t0) < min_s);
-  return seconds_since(t0) / reps;
+  return best;
 }
 
 struct Sizes {
@@ -142,10 +148,10 @@ struct Sizes {
 
 int main(int argc, char** argv) {
   const int prob_bits = argc > 1 ? std::atoi(argv[1]) : kRansDefaultProbBits;
-  const double min_s = 0.5;
+  const double min_s = 4.0;
   const auto t_cal = std::chrono::steady_clock::now();
   const Calibration& cal = bench::real_calibration();
-  std::printf("calibration: %.1f s; prob_bits %d; decode times single-threaded, best of repeated passes >= %.1f s\n\n",
+  std::printf("calibration: %.1f s; prob_bits %d; decode times single-threaded, fastest pass of each decoder, passes taking turns for %.0f s\n\n",
               seconds_since(t_cal), prob_bits, min_s);
 #if KVTC_BENCH_HTSCODECS
   const bool have_hts = true;
@@ -278,40 +284,41 @@ int main(int argc, char** argv) {
     // Decode speed, one thread, over every chunk of this ratio.
     double n_sym = sz[0].symbols + sz[1].symbols, n_raw = sz[0].raw + sz[1].raw;
     std::vector<uint8_t> out(kRansMaxChunkSymbols + 16 * 1024 * 8);
-    const double t_inflate = time_per_pass(
+    std::vector<std::function<void()>> passes = {
         [&] {
           for (const ChunkSymbols& cs : test) check(inflate_raw(cs.stored.data(), cs.stored.size(), out.data(), cs.raw_bytes));
         },
-        min_s);
-    const double t_rans = time_per_pass(
         [&] {
           for (const RansPiece& p : pieces32)
             check(rans_decode(p.bytes.data(), p.bytes.size(), p.druns.data(), p.druns.size(), out.data(), p.n));
         },
-        min_s);
-    const double t_ref = time_per_pass(
+        [&] {
+          rans_enable_avx2(false);
+          for (const RansPiece& p : pieces32)
+            check(rans_decode(p.bytes.data(), p.bytes.size(), p.druns.data(), p.druns.size(), out.data(), p.n));
+          rans_enable_avx2(true);
+        },
         [&] {
           for (const RansPiece& p : pieces32)
             check(rans_decode_reference(p.bytes.data(), p.bytes.size(), p.runs.data(), p.runs.size(), out.data(), p.n));
-        },
-        0.0);
+        }};
+#if KVTC_BENCH_HTSCODECS
+    passes.push_back([&] {
+      for (size_t k = 0; k < hts_blocks.size(); ++k) {
+        unsigned int out_size = unsigned(out.size());
+        if (!rans_uncompress_to_4x16(hts_blocks[k].data(), unsigned(hts_blocks[k].size()), out.data(), &out_size) ||
+            out_size != test[k].symbols.size())
+          die("rans_uncompress_to_4x16 failed");
+      }
+    });
+#endif
+    const std::vector<double> best = best_pass_seconds(passes, min_s);
+    const double t_inflate = best[0], t_rans = best[1], t_scalar = best[2], t_ref = best[3];
+    const double t_hts = have_hts ? best[4] : 0;
     for (const RansPiece& p : pieces32) {  // the fast decoder gives back the symbols
       check(rans_decode(p.bytes.data(), p.bytes.size(), p.druns.data(), p.druns.size(), out.data(), p.n));
       if (!std::equal(out.begin(), out.begin() + long(p.n), p.symbols)) die("rANS round trip failed");
     }
-    double t_hts = 0;
-#if KVTC_BENCH_HTSCODECS
-    t_hts = time_per_pass(
-        [&] {
-          for (size_t k = 0; k < hts_blocks.size(); ++k) {
-            unsigned int out_size = unsigned(out.size());
-            if (!rans_uncompress_to_4x16(hts_blocks[k].data(), unsigned(hts_blocks[k].size()), out.data(), &out_size) ||
-                out_size != test[k].symbols.size())
-              die("rans_uncompress_to_4x16 failed");
-          }
-        },
-        min_s);
-#endif
     char row[512];
     auto fmt = [&](const char* name, double t, double out_bytes) {
       std::snprintf(row, sizeof row, "| %gx | %s | %.0f | %.0f | %.1f |", ratio, name, out_bytes / t / 1e6,
@@ -319,7 +326,9 @@ int main(int argc, char** argv) {
       speed_rows.push_back(row);
     };
     fmt("DEFLATE (inflate to packed raw bytes)", t_inflate, n_raw);
-    fmt("rANS N=32, fast decoder", t_rans, n_sym);
+    fmt(rans_have_avx2() ? "rANS N=32, fast decoder (AVX2 rounds)" : "rANS N=32, fast decoder (no AVX2 here)", t_rans,
+        n_sym);
+    fmt("rANS N=32, fast decoder, scalar", t_scalar, n_sym);
     fmt("rANS N=32, reference decoder", t_ref, n_sym);
     if (have_hts) fmt("htscodecs rans4x16 order 0 X32", t_hts, n_sym);
   }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "entropy/rans_decode.hpp"
+#include "entropy/rans_decode_avx2.hpp"
 #include "entropy/rans_encode.hpp"
 #include "entropy/rans_reference.hpp"
 #include "entropy/rans_table.hpp"
@@ -343,6 +344,39 @@ TEST(RansCoder, GoldenChunk) {
   ASSERT_EQ(table_bytes.size(), 14u);
   EXPECT_EQ(std::vector<uint8_t>(table_bytes.begin(), table_bytes.begin() + 10),
             (std::vector<uint8_t>{0x01, 0x0c, 0x03, 0x00, 0x00, 0x08, 0x00, 0x04, 0x00, 0x04}));
+}
+
+// The AVX2 rounds (lane counts that are multiples of 8, where the CPU has AVX2) and the scalar loop
+// give the same status and the same symbols, on good chunks and on corrupt ones.
+TEST(RansCoder, Avx2AndScalarRoundsAgree) {
+  if (!rans_have_avx2()) GTEST_SKIP() << "no AVX2 on this CPU: only the scalar loop runs";
+  std::mt19937 rng(31);
+  for (int lanes : {8, 16, 32, 64})
+    for (const char* dist : {"uniform", "geometric", "gaussian", "one"}) {
+      const std::vector<uint8_t> x = draw(dist, 5000 + size_t(lanes) * 3, 256, uint32_t(lanes));
+      const RansTable t = table_for(x, 256, lanes == 16 ? 15 : 12, true);
+      auto d = RansDecodeTable::build(t);
+      ASSERT_TRUE(d.is_ok());
+      const std::vector<uint8_t> good = round_trip(x, t, lanes);
+      for (int trial = 0; trial < 40; ++trial) {
+        std::vector<uint8_t> m = good;
+        if (trial > 0) m[rng() % m.size()] ^= uint8_t(1u << (rng() % 8));
+        std::vector<uint8_t> simd(x.size()), scalar(x.size());
+        const Status a = rans_decode(m.data(), m.size(), *d, simd.data(), x.size());
+        rans_enable_avx2(false);
+        const Status b = rans_decode(m.data(), m.size(), *d, scalar.data(), x.size());
+        rans_enable_avx2(true);
+        ASSERT_EQ(a.code(), b.code()) << dist << " lanes " << lanes << " trial " << trial << ": " << a.to_string()
+                                      << " / " << b.to_string();
+        EXPECT_EQ(a.message(), b.message());
+        if (a.is_ok()) {
+          EXPECT_EQ(simd, scalar);
+        }
+        if (trial == 0) {
+          EXPECT_EQ(simd, x);
+        }
+      }
+    }
 }
 
 // ---- corruption ----

@@ -409,6 +409,53 @@ TEST_F(StoreRedis, SecondServerGetsTheFirstServersBlocksThroughRedis) {
   EXPECT_FALSE(first->redis()->contains(key(3)));
 }
 
+// A full server with maxmemory-policy noeviction refuses writes: kIo from the tier, and a TieredStore keeps
+// the entry in host and says it was not shared.
+TEST_F(StoreRedis, FullServerRefusesWritesAndTheStoreKeepsServing) {
+  auto t = tier(options());
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->put(key(1), value_of(key(1))).is_ok());
+  ASSERT_EQ(server_->command({"CONFIG", "SET", "maxmemory-policy", "noeviction"}), "+OK");
+  ASSERT_EQ(server_->command({"CONFIG", "SET", "maxmemory", "1"}), "+OK");  // less than it holds already
+  Status s = t->put(key(2), value_of(key(2)));
+  EXPECT_EQ(s.code(), StatusCode::kIo);
+  EXPECT_NE(s.message().find("OOM"), std::string::npos) << s.message();
+  EXPECT_TRUE(t->connected());  // a refusal is not a lost server
+  auto r = t->get(key(1));
+  ASSERT_TRUE(r.is_ok() && r->has_value());
+  EXPECT_EQ(t->metrics().put_errors, 1u);
+
+  auto store = make_tiered(tier(options()));
+  Status p = store->put(key(3), value_of(key(3)));
+  EXPECT_EQ(p.code(), StatusCode::kIo);
+  EXPECT_NE(p.message().find("stored locally; not shared"), std::string::npos) << p.message();
+  auto got = store->get(key(3));
+  ASSERT_TRUE(got.is_ok() && got->has_value());
+  EXPECT_EQ(store->metrics().puts, 1u);
+}
+
+// Without write-through and without disk, Redis takes host's evictions (and only those).
+TEST_F(StoreRedis, WithoutWriteThroughRedisTakesHostEvictions) {
+  HostTierOptions ho;
+  ho.capacity_bytes = 4 * 1100;  // 4 entries of about 1 KB
+  ho.policy = EvictionPolicy::kLru;
+  TieredStoreOptions so;
+  so.redis_write_through = false;
+  auto store = std::move(TieredStore::create(std::move(HostTier::create(ho)).value(), nullptr,
+                                             tier(options()), so))
+                   .value();
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(store->put(key(i), value_of(key(i))).is_ok());
+  EXPECT_EQ(store->store_metrics().demotions, 2u);
+  EXPECT_EQ(server_->command({"EXISTS", "kvtc:test:block-0"}), ":1");
+  EXPECT_EQ(server_->command({"EXISTS", "kvtc:test:block-1"}), ":1");
+  EXPECT_EQ(server_->command({"EXISTS", "kvtc:test:block-5"}), ":0");
+  for (int i = 0; i < 6; ++i) {
+    auto r = store->get(key(i));
+    ASSERT_TRUE(r.is_ok() && r->has_value()) << key(i);
+    EXPECT_EQ(**r, value_of(key(i)));
+  }
+}
+
 // The server goes away mid-run and comes back: the store keeps serving from host and disk, nothing held
 // there is lost, the tier reconnects by itself and new puts reach Redis again.
 TEST_F(StoreRedis, ServerStoppedAndRestartedMidRun) {
@@ -478,6 +525,30 @@ TEST_F(StoreRedis, ServerStoppedAndRestartedMidRun) {
   auto other = make_tiered(tier(options()));
   auto r = other->get(key(next - 1));
   ASSERT_TRUE(r.is_ok() && r->has_value());
+}
+
+// A server restarted between two calls (or one that closed an idle connection) costs no error: the
+// pooled connection fails before any reply, and the call goes again on a fresh one.
+TEST_F(StoreRedis, ServerRestartedBetweenCallsCostsNoError) {
+  RedisTierOptions o = options();
+  o.pool_size = 1;
+  auto t = tier(o);
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->put(key(1), value_of(key(1))).is_ok());
+  server_->stop();
+  ASSERT_TRUE(server_->start());  // empty
+  auto r = t->get(key(1));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_FALSE(r->has_value());
+  ASSERT_TRUE(t->put(key(1), value_of(key(1))).is_ok());
+  // The same after the server closed the connection itself.
+  ASSERT_EQ(server_->command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}), ":1");
+  auto again = t->get(key(1));
+  ASSERT_TRUE(again.is_ok() && again->has_value()) << again.status().to_string();
+  TierMetrics m = t->metrics();
+  EXPECT_EQ(m.errors, 0u);
+  EXPECT_EQ(m.reconnects, 2u);
+  EXPECT_TRUE(t->connected());
 }
 
 // A frozen server (SIGSTOP) makes the first call wait for its command timeout; the calls after it fail

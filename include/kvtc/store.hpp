@@ -302,8 +302,9 @@ struct RedisServerInfo {
 // Batches are pipelined: put_many / get_many / contains_many send every command of the batch, then read
 // the replies in order, on one connection.
 //
-// Degradation: a call that cannot reach the server (refused, reset, timed out) returns kIo, counts an
-// error, and marks the tier disconnected: every pooled connection is closed, and for a backoff interval
+// Degradation: a pooled connection that the server closed since its last use (a restart, an idle
+// timeout) is replaced and the call sent again, once, without an error. A call that cannot reach the
+// server (refused, reset, timed out) returns kIo, counts an error, and marks the tier disconnected: every pooled connection is closed, and for a backoff interval
 // (RedisTierOptions) every call fails at once with kIo ("redis tier: unavailable") without touching the
 // network. The first call after the interval tries one connection; on success the tier is connected
 // again (a reconnect is counted), on failure the interval doubles. So a dead server costs at most one

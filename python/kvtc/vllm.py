@@ -4,6 +4,7 @@
     from vllm.config import KVTransferConfig
     llm = LLM(model=..., enable_prefix_caching=True, kv_transfer_config=KVTransferConfig(
         kv_connector="KVTCConnector", kv_connector_module_path="kvtc.vllm", kv_role="kv_both",
+        kv_load_failure_policy="recompute",
         kv_connector_extra_config={"calibration": "model.kvtcal", "ratio": 16,
                                    "store": {"host_capacity_bytes": 4 << 30, "disk_dir": "/var/cache/kvtc"}}))
 
@@ -18,10 +19,11 @@ What it does (docs/SERVING.md has the whole story and the command lines):
 - **Load.** For a new request, the scheduler side counts the leading blocks of its prompt, beyond
   vLLM's own prefix cache, that the store holds, and reports them as external tokens (never the whole
   prompt: the last token is always computed, so the model yields logits). Before the forward pass the
-  worker side fetches those blocks and entropy-decodes them (``start_load_kv``); each layer is then
-  reconstructed straight into the request's paged blocks when that layer's attention asks for it
-  (``wait_for_layer_load``). A block that has vanished or fails to decode is reported to vLLM
-  (``get_block_ids_with_load_errors``), which recomputes it.
+  worker side fetches those blocks and entropy-decodes them (``start_load_kv``); a connector thread
+  then reconstructs them into the request's paged blocks, layer 0 first, while the forward pass runs,
+  and each attention layer waits for its own layer only (``wait_for_layer_load``). A block that has
+  vanished or fails to decode is reported to vLLM (``get_block_ids_with_load_errors``), which
+  recomputes it when run with ``kv_load_failure_policy="recompute"``.
 
 Configuration (``kv_connector_extra_config``):
 
@@ -35,10 +37,10 @@ Configuration (``kv_connector_extra_config``):
   ratio and the block size, so engines with different models or settings never share blocks).
 - ``n_threads``: threads for compression and restore (default 0: the library's choice).
 
-Limits of this version: one KV cache group of full attention (no sliding-window or hybrid models),
-tensor parallelism 1, vLLM's CPU attention backend layout (``[blocks, kv_heads, block_size,
-2 * head_dim]``, keys then values per block) or the same per-block ``[kv_heads, tokens, head_dim]``
-interiors on other backends, synchronous loads and saves.
+Limits of this version: vLLM's CPU attention backend (paged caches ``[blocks, kv_heads, block_size,
+2 * head_dim]``; the layout inside a block is probed from vLLM's own cache-write kernel), one KV cache
+group of full attention (no sliding-window or hybrid models), tensor parallelism 1, no fp8 KV cache;
+saves run after the forward pass that fills a block, loads within the forward pass that needs them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import json
 import logging
 import re
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,10 +159,14 @@ class KVTCConnector(KVConnectorBase_V1):
         self._perm: _Permutation | None = None          # vLLM's in-block layout (None: plain)
         self._layer_of: dict[str, int] = {}            # vLLM layer name -> kvtc layer index
         self._pending: list[tuple[int, kvtc.Decoder]] = []  # (block id, opened container) to restore
-        self._restored_layers: set[int] = set()
+        self._layer_ready: list[threading.Event] = []       # set when a layer of the pending blocks is in
+        self._restorer: ThreadPoolExecutor | None = None     # the thread that restores, made on first use
+        self._restore_job: Future | None = None
         self._load_errors: set[int] = set()
+        # Worker-side running totals: blocks, bytes (raw = K and V at 16 bits), seconds per stage.
         self.stats = {"blocks_saved": 0, "blocks_loaded": 0, "blocks_failed": 0, "bytes_saved": 0,
-                      "raw_bytes_saved": 0}
+                      "raw_bytes_saved": 0, "save_s": 0.0, "fetch_decode_s": 0.0, "restore_s": 0.0,
+                      "restore_wait_s": 0.0}
 
     # ---------------------------------------------------------------------------------------------------
     # Scheduler side
@@ -224,6 +232,11 @@ class KVTCConnector(KVConnectorBase_V1):
                     state.block_ids = list(new_ids[0])
                 else:
                     state.block_ids.extend(new_ids[0])
+            load = self._load_now.pop(req_id, None)  # a preempted request, resumed with a prefix hit
+            if load is not None:
+                first, keys = load
+                for j, key in enumerate(keys):
+                    meta.loads.append(BlockTransfer(state.block_ids[first + j], key, (first + j) * bs))
             done = cached.num_computed_tokens[i] + scheduler_output.num_scheduled_tokens.get(req_id, 0)
             progress.append((state, done // bs))
         # Saves: full blocks with a hash, not yet in the store.
@@ -295,13 +308,14 @@ class KVTCConnector(KVConnectorBase_V1):
         t.view(t.shape[0], t.shape[1], -1)[block_id] = flat
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
+        self._finish_restore()
         meta = self._get_connector_metadata()
         assert isinstance(meta, KVTCConnectorMetadata)
-        self._pending = []
-        self._restored_layers = set()
         if not meta.loads:
             return
+        t0 = time.perf_counter()
         values = self._store.get_many([t.key for t in meta.loads])
+        pending = []
         for t, data in zip(meta.loads, values):
             try:
                 if data is None:
@@ -317,23 +331,54 @@ class KVTCConnector(KVConnectorBase_V1):
                 self._load_errors.add(t.block_id)
                 self.stats["blocks_failed"] += 1
                 continue
-            self._pending.append((t.block_id, dec))
-        self.stats["blocks_loaded"] += len(self._pending)
+            pending.append((t.block_id, dec))
+        self.stats["blocks_loaded"] += len(pending)
+        self.stats["fetch_decode_s"] += time.perf_counter() - t0
+        if not pending:
+            return
+        # Layers are reconstructed in order on the connector's thread while the forward pass runs:
+        # layer l's attention waits (wait_for_layer_load) only for layer l, not for the layers after it.
+        self._pending = pending
+        self._layer_ready = [threading.Event() for _ in self._layers]
+        if self._restorer is None:
+            self._restorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvtc-restore")
+        self._restore_job = self._restorer.submit(self._restore_all)
 
-    def _restore_layer(self, layer: int) -> None:
-        t = self._layers[layer]
+    def _restore_all(self) -> None:
+        t0 = time.perf_counter()
+        t = self._layers[0]
         std = torch.empty((t.shape[1], 2, self._block_size, t.shape[3] // 2), dtype=t.dtype)
-        for block_id, dec in self._pending:
-            dec.restore_layer_into(layer, std[:, 0], std[:, 1])
-            self._write_standard(layer, block_id, std)
-        self._restored_layers.add(layer)
+        try:
+            for layer in range(len(self._layers)):
+                for block_id, dec in self._pending:
+                    dec.restore_layer_into(layer, std[:, 0], std[:, 1])
+                    self._write_standard(layer, block_id, std)
+                self._layer_ready[layer].set()
+        except Exception as e:  # the blocks hold garbage now: vLLM recomputes them
+            log.warning("kvtc: restoring %d blocks failed, vLLM recomputes them: %s", len(self._pending), e)
+            self._load_errors.update(block_id for block_id, _ in self._pending)
+            self.stats["blocks_failed"] += len(self._pending)
+            for event in self._layer_ready:
+                event.set()
+        finally:
+            self.stats["restore_s"] += time.perf_counter() - t0
+
+    def _finish_restore(self) -> None:
+        """Waits for the restore of this step, if any, and forgets it."""
+        if self._restore_job is not None:
+            self._restore_job.result()
+            self._restore_job = None
+        self._pending = []
+        self._layer_ready = []
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        if not self._pending:
+        if not self._layer_ready:
             return
         layer = self._layer_of.get(layer_name)
-        if layer is not None and layer not in self._restored_layers:
-            self._restore_layer(layer)
+        if layer is not None and not self._layer_ready[layer].is_set():
+            t0 = time.perf_counter()
+            self._layer_ready[layer].wait()
+            self.stats["restore_wait_s"] += time.perf_counter() - t0
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: "AttentionMetadata",
                       **kwargs: Any) -> None:
@@ -344,16 +389,16 @@ class KVTCConnector(KVConnectorBase_V1):
     def wait_for_save(self):
         meta = self._get_connector_metadata()
         assert isinstance(meta, KVTCConnectorMetadata)
-        # Layers whose attention never asked (none, in the models supported) still get their tokens.
-        for layer in range(len(self._layers)):
-            if self._pending and layer not in self._restored_layers:
-                self._restore_layer(layer)
-        self._pending = []
+        # Every layer is restored by now (each attention layer waited for its own); the blocks of layers
+        # that never asked are complete too.
+        self._finish_restore()
         if not meta.saves:
             return
+        t0 = time.perf_counter()
         ids = torch.tensor([t.block_id for t in meta.saves], dtype=torch.long)
         blocks = [self._blocks_standard(layer, ids) for layer in range(len(self._layers))]
         entries = []
+        raw_bytes = 2 * 2 * sum(b[0, :, 0].numel() for b in blocks)  # one block's K and V at 16 bits
         for j, t in enumerate(meta.saves):
             keys = [b[j, :, 0] for b in blocks]
             values = [b[j, :, 1] for b in blocks]
@@ -361,10 +406,21 @@ class KVTCConnector(KVConnectorBase_V1):
                                  exact_sinks=None if t.start == 0 else 0, exact_window=0,
                                  n_threads=self._n_threads)
             entries.append((t.key, data))
-            self.stats["bytes_saved"] += len(data)
-            self.stats["raw_bytes_saved"] += 2 * 2 * sum(k.numel() for k in keys)  # K and V at 16 bits
-        self._store.put_many(entries)
-        self.stats["blocks_saved"] += len(entries)
+        try:
+            self._store.put_many(entries)
+        except kvtc.KvtcError as e:  # a lost save is only a future miss; the request goes on
+            log.warning("kvtc: %d blocks not stored: %s", len(entries), e)
+        else:
+            self.stats["blocks_saved"] += len(entries)
+            self.stats["bytes_saved"] += sum(len(d) for _, d in entries)
+            self.stats["raw_bytes_saved"] += raw_bytes * len(entries)
+        self.stats["save_s"] += time.perf_counter() - t0
+
+    def shutdown(self):
+        self._finish_restore()
+        if self._restorer is not None:
+            self._restorer.shutdown()
+            self._restorer = None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()

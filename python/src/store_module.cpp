@@ -144,8 +144,11 @@ void bind_store(nb::module_& m) {
       .def_prop_ro("bytes_used", &Store::bytes_used)
       .def_prop_ro("capacity_bytes", &Store::capacity_bytes)
       .def_prop_ro("entry_count", &Store::entry_count)
-      .def("metrics_json", [](const Store& s) { return s.metrics_json(); })
-      .def("metrics_prometheus", [](const Store& s) { return s.metrics_prometheus(); });
+      // The Redis tier's gauges are a round trip to the server: the GIL is released meanwhile.
+      .def("metrics_json", [](const Store& s) { return s.metrics_json(); },
+           nb::call_guard<nb::gil_scoped_release>())
+      .def("metrics_prometheus", [](const Store& s) { return s.metrics_prometheus(); },
+           nb::call_guard<nb::gil_scoped_release>());
 }
 
 }  // namespace kvtc_py

@@ -7,6 +7,8 @@
 // only where a word was needed; an overrun shows as a position past the end, checked once per chunk.
 #include "entropy/rans_decode.hpp"
 
+#include "entropy/rans_decode_avx2.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -48,7 +50,8 @@ inline uint32_t step(uint32_t x, int pb, uint32_t mask, const uint32_t* entry, c
 
 // The lanes' loop over one run of symbols with one table: single checked steps up to a lane-0
 // boundary, then whole rounds of n_lanes symbols without index checks while the stream holds at
-// least n_lanes more words (a round reads at most one word per lane), then checked steps again.
+// least n_lanes more words (a round reads at most one word per lane; with AVX2 and n_lanes a multiple
+// of 8, rans_decode_avx2.cpp runs these rounds), then checked steps again.
 // `state` is the caller's local array (it never escapes), pos and lane are copied into locals.
 inline void decode_run(const RansDecodeTable& t, uint32_t* state, int n_lanes, int& lane_io, const uint8_t* words,
                        size_t n_words, size_t& pos_io, uint8_t* out, size_t count) {
@@ -65,6 +68,7 @@ inline void decode_run(const RansDecodeTable& t, uint32_t* state, int n_lanes, i
     out[i] = s;
     l = l + 1 == lanes ? 0 : l + 1;
   }
+  if (lanes % 8 == 0 && rans_have_avx2()) i += rans_rounds_avx2(t, state, lanes, words, n_words, pos, out + i, count - i);
   while (count - i >= lanes && pos + lanes <= n_words) {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC unroll 4
@@ -92,7 +96,7 @@ Result<RansDecodeTable> RansDecodeTable::build(const RansTable& table) {
   RansDecodeTable d;
   d.prob_bits_ = table.prob_bits;
   d.entry_.resize(table.freq.size());
-  d.symbol_.resize(table.total());
+  d.symbol_.assign(table.total() + 3, 0);  // 3 bytes of padding for 4-byte gathers (rans_decode_avx2.cpp)
   for (size_t sym = 0; sym < table.freq.size(); ++sym) {
     d.entry_[sym] = uint32_t(table.freq[sym]) << 16 | table.cum[sym];
     std::memset(d.symbol_.data() + table.cum[sym], int(sym), table.freq[sym]);

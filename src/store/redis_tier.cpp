@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -180,6 +181,7 @@ struct RedisTier::Impl {
   struct Conn {
     ContextPtr ctx;
     uint64_t generation = 0;  // the health generation it was opened in
+    bool fresh = false;       // opened for the call that holds it (not yet used)
   };
 
   RedisTierOptions options;
@@ -312,15 +314,45 @@ struct RedisTier::Impl {
     ever_connected = true;
     c.ctx = std::move(opened).value();
     c.generation = generation.load();
+    c.fresh = true;
     return lease;
   }
 
   // Sends the commands on one connection and reads their replies in order. A connection error marks the
   // server lost and returns kIo; `replies` then holds the replies read before it (fewer than commands).
+  //
+  // A pooled connection that the server closed since its last use (a restart, an idle timeout, a proxy)
+  // fails before any reply; then one fresh connection is opened and the pipeline sent again, once (every
+  // command the tier sends may be repeated), so that a server restarted between two calls costs no error.
   Status pipeline(Conn& c, const std::vector<Command>& commands, std::vector<ReplyPtr>& replies) {
+    SigpipeGuard guard;
+    int error_number = 0;
+    Status s = send_and_read(c, commands, replies, error_number);
+    if (!s.is_ok() && c.ctx && replies.empty() && !c.fresh && up.load() &&
+        (c.ctx->err == REDIS_ERR_EOF ||
+         (c.ctx->err == REDIS_ERR_IO && (error_number == ECONNRESET || error_number == EPIPE)))) {
+      Result<ContextPtr> again = open_one();
+      if (again.is_ok()) {
+        c.ctx = std::move(again).value();
+        c.generation = generation.load();
+        bump(counters.reconnects);
+        s = send_and_read(c, commands, replies, error_number);
+      }
+    }
+    c.fresh = false;
+    if (s.is_ok() || !c.ctx) return s;
+    const std::string why = c.ctx->err != 0 ? std::string(c.ctx->errstr) : "no reply";
+    lost(c.generation, why);
+    c.ctx.reset();
+    return unavailable(endpoint + ": " + why);
+  }
+
+  // One attempt: queue every command, read the replies. Not OK if fewer replies than commands came back
+  // (c.ctx->err says why; error_number is errno right after the failed read or write).
+  Status send_and_read(Conn& c, const std::vector<Command>& commands, std::vector<ReplyPtr>& replies,
+                       int& error_number) {
     replies.clear();
     replies.reserve(commands.size());
-    SigpipeGuard guard;
     for (const Command& cmd : commands) {
       if (redisAppendCommandArgv(c.ctx.get(), int(cmd.argv.size()), const_cast<const char**>(cmd.argv.data()),
                                  cmd.argvlen.data()) != REDIS_OK) {
@@ -330,14 +362,15 @@ struct RedisTier::Impl {
     }
     for (size_t i = 0; i < commands.size() && c.ctx->err == 0; ++i) {
       void* r = nullptr;
-      if (redisGetReply(c.ctx.get(), &r) != REDIS_OK) break;
+      errno = 0;
+      if (redisGetReply(c.ctx.get(), &r) != REDIS_OK) {
+        error_number = errno;
+        break;
+      }
       replies.emplace_back(static_cast<redisReply*>(r));
     }
     if (replies.size() == commands.size()) return Status::ok();
-    const std::string why = c.ctx->err != 0 ? std::string(c.ctx->errstr) : "no reply";
-    lost(c.generation, why);
-    c.ctx.reset();
-    return unavailable(endpoint + ": " + why);
+    return unavailable(endpoint + ": " + (c.ctx->err != 0 ? std::string(c.ctx->errstr) : "no reply"));
   }
 
   // Reads used_memory and DBSIZE (for the gauges); quiet: no counters, the cached values on failure.

@@ -150,3 +150,25 @@ def test_redis_down_serves_from_host(blocks, tmp_path):
         store.put(items[0][0], items[0][1])
     assert store.get(items[0][0]) == items[0][1]
     assert store.get(items[1][0]) is None
+
+
+def test_cli_store_stats_reports_the_redis_server(blocks, redis_socket, kvtc_cli, tmp_path):
+    import json
+    import subprocess
+
+    _, _, _, items = blocks
+    store = Store(1 << 20, redis_socket=redis_socket)
+    store.put_many(items)
+    r = subprocess.run([str(kvtc_cli), "store", "stats", "--redis-socket", redis_socket, "--json"],
+                       capture_output=True, text=True, check=True)
+    redis = json.loads(r.stdout)["redis"]
+    assert redis["connected"] and redis["keys"] == len(items) and redis["used_memory_bytes"] > 0
+    assert redis["redis_version"].startswith("7.")
+    # With a disk directory too, and a server that is not there: the disk part, and why Redis is not.
+    (tmp_path / "disk").mkdir()
+    r = subprocess.run([str(kvtc_cli), "store", "stats", str(tmp_path / "disk"), "--redis-socket",
+                        str(tmp_path / "nobody.sock")], capture_output=True, text=True, check=True)
+    assert "0 entries" in r.stdout and "unreachable" in r.stdout
+    r = subprocess.run([str(kvtc_cli), "store", "stats", "--redis-socket", str(tmp_path / "nobody.sock")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "unreachable" in r.stdout

@@ -48,6 +48,7 @@ def runs(tmp_path_factory, shared_dir, smollm2_calibration):
     tmp = tmp_path_factory.mktemp("vllm")
     plain = _run(tmp, "plain", shared_dir)
     cont = tmp / "plain.json"
+    plain["path"] = str(cont)
     kvtc_args = ("--calibration", str(smollm2_calibration), "--ratio", str(RATIO), "--store-dir", str(tmp / "store"),
                  "--continuation", str(cont))
     first = _run(tmp, "kvtc", shared_dir, *kvtc_args)
@@ -102,3 +103,20 @@ def test_store_holds_the_prefix_at_the_ratio(runs):
     disk2 = second["store_metrics"]["tiers"]["disk"]
     assert disk2["hits"] >= n_blocks
     assert second["store_metrics"]["promotions"] >= n_blocks
+
+
+def test_lost_block_is_recomputed(tmp_path, shared_dir, smollm2_calibration, runs):
+    """A block the scheduler counted but the store no longer has when the load runs (evicted in between)
+    is reported to vLLM, which recomputes it (kv_load_failure_policy="recompute"): the request completes
+    with the uncompressed engine's tokens."""
+    plain, _, _ = runs
+    run = _run(tmp_path, "kvtc-lost-block", shared_dir, "--calibration", str(smollm2_calibration), "--ratio",
+               str(RATIO), "--continuation", plain["path"], "--lose-block", "5")
+    # The scheduler counted the whole prefix as external (vLLM counts prompt tokens by source when it
+    # admits a request); the worker restored 15 blocks and reported the lost one, which vLLM then
+    # recomputed with every block after it ("Recovered from KV load failure" in its log).
+    assert run["first_reader"]["external_kv_transfer"] == PREFIX_TOKENS
+    assert run["connector"]["blocks_failed"] == 1
+    assert run["connector"]["blocks_loaded"] == PREFIX_TOKENS // run["block_size"] - 1
+    agree, n = _agreement(run, plain)
+    assert agree / n >= bar(RATIO, n)

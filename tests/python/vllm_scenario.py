@@ -69,12 +69,22 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
     ap.add_argument("--calibration")
     ap.add_argument("--ratio", type=float, default=16.0)
+    ap.add_argument("--n-threads", type=int, default=0, help="the connector's threads (0: the library's choice)")
     ap.add_argument("--store-dir", help="disk tier directory (default: host memory only)")
     ap.add_argument("--host-capacity-bytes", type=int, default=1 << 30)
+    ap.add_argument("--redis-socket", help="a Redis server's unix socket: the store's shared tier")
+    ap.add_argument("--redis-prefix", default="kvtc:")
     ap.add_argument("--prefix-tokens", type=int, default=2048)
     ap.add_argument("--continuation-tokens", type=int, default=32)
     ap.add_argument("--continuation", help="JSON file with the reference run's continuation tokens")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--no-writer", action="store_true",
+                    help="skip step 1: the store was filled by another process (a second server)")
+    ap.add_argument("--repeats", type=int, default=0,
+                    help="time the first reader again this many times, each after dropping vLLM's prefix cache")
+    ap.add_argument("--lose-block", type=int, default=-1,
+                    help="the first reader's load finds block N of its prefix gone (as if evicted after the "
+                         "scheduler counted it): vLLM must recompute it")
     args = ap.parse_args()
 
     from vllm import LLM, SamplingParams
@@ -86,9 +96,13 @@ def main() -> None:
         store = {"host_capacity_bytes": args.host_capacity_bytes}
         if args.store_dir:
             store.update(disk_dir=args.store_dir, write_through=True)
+        if args.redis_socket:
+            store.update(redis_socket=args.redis_socket, redis_prefix=args.redis_prefix)
         kw["kv_transfer_config"] = KVTransferConfig(
             kv_connector="KVTCConnector", kv_connector_module_path="kvtc.vllm", kv_role="kv_both",
-            kv_connector_extra_config={"calibration": args.calibration, "ratio": args.ratio, "store": store})
+            kv_connector_extra_config={"calibration": args.calibration, "ratio": args.ratio, "store": store,
+                                       "n_threads": args.n_threads},
+            kv_load_failure_policy="recompute")
     t0 = time.perf_counter()
     llm = LLM(**kw)
     result: dict = {"mode": "kvtc" if args.calibration else "plain", "load_s": time.perf_counter() - t0,
@@ -98,10 +112,11 @@ def main() -> None:
     greedy1 = SamplingParams(temperature=0, max_tokens=1)
 
     # 1. The writer.
-    t = time.perf_counter()
-    llm.generate([{"prompt_token_ids": prefix + q_a}], greedy1, use_tqdm=False)
-    result["writer_s"] = time.perf_counter() - t
-    result["after_writer"] = prompt_counters(llm.get_metrics())
+    if not args.no_writer:
+        t = time.perf_counter()
+        llm.generate([{"prompt_token_ids": prefix + q_a}], greedy1, use_tqdm=False)
+        result["writer_s"] = time.perf_counter() - t
+        result["after_writer"] = prompt_counters(llm.get_metrics())
     # 2. Only the store keeps the prefix now.
     assert llm.reset_prefix_cache(), "vLLM refused to reset its prefix cache"
 
@@ -118,6 +133,20 @@ def main() -> None:
     result["continuation"] = cont
 
     # 3. The first reader alone (its time to first token), then the teacher-forced readers in one batch.
+    if args.lose_block >= 0:
+        from kvtc.vllm import shared_store
+
+        store_obj = shared_store(kw["kv_transfer_config"].kv_connector_extra_config["store"])
+        real_get_many = store_obj.get_many
+
+        def get_many_losing_one(keys):
+            values = real_get_many(keys)
+            if len(values) > args.lose_block:
+                values[args.lose_block] = None
+            store_obj.get_many = real_get_many  # only the first load loses a block
+            return values
+
+        store_obj.get_many = get_many_losing_one
     before = prompt_counters(llm.get_metrics())
     t = time.perf_counter()
     first = llm.generate([{"prompt_token_ids": prefix + q_b}], greedy1, use_tqdm=False)
@@ -125,6 +154,14 @@ def main() -> None:
     after = prompt_counters(llm.get_metrics())
     result["first_reader"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     result["first_reader"]["num_cached_tokens"] = first[0].num_cached_tokens
+    result["repeats_s"] = []
+    for _ in range(args.repeats):
+        assert llm.reset_prefix_cache()
+        t = time.perf_counter()
+        llm.generate([{"prompt_token_ids": prefix + q_b}], greedy1, use_tqdm=False)
+        result["repeats_s"].append(time.perf_counter() - t)
+    if args.repeats:
+        assert llm.reset_prefix_cache()
     result["prompt_tokens"] = len(prefix) + len(q_b)
     result["prefix_tokens"] = len(prefix)
     prompts = [{"prompt_token_ids": prefix + q_b + cont[:j]} for j in range(1, len(cont))]
@@ -134,7 +171,11 @@ def main() -> None:
     result["argmax"] = [first[0].outputs[0].token_ids[0]] + [o.outputs[0].token_ids[0] for o in outs]
 
     if args.calibration:
+        from vllm.distributed.kv_transfer.kv_transfer_state import get_kv_transfer_group
+
         from kvtc.vllm import shared_store
+
+        result["connector"] = dict(get_kv_transfer_group().stats)
 
         store_kw = kw["kv_transfer_config"].kv_connector_extra_config["store"]
         result["store_metrics"] = shared_store(store_kw).metrics()
