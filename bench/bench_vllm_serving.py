@@ -11,7 +11,8 @@ Each engine runs in its own process (tests/python/vllm_scenario.py), with fp32 w
               reader's prefix comes from the host tier;
 - "disk":     a second engine process, with an empty host tier, reads the prefix the "host" run wrote
               to the disk tier (write-through); later repeats hit host after promotion;
-- "redis":    the same through a Redis server only (--redis-socket), when given.
+- "redis":    the same from a Redis server only (--redis-socket), when given: the "host" run wrote
+              through to it as well.
 Time to first token is the wall time of LLM.generate for one request with one output token. The
 reader's prompt is the prefix and a 12-token question. Prints a Markdown table; writes JSON.
 """
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "vllm_serving.json"))
     args = ap.parse_args()
     results = []
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for prefix in [int(p) for p in args.prefixes.split(",")]:
@@ -65,17 +67,16 @@ def main() -> None:
             kv = ["--calibration", args.calibration, "--ratio", str(args.ratio)]
             store = work / f"store-{prefix}"
             row = {"prefix_tokens": prefix}
-            row["prefill"] = run(f"prefill-{prefix}", work, common)
+            row["prefill"] = run(f"prefill-{prefix}", work, common + ["--no-writer"])
             cont = ["--continuation", str(work / f"prefill-{prefix}.json")]
-            row["host"] = run(f"host-{prefix}", work, common + kv + cont + ["--store-dir", str(store)])
+            redis = ["--redis-socket", args.redis_socket, "--redis-prefix", f"bench{prefix}:"] if args.redis_socket else []
+            # The writer's store writes through to disk (and Redis); each reader process has one tier only.
+            row["host"] = run(f"host-{prefix}", work, common + kv + cont + ["--store-dir", str(store)] + redis)
             row["disk"] = run(f"disk-{prefix}", work, common + kv + cont + ["--store-dir", str(store), "--no-writer"])
             if args.redis_socket:
-                redis = ["--redis-socket", args.redis_socket, "--redis-prefix", f"bench{prefix}:"]
-                run(f"redis-fill-{prefix}", work, common + kv + cont + redis)
                 row["redis"] = run(f"redis-{prefix}", work, common + kv + cont + redis + ["--no-writer"])
             results.append(row)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+            Path(args.out).write_text(json.dumps(results, indent=1))  # after each prefix: a failure keeps the rest
 
     tiers = ["host", "disk"] + (["redis"] if args.redis_socket else [])
     print(f"\nTime to first token (s), {args.ratio:g}x, median of {args.repeats} repeats where marked; "

@@ -90,7 +90,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.config import KVTransferConfig
 
-    kw = dict(model=args.model, dtype=args.dtype, max_model_len=args.prefix_tokens + 512, enforce_eager=True,
+    kw = dict(model=args.model, dtype=args.dtype, max_model_len=min(args.prefix_tokens + 512, 8192), enforce_eager=True,
               enable_prefix_caching=True, disable_log_stats=False, seed=0)
     if args.calibration:
         store = {"host_capacity_bytes": args.host_capacity_bytes}
