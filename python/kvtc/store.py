@@ -75,8 +75,10 @@ class Store:
         """Removes the key from every tier; True if it was there."""
         return self._core.erase(_key(key))
 
-    def put_many(self, items: Iterable[tuple[bytes | str, bytes]]) -> None:
-        self._core.put_many([(_key(k), bytes(v)) for k, v in items])
+    def put_many(self, items: Iterable[tuple[bytes | str, bytes]], raw_bytes: Sequence[int] | None = None) -> None:
+        """Stores each key -> value (errors as for :meth:`put`). ``raw_bytes``: per item, the uncompressed
+        size its value stands for (feeds the ``bytes_raw_put`` metric), or None."""
+        self._core.put_many([(_key(k), bytes(v)) for k, v in items], [int(r) for r in (raw_bytes or ())])
 
     def get_many(self, keys: Sequence[bytes | str]) -> list[bytes | None]:
         return self._core.get_many([_key(k) for k in keys])

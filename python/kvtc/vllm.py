@@ -407,7 +407,7 @@ class KVTCConnector(KVConnectorBase_V1):
                                  n_threads=self._n_threads)
             entries.append((t.key, data))
         try:
-            self._store.put_many(entries)
+            self._store.put_many(entries, raw_bytes=[raw_bytes] * len(entries))
         except kvtc.KvtcError as e:  # a lost save is only a future miss; the request goes on
             log.warning("kvtc: %d blocks not stored: %s", len(entries), e)
         else:

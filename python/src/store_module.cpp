@@ -109,12 +109,18 @@ void bind_store(nb::module_& m) {
         nb::gil_scoped_release unlocked;
         return take(s.erase(k));
       }, "key"_a)
-      .def("put_many", [](Store& s, const std::vector<std::pair<nb::bytes, nb::bytes>>& items) {
+      .def("put_many", [](Store& s, const std::vector<std::pair<nb::bytes, nb::bytes>>& items,
+                          const std::vector<uint64_t>& raw_bytes) {
+        if (!raw_bytes.empty() && raw_bytes.size() != items.size()) {
+          raise_if_error(kvtc::Status(kvtc::StatusCode::kInvalidArgument,
+                                      "put_many: raw_bytes must give one size per item"));
+        }
         std::vector<kvtc::store::Entry> entries;
         entries.reserve(items.size());
-        for (const auto& [k, v] : items) {
+        for (size_t i = 0; i < items.size(); ++i) {
+          const auto& [k, v] = items[i];
           const auto* p = reinterpret_cast<const uint8_t*>(v.c_str());
-          entries.push_back({key_of(k), Bytes(p, p + v.size()), 0});
+          entries.push_back({key_of(k), Bytes(p, p + v.size()), raw_bytes.empty() ? 0 : raw_bytes[i]});
         }
         std::vector<kvtc::Status> st;
         {
@@ -122,7 +128,7 @@ void bind_store(nb::module_& m) {
           st = s.put_many(entries);
         }
         for (const kvtc::Status& x : st) raise_if_error(x);
-      }, "items"_a)
+      }, "items"_a, "raw_bytes"_a = std::vector<uint64_t>{})
       .def("get_many", [](Store& s, const std::vector<nb::bytes>& keys) {
         std::vector<std::string> ks;
         for (const nb::bytes& k : keys) ks.push_back(key_of(k));

@@ -130,7 +130,7 @@ def test_two_stores_share_blocks_through_redis(blocks, redis_socket):
     assert first.redis_connected and second.redis_connected
     raw = 2 * 64 * 1024  # what each block would be uncompressed (declared, for the ratio)
     first.put(items[0][0], items[0][1], raw_bytes=raw)
-    first.put_many(items[1:])
+    first.put_many(items[1:], raw_bytes=[raw] * (len(items) - 1))
     assert second.get_many([k for k, _ in items]) == [v for _, v in items]
     assert other_model.get(items[0][0]) is None
     m = second.metrics()
@@ -138,7 +138,11 @@ def test_two_stores_share_blocks_through_redis(blocks, redis_socket):
     assert m["promotions"] == len(items)
     assert second.get(items[2][0]) == items[2][1]  # from its host tier now
     assert second.metrics()["tiers"]["redis"]["hits"] == len(items)
-    assert first.metrics()["tiers"]["all"]["bytes_raw_put"] == raw
+    m = first.metrics()["tiers"]["all"]
+    assert m["bytes_raw_put"] == raw * len(items)
+    assert m["compression_ratio"] == pytest.approx(raw * len(items) / sum(len(v) for _, v in items), rel=0.01)
+    with pytest.raises(kvtc.InvalidArgumentError):
+        first.put_many(items, raw_bytes=[raw])  # one size per item, or none
     assert 'kvtc_store_reconnects_total{tier="redis"} 0' in first.metrics_prometheus()
 
 
