@@ -50,6 +50,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 
 import kvtc
@@ -87,12 +89,32 @@ DEFAULT_STORE = {"host_capacity_bytes": 1 << 30}
 
 def shared_store(settings: dict | None) -> Store:
     """The process's Store for these settings (created on first use): one host tier per engine."""
-    settings = dict(DEFAULT_STORE if settings is None else settings)
-    key = json.dumps(settings, sort_keys=True, default=str)
+    key = _store_key(settings)
     with _lock:
         if key not in _stores:
-            _stores[key] = Store(**settings)
+            _stores[key] = Store(**dict(DEFAULT_STORE if settings is None else settings))
         return _stores[key]
+
+
+def _store_key(settings: dict | None) -> str:
+    return json.dumps(dict(DEFAULT_STORE if settings is None else settings), sort_keys=True, default=str)
+
+
+def existing_store(settings: dict | None) -> Store | None:
+    """The process's Store for these settings if a worker-side connector has made it, else None."""
+    with _lock:
+        return _stores.get(_store_key(settings))
+
+
+def scheduler_view(settings: dict | None) -> Store | None:
+    """What a scheduler in a process of its own can look blocks up in: the shared Redis tier, if the
+    settings name one (the host tier lives in the worker's process, and a disk directory admits one
+    process). None without Redis."""
+    settings = dict(DEFAULT_STORE if settings is None else settings)
+    redis = {k: v for k, v in settings.items() if k.startswith("redis_")}
+    if not redis.get("redis_socket") and not redis.get("redis_host"):
+        return None
+    return Store(1 << 20, **redis)
 
 
 def shared_calibration(path: str) -> kvtc.Calibration:
@@ -121,6 +143,19 @@ class KVTCConnectorMetadata(KVConnectorMetadata):
 
 
 @dataclass
+class KVTCWorkerMetadata(KVConnectorWorkerMetadata):
+    """Worker -> scheduler: the keys of the blocks stored in this step (for a scheduler that runs in a
+    process of its own and cannot see the worker's host tier)."""
+
+    stored: list[bytes] = field(default_factory=list)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        if isinstance(other, KVTCWorkerMetadata):
+            return KVTCWorkerMetadata(self.stored + other.stored)
+        return self
+
+
+@dataclass
 class _RequestState:
     """Scheduler-side bookkeeping of one running request."""
 
@@ -146,7 +181,19 @@ class KVTCConnector(KVConnectorBase_V1):
         self._ratio = float(extra.get("ratio", 16.0))
         self._n_threads = int(extra.get("n_threads", 0))
         self._cal = shared_calibration(str(extra["calibration"]))
-        self._store = shared_store(extra.get("store"))
+        settings = extra.get("store")
+        if role == KVConnectorRole.WORKER:
+            self._store: Store | None = shared_store(settings)
+            self._lookup = self._store
+        else:
+            # One process for both sides (vLLM's in-process engine): the scheduler looks blocks up in the
+            # worker's store. A scheduler process of its own (vLLM's server on the CPU runs the worker in a
+            # child process) sees the keys the worker reports, and Redis if configured.
+            self._store = existing_store(settings)
+            self._lookup = self._store if self._store is not None else scheduler_view(settings)
+        self._reported: OrderedDict[bytes, None] = OrderedDict()  # keys the worker stored (scheduler side)
+        self._max_reported = int(extra.get("max_reported_keys", 1 << 20))
+        self._stored_this_step: list[bytes] = []  # worker side, for build_connector_worker_meta
         ns = extra.get("namespace") or f"kvtc:{self._cal.fingerprint:016x}:{self._ratio:g}:{self._block_size}:"
         self._namespace = ns.encode() if isinstance(ns, str) else bytes(ns)
         # Scheduler side.
@@ -184,7 +231,7 @@ class KVTCConnector(KVConnectorBase_V1):
             return 0, False
         keys = [self._key(h) for h in request.block_hashes[first:n_max]]
         hits = 0
-        for present in self._store.contains_many(keys):
+        for present in self._present(keys):
             if not present:
                 break
             hits += 1
@@ -246,11 +293,32 @@ class KVTCConnector(KVConnectorBase_V1):
                 continue
             idx = list(range(state.next_block, full))
             keys = [self._key(state.request.block_hashes[b]) for b in idx]
-            for b, key, present in zip(idx, keys, self._store.contains_many(keys)):
+            for b, key, present in zip(idx, keys, self._present(keys)):
                 if not present:
                     meta.saves.append(BlockTransfer(state.block_ids[b], key, b * bs))
             state.next_block = full
         return meta
+
+    def _present(self, keys: list[bytes]) -> list[bool]:
+        """Whether each key is known to be stored: reported by the worker, or found by a lookup."""
+        if self._store is not None:  # the worker's own store, in this process
+            return self._store.contains_many(keys)
+        found = [k in self._reported for k in keys]
+        if self._lookup is not None and not all(found):
+            try:
+                found = [a or b for a, b in zip(found, self._lookup.contains_many(keys))]
+            except kvtc.KvtcError as e:  # a Redis server away: what the worker reported still counts
+                log.debug("kvtc: scheduler lookup failed: %s", e)
+        return found
+
+    def update_connector_output(self, connector_output) -> None:
+        meta = getattr(connector_output, "kv_connector_worker_meta", None)
+        if isinstance(meta, KVTCWorkerMetadata):
+            for key in meta.stored:
+                self._reported[key] = None
+                self._reported.move_to_end(key)
+            while len(self._reported) > self._max_reported:
+                self._reported.popitem(last=False)
 
     def _find_request(self, req_id: str) -> "Request | None":
         return self._seen.get(req_id)
@@ -411,6 +479,7 @@ class KVTCConnector(KVConnectorBase_V1):
         except kvtc.KvtcError as e:  # a lost save is only a future miss; the request goes on
             log.warning("kvtc: %d blocks not stored: %s", len(entries), e)
         else:
+            self._stored_this_step.extend(key for key, _ in entries)
             self.stats["blocks_saved"] += len(entries)
             self.stats["bytes_saved"] += sum(len(d) for _, d in entries)
             self.stats["raw_bytes_saved"] += raw_bytes * len(entries)
@@ -422,12 +491,19 @@ class KVTCConnector(KVConnectorBase_V1):
             self._restorer.shutdown()
             self._restorer = None
 
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        if not self._stored_this_step:
+            return None
+        meta, self._stored_this_step = KVTCWorkerMetadata(self._stored_this_step), []
+        return meta
+
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
         return errors
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Store | None:
+        """The store (worker side; the scheduler side has it only when both share a process)."""
         return self._store
 
 
