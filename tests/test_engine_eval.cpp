@@ -6,11 +6,11 @@
 #include <cmath>
 #include <filesystem>
 
-#include "engine/eval_method.hpp"
-#include "engine/eval_tasks.hpp"
 #include "engine/model.hpp"
 #include "engine/token_stream.hpp"
 #include "engine/tokenizer.hpp"
+#include "eval/eval_method.hpp"
+#include "eval/eval_tasks.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 

@@ -1,4 +1,4 @@
-// The GGUF reader (src/engine/gguf.cpp, gguf_dequant.cpp): dequantisation bit for bit against gguf-py
+// The GGUF reader (engine/gguf.cpp, gguf_dequant.cpp): dequantisation bit for bit against gguf-py
 // (tests/data/gguf_ref.gguf, written by tests/data/make_gguf_ref.py), metadata of every value type,
 // tensor layout, hand-made hostile files, and the real SmolLM2 model when it is installed.
 #include <gtest/gtest.h>

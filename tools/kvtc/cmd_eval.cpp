@@ -1,7 +1,7 @@
 // kvtc eval --model DIR -c MODEL.kvtcal --tasks passkey,multikey,fidelity,continuation
 //           --methods kvtc,kivi,snapkv,... --ratios 8,16,20,32 [--trials N] [--json] [--plot FILE.png]
 // kvtc eval-merge A.json B.json ... [--json-out OUT.json] [--plot FILE.png]
-// What compressing the cache does to the model's answers (engine/eval_tasks.hpp has the tasks); runs
+// What compressing the cache does to the model's answers (eval/eval_tasks.hpp has the tasks); runs
 // over different trials (--first-trial) pool into one report.
 #include <cstdio>
 #include <filesystem>
@@ -15,9 +15,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common.hpp"
-#include "engine/eval_tasks.hpp"
 #include "engine/model.hpp"
 #include "engine/tokenizer.hpp"
+#include "eval/eval_tasks.hpp"
 #include "util/file_io.hpp"
 
 namespace kvtc::cli {

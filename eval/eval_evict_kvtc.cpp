@@ -14,8 +14,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "engine/eval_method.hpp"
 #include "engine/kernels.hpp"
+#include "eval/eval_method.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::engine {

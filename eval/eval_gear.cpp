@@ -12,7 +12,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 
-#include "engine/eval_method.hpp"
+#include "eval/eval_method.hpp"
 #include "util/half.hpp"
 
 namespace kvtc::engine {

@@ -14,8 +14,8 @@
 #include <cblas.h>
 #include <lapacke.h>
 
-#include "engine/eval_method.hpp"
 #include "engine/kernels.hpp"
+#include "eval/eval_method.hpp"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 

@@ -1,4 +1,4 @@
-#include "engine/eval_method.hpp"
+#include "eval/eval_method.hpp"
 
 #include <algorithm>
 #include <utility>

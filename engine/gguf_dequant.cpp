@@ -3,7 +3,7 @@
 // operations in the same order as ggml (and gguf-py's gguf.quants, which matches it), so results are
 // bit-identical: fp16 scales are widened exactly, products of a scale and a small integer are one
 // rounding, and `d * q - m` is a multiply then a subtract. That last point relies on the compiler not
-// fusing them into an FMA: src/CMakeLists.txt compiles this file with -ffp-contract=off, and clang is
+// fusing them into an FMA: engine/CMakeLists.txt compiles this file with -ffp-contract=off, and clang is
 // also told so below.
 #include <cstring>
 #include <string>

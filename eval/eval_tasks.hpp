@@ -24,9 +24,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/eval_method.hpp"
 #include "engine/model.hpp"
 #include "engine/tokenizer.hpp"
+#include "eval/eval_method.hpp"
 #include "kvtc/kvtc.hpp"
 
 namespace kvtc::engine {

@@ -15,7 +15,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/eval_method.hpp"
+#include "eval/eval_method.hpp"
 #include "util/half.hpp"
 
 namespace kvtc::engine {

@@ -2,7 +2,7 @@
 // The sinks and the window are the calibration's (kept exact by the codec itself). Bytes counted: the
 // compressed tokens' coefficient chunks after DEFLATE, and for the whole cache the whole container.
 #include "engine/cache_io.hpp"
-#include "engine/eval_method.hpp"
+#include "eval/eval_method.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::engine {

@@ -16,7 +16,7 @@
 
 #include <cblas.h>
 
-#include "engine/eval_method.hpp"
+#include "eval/eval_method.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::engine {

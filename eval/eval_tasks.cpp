@@ -1,4 +1,4 @@
-#include "engine/eval_tasks.hpp"
+#include "eval/eval_tasks.hpp"
 
 #include <algorithm>
 #include <atomic>
