@@ -69,7 +69,9 @@ def main() -> None:
             row = {"prefix_tokens": prefix}
             row["prefill"] = run(f"prefill-{prefix}", work, common + ["--no-writer"])
             cont = ["--continuation", str(work / f"prefill-{prefix}.json")]
-            redis = ["--redis-socket", args.redis_socket, "--redis-prefix", f"bench{prefix}:"] if args.redis_socket else []
+            # A prefix of its own per run: blocks left in the server by an earlier run must not be found.
+            redis = (["--redis-socket", args.redis_socket, "--redis-prefix", f"bench:{os.getpid()}:{prefix}:"]
+                     if args.redis_socket else [])
             # The writer's store writes through to disk (and Redis); each reader process has one tier only.
             row["host"] = run(f"host-{prefix}", work, common + kv + cont + ["--store-dir", str(store)] + redis)
             row["disk"] = run(f"disk-{prefix}", work, common + kv + cont + ["--store-dir", str(store), "--no-writer"])
