@@ -318,6 +318,20 @@ struct RedisTier::Impl {
     return lease;
   }
 
+  // One `verb <prefixed key>` command per key, pipelined on one connection (GET, EXISTS, DEL); replies as
+  // for pipeline().
+  Status pipeline_per_key(Conn& c, const char* verb, std::span<const std::string> keys,
+                          std::vector<ReplyPtr>& replies) {
+    std::vector<std::string> full(keys.size());  // outlives cmds, which point into it
+    std::vector<Command> cmds(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      full[i] = key_of(keys[i]);
+      cmds[i].add(verb);
+      cmds[i].add(full[i]);
+    }
+    return pipeline(c, cmds, replies);
+  }
+
   // Sends the commands on one connection and reads their replies in order. A connection error marks the
   // server lost and returns kIo; `replies` then holds the replies read before it (fewer than commands).
   //
@@ -574,15 +588,8 @@ std::vector<GetResult> RedisTier::get_many(std::span<const std::string> keys) {
     bump(d.counters.errors, keys.size());
     return out;
   }
-  std::vector<std::string> full(keys.size());
-  std::vector<Command> cmds(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    full[i] = d.key_of(keys[i]);
-    cmds[i].add("GET");
-    cmds[i].add(full[i]);
-  }
   std::vector<ReplyPtr> replies;
-  Status s = d.pipeline(lease->conn(), cmds, replies);
+  Status s = d.pipeline_per_key(lease->conn(), "GET", keys, replies);
   for (size_t i = 0; i < replies.size(); ++i) out[i] = d.get_reply(keys[i], replies[i].get());
   for (size_t i = replies.size(); i < keys.size(); ++i) out[i] = s;
   bump(d.counters.errors, keys.size() - replies.size());
@@ -603,15 +610,8 @@ std::vector<bool> RedisTier::contains_many(std::span<const std::string> keys) {
     bump(d.counters.errors, keys.size());
     return out;
   }
-  std::vector<std::string> full(keys.size());
-  std::vector<Command> cmds(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    full[i] = d.key_of(keys[i]);
-    cmds[i].add("EXISTS");
-    cmds[i].add(full[i]);
-  }
   std::vector<ReplyPtr> replies;
-  Status s = d.pipeline(lease->conn(), cmds, replies);
+  (void)d.pipeline_per_key(lease->conn(), "EXISTS", keys, replies);  // a failure leaves fewer replies
   for (size_t i = 0; i < replies.size(); ++i) {
     out[i] = replies[i]->type == REDIS_REPLY_INTEGER && replies[i]->integer > 0;
   }
@@ -626,12 +626,9 @@ Result<bool> RedisTier::erase(std::string_view key) {
     bump(d.counters.errors);
     return lease.status();
   }
-  const std::string full = d.key_of(key);
-  std::vector<Command> cmds(1);
-  cmds[0].add("DEL");
-  cmds[0].add(full);
+  const std::string k(key);
   std::vector<ReplyPtr> replies;
-  Status s = d.pipeline(lease->conn(), cmds, replies);
+  Status s = d.pipeline_per_key(lease->conn(), "DEL", std::span<const std::string>(&k, 1), replies);
   if (!s.is_ok()) {
     bump(d.counters.errors);
     return s;
