@@ -254,18 +254,13 @@ class KVTCConnector(KVConnectorBase_V1):
         for new in scheduler_output.scheduled_new_reqs:
             state = self._requests.get(new.req_id)
             if state is None:
-                request = self._find_request(new.req_id)
+                request = self._seen.get(new.req_id)
                 if request is None:
                     continue
                 state = self._requests[new.req_id] = _RequestState(request, list(new.block_ids[0]))
             else:
                 state.block_ids = list(new.block_ids[0])
-            load = self._load_now.pop(new.req_id, None)
-            if load is not None:
-                first, keys = load
-                for i, key in enumerate(keys):
-                    meta.loads.append(BlockTransfer(state.block_ids[first + i], key, (first + i) * bs))
-                state.next_block = max(state.next_block, first + len(keys))
+            self._plan_loads(meta, state, new.req_id)
             done = new.num_computed_tokens + scheduler_output.num_scheduled_tokens.get(new.req_id, 0)
             progress.append((state, done // bs))
         cached = scheduler_output.scheduled_cached_reqs
@@ -279,11 +274,7 @@ class KVTCConnector(KVConnectorBase_V1):
                     state.block_ids = list(new_ids[0])
                 else:
                     state.block_ids.extend(new_ids[0])
-            load = self._load_now.pop(req_id, None)  # a preempted request, resumed with a prefix hit
-            if load is not None:
-                first, keys = load
-                for j, key in enumerate(keys):
-                    meta.loads.append(BlockTransfer(state.block_ids[first + j], key, (first + j) * bs))
+            self._plan_loads(meta, state, req_id)  # a preempted request, resumed with a prefix hit
             done = cached.num_computed_tokens[i] + scheduler_output.num_scheduled_tokens.get(req_id, 0)
             progress.append((state, done // bs))
         # Saves: full blocks with a hash, not yet in the store.
@@ -298,6 +289,16 @@ class KVTCConnector(KVConnectorBase_V1):
                     meta.saves.append(BlockTransfer(state.block_ids[b], key, b * bs))
             state.next_block = full
         return meta
+
+    def _plan_loads(self, meta: KVTCConnectorMetadata, state: _RequestState, req_id: str) -> None:
+        """Adds the loads planned for this request, if any, to this step's metadata."""
+        load = self._load_now.pop(req_id, None)
+        if load is None:
+            return
+        first, keys = load
+        for i, key in enumerate(keys):
+            meta.loads.append(BlockTransfer(state.block_ids[first + i], key, (first + i) * self._block_size))
+        state.next_block = max(state.next_block, first + len(keys))
 
     def _present(self, keys: list[bytes]) -> list[bool]:
         """Whether each key is known to be stored: reported by the worker, or found by a lookup."""
@@ -319,9 +320,6 @@ class KVTCConnector(KVConnectorBase_V1):
                 self._reported.move_to_end(key)
             while len(self._reported) > self._max_reported:
                 self._reported.popitem(last=False)
-
-    def _find_request(self, req_id: str) -> "Request | None":
-        return self._seen.get(req_id)
 
     def on_new_request(self, request: "Request") -> None:
         self._seen[request.request_id] = request
