@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 
 #include "kvtc/store.hpp"
@@ -186,6 +187,85 @@ TEST(StoreHost, BatchesMatchSingleOperations) {
   EXPECT_EQ(m.hits, 2u);
   EXPECT_EQ(m.misses, 1u);
   EXPECT_EQ(m.puts, 5u);
+}
+
+// A HostMemory that counts what it hands out and can be told to refuse.
+struct CountingMemory {
+  std::shared_ptr<std::atomic<int64_t>> live = std::make_shared<std::atomic<int64_t>>(0);
+  std::shared_ptr<std::atomic<int64_t>> live_bytes = std::make_shared<std::atomic<int64_t>>(0);
+  std::shared_ptr<std::atomic<bool>> refuse = std::make_shared<std::atomic<bool>>(false);
+  HostMemory memory() const {
+    return {[live = live, lb = live_bytes, refuse = refuse](size_t n) -> void* {
+              if (*refuse) return nullptr;
+              ++*live;
+              *lb += int64_t(n);
+              return ::operator new(n);
+            },
+            [live = live, lb = live_bytes](void* p, size_t n) {
+              --*live;
+              *lb -= int64_t(n);
+              ::operator delete(p);
+            }};
+  }
+};
+
+// Values live in the caller's memory (a GPU server's page-locked pages) and get_shared hands them out
+// without a copy; a reader's bytes stay valid and unchanged through overwrite, eviction and the tier's
+// own destruction, and every allocation is given back once the last holder lets go.
+TEST(StoreHost, CallerMemoryAndZeroCopyReads) {
+  CountingMemory mem;
+  SharedBytes held;
+  {
+    HostTierOptions o;
+    o.capacity_bytes = 100;
+    o.policy = EvictionPolicy::kLru;
+    o.memory = mem.memory();
+    auto t = HostTier::create(o).value();
+    ASSERT_TRUE(t->put("a", Bytes(40, 7)).is_ok());
+    EXPECT_EQ(*mem.live, 1);
+    EXPECT_EQ(*mem.live_bytes, 40);
+    held = t->get_shared("a");
+    ASSERT_NE(held, nullptr);
+    SharedBytes again = t->get_shared("a");
+    EXPECT_EQ(again->data(), held->data()) << "get_shared must not copy";
+    EXPECT_EQ(t->get("a")->value(), Bytes(40, 7));  // get still copies
+    EXPECT_EQ(t->get_shared("missing"), nullptr);
+    EXPECT_EQ(t->metrics().hits, 3u);
+    EXPECT_EQ(t->metrics().misses, 1u);
+    // Overwritten while held: the reader keeps the old bytes, the tier has the new ones.
+    ASSERT_TRUE(t->put("a", Bytes(40, 9)).is_ok());
+    EXPECT_EQ(*mem.live, 2);
+    EXPECT_EQ(Bytes(held->begin(), held->end()), Bytes(40, 7));
+    EXPECT_EQ(t->get("a")->value(), Bytes(40, 9));
+    // Evicted while held (two more entries push "a" out of 100 bytes).
+    SharedBytes newer = t->get_shared("a");
+    ASSERT_TRUE(t->put("b", Bytes(40, 1)).is_ok());
+    ASSERT_TRUE(t->put("c", Bytes(40, 2)).is_ok());
+    EXPECT_FALSE(t->contains("a"));
+    EXPECT_EQ(Bytes(newer->begin(), newer->end()), Bytes(40, 9));
+    newer.reset();
+    EXPECT_EQ(*mem.live, 3);  // held's old "a", "b", "c"
+    // Memory that cannot be had: a clear kOutOfSpace, and the tier is unchanged.
+    *mem.refuse = true;
+    Status s = t->put("d", Bytes(10, 3));
+    EXPECT_EQ(s.code(), StatusCode::kOutOfSpace);
+    EXPECT_NE(s.message().find("could not allocate 10 bytes"), std::string::npos) << s.message();
+    auto many = t->put_many(std::vector<Entry>{{"e", Bytes(5, 1), 0}});
+    EXPECT_EQ(many[0].code(), StatusCode::kOutOfSpace);
+    EXPECT_EQ(t->entry_count(), 2u);
+    EXPECT_EQ(t->metrics().put_errors, 2u);
+    // Empty values need no memory.
+    ASSERT_TRUE(t->put("z", Bytes()).is_ok());
+    EXPECT_EQ(t->get_shared("z")->size(), 0u);
+  }
+  EXPECT_EQ(*mem.live, 1) << "the tier is gone; only the reader's block remains";
+  EXPECT_EQ(Bytes(held->begin(), held->end()), Bytes(40, 7));
+  held.reset();
+  EXPECT_EQ(*mem.live, 0);
+  EXPECT_EQ(*mem.live_bytes, 0);
+  HostTierOptions half;
+  half.memory.allocate = [](size_t) -> void* { return nullptr; };
+  EXPECT_EQ(HostTier::create(half).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -77,6 +77,28 @@ TEST(StoreTiered, HostEvictionsAreDemotedAndDiskHitsPromoted) {
   EXPECT_EQ(all.misses, 1u);
 }
 
+// get_shared: a host hit is the host tier's own bytes (no copy); a disk hit is promoted as get does.
+TEST(StoreTiered, SharedReadsFromHostAndBelow) {
+  auto s = make_store(false);
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(s->put(key(i), v8(i)).is_ok());
+  auto h = s->get_shared(key(7));
+  ASSERT_TRUE(h.is_ok() && *h);
+  EXPECT_EQ(Bytes((*h)->begin(), (*h)->end()), v8(7));
+  EXPECT_EQ((*h)->data(), s->host().get_shared(key(7))->data()) << "a host hit must not be copied";
+  ASSERT_FALSE(s->host().contains(key(0)));
+  auto d = s->get_shared(key(0));
+  ASSERT_TRUE(d.is_ok() && *d);
+  EXPECT_EQ(Bytes((*d)->begin(), (*d)->end()), v8(0));
+  EXPECT_TRUE(s->host().contains(key(0)));
+  EXPECT_EQ(s->store_metrics().promotions, 1u);
+  auto miss = s->get_shared("absent");
+  ASSERT_TRUE(miss.is_ok());
+  EXPECT_EQ(*miss, nullptr);
+  const TierMetrics all = s->metrics();
+  EXPECT_EQ(all.hits, 2u);
+  EXPECT_EQ(all.misses, 1u);
+}
+
 TEST(StoreTiered, WriteThroughAndStaleDiskCopies) {
   auto wt = make_store(true);
   ASSERT_TRUE(wt->put("a", v8(1)).is_ok());

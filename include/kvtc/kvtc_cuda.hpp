@@ -39,6 +39,13 @@ namespace kvtc::cuda {
 // Whether a CUDA device is usable; when not, `why` says why ("no CUDA device: ...").
 bool device_available(std::string* why);
 
+// Page-locked host memory (cudaMallocHost / cudaFreeHost), which the GPU reads by DMA with no staging
+// copy: e.g. where a store's host tier keeps its values, so that decode() uploads them straight:
+//   kvtc::store::HostTierOptions o;  o.memory = {kvtc::cuda::allocate_pinned, kvtc::cuda::free_pinned};
+// allocate_pinned returns null when the memory cannot be had (or there is no CUDA device).
+void* allocate_pinned(size_t size_bytes);
+void free_pinned(void* data, size_t size_bytes);
+
 // Element type of restored tensors on the device.
 enum class ElementType { kF32, kBF16 };
 

@@ -157,10 +157,25 @@ const char* eviction_policy_name(EvictionPolicy policy);  // "s3fifo", "lru"
 // eviction. The entry is no longer in the tier.
 using EvictionCallback = std::function<void(std::string key, Bytes value)>;
 
+// Where a host tier keeps its values. The default (both functions empty) is the C++ heap. A GPU server
+// passes page-locked memory, kvtc::cuda::allocate_pinned / free_pinned (kvtc/kvtc_cuda.hpp), so that a
+// value read with get_shared reaches the device by DMA, with no staging copy. allocate returns null when
+// it cannot; the put then fails with kOutOfSpace. deallocate may run on any thread, and after the tier
+// is destroyed (a reader may still hold a SharedBytes): capture nothing shorter-lived than that.
+struct HostMemory {
+  std::function<void*(size_t size_bytes)> allocate;
+  std::function<void(void* data, size_t size_bytes)> deallocate;
+};
+
+// A value held by a host tier, shared with its reader: the bytes stay valid and unchanged while the
+// reader holds them, even if the entry is replaced, erased or evicted meanwhile (zero-copy reads).
+using SharedBytes = std::shared_ptr<const std::span<const uint8_t>>;
+
 struct HostTierOptions {
   uint64_t capacity_bytes = uint64_t(1) << 30;
   EvictionPolicy policy = EvictionPolicy::kS3Fifo;
   double small_queue_fraction = 0.10;  // S3-FIFO: share of the capacity for the small FIFO
+  HostMemory memory;                   // where values live (default: the heap)
 };
 
 class HostTier final : public Tier {
@@ -177,6 +192,8 @@ class HostTier final : public Tier {
   using Tier::put;
   Status put(std::string_view key, std::span<const uint8_t> value, uint64_t raw_bytes = 0) override;
   GetResult get(std::string_view key) override;
+  // The entry's bytes without a copy (null on a miss); counted as a get (hit or miss, latency).
+  SharedBytes get_shared(std::string_view key);
   bool contains(std::string_view key) override;
   Result<bool> erase(std::string_view key) override;
   std::vector<Status> put_many(std::span<const Entry> entries) override;
@@ -396,6 +413,10 @@ class TieredStore final : public Tier {
   using Tier::put;
   Status put(std::string_view key, std::span<const uint8_t> value, uint64_t raw_bytes = 0) override;
   GetResult get(std::string_view key) override;
+  // get without a copy out of host memory: a host hit is shared as it is (in the host tier's memory,
+  // page-locked if it was made so); a hit below host is promoted as get does, and the bytes read from
+  // there are returned in their own heap buffer. Null on a miss; the error of a disk that cannot be read.
+  Result<SharedBytes> get_shared(std::string_view key);
   Result<bool> erase(std::string_view key) override;
   std::vector<Status> put_many(std::span<const Entry> entries) override;
   std::vector<GetResult> get_many(std::span<const std::string> keys) override;

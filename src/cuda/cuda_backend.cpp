@@ -7,6 +7,7 @@
 #include "cuda/gpu_decoder.hpp"
 #include "cuda/gpu_encoder.hpp"
 #include "cuda/inflate.cuh"
+#include "kvtc/kvtc_cuda.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc {
@@ -26,6 +27,19 @@ bool device_available(std::string* why) {
     return false;
   }
   return true;
+}
+
+void* allocate_pinned(size_t size_bytes) {
+  void* p = nullptr;
+  if (cudaMallocHost(&p, size_bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  return p;
+}
+
+void free_pinned(void* data, size_t /*size_bytes*/) {
+  if (data != nullptr) (void)cudaFreeHost(data);
 }
 
 }  // namespace cuda

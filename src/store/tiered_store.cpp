@@ -158,6 +158,27 @@ GetResult TieredStore::get(std::string_view key) {
   return r;
 }
 
+Result<SharedBytes> TieredStore::get_shared(std::string_view key) {
+  detail::ScopedLatency latency(impl_->counters.get_latency);
+  if (SharedBytes b = impl_->host->get_shared(key)) {
+    bump(impl_->counters.hits);
+    return b;
+  }
+  GetResult r = impl_->from_redis(key, impl_->from_disk(key));  // a hit is promoted into host
+  impl_->count(r);
+  if (!r.is_ok()) return r.status();
+  if (!r->has_value()) return SharedBytes();
+  // The bytes read from below (already a copy in memory), handed over as they are.
+  struct Held {
+    Bytes bytes;
+    std::span<const uint8_t> view;
+  };
+  auto held = std::make_shared<Held>();
+  held->bytes = std::move(**r);
+  held->view = held->bytes;
+  return SharedBytes(held, &held->view);
+}
+
 std::vector<Status> TieredStore::put_many(std::span<const Entry> entries) {
   detail::ScopedLatency latency(impl_->counters.put_latency);
   std::vector<Status> stale(entries.size());
