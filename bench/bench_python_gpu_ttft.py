@@ -212,6 +212,19 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
+def _fs_type(path: Path) -> str:
+    """The file system holding `path` (from /proc/mounts; tmpfs keeps files in memory, so "cold" is warm)."""
+    try:
+        best, kind = "", "?"
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mount, fs = line.split()[1:3]
+            if str(path.resolve()).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+                best, kind = mount, fs
+        return kind
+    except OSError:
+        return "?"
+
+
 class _GraphStep:
     """The one-token forward step on a StaticCache of `n` positions, captured in a CUDA graph (on a CPU:
     run eagerly, which checks the static-cache path only): run(cache) copies a restored DynamicCache of
@@ -384,7 +397,7 @@ def run_real(a: argparse.Namespace) -> None:
                     "prefill_over_restore": round(prefill_s / total_s, 2),
                     "first_token_agrees": bool(logits.argmax() == ref.argmax()),
                     "greedy_agreement": f"{agree}/{a.greedy}",
-                    "relative_error": errors, "save_cache_s": round(save_s, 2),
+                    "relative_error": errors, "save_cache_s": round(save_s, 2), "file_fs": _fs_type(file),
                 }
                 if graph is not None:
                     def restore_graph():

@@ -139,18 +139,27 @@ fi
 python3 - "$JSONL" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+notes = []
 print(f"{'tokens':>6} {'ratio':>5} {'file x':>6} {'prefill ms':>10} {'restore ms':>10} {'(load)':>7} {'cold ms':>8}"
       f" {'pf/rest':>7} {'graph ms':>8} {'pf/graph':>8} {'1st tok':>7} {'greedy':>6}  rel.err k/v")
 for r in rows:
     if "error" in r:
         print("error:", r); continue
-    g = r.get("restore_graph_ms", r.get("graph_error", "-"))
+    g = r.get("restore_graph_ms", "error" if "graph_error" in r else "-")
+    if "graph_error" in r:
+        notes.append(f"{r['tokens']} tokens: no CUDA graph: {r['graph_error']}")
+    if "restore_graph_ms" in r:
+        notes.append(f"{r['tokens']} tokens {r['ratio']:g}x graph: captured {r['graph_captured']}, first token "
+                     f"{'agrees' if r['graph_first_token_agrees'] else 'DIFFERS'}, |logits - eager's| max "
+                     f"{r['graph_vs_eager_logits_max_abs']}")
     print(f"{r['tokens']:>6} {r['ratio']:>5g} {r['file_ratio']:>6} {r['prefill_ms']:>10} {r['restore_ms']:>10}"
           f" {r['load_cache_ms']:>7} {r['restore_cold_ms']:>8} {r['prefill_over_restore']:>7}"
           f" {str(g)[:8]:>8} {str(r.get('prefill_over_restore_graph', '-')):>8}"
           f" {'yes' if r['first_token_agrees'] else 'NO':>7} {r['greedy_agreement']:>6}"
           f"  {r['relative_error']['keys']}/{r['relative_error']['values']}")
+print("\n".join(notes))
 if rows and "device" in rows[-1]:
-    print("device", rows[-1]["device"], "torch", rows[-1]["torch"], "dtype", rows[-1].get("dtype"))
+    print("device", rows[-1]["device"], "torch", rows[-1]["torch"], "dtype", rows[-1].get("dtype"),
+          "repeats", rows[-1].get("repeats"), "files on", rows[-1].get("file_fs"), "(cold: evicted from the page cache)")
 EOF
 say "done in $(( $(date +%s) - T0 )) s of $BUDGET"
