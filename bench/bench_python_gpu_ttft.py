@@ -20,6 +20,24 @@ copy to the device (the path CUDA tensors took before the backend was bound), an
 error of the restored cache against the model's (all tokens; exact ones add none). The weights are
 random, so the logits are nearly flat and the first token says little; median of --repeats after a
 warm-up. JSON lines on stdout.
+
+Real-model mode, SmolLM2-135M-Instruct with its own weights (or another Llama-family GGUF):
+
+    python3 -u bench/bench_python_gpu_ttft.py --model-gguf models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --calibration CAL.kvtcal [--tokens 1024,2048,4096,8192] [--ratios 8,16] [--shared DIR] [--greedy 16]
+
+loads the model from the GGUF through transformers (bf16 on a GPU, fp32 on a CPU; SDPA) and a
+calibration made from it (tests/python/smollm2_common.py as a script makes the tests' one); the
+prompts are the first tokens of the prose test split of DIR/corpus (default ../shared; held out from
+any calibration), cut to each length. Per length: prefill as above; per ratio: save_cache to a file,
+then restore = load_cache(file, device=...) (reading the file: page cache) + one forward step, and
+restore_cold = the same after evicting the file from the page cache (posix_fadvise DONTNEED, after
+fsync; a VM's disk may cache it anyway). Also: whether the first token equals the prefill's, and the
+teacher-forced agreement of --greedy tokens: the uncompressed prefill's greedy continuation is fed to
+the restored cache and each position's argmax compared with it (as tests/python/test_hf_smollm2.py
+does). --graphs adds restore_graph_ms: the one-token step replayed from a CUDA graph captured once per
+length on a StaticCache into which load_cache's tensors are copied (capture not timed; "graph_error"
+says why where it fails).
 """
 from __future__ import annotations
 
@@ -169,9 +187,244 @@ def run_shape(a: argparse.Namespace, shape: str) -> None:
                 log(f"{shape} {n} tokens {ratio:g}x: restore {total_s * 1e3:.2f} ms (load_cache {load_s * 1e3:.2f})")
 
 
+def _prose_ids(tok, shared: Path, n: int):
+    """The first n tokens of the prose test split, its documents joined by blank lines."""
+    import lzma
+
+    with lzma.open(shared / "corpus" / "prose.test.txt.xz", "rt", encoding="utf-8") as f:
+        docs = f.read()[:-1].split("\n\x1e\n")
+    for k in (40, len(docs)):
+        ids = tok("\n\n".join(docs[:k]), return_tensors="pt").input_ids
+        if ids.shape[1] >= n:
+            return ids[:, :n]
+    raise SystemExit(f"the prose test split has only {ids.shape[1]} tokens, fewer than {n}")
+
+
+def _evict(path: Path) -> None:
+    """Drops `path` from the page cache (advice: the kernel may keep it)."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _fs_type(path: Path) -> str:
+    """The file system holding `path` (from /proc/mounts; tmpfs keeps files in memory, so "cold" is warm)."""
+    try:
+        best, kind = "", "?"
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mount, fs = line.split()[1:3]
+            if str(path.resolve()).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+                best, kind = mount, fs
+        return kind
+    except OSError:
+        return "?"
+
+
+class _GraphStep:
+    """The one-token forward step on a StaticCache of `n` positions, captured in a CUDA graph (on a CPU:
+    run eagerly, which checks the static-cache path only): run(cache) copies a restored DynamicCache of
+    n - 1 tokens into the static buffers, resets the write position to n - 1 and replays."""
+
+    def __init__(self, model, n: int, token, dtype):
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.n = model, n
+        self.capture = token.device.type == "cuda"
+        self.cache = StaticCache(config=model.config, max_cache_len=n)
+        self.token = token.clone()
+        self.pos = torch.tensor([[n - 1]], device=token.device)  # position_ids: the graph's, not the cache's
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # The layers initialise lazily on their first update: fill positions [0, n - 1) with zeros.
+        z = torch.zeros((1, cfg.num_key_value_heads, n - 1, head_dim), dtype=dtype, device=token.device)
+        for l in range(cfg.num_hidden_layers):
+            self.cache.update(z, z, l)
+        if not self.capture:
+            return
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):  # warm-up outside the capture, as torch.cuda.graph asks
+                self._reset()
+                self._step()
+        torch.cuda.current_stream().wait_stream(s)
+        self._reset()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
+    def _reset(self):
+        # Each update advances a layer's write position (a device tensor the graph reads) in place.
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(self.n - 1)
+
+    def _step(self):
+        return self.model(self.token, past_key_values=self.cache, position_ids=self.pos, use_cache=True,
+                          logits_to_keep=1).logits[0, -1]
+
+    def run(self, restored):
+        for l, layer in enumerate(restored.layers):
+            self.cache.layers[l].keys[:, :, : self.n - 1].copy_(layer.keys)
+            self.cache.layers[l].values[:, :, : self.n - 1].copy_(layer.values)
+        self._reset()
+        if not self.capture:
+            return self._step()
+        self.graph.replay()
+        return self.logits
+
+
+def run_real(a: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    import kvtc
+    import kvtc.hf
+
+    dev = torch.device(a.device)
+    gpu = dev.type == "cuda"
+    if gpu and not kvtc.cuda_available():
+        raise SystemExit("this build has no CUDA backend or no GPU (kvtc.cuda_available() is False)")
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    def timed(fn, repeats, before=None):
+        out, ts = None, []
+        for _ in range(repeats):
+            if before:
+                before()
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return out, statistics.median(ts)
+
+    path = Path(a.model_gguf)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    log(f"real: loading {path.name} ({dtype}) on {dev}")
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                 attn_implementation="sdpa")
+    model = model.to(dev).eval()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    cal = kvtc.Calibration.load(a.calibration)
+    cfg = model.config
+    p = cfg.num_hidden_layers * cfg.num_key_value_heads * cal.head_dim
+    lengths = [int(x) for x in a.tokens.split(",")]
+    all_ids = _prose_ids(tok, Path(a.shared), max(lengths)).to(dev)
+    ratios = [float(r) for r in a.ratios.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="kvtc-gpu-ttft-real-", dir=a.tmp_dir))
+    log(f"real: model, tokenizer and calibration ready (p = {p}, rank {cal.info()['rank']})")
+
+    def forward(x, cache):
+        return model(x, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+
+    with torch.no_grad():
+        for n in lengths:
+            ids = all_ids[:, :n]
+
+            def prefill():
+                return forward(ids, DynamicCache())
+
+            prefill()  # warm-up: allocator, kernels
+            ref, prefill_s = timed(prefill, a.repeats)
+            # The uncompressed run's greedy continuation (from a full prefill).
+            full = DynamicCache()
+            logits, greedy = forward(ids, full), []
+            for i in range(a.greedy):
+                greedy.append(logits.argmax())
+                if i + 1 < a.greedy:
+                    logits = forward(greedy[-1].view(1, 1), full)
+            del full
+            cache = DynamicCache()
+            forward(ids[:, :-1], cache)
+            log(f"real {n} tokens: prefill {prefill_s * 1e3:.2f} ms")
+            graph, graph_error = None, None
+            if a.graphs:
+                try:
+                    t0 = time.perf_counter()
+                    graph = _GraphStep(model, n, ids[:, -1:], dtype)
+                    log(f"real {n} tokens: static-cache step ready in {time.perf_counter() - t0:.2f} s "
+                        f"({'captured in a CUDA graph' if graph.capture else 'eager: no CUDA'})")
+                except Exception as e:  # the column is optional: say why and go on
+                    graph_error = f"{type(e).__name__}: {e}"[:300]
+                    log(f"real {n} tokens: no CUDA graph: {graph_error}")
+            for ratio in ratios:
+                file = tmp / f"real-{n}-{ratio:g}.kvtc"
+                t0 = time.perf_counter()
+                report = {}
+                size = kvtc.hf.save_cache(cache, file, cal, ratio, report=report)
+                save_s = time.perf_counter() - t0
+
+                def load():
+                    return kvtc.hf.load_cache(file, cal, dtype=dtype, device=dev)
+
+                def restore():
+                    return forward(ids[:, -1:], load())
+
+                restore()  # warm-up (device calibration upload, buffers)
+                _, load_s = timed(load, a.repeats)
+                logits, total_s = timed(restore, a.repeats)
+                _, cold_s = timed(restore, a.repeats, before=lambda: _evict(file))
+                # Teacher-forced agreement of the greedy tokens, from the restored cache.
+                c = load()
+                step, agree = forward(ids[:, -1:], c), 0
+                for i in range(a.greedy):
+                    agree += int(step.argmax() == greedy[i])
+                    if i + 1 < a.greedy:
+                        step = forward(greedy[i].view(1, 1), c)
+                rk = torch.stack([l.keys[0] for l in c.layers]).float()[:, :, : n - 1]
+                rv = torch.stack([l.values[0] for l in c.layers]).float()[:, :, : n - 1]
+                ok = torch.stack([l.keys[0] for l in cache.layers]).float()
+                ov = torch.stack([l.values[0] for l in cache.layers]).float()
+                errors = {"keys": round(float((rk - ok).norm() / ok.norm()), 4),
+                          "values": round(float((rv - ov).norm() / ov.norm()), 4)}
+                del c, rk, rv, ok, ov
+                row = {
+                    "shape": "smollm2-real" if "SmolLM2" in path.name else path.stem, "model": path.name,
+                    "dtype": str(dtype).replace("torch.", ""), "p": p, "tokens": n, "ratio": ratio,
+                    "file_bytes": size, "file_ratio": round(2 * 2 * p * (n - 1) / size, 2),
+                    "ratio_compressed_tokens": round(report.get("ratio_compressed_tokens", 0), 2),
+                    "prefill_ms": round(prefill_s * 1e3, 2), "restore_ms": round(total_s * 1e3, 2),
+                    "load_cache_ms": round(load_s * 1e3, 2), "restore_cold_ms": round(cold_s * 1e3, 2),
+                    "prefill_over_restore": round(prefill_s / total_s, 2),
+                    "first_token_agrees": bool(logits.argmax() == ref.argmax()),
+                    "greedy_agreement": f"{agree}/{a.greedy}",
+                    "relative_error": errors, "save_cache_s": round(save_s, 2), "file_fs": _fs_type(file),
+                }
+                if graph is not None:
+                    def restore_graph():
+                        return graph.run(load())
+
+                    restore_graph()
+                    glogits, graph_s = timed(restore_graph, a.repeats)
+                    row["restore_graph_ms"] = round(graph_s * 1e3, 2)
+                    row["graph_captured"] = graph.capture
+                    row["prefill_over_restore_graph"] = round(prefill_s / graph_s, 2)
+                    row["graph_first_token_agrees"] = bool(glogits.argmax() == ref.argmax())
+                    row["graph_vs_eager_logits_max_abs"] = float(f"{(glogits.float() - logits.float()).abs().max():.3g}")
+                elif graph_error:
+                    row["graph_error"] = graph_error
+                row.update({"repeats": a.repeats,
+                            "restore_path": "cuda backend" if gpu and kvtc.cuda_available() else "host",
+                            "device": torch.cuda.get_device_name() if gpu else "cpu", "torch": torch.__version__})
+                print(json.dumps(row), flush=True)
+                log(f"real {n} tokens {ratio:g}x: restore {total_s * 1e3:.2f} ms (load_cache {load_s * 1e3:.2f}, "
+                    f"cold {cold_s * 1e3:.2f}), first token {'agrees' if row['first_token_agrees'] else 'differs'}, "
+                    f"greedy {agree}/{a.greedy}")
+                file.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="smollm2,llama3.2-1b")
+    ap.add_argument("--shapes", default=None, help="default smollm2,llama3.2-1b; with --model-gguf: real")
     ap.add_argument("--tokens", default="2048,8192")
     ap.add_argument("--ratios", default="16,20")
     ap.add_argument("--repeats", type=int, default=5)
@@ -179,10 +432,24 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds for all shapes together")
     ap.add_argument("--shape-timeout", type=float, default=240.0, help="seconds for one shape")
+    ap.add_argument("--model-gguf", default=None, help="real-model mode: this GGUF's model (needs --calibration)")
+    ap.add_argument("--calibration", default=None, help="real-model mode: a calibration made from that model")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"),
+                    help="real-model mode: the folder holding corpus/prose.test.txt.xz")
+    ap.add_argument("--greedy", type=int, default=16, help="real-model mode: greedy tokens scored teacher-forced")
+    ap.add_argument("--graphs", action="store_true", help="real-model mode: add the CUDA-graph step's column")
+    ap.add_argument("--tmp-dir", default=None, help="where the .kvtc files are written (default: the system's)")
     ap.add_argument("--one-shape", default=None, help=argparse.SUPPRESS)  # the child's mode
     a = ap.parse_args()
+    if a.model_gguf and not a.calibration:
+        ap.error("--model-gguf needs --calibration")
+    if a.shapes is None:
+        a.shapes = "real" if a.model_gguf else "smollm2,llama3.2-1b"
     if a.one_shape:
-        run_shape(a, a.one_shape)
+        if a.one_shape == "real":
+            run_real(a)
+        else:
+            run_shape(a, a.one_shape)
         return
     args = list(sys.argv[1:])
     for shape in a.shapes.split(","):

@@ -12,7 +12,8 @@
 # lib/libhiredis.so{,.0.14}, and Debian's hiredis.pc with prefix=${pcfiledir}/../.. and
 # Cflags -I${includedir} -I${prefix}/include (the code includes <hiredis/hiredis.h>).
 # Run from the repository root:
-#   OUT=... scripts/device_build_python_cuda.sh [bench seconds, default 330]
+#   OUT=... scripts/device_build_python_cuda.sh [bench seconds, default 330; 0: build and test only]
+# (0 leaves the machine to a script that follows in the same call, e.g. scripts/device_smollm2_gpu.sh.)
 PYSYS=${PYSYS:-$PWD/.pysys}; BENCH_S=${1:-330}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 S=/tmp/pysys-root; mkdir -p $S; for t in "$PYSYS"/*.tar.xz; do tar xJf "$t" -C $S; done
 export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH PKG_CONFIG_PATH=$S/lib/pkgconfig PYTHONUNBUFFERED=1
@@ -32,6 +33,7 @@ grep -E "CUDA|cuBLAS|warning|error" $OUT/build.log | grep -v "^ *--" | head -12
 # test_package's other tests compare with the kvtc CLI, which is not built here: the CPU machines run them.
 timeout 180 python3 -m pytest tests/python/test_cuda.py tests/python/test_package.py::test_help_reads_well -v -rs \
   -p no:cacheprovider 2>&1 | tee $OUT/tests.log | grep -E "PASS|FAIL|SKIP|ERROR|passed|failed"
+[ "$BENCH_S" = 0 ] && { echo "random-weight bench skipped (bench seconds 0)"; exit 0; }
 timeout $((BENCH_S + 20)) python3 -u bench/bench_python_gpu_ttft.py --shapes smollm2,llama3.2-1b --tokens 2048,8192 \
   --ratios 16,20 --repeats 5 --budget $BENCH_S --shape-timeout $((BENCH_S * 6 / 10)) > $OUT/gpu_ttft.jsonl 2> $OUT/bench.log
 echo "bench rc $?"; cat $OUT/gpu_ttft.jsonl; tail -8 $OUT/bench.log

@@ -2,6 +2,8 @@
 
     KVTC_CLI         the kvtc binary (default: build/bin/kvtc under the repo root)
     KVTC_SHARED_DIR  the shared data folder (default: ../shared beside the repo root)
+    KVTC_SMOLLM2_CAL a ready calibration of SmolLM2 for the smollm2_calibration fixture (default: made
+                     once and kept in pytest's cache)
 """
 from __future__ import annotations
 
@@ -60,23 +62,28 @@ def model_path(name: str) -> Path:
 def smollm2_calibration(request, shared_dir) -> Path:
     """A calibration of SmolLM2-135M-Instruct by kvtc.hf.calibrate (12 documents of the valid split, at
     most 1,024 tokens each, ratios 8 and 16). Made once and kept in pytest's cache folder under a key of
-    the built extension, kvtc.hf and the model file, so a rebuild makes it again."""
+    the built extension, kvtc.hf and the model file, so a rebuild makes it again. KVTC_SMOLLM2_CAL names
+    one made elsewhere the same way (tests/python/smollm2_common.py as a script, e.g. from the model on
+    a GPU), used as it is."""
     import kvtc
-    import kvtc.hf
     import torch
     from transformers import AutoTokenizer
 
     from hf_reference import load_model
-    from smollm2_common import CAL_RATIOS, MODEL, calibration_key, calibration_texts
+    from smollm2_common import MODEL, calibrate, calibration_key
 
+    given = os.environ.get("KVTC_SMOLLM2_CAL")
+    if given:
+        if not Path(given).is_file():
+            pytest.fail(f"KVTC_SMOLLM2_CAL={given}: no such file")
+        return Path(given)
     gguf = model_path(MODEL)
     folder = Path(request.config.cache.mkdir("kvtc-smollm2"))
     path = folder / f"cal-{calibration_key(kvtc, gguf)}.kvtcal"
     if not path.is_file():
         torch.set_num_threads(2)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        cal = kvtc.hf.calibrate(load_model(str(gguf)), tok, calibration_texts(shared_dir), ratios=list(CAL_RATIOS),
-                                max_tokens=1024, model_name="SmolLM2-135M-Instruct")
+        cal = calibrate(load_model(str(gguf)), tok, shared_dir)
         tmp = path.with_suffix(".partial")
         cal.save(tmp)
         tmp.rename(path)

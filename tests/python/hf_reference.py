@@ -25,8 +25,9 @@ import torch
 
 
 @functools.lru_cache(maxsize=2)
-def load_model(gguf_path: str):
-    """The model of `gguf_path` in fp32 with eager attention, in eval mode (cached per path)."""
+def load_model(gguf_path: str, device: str = "cpu"):
+    """The model of `gguf_path` in fp32 with eager attention, in eval mode, on `device` (cached per path
+    and device: each device has a model of its own)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(gguf_path)
@@ -34,7 +35,7 @@ def load_model(gguf_path: str):
         str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
     )
     model.eval()
-    return model
+    return model if device == "cpu" else model.to(device)
 
 
 def _capture_queries(model):

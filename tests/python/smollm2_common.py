@@ -1,5 +1,10 @@
 """What the SmolLM2 tests share: the eval harness's predictions, the pass bar, the held-out corpus, and a
-calibration made once per build (the model's calibration takes minutes on two cores)."""
+calibration made once per build (the model's calibration takes minutes on two cores).
+
+Run as a script to make that calibration from the model on a device (the GPU machine's script,
+scripts/device_smollm2_gpu.sh; tests then take it through KVTC_SMOLLM2_CAL, see conftest.py):
+    python3 tests/python/smollm2_common.py OUT.kvtcal [--device cuda] [--shared DIR] [--model PATH]
+"""
 from __future__ import annotations
 
 import hashlib
@@ -39,3 +44,46 @@ def calibration_key(kvtc_module, gguf: Path) -> str:
     h.update(str(gguf.stat().st_size).encode() + gguf.name.encode())
     h.update(repr(CAL_RATIOS).encode())
     return h.hexdigest()[:16]
+
+
+def calibrate(model, tokenizer, shared_dir: Path):
+    """The tests' calibration of SmolLM2 (kvtc.hf.calibrate on calibration_texts, at most 1,024 tokens
+    each, ratios CAL_RATIOS), from `model` wherever it lives; the fit runs on the host."""
+    import kvtc.hf
+
+    return kvtc.hf.calibrate(model, tokenizer, calibration_texts(shared_dir), ratios=list(CAL_RATIOS),
+                             max_tokens=1024, model_name="SmolLM2-135M-Instruct")
+
+
+def _main() -> None:
+    import argparse
+    import os
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(description="Makes the SmolLM2 tests' calibration from the fp32 model on a device.")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("KVTC_SHARED_DIR", repo.parent / "shared")))
+    ap.add_argument("--model", type=Path, default=repo / "models" / MODEL)
+    a = ap.parse_args()
+    from transformers import AutoTokenizer
+
+    from hf_reference import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(str(a.model), a.device)
+    tok = AutoTokenizer.from_pretrained(str(a.model.parent), gguf_file=a.model.name)
+    t1 = time.perf_counter()
+    cal = calibrate(model, tok, a.shared)
+    t2 = time.perf_counter()
+    tmp = a.out.with_name(a.out.name + ".partial")
+    cal.save(tmp)
+    tmp.rename(a.out)
+    info = cal.info()
+    print(f"calibration {a.out}: model loaded on {a.device} in {t1 - t0:.1f} s, calibrated in {t2 - t1:.1f} s "
+          f"({info['n_calibration_tokens']} tokens, rank {info['rank']}), {a.out.stat().st_size / 1e6:.0f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,4 +1,4 @@
-"""kvtc.hf with the real transformers and SmolLM2-135M-Instruct on the CPU.
+"""kvtc.hf with the real transformers and SmolLM2-135M-Instruct, on the CPU and on a GPU.
 
 Calibrates from the model (kvtc.hf.calibrate), then checks what users of the two recipes depend on:
 - greedy decoding through KVTCCache and through save_cache/load_cache agrees with the uncompressed model
@@ -7,8 +7,16 @@ Calibrates from the model (kvtc.hf.calibrate), then checks what users of the two
   sinks and window.
 Agreement is teacher-forced, as the harness's fidelity task measures it: both runs are fed the
 uncompressed model's greedy tokens and each position's argmax is compared.
+
+Every test but the calibration's runs twice: on the CPU, and on CUDA (the model in fp32 on the GPU, its
+caches CUDA tensors, load_cache(device="cuda") restoring with kvtc's CUDA backend). fp32 on both, so
+the bars, made for the fp32 CPU model, hold for both. The CUDA cases skip, saying why, where torch has
+no GPU or kvtc no CUDA backend; KVTC_REQUIRE_CUDA=1 makes them fail instead (the GPU machine's
+script, scripts/device_smollm2_gpu.sh, sets it). `-k cuda` or `-k cpu` picks one.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -25,12 +33,33 @@ PROMPT_TOKENS = 420
 NEW_TOKENS = 32
 
 
+def _cuda_missing() -> str | None:
+    """None when the CUDA cases can run, else why not."""
+    if not torch.cuda.is_available():
+        return "torch finds no CUDA device (torch.cuda.is_available() is False)"
+    if not hasattr(kvtc._kvtc, "_cuda_available"):
+        return "this kvtc build has no CUDA backend (built with KVTC_CUDA=OFF, or AUTO found no CUDA toolkit)"
+    ok, why = kvtc._kvtc._cuda_available()
+    return None if ok else f"kvtc's CUDA backend is built but finds no usable device: {why}"
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda":
+        why = _cuda_missing()
+        if why and os.environ.get("KVTC_REQUIRE_CUDA") == "1":
+            pytest.fail(f"KVTC_REQUIRE_CUDA=1 but {why}")
+        if why:
+            pytest.skip(why)
+    return torch.device(request.param)
+
+
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
+def model_and_tokenizer(device):
     torch.set_num_threads(2)
     path = model_path(MODEL)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return load_model(str(path)), tok
+    return load_model(str(path), device.type), tok
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +68,13 @@ def cal(smollm2_calibration):
 
 
 @pytest.fixture(scope="module")
-def prompts(model_and_tokenizer, shared_dir):
+def prompts(model_and_tokenizer, shared_dir, device):
     _, tok = model_and_tokenizer
     out = []
     for name in ("prose.test", "code.test"):
         docs = [d for d in _docs(shared_dir, name) if len(d) > 4 * PROMPT_TOKENS]
         for d in docs[:2]:
-            out.append(tok(d, return_tensors="pt").input_ids[:, :PROMPT_TOKENS])
+            out.append(tok(d, return_tensors="pt").input_ids[:, :PROMPT_TOKENS].to(device))
     assert len(out) == 4 and all(p.shape[1] == PROMPT_TOKENS for p in out)
     return out
 
@@ -76,7 +105,7 @@ def _teacher_forced(model, ids, cache, ref):
 
 
 @pytest.mark.parametrize("ratio", [8, 16])
-def test_kvtc_cache_generation(model_and_tokenizer, cal, prompts, references, ratio):
+def test_kvtc_cache_generation(model_and_tokenizer, cal, prompts, references, ratio, device):
     model, _ = model_and_tokenizer
     agree = total = 0
     for ids, ref in zip(prompts, references):
@@ -87,6 +116,7 @@ def test_kvtc_cache_generation(model_and_tokenizer, cal, prompts, references, ra
         total += len(ref)
         n = ids.shape[1] + len(ref) - 1
         assert cache.get_seq_length() == n
+        assert cache.layers[0].keys.device.type == device.type  # the exact tail stays on the model's device
         # Memory: compressed tokens within 1/ratio of their 16-bit size; the rest is the exact part.
         assert cache.compressed_nbytes() <= cache.raw16_bytes_compressed / ratio
         exact_tokens = n - cache.n_compressed_tokens()
@@ -94,13 +124,13 @@ def test_kvtc_cache_generation(model_and_tokenizer, cal, prompts, references, ra
         per_token = 2 * cal.n_layers * cal.n_kv_heads * cal.head_dim * 4  # fp32 model
         assert cache.nbytes() == cache.compressed_nbytes() + exact_tokens * per_token
     share = agree / total
-    print(f"KVTCCache {ratio}x: teacher-forced agreement {agree}/{total} = {share:.3f} "
+    print(f"{device.type}: KVTCCache {ratio}x: teacher-forced agreement {agree}/{total} = {share:.3f} "
           f"(harness predicts {PREDICTED[ratio]:.3f}, bar {_bar(ratio, total):.3f})")
     assert share >= _bar(ratio, total)
 
 
 @pytest.mark.parametrize("ratio", [8, 16])
-def test_load_cache_generation(model_and_tokenizer, cal, prompts, references, ratio, tmp_path):
+def test_load_cache_generation(model_and_tokenizer, cal, prompts, references, ratio, tmp_path, device):
     model, _ = model_and_tokenizer
     agree = total = 0
     for ids, ref in zip(prompts, references):
@@ -111,14 +141,16 @@ def test_load_cache_generation(model_and_tokenizer, cal, prompts, references, ra
         report = {}
         size = kvtc.hf.save_cache(cache, path, cal, ratio, report=report)
         assert size == path.stat().st_size and report["ratio_compressed_tokens"] >= ratio
-        restored = kvtc.hf.load_cache(path, cal, dtype=torch.float32)
+        # On CUDA: kvtc's CUDA backend restores straight into CUDA tensors.
+        restored = kvtc.hf.load_cache(path, cal, dtype=torch.float32, device=device)
         assert restored.get_seq_length() == ids.shape[1] - 1
+        assert restored.layers[0].keys.device.type == device.type == cache.layers[0].keys.device.type
         # The exact window comes back bit for bit.
         assert torch.equal(restored.layers[5].keys[..., -128:, :], cache.layers[5].keys[..., -128:, :])
         agree += _teacher_forced(model, ids[:, -1:], restored, ref)
         total += len(ref)
     share = agree / total
-    print(f"load_cache {ratio}x: teacher-forced agreement {agree}/{total} = {share:.3f} "
+    print(f"{device.type}: load_cache {ratio}x: teacher-forced agreement {agree}/{total} = {share:.3f} "
           f"(harness predicts {PREDICTED[ratio]:.3f}, bar {_bar(ratio, total):.3f})")
     assert share >= _bar(ratio, total)
 
