@@ -3,21 +3,12 @@
 # GPU time-to-first-token bench; logs and results under $OUT (docs/PYTHON.md, "CUDA").
 #
 # The device image lacks the Debian dev packages and has scikit-build-core 1.1.0, so a sysroot from the
-# development machine is carried: $PYSYS/pysys.tar.xz (default .pysys/ in the checkout, listed in
-# .git/info/exclude; carry it) holds the headers and .so files of libdeflate, OpenBLAS, LAPACKE,
-# nlohmann-json..., their pkg-config data, a pkg-config binary and the wheels of scikit-build-core
-# 1.1.2, pathspec, packaging and nanobind 2.9.2; $PYSYS/hiredis.tar.xz adds hiredis 0.14.1 (include/,
-# lib/, a relocatable lib/pkgconfig/hiredis.pc). Every $PYSYS/*.tar.xz is unpacked into one sysroot.
-# hiredis.tar.xz was made from Debian 12's libhiredis-dev: include/hiredis/ from /usr/include/hiredis,
-# lib/libhiredis.so{,.0.14}, and Debian's hiredis.pc with prefix=${pcfiledir}/../.. and
-# Cflags -I${includedir} -I${prefix}/include (the code includes <hiredis/hiredis.h>).
+# development machine is carried in .pysys/ (scripts/device_sysroot.sh says what it holds; carry it).
 # Run from the repository root:
 #   OUT=... scripts/device_build_python_cuda.sh [bench seconds, default 330; 0: build and test only]
 # (0 leaves the machine to a script that follows in the same call, e.g. scripts/device_smollm2_gpu.sh.)
-PYSYS=${PYSYS:-$PWD/.pysys}; BENCH_S=${1:-330}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-S=/tmp/pysys-root; mkdir -p $S; for t in "$PYSYS"/*.tar.xz; do tar xJf "$t" -C $S; done
-export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH PKG_CONFIG_PATH=$S/lib/pkgconfig PYTHONUNBUFFERED=1
-if ! command -v pkg-config >/dev/null; then mkdir -p $S/bin; cp $S/pkg-config $S/bin/; export PATH=$S/bin:$PATH; fi
+BENCH_S=${1:-330}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. scripts/device_sysroot.sh
 { date -u; python3 --version; nproc; nvidia-smi -L; nvidia-smi --query-gpu=driver_version --format=csv,noheader
   cmake --version | head -1; nvcc --version | tail -2; cat COMMIT 2>/dev/null || git log -1 --format=%H 2>/dev/null
   python3 -c "import torch, transformers; print('torch', torch.__version__, torch.version.cuda, 'transformers', transformers.__version__)"

@@ -4,8 +4,10 @@
 #   pysys.tar.xz   headers and .so files of libdeflate, OpenBLAS, LAPACKE, nlohmann-json..., their
 #                  pkg-config data, a pkg-config binary, and the wheels of scikit-build-core 1.1.2,
 #                  pathspec, packaging and nanobind 2.9.2
-#   hiredis.tar.xz hiredis 0.14.1 from Debian 12's libhiredis-dev: include/hiredis/, lib/libhiredis.so*,
-#                  a relocatable lib/pkgconfig/hiredis.pc (prefix=${pcfiledir}/../..)
+#   hiredis.tar.xz hiredis 0.14.1 from Debian 12's libhiredis-dev: include/hiredis/ from
+#                  /usr/include/hiredis, lib/libhiredis.so{,.0.14}, and Debian's hiredis.pc with
+#                  prefix=${pcfiledir}/../.. and Cflags -I${includedir} -I${prefix}/include (the code
+#                  includes <hiredis/hiredis.h>)
 #   gtest.tar.xz   GoogleTest (static) and Google Benchmark from Debian 12, laid out as in /usr
 #                  (include/, lib/x86_64-linux-gnu/ with cmake/GTest and cmake/benchmark), for the
 #                  C++ tests and benches (scripts/device_store_gpu.sh)
