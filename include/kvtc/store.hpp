@@ -241,6 +241,10 @@ struct DiskRecovery {
   std::vector<std::string> ignored_files;  // names that are not the store's (left alone)
 };
 
+// A put that fails (a full disk: "No space left on device (disk full; nothing stored was lost)") returns
+// kIo naming the file and the system's reason, removes its temporary and changes nothing, except when
+// only the fsync of the directory after the rename failed: the new entry is then held and readable
+// (counted as a put and an error) but may not survive a crash, and put returns that kIo.
 // Directory layout and file format: docs/STORE.md. One process at a time may open a directory for
 // writing (an exclusive flock on DIR/.lock; a second open fails with kIo). Eviction is LRU by access
 // order within the process; after a reopen the order starts from the files' modification times.

@@ -31,6 +31,13 @@ uint64_t get_le(const uint8_t* p, int n) {
 
 std::string errno_text(int e) { return std::strerror(e); }
 
+// For a failed write: the reason, and on a full disk or quota that nothing stored was lost.
+std::string write_errno_text(int e) {
+  std::string text = errno_text(e);
+  if (e == ENOSPC || e == EDQUOT) text += " (disk full; nothing stored was lost)";
+  return text;
+}
+
 // Reads exactly n bytes at the current offset; false with errno (0 if the file ended) otherwise.
 bool read_exact(int fd, uint8_t* out, size_t n) {
   size_t done = 0;
@@ -140,7 +147,9 @@ Status fsync_directory(const std::string& dir) {
 }
 
 Status write_entry_file(const std::string& dir, const std::string& name, std::string_view key,
-                        std::span<const uint8_t> value, bool sync, const std::function<bool()>& before_rename) {
+                        std::span<const uint8_t> value, bool sync, const std::function<bool()>& before_rename,
+                        bool* in_place) {
+  if (in_place) *in_place = false;
   static std::atomic<uint64_t> sequence{0};
   uint8_t h[kEntryHeaderBytes] = {};
   std::memcpy(h, kMagic, 4);
@@ -155,12 +164,12 @@ Status write_entry_file(const std::string& dir, const std::string& name, std::st
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(sequence++);
   Fd f;
   f.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (f.fd < 0) return io_error(tmp + ": cannot create: " + errno_text(errno));
+  if (f.fd < 0) return io_error(tmp + ": cannot create: " + write_errno_text(errno));
   auto fail = [&](const std::string& what, int e) {
     ::close(f.fd);
     f.fd = -1;
     ::unlink(tmp.c_str());
-    return io_error(path + ": " + what + ": " + errno_text(e) + (e == ENOSPC ? " (disk full; nothing stored was lost)" : ""));
+    return io_error(path + ": " + what + ": " + write_errno_text(e));
   };
   struct iovec iov[3] = {{h, kEntryHeaderBytes},
                          {const_cast<char*>(key.data()), key.size()},
@@ -190,16 +199,22 @@ Status write_entry_file(const std::string& dir, const std::string& name, std::st
     f.fd = -1;
     const int e = errno;
     ::unlink(tmp.c_str());
-    return io_error(path + ": close failed: " + errno_text(e));
+    return io_error(path + ": close failed: " + write_errno_text(e));
   }
   f.fd = -1;
   if (before_rename && !before_rename()) return io_error(path + ": put interrupted before rename (test hook)");
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::unlink(tmp.c_str());
-    return io_error(path + ": rename failed: " + errno_text(e));
+    return io_error(path + ": rename failed: " + write_errno_text(e));
   }
-  if (sync) return fsync_directory(dir);
+  if (in_place) *in_place = true;
+  if (sync) {
+    Status s = fsync_directory(dir);
+    if (!s.is_ok()) {
+      return {s.code(), s.message() + " after writing " + name + " (readable, but may not survive a crash)"};
+    }
+  }
   return Status::ok();
 }
 

@@ -44,10 +44,14 @@ bool parse_entry_file_name(std::string_view name, uint64_t* key_hash);
 bool is_temp_file_name(std::string_view name);
 
 // Writes the entry to a temporary in `dir`, fsyncs it (if sync), renames it to `name` and fsyncs the
-// directory (if sync). On failure the temporary is removed and nothing else changes; if the hook
-// returns false the temporary stays (a simulated crash) and kIo is returned.
+// directory (if sync). On failure the temporary is removed and nothing else changes, except when only
+// the fsync of the directory failed: the new file is then in place (`*in_place` is set) and readable,
+// its durability unknown. If the hook returns false the temporary stays (a simulated crash) and kIo is
+// returned. Error messages name the file and the system's reason (with "disk full; nothing stored was
+// lost" on ENOSPC and EDQUOT).
 Status write_entry_file(const std::string& dir, const std::string& name, std::string_view key,
-                        std::span<const uint8_t> value, bool sync, const std::function<bool()>& before_rename);
+                        std::span<const uint8_t> value, bool sync, const std::function<bool()>& before_rename,
+                        bool* in_place = nullptr);
 
 struct EntryContents {
   std::string key;

@@ -265,6 +265,7 @@ Status DiskTier::put(std::string_view key, std::span<const uint8_t> value, uint6
   }
   const uint64_t h = detail::hash_key(key);
   std::vector<Impl::Victim> victims;
+  Status w;
   {
     std::lock_guard s(d.stripe(h));
     std::string file;
@@ -279,9 +280,10 @@ Status DiskTier::put(std::string_view key, std::span<const uint8_t> value, uint6
         claimed = true;
       }
     }
-    Status w = detail::write_entry_file(d.options.directory, file, key, value, d.options.sync,
-                                        d.options.before_rename_hook);
-    if (!w.is_ok()) {
+    bool in_place = false;
+    w = detail::write_entry_file(d.options.directory, file, key, value, d.options.sync,
+                                 d.options.before_rename_hook, &in_place);
+    if (!w.is_ok() && !in_place) {
       if (claimed) {
         std::lock_guard lock(d.mu);
         d.files.erase(file);
@@ -290,12 +292,15 @@ Status DiskTier::put(std::string_view key, std::span<const uint8_t> value, uint6
       if (w.code() == StatusCode::kIo) bump(d.counters.errors);
       return w;
     }
+    // In place (only the directory's fsync may have failed): readers see the new file, so the index
+    // must say so, or the file would be served under a stale size now and come back after a reopen.
     std::lock_guard lock(d.mu);
     d.index_put(key, file, size, victims);
   }
   d.remove_victims(victims);
   d.counters.stored(value.size(), raw_bytes);
-  return Status::ok();
+  if (!w.is_ok()) bump(d.counters.errors);
+  return w;
 }
 
 GetResult DiskTier::get(std::string_view key) {
