@@ -5,7 +5,7 @@
 #
 # Run from the repository root on the GPU machine AFTER scripts/device_build_python_cuda.sh has built
 # and installed the package there (its sysroot, /tmp/pysys-root, provides the libraries kvtc links):
-#   OUT=... scripts/device_build_python_cuda.sh 0 && OUT=... scripts/device_smollm2_gpu.sh [budget s, default 480]
+#   OUT=... scripts/device_build_python_cuda.sh 0 && OUT=... scripts/device_smollm2_gpu.sh [budget s, default 460]
 # (the build script's argument 0 skips its random-weight bench).
 #
 # What it needs in $SMOLDEV (default .smoldev/ in the checkout, listed in .git/info/exclude; carry it):
@@ -29,7 +29,7 @@
 #      a failed capture cannot touch step 3's figures; only when time is left.
 # Output: $OUT/smollm2.log (every step's log), $OUT/smollm2_ttft.jsonl (steps 3 and 4, one line per case).
 set -u
-BUDGET=${1:-480}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+BUDGET=${1:-460}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SMOL=${SMOLDEV:-$PWD/.smoldev}
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
