@@ -18,12 +18,18 @@ shared tier). One server, one Redis server of the test's own (unix socket), driv
 5. Redis's database is swapped back, the prefix cache reset, and the reference's salted prompt sent again.
    The scheduler remembers only the newest reported keys (max_reported_keys, 1.5 prefixes' worth): the
    reference's first blocks were reported before the writer's and are forgotten, so only Redis can tell
-   the scheduler that the store holds them.
+   the scheduler that the store holds them; the worker's host tier (room for about 22 blocks) has evicted
+   them too, so the worker fetches them from Redis;
+6. Redis aside again, the prefix cache reset, the reader once more: the scheduler counts the writer's
+   blocks, which it was told of, but the host tier has evicted the first ones since, so their loads fail
+   (vLLM recomputes them). The worker reports the failures; the same request again is not counted those
+   blocks, and they are computed and stored again.
 
 Checked from vLLM's /metrics (vllm:prompt_tokens_by_source_total, vllm:external_prefix_cache_hits_total):
 the external source supplied the whole prefix and local compute only the tokens after it; the greedy
 tokens agree with the reference's on at least smollm2_common.bar; from Redis: every full block was put
-once (a block the scheduler knows is not compressed again), at the promised ratio.
+once (a block the scheduler knows is not compressed again), at the promised ratio; from the server's log
+(vLLM counts external tokens at admission, before the load): no load failed until step 6.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ CONTINUATION_TOKENS = 32
 PREFIX_BLOCKS = PREFIX_TOKENS // BLOCK
 MAX_REPORTED_KEYS = PREFIX_BLOCKS + PREFIX_BLOCKS // 2
 RAW_BYTES_PER_BLOCK = BLOCK * 2 * 30 * 3 * 64 * 2  # SmolLM2: K and V, 30 layers x 3 KV heads x 64 dims, 16 bits
+HOST_BYTES = 4 << 20  # the worker's host tier: room for fewer blocks than the test writes
 STARTUP_S = 420  # about 70 s on two idle cores
 REQUEST_S = 300
 
@@ -166,6 +173,14 @@ class Server:
         raw = self._open(req, timeout)
         return json.loads(raw) if raw else {}
 
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     def metrics(self) -> str:
         return self._open(urllib.request.Request(f"http://127.0.0.1:{self.port}/metrics"), 30).decode()
 
@@ -212,7 +227,8 @@ def server(tmp_path_factory, smollm2_calibration, redis_socket):
               "kv_load_failure_policy": "recompute",
               "kv_connector_extra_config": {
                   "calibration": str(smollm2_calibration), "ratio": RATIO, "max_reported_keys": MAX_REPORTED_KEYS,
-                  "store": {"host_capacity_bytes": 256 << 20, "redis_socket": redis_socket,
+                  # Room for about 22 blocks (16x, ~190 KB each): the host tier evicts the oldest.
+                  "store": {"host_capacity_bytes": HOST_BYTES, "policy": "lru", "redis_socket": redis_socket,
                             "redis_prefix": "kvtc-test:"}}}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
            "--model", str(model), "--served-model-name", "smollm2", "--dtype", "float32", "--enable-prefix-caching",
@@ -357,9 +373,30 @@ def served(server, redis_socket, shared_dir):
     keys = redis("KEYS", "*")
     res["redis_keys"] = len(keys)
     res["redis_bytes"] = sum(redis("STRLEN", k) for k in keys)
+    res["log_until_evictions"] = srv.log_size()
+    # 6. Redis aside again, and the reader: the scheduler counts the writer's blocks (reported), but the
+    #    worker's host tier has evicted its first ones since (the reference's came in), so their loads fail
+    #    and vLLM recomputes them. Once more: the failed blocks, reported by the worker, are not counted.
+    assert redis("SWAPDB", 0, 1) == "OK"
+    reset_prefix_cache(srv)
+    before = prompt_counters(srv.metrics())
+    srv.complete([reader], 1)
+    res["evicted_reader"] = counted(srv, before, len(reader))
+    res["evicted_reader_log"] = srv.log_since(res["log_until_evictions"])
+    mark = srv.log_size()
+    reset_prefix_cache(srv)
+    before = prompt_counters(srv.metrics())
+    srv.complete([reader], 1)
+    res["after_eviction"] = counted(srv, before, len(reader))
+    res["after_eviction_log"] = srv.log_since(mark)
+    res["redis_keys_resaved"] = redis("DBSIZE")
+    assert redis("SWAPDB", 0, 1) == "OK"
     redis.close()
     res["scenario_s"] = time.perf_counter() - t_all
-    print("server scenario: " + json.dumps({k: v for k, v in res.items() if k not in ("continuation", "argmax")}))
+    res["log_before_evictions"] = srv.log_since(0)[:res["log_until_evictions"]]
+    print("server scenario: " + json.dumps({k: v for k, v in res.items()
+                                            if k not in ("continuation", "argmax") and not k.endswith("_log")
+                                            and not k.startswith("log_")}))
     return res
 
 
@@ -391,6 +428,34 @@ def test_redis_tells_the_scheduler_of_unreported_blocks(served):
     c = served["redis_reader"]
     assert c["external_kv_transfer"] == PREFIX_TOKENS, c
     assert c["local_compute"] == served["reader_tokens"] - PREFIX_TOKENS, c
+
+
+LOAD_FAILED = "not restored, vLLM recomputes it"  # the connector's warning, one per block
+LOAD_PROBLEMS = (LOAD_FAILED, "Recovered from KV load failure", "blocks not stored", "vLLM recomputes them",
+                 "Traceback")
+
+
+def test_every_counted_block_was_restored(served):
+    """vLLM counts external tokens when it admits a request, before the load: a failed load shows in the
+    server's log only (the connector's warning, vLLM's "Recovered from KV load failure")."""
+    log = served["log_before_evictions"]
+    problems = [line for line in log.splitlines() if any(p in line for p in LOAD_PROBLEMS)]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_blocks_gone_from_the_store_are_forgotten(served):
+    """A block the worker reported and has evicted since fails to load once; the worker reports the
+    failure, and the scheduler neither counts it again nor skips saving it when it is computed again."""
+    first, again = served["evicted_reader"], served["after_eviction"]
+    failed = served["evicted_reader_log"].count(LOAD_FAILED)
+    assert failed >= 1, ("the scenario expects the host tier to have evicted some of the writer's blocks "
+                         f"(host_capacity_bytes={HOST_BYTES}); no load failed:\n" + served["evicted_reader_log"][-3000:])
+    assert first["external_kv_transfer"] == PREFIX_TOKENS, first  # counted, as reported
+    assert again["external_kv_transfer"] <= PREFIX_TOKENS - failed * BLOCK, again
+    assert again["local_compute"] == served["reader_tokens"] - again["external_kv_transfer"], again
+    assert LOAD_FAILED not in served["after_eviction_log"], served["after_eviction_log"][-3000:]
+    # The blocks that were lost were computed and stored again (into the database that was aside).
+    assert served["redis_keys_resaved"] == failed
 
 
 def test_greedy_tokens_agree_with_the_reference(served):
