@@ -144,14 +144,16 @@ class KVTCConnectorMetadata(KVConnectorMetadata):
 
 @dataclass
 class KVTCWorkerMetadata(KVConnectorWorkerMetadata):
-    """Worker -> scheduler: the keys of the blocks stored in this step (for a scheduler that runs in a
-    process of its own and cannot see the worker's host tier)."""
+    """Worker -> scheduler: the keys of the blocks stored in this step, and of the blocks whose load failed
+    (gone from the store, e.g. evicted, or undecodable), for a scheduler that runs in a process of its own
+    and cannot see the worker's host tier."""
 
     stored: list[bytes] = field(default_factory=list)
+    missing: list[bytes] = field(default_factory=list)
 
     def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
         if isinstance(other, KVTCWorkerMetadata):
-            return KVTCWorkerMetadata(self.stored + other.stored)
+            return KVTCWorkerMetadata(self.stored + other.stored, self.missing + other.missing)
         return self
 
 
@@ -194,6 +196,7 @@ class KVTCConnector(KVConnectorBase_V1):
         self._reported: OrderedDict[bytes, None] = OrderedDict()  # keys the worker stored (scheduler side)
         self._max_reported = int(extra.get("max_reported_keys", 1 << 20))
         self._stored_this_step: list[bytes] = []  # worker side, for build_connector_worker_meta
+        self._missing_this_step: list[bytes] = []  # worker side: keys whose load failed in this step
         ns = extra.get("namespace") or f"kvtc:{self._cal.fingerprint:016x}:{self._ratio:g}:{self._block_size}:"
         self._namespace = ns.encode() if isinstance(ns, str) else bytes(ns)
         # Scheduler side.
@@ -315,6 +318,11 @@ class KVTCConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output) -> None:
         meta = getattr(connector_output, "kv_connector_worker_meta", None)
         if isinstance(meta, KVTCWorkerMetadata):
+            # A block reported once but gone since (evicted from the worker's host tier, say) would otherwise
+            # be counted as present forever: every request sharing it would fail to load it, and it would
+            # never be saved again. Its failed load is reported; it is a miss from now on.
+            for key in meta.missing:
+                self._reported.pop(key, None)
             for key in meta.stored:
                 self._reported[key] = None
                 self._reported.move_to_end(key)
@@ -395,6 +403,7 @@ class KVTCConnector(KVConnectorBase_V1):
                 log.warning("kvtc: block %d (tokens from %d) not restored, vLLM recomputes it: %s",
                             t.block_id, t.start, e)
                 self._load_errors.add(t.block_id)
+                self._missing_this_step.append(t.key)
                 self.stats["blocks_failed"] += 1
                 continue
             pending.append((t.block_id, dec))
@@ -490,9 +499,10 @@ class KVTCConnector(KVConnectorBase_V1):
             self._restorer = None
 
     def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
-        if not self._stored_this_step:
+        if not self._stored_this_step and not self._missing_this_step:
             return None
-        meta, self._stored_this_step = KVTCWorkerMetadata(self._stored_this_step), []
+        meta = KVTCWorkerMetadata(self._stored_this_step, self._missing_this_step)
+        self._stored_this_step, self._missing_this_step = [], []
         return meta
 
     def get_block_ids_with_load_errors(self) -> set[int]:
