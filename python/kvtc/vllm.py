@@ -280,7 +280,9 @@ class KVTCConnector(KVConnectorBase_V1):
             self._plan_loads(meta, state, req_id)  # a preempted request, resumed with a prefix hit
             done = cached.num_computed_tokens[i] + scheduler_output.num_scheduled_tokens.get(req_id, 0)
             progress.append((state, done // bs))
-        # Saves: full blocks with a hash, not yet in the store.
+        # Saves: full blocks with a hash, not yet in the store, each key once per step (requests that
+        # share a prefix and fill the same block in one step would otherwise compress it once each).
+        planned: set[bytes] = set()
         for state, full in progress:
             full = min(full, len(state.request.block_hashes), len(state.block_ids))
             if full <= state.next_block:
@@ -288,7 +290,8 @@ class KVTCConnector(KVConnectorBase_V1):
             idx = list(range(state.next_block, full))
             keys = [self._key(state.request.block_hashes[b]) for b in idx]
             for b, key, present in zip(idx, keys, self._present(keys)):
-                if not present:
+                if not present and key not in planned:
+                    planned.add(key)
                     meta.saves.append(BlockTransfer(state.block_ids[b], key, b * bs))
             state.next_block = full
         return meta

@@ -50,7 +50,7 @@ def runs(tmp_path_factory, shared_dir, smollm2_calibration):
     cont = tmp / "plain.json"
     plain["path"] = str(cont)
     kvtc_args = ("--calibration", str(smollm2_calibration), "--ratio", str(RATIO), "--store-dir", str(tmp / "store"),
-                 "--continuation", str(cont))
+                 "--continuation", str(cont), "--writers", "2")
     first = _run(tmp, "kvtc", shared_dir, *kvtc_args)
     second = _run(tmp, "kvtc-second-server", shared_dir, *kvtc_args)
     return plain, first, second
@@ -94,7 +94,9 @@ def test_store_holds_the_prefix_at_the_ratio(runs):
     n_blocks = PREFIX_TOKENS // first["block_size"]
     assert first["store_entries"] >= n_blocks
     host = first["store_metrics"]["tiers"]["host"]
-    assert host["puts"] == n_blocks  # each full block compressed once, though two requests held it
+    # Each full block compressed once, though two writers filled it in the same steps and a reader held it.
+    assert host["puts"] == n_blocks
+    assert first["connector"]["blocks_saved"] == n_blocks
     # Raw 16-bit size of the prefix: K and V, 30 layers x 3 heads x 64 dims per token.
     raw_bytes = PREFIX_TOKENS * 2 * 30 * 3 * 64 * 2
     host_bytes = host["bytes_stored"]

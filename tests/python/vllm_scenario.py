@@ -7,7 +7,8 @@ Run as a script (vLLM wants its own process: it binds threads and sets torch's t
 
 Without --calibration the engine runs plain (the uncompressed reference). With it, KVTCConnector is
 loaded through kv_connector_module_path="kvtc.vllm" and the scenario is:
-  1. a "writer" request: prefix + question A, one token out; its full blocks go into the store;
+  1. a "writer" request: prefix + question A, one token out; its full blocks go into the store (with
+     --writers 2, a second request with the same prefix in the same batch);
   2. vLLM's own prefix cache is dropped (LLM.reset_prefix_cache), so only the store holds the prefix;
   3. "reader" requests: prefix + question B + the first j tokens of a continuation, one token out each
      (teacher forcing, as the eval harness measures agreement), their prefix restored from the store.
@@ -80,6 +81,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--no-writer", action="store_true",
                     help="skip step 1: the store was filled by another process (a second server)")
+    ap.add_argument("--writers", type=int, default=1, choices=(1, 2),
+                    help="2: a second writer with the same prefix (and the start of question B) in the same batch: "
+                         "both fill the same blocks in the same steps, which must be stored once")
     ap.add_argument("--repeats", type=int, default=0,
                     help="time the first reader again this many times, each after dropping vLLM's prefix cache")
     ap.add_argument("--lose-block", type=int, default=-1,
@@ -114,7 +118,10 @@ def main() -> None:
     # 1. The writer.
     if not args.no_writer:
         t = time.perf_counter()
-        llm.generate([{"prompt_token_ids": prefix + q_a}], greedy1, use_tqdm=False)
+        writers = [{"prompt_token_ids": prefix + q_a}]
+        if args.writers == 2:
+            writers.append({"prompt_token_ids": prefix + q_b[:4]})
+        llm.generate(writers, greedy1, use_tqdm=False)
         result["writer_s"] = time.perf_counter() - t
         result["after_writer"] = prompt_counters(llm.get_metrics())
     # 2. Only the store keeps the prefix now.
