@@ -42,6 +42,7 @@ says why where it fails).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -69,6 +70,37 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
+def _device(a: argparse.Namespace):
+    """The torch device of --device; exits if it is CUDA and kvtc cannot restore there."""
+    import torch
+
+    import kvtc
+
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not kvtc.cuda_available():
+        raise SystemExit("this build has no CUDA backend or no GPU (kvtc.cuda_available() is False)")
+    return dev
+
+
+def _timed(fn, repeats: int, *, gpu: bool, before=None):
+    """fn's last result and the median wall time of `repeats` calls, the GPU synchronised around each;
+    `before` (if any) runs ahead of each call, outside the timing."""
+    import torch
+
+    out, ts = None, []
+    for _ in range(repeats):
+        if before:
+            before()
+        if gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if gpu:
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return out, statistics.median(ts)
+
+
 def run_shape(a: argparse.Namespace, shape: str) -> None:
     import torch
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -76,24 +108,9 @@ def run_shape(a: argparse.Namespace, shape: str) -> None:
     import kvtc
     import kvtc.hf
 
-    dev = torch.device(a.device)
+    dev = _device(a)
     gpu = dev.type == "cuda"
-    if gpu and not kvtc.cuda_available():
-        raise SystemExit("this build has no CUDA backend or no GPU (kvtc.cuda_available() is False)")
-
-    def sync():
-        if gpu:
-            torch.cuda.synchronize()
-
-    def timed(fn, repeats):
-        out, ts = None, []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            out = fn()
-            sync()
-            ts.append(time.perf_counter() - t0)
-        return out, statistics.median(ts)
+    timed = functools.partial(_timed, gpu=gpu)
 
     tmp = Path(tempfile.mkdtemp(prefix="kvtc-gpu-ttft-"))
     torch.manual_seed(0)
@@ -286,26 +303,9 @@ def run_real(a: argparse.Namespace) -> None:
     import kvtc
     import kvtc.hf
 
-    dev = torch.device(a.device)
+    dev = _device(a)
     gpu = dev.type == "cuda"
-    if gpu and not kvtc.cuda_available():
-        raise SystemExit("this build has no CUDA backend or no GPU (kvtc.cuda_available() is False)")
-
-    def sync():
-        if gpu:
-            torch.cuda.synchronize()
-
-    def timed(fn, repeats, before=None):
-        out, ts = None, []
-        for _ in range(repeats):
-            if before:
-                before()
-            sync()
-            t0 = time.perf_counter()
-            out = fn()
-            sync()
-            ts.append(time.perf_counter() - t0)
-        return out, statistics.median(ts)
+    timed = functools.partial(_timed, gpu=gpu)
 
     path = Path(a.model_gguf)
     dtype = torch.bfloat16 if gpu else torch.float32
