@@ -123,6 +123,34 @@ void expect_clear_error(const Status& s, const std::string& dir) {
   }
 }
 
+// What fill() stored, and the put that did not fit.
+struct Filled {
+  std::map<std::string, Bytes> stored;
+  Status failure;  // OK if 5,000 puts all fitted
+  std::string failed_key;
+  Bytes failed_value;
+  uint64_t free_before = 0;  // free bytes in dir just before the failed put
+};
+
+// Puts "block-0", "block-1", ... (value_size(i) bytes each) until one fails, at most 5,000.
+Filled fill(Tier& tier, const std::string& dir) {
+  Filled f;
+  for (int i = 0; i < 5000; ++i) {
+    const std::string key = "block-" + std::to_string(i);
+    Bytes value = value_of(key, value_size(i));
+    f.free_before = free_bytes(dir);
+    Status s = tier.put(key, value);
+    if (!s.is_ok()) {
+      f.failure = s;
+      f.failed_key = key;
+      f.failed_value = std::move(value);
+      break;
+    }
+    f.stored[key] = std::move(value);
+  }
+  return f;
+}
+
 std::unique_ptr<DiskTier> open_disk(const std::string& dir, bool verify = false) {
   DiskTierOptions o;
   o.directory = dir;
@@ -308,24 +336,7 @@ void disk_tier_scenario() {
   const std::string dir = child_dir() + "/store";
   auto t = open_disk(dir);
   ASSERT_NE(t, nullptr);
-  std::map<std::string, Bytes> stored;
-  Status failure;
-  std::string failed_key;
-  Bytes failed_value;
-  uint64_t free_before = 0;
-  for (int i = 0; i < 5000; ++i) {
-    const std::string key = "block-" + std::to_string(i);
-    Bytes value = value_of(key, value_size(i));
-    free_before = free_bytes(dir);
-    Status s = t->put(key, value);
-    if (!s.is_ok()) {
-      failure = s;
-      failed_key = key;
-      failed_value = std::move(value);
-      break;
-    }
-    stored[key] = std::move(value);
-  }
+  auto [stored, failure, failed_key, failed_value, free_before] = fill(*t, dir);
   ASSERT_FALSE(failure.is_ok()) << "5,000 puts and the filesystem never filled up";
   append_report("filled: DiskTier stored " + std::to_string(stored.size()) + " entries (" +
                 std::to_string(t->bytes_used()) + " bytes), then a put of " + std::to_string(failed_value.size()) +
@@ -427,22 +438,7 @@ void tiered_write_through_scenario() {
   ASSERT_TRUE(made.is_ok()) << made.status().to_string();
   auto store = std::move(made).value();
   ASSERT_NE(store->disk(), nullptr);
-  std::map<std::string, Bytes> stored;
-  Status failure;
-  std::string failed_key;
-  Bytes failed_value;
-  for (int i = 0; i < 5000; ++i) {
-    const std::string key = "block-" + std::to_string(i);
-    Bytes value = value_of(key, value_size(i));
-    Status s = store->put(key, value);
-    if (!s.is_ok()) {
-      failure = s;
-      failed_key = key;
-      failed_value = std::move(value);
-      break;
-    }
-    stored[key] = std::move(value);
-  }
+  auto [stored, failure, failed_key, failed_value, free_before] = fill(*store, dir);
   ASSERT_FALSE(failure.is_ok()) << "5,000 puts and the filesystem never filled up";
   append_report("filled: TieredStore (write-through) stored " + std::to_string(stored.size()) +
                 " entries, then: " + failure.to_string());
