@@ -7,9 +7,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,36 @@ def smollm2_calibration(request, shared_dir) -> Path:
         cal.save(tmp)
         tmp.rename(path)
     return path
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, timeout_s: float = 10):
+    """A redis-server of the caller's own on a unix socket in `directory` (--port 0 --save "" --appendonly no,
+    its log in directory/redis.log), once it answers PING; killed on exit. Yields the socket's path.
+    Fails the test if redis-server is missing or does not answer within timeout_s."""
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK)
+                                              else None)
+    if binary is None:
+        pytest.fail("redis-server not found on PATH or in /usr/bin: run scripts/install_deps.sh")
+    sock, log = directory / "redis.sock", directory / "redis.log"
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                             "--dir", str(directory), "--logfile", str(log)])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(sock))
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not answer within {timeout_s:g} s:\n" +
+                            (log.read_text()[-2000:] if log.exists() else ""))
+            time.sleep(0.02)
+        yield str(sock)
+    finally:
+        proc.kill()
+        proc.wait()

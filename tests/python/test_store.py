@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import kvtc
+from conftest import redis_server
 from kvtc.store import Store
 
 BLOCK = 64
@@ -89,37 +89,9 @@ def test_errors():
 
 @pytest.fixture
 def redis_socket(tmp_path):
-    """A redis-server of this test's own on a unix socket (--port 0 --save "" --appendonly no)."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK)
-                                              else None)
-    if binary is None:
-        pytest.fail("redis-server not found on PATH or in /usr/bin: run scripts/install_deps.sh")
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")])
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(sock))
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer within 5 s")
-            time.sleep(0.02)
-        yield str(sock)
-    finally:
-        proc.kill()
-        proc.wait()
+    """A redis-server of this test's own on a unix socket."""
+    with redis_server(tmp_path, timeout_s=5) as sock:
+        yield sock
 
 
 def test_two_stores_share_blocks_through_redis(blocks, redis_socket):

@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +48,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, model_path
+from conftest import REPO, model_path, redis_server
 from smollm2_common import MODEL, PREDICTED, bar, docs
 
 if importlib.util.find_spec("vllm") is None:  # found without importing it (vLLM sets up threads and logging)
@@ -120,33 +119,8 @@ class Redis:
 @pytest.fixture(scope="module")
 def redis_socket(tmp_path_factory):
     """A redis-server of this module's own on a unix socket, killed at the end."""
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK)
-                                              else None)
-    if binary is None:
-        pytest.fail("redis-server not found on PATH or in /usr/bin: run scripts/install_deps.sh")
-    d = tmp_path_factory.mktemp("redis")
-    sock = d / "redis.sock"
-    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
-                             "--dir", str(d), "--logfile", str(d / "redis.log")])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r = Redis(str(sock))
-                ok = r("PING") == "PONG"
-                r.close()
-                if ok:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer within 10 s:\n" +
-                            ((d / "redis.log").read_text()[-2000:] if (d / "redis.log").exists() else ""))
-            time.sleep(0.05)
-        yield str(sock)
-    finally:
-        proc.kill()
-        proc.wait()
+    with redis_server(tmp_path_factory.mktemp("redis")) as sock:
+        yield sock
 
 
 # --- the server -------------------------------------------------------------------------------------------
