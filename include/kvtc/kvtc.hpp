@@ -116,7 +116,15 @@ class CalibrationBuilder {
 // ---------------------------------------------------------------------------------------------------
 
 struct EncodeOptions {
-  double target_ratio = 20.0;   // bits per token before entropy coding <= 16 * p / target_ratio
+  // Codec 2 (format version 2): fixed-width groups with per-token scales, DEFLATE; target_ratio bounds
+  // the bits per token before entropy coding, 16 * p / target_ratio. Codec 3 (format version 3,
+  // docs/FORMAT.md section 9): entropy-constrained scalar quantisation with the calibration's static
+  // rANS tables (calibration format 2); target_ratio bounds the stored bytes of each stream's compressed
+  // tokens, at most 2 * p * tokens / target_ratio, by rate control over the calibration's levels.
+  // The CUDA backend reads and writes codec 2 only.
+  int codec = 2;
+  int rans_lanes = 32;          // codec 3: interleaved rANS states per chunk, 1..64 (32: one per GPU warp thread)
+  double target_ratio = 20.0;
   int deflate_level = 6;        // libdeflate level 1..12
   // Tokens per block of coefficient chunks; lowered (to 16 at least) where a block's side information
   // would exceed chunk_max_bytes, so that no chunk is a long serial stream for a GPU warp.
@@ -147,7 +155,7 @@ struct EncodeReport {
   int64_t raw_bytes = 0;                 // all tokens at 16 bits
   int64_t file_bytes = 0;                // the whole container
   int64_t compressed_payload_bytes = 0;  // coefficient chunks after DEFLATE (compressed tokens alone)
-  int64_t nominal_payload_bytes = 0;     // the same before DEFLATE: allocation bits * tokens / 8
+  int64_t nominal_payload_bytes = 0;     // the same before DEFLATE: allocation bits * tokens / 8 (0: codec 3)
   double ratio_compressed_tokens = 0;    // raw bytes of compressed tokens / compressed_payload_bytes
   double ratio_nominal = 0;              // raw bytes of compressed tokens / nominal_payload_bytes
   double ratio_file = 0;                 // raw_bytes / file_bytes

@@ -33,6 +33,22 @@ Status check_container_matches(const CalibrationData& cal, const ContainerHeader
   }
   if (h.streams[0].basis_rank != cal.key.pca.rank || h.streams[1].basis_rank != cal.value.pca.rank)
     return mismatch("container basis ranks differ from the calibration's");
+  for (int s = 0; s < 2; ++s) {
+    const StreamAllocation& a = h.streams[s];
+    if (!a.ecsq()) continue;
+    const EcsqModel& model = s == 0 ? cal.key.ecsq : cal.value.ecsq;
+    const std::string where = s == 0 ? "keys" : "values";
+    if (model.empty())
+      return mismatch("the container's " + where + " are ECSQ-coded (codec v3) but the calibration has no ECSQ model "
+                      "(calibration format 1); decode with the calibration the container was made with");
+    if (a.ecsq_fingerprint != model.fingerprint) return mismatch("the container's " + where + " were coded with another ECSQ model");
+    if (a.ecsq_level >= model.levels.size())
+      return corrupt("the container's " + where + " name ECSQ level " + std::to_string(a.ecsq_level) + " of " +
+                     std::to_string(model.levels.size()));
+    if (a.ecsq_n_kept != model.levels[a.ecsq_level].n_kept())
+      return corrupt("the container's " + where + " keep " + std::to_string(a.ecsq_n_kept) + " components, their level " +
+                     std::to_string(model.levels[a.ecsq_level].n_kept()));
+  }
   return Status::ok();
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/allocation.hpp"
+#include "core/ecsq.hpp"
 #include "core/pca.hpp"
 #include "kvtc/cache.hpp"
 #include "kvtc/status.hpp"
@@ -18,6 +19,7 @@ struct StreamCalibration {
   PcaBasis pca;
   DistortionTable table;
   std::vector<Allocation> allocations;  // same order as CalibrationData::ratios
+  EcsqModel ecsq;                       // codec v3's quantiser; empty if not learnt (calibration format 1)
 };
 
 struct CalibrationData {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "entropy/rans_chunk.hpp"
 #include "util/bytes.hpp"
 #include "util/crc32.hpp"
 
@@ -44,7 +45,8 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
   std::vector<uint8_t> out;
   ByteWriter w(out);
   w.bytes(kContainerMagic.data(), kContainerMagic.size());
-  w.u32(kContainerVersion);
+  const bool v3 = h.streams[0].ecsq() || h.streams[1].ecsq();
+  w.u32(v3 ? kContainerVersion : kGroupsContainerVersion);
   w.u32(0);  // header_bytes, patched below
   w.u32(uint32_t(h.shape.n_layers));
   w.u32(uint32_t(h.shape.n_kv_heads));
@@ -68,6 +70,17 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
   w.bytes(meta.data(), meta.size());
   for (const StreamAllocation& s : h.streams) {
     w.u32(s.basis_rank);
+    if (v3) {
+      w.u8(uint8_t(s.quantiser));
+      w.u8(0);
+      w.u16(0);
+      if (s.ecsq()) {
+        w.u32(s.ecsq_level);
+        w.u32(s.ecsq_n_kept);
+        w.u64(s.ecsq_fingerprint);
+        continue;
+      }
+    }
     w.u32(uint32_t(s.groups.size()));
     for (const Group& g : s.groups) {
       w.u32(g.first_component);
@@ -82,7 +95,7 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
     w.u8(uint8_t(c.kind));
     w.u8(c.stream);
     w.u8(uint8_t(c.layout));
-    w.u8(0);
+    w.u8(v3 ? uint8_t(c.coder) : 0);
     w.u32(c.token_begin);
     w.u32(c.n_tokens);
     w.u32(c.item_begin);
@@ -217,12 +230,19 @@ Result<uint64_t> expected_chunk_raw_bytes(const ContainerHeader& h, const ChunkE
     case ChunkKind::kExact:
       return uint64_t(h.shape.n_kv_heads) * n * uint64_t(h.shape.head_dim) * uint64_t(dtype_size_bytes(h.dtype));
     case ChunkKind::kSide: {
+      if (a.ecsq()) return corrupt("side chunk in an ECSQ stream");
       uint64_t values = 0;
       for (const Group& g : a.groups) values += uint64_t(side_bits_per_token(g.kind) / 16);
       return 2 * n * values;
     }
     case ChunkKind::kCodes: {
       if (uint64_t(c.item_begin) + c.n_items > a.n_kept()) return corrupt("codes chunk beyond kept components");
+      if (a.ecsq()) {
+        if (c.raw_bytes < 1 || c.raw_bytes > kRansMaxChunkSymbols || uint64_t(c.raw_bytes) > n * c.n_items ||
+            c.raw_bytes % n != 0)
+          return corrupt("ECSQ codes chunk of " + std::to_string(c.raw_bytes) + " symbols");
+        return uint64_t(c.raw_bytes);
+      }
       // Walk the groups the range overlaps (groups are contiguous from component 0): linear in groups,
       // not in components, so that parsing a container with thousands of chunks stays cheap.
       uint64_t bytes = 0, bits = 0;
@@ -313,6 +333,23 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
   for (int s = 0; s < 2; ++s) {
     StreamAllocation& a = h.streams[s];
     a.basis_rank = r.u32();
+    if (version >= 3) {
+      const uint8_t quantiser = r.u8();
+      r.u8();
+      r.u16();
+      if (!r.ok()) return corrupt("stream allocation truncated");
+      if (quantiser > 1) return corrupt("unknown quantiser " + std::to_string(quantiser));
+      a.quantiser = Quantiser(quantiser);
+      if (a.ecsq()) {
+        a.ecsq_level = r.u32();
+        a.ecsq_n_kept = r.u32();
+        a.ecsq_fingerprint = r.u64();
+        if (!r.ok()) return corrupt("stream allocation truncated");
+        if (a.basis_rank > p) return corrupt("basis rank exceeds the feature count");
+        if (a.ecsq_n_kept > a.basis_rank) return corrupt("ECSQ stream keeps components beyond its basis rank");
+        continue;
+      }
+    }
     const uint32_t n_groups = r.u32();
     if (!r.ok() || uint64_t(n_groups) * kGroupEntryBytes > r.remaining()) return corrupt("group table truncated");
     if (a.basis_rank > p) return corrupt("basis rank exceeds the feature count");
@@ -335,7 +372,7 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
   for (uint32_t i = 0; i < n_chunks; ++i) {
     ChunkEntry& c = h.chunks[i];
     const uint8_t kind = r.u8(), stream = r.u8(), layout = r.u8();
-    r.u8();
+    const uint8_t coder = r.u8();  // reserved (ignored) before version 3
     c.token_begin = r.u32();
     c.n_tokens = r.u32();
     c.item_begin = r.u32();
@@ -351,6 +388,13 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
     c.kind = ChunkKind(kind);
     c.stream = stream;
     c.layout = CodesLayout(layout);
+    if (version >= 3) {
+      // ECSQ streams' codes chunks are rANS-coded; everything else is DEFLATE.
+      const bool rans = c.kind == ChunkKind::kCodes && h.streams[stream].ecsq();
+      if (coder != (rans ? 1 : 0)) return corrupt(where + ": coder " + std::to_string(coder) + " where " + (rans ? "1" : "0") + " belongs");
+      if (rans && layout != 0) return corrupt(where + ": bad layout");
+      c.coder = ChunkCoder(coder);
+    }
     if (c.n_tokens == 0 || uint64_t(c.token_begin) + c.n_tokens > h.n_tokens) return corrupt(where + ": token range out of bounds");
     if (c.kind == ChunkKind::kExact && c.n_items != 1) return corrupt(where + ": exact chunk must hold one layer");
     if (c.kind == ChunkKind::kSide && (c.item_begin != 0 || c.n_items != 0)) return corrupt(where + ": side chunk with items");

@@ -16,8 +16,10 @@
 namespace kvtc {
 
 inline constexpr std::array<uint8_t, 8> kContainerMagic = {0x89, 'K', 'V', 'T', 'C', '\r', '\n', 0x1a};
-// Written by this build; readers accept kOldestContainerVersion..kContainerVersion (docs/FORMAT.md section 8).
-inline constexpr uint32_t kContainerVersion = 2;
+// Readers accept kOldestContainerVersion..kContainerVersion (docs/FORMAT.md section 8). Writers use
+// version 3 where a stream is ECSQ-coded (codec v3), else version 2, so that codec v2's output is unchanged.
+inline constexpr uint32_t kContainerVersion = 3;
+inline constexpr uint32_t kGroupsContainerVersion = 2;
 inline constexpr uint32_t kOldestContainerVersion = 1;
 inline constexpr uint32_t kPreambleBytes = 16;
 inline constexpr uint32_t kChunkEntryBytes = 40;
@@ -27,30 +29,45 @@ inline constexpr uint32_t kMaxChunkRawBytes = 1u << 28;
 
 enum class ChunkKind : uint8_t { kExact = 0, kSide = 1, kCodes = 2 };
 enum class CodesLayout : uint8_t { kAligned = 0, kDense = 1 };
+// How a chunk's stored bytes are coded (version 3; byte 3 of a chunk entry, reserved before).
+enum class ChunkCoder : uint8_t { kDeflate = 0, kEcsqRans = 1 };
+// How a stream's compressed tokens are quantised (version 3).
+enum class Quantiser : uint8_t { kGroups = 0, kEcsq = 1 };
 
 struct ChunkEntry {
   ChunkKind kind = ChunkKind::kCodes;
   uint8_t stream = 0;  // 0 keys, 1 values
   CodesLayout layout = CodesLayout::kAligned;
+  ChunkCoder coder = ChunkCoder::kDeflate;
   uint32_t token_begin = 0;
   uint32_t n_tokens = 0;
   uint32_t item_begin = 0;  // codes: first component; exact: layer
   uint32_t n_items = 0;     // codes: components; exact: 1
   uint64_t offset = 0;      // from the payload start
   uint32_t stored_bytes = 0;
-  uint32_t raw_bytes = 0;
+  uint32_t raw_bytes = 0;  // DEFLATE: size after inflating; ECSQ rANS: the number of symbols
   uint32_t crc32 = 0;
 };
 
 struct StreamAllocation {
   uint32_t basis_rank = 0;
-  std::vector<Group> groups;
-  uint32_t n_kept() const { return groups.empty() ? 0 : groups.back().first_component + groups.back().n_components; }
-  int64_t nominal_bits_per_token() const;
+  Quantiser quantiser = Quantiser::kGroups;
+  std::vector<Group> groups;  // kGroups
+  // kEcsq: the level of the calibration's ECSQ model (rate control's choice), the components it
+  // keeps (1 + the last with a cell), and the model's fingerprint (ecsq_model_fingerprint).
+  uint32_t ecsq_level = 0;
+  uint32_t ecsq_n_kept = 0;
+  uint64_t ecsq_fingerprint = 0;
+  bool ecsq() const { return quantiser == Quantiser::kEcsq; }
+  uint32_t n_kept() const {
+    if (ecsq()) return ecsq_n_kept;
+    return groups.empty() ? 0 : groups.back().first_component + groups.back().n_components;
+  }
+  int64_t nominal_bits_per_token() const;  // groups' fixed-width bits; 0 for ECSQ (no fixed size)
 };
 
 struct ContainerHeader {
-  uint32_t format_version = kContainerVersion;  // as read; written as kContainerVersion
+  uint32_t format_version = kContainerVersion;  // as read; written as 3 with an ECSQ stream, else 2
   ModelShape shape;
   DType dtype = DType::kBF16;
   int64_t position_offset = 0;
@@ -78,7 +95,9 @@ struct ParsedContainer {
 // and 7 of docs/FORMAT.md). Does not inflate chunks. Never reads out of bounds.
 Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes);
 
-// Expected raw size of a chunk's content (section 5), or an error if the entry is inconsistent.
+// Expected raw size of a chunk's content (section 5), or an error if the entry is inconsistent. For an
+// ECSQ codes chunk (symbol count) only its bounds can be checked without the calibration's model: it
+// returns raw_bytes when within them, and the decoder checks the exact count (ecsq_chunk.hpp).
 Result<uint64_t> expected_chunk_raw_bytes(const ContainerHeader& header, const ChunkEntry& chunk);
 
 // Container width for a code of width w (section 5): 1, 2, 4, 4, 8, 8, 8, 8.

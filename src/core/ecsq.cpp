@@ -293,6 +293,7 @@ Result<EcsqModel> learn_ecsq_model(const float* coefficients, int64_t n_samples,
   for (EcsqLevel& lv : levels)
     for (int64_t j = 0; j < k; ++j) lv.cell[size_t(j)] = index[size_t(j)][lv.cell[size_t(j)]];
   model.levels = std::move(levels);
+  model.fingerprint = ecsq_model_fingerprint(model);
   return model;
 }
 
@@ -391,6 +392,7 @@ Result<EcsqModel> parse_ecsq_model(const uint8_t* bytes, size_t size_bytes, uint
                        " of component " + std::to_string(j) + ", which has " + std::to_string(m.cells[j].size()));
   }
   if (pos != size_bytes) return corrupt("ECSQ model: " + std::to_string(size_bytes - pos) + " trailing bytes");
+  m.fingerprint = ecsq_model_fingerprint(m);
   return m;
 }
 

@@ -95,6 +95,7 @@ struct EcsqModel {
   int prob_bits = kEcsqDefaultProbBits;
   std::vector<std::vector<EcsqCell>> cells;  // [n_components]: the cells any level uses, finest step first
   std::vector<EcsqLevel> levels;
+  uint64_t fingerprint = 0;  // ecsq_model_fingerprint, set by learn_ecsq_model and parse_ecsq_model
   uint32_t n_components() const { return uint32_t(cells.size()); }
   bool empty() const { return levels.empty(); }
   bool operator==(const EcsqModel&) const = default;

@@ -2,7 +2,11 @@
 // DEFLATE (libdeflate).
 #pragma once
 
+#include <vector>
+
 #include "core/backend.hpp"
+#include "core/rope.hpp"
+#include "core/token_vectors.hpp"
 
 namespace kvtc {
 
@@ -19,6 +23,24 @@ class CpuBackend final : public Backend {
   Status restore_layer(const CalibrationData& cal, const DecodedCoefficients& dec, int layer, float* k, float* v,
                        int n_threads, StageTimes* times) const override;
 };
+
+// Coefficients [m][k] (token-major) of compressed tokens [t0, t0 + m) of one stream in the first k
+// components of its basis: gather (RoPE removed from keys with `rope`), centre, sgemm.
+std::vector<float> project_stream(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0,
+                                  int64_t m, int64_t k, const RopeTable& rope, StageTimes& times);
+
+// A chunk ready to be placed: its entry (offset still 0) and stored bytes.
+struct PendingChunk {
+  ChunkEntry entry;
+  std::vector<uint8_t> stored;
+};
+
+// Codec 3 for one stream (encoder_ecsq.cpp): rate control over the calibration's ECSQ levels so that
+// the stream's codes chunks take at most 2 * p * m / target_ratio bytes, then the chunks. Sets the
+// header's stream allocation and appends the chunks (token blocks of options.chunk_tokens).
+Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0, int64_t m,
+                          const RopeTable& rope, const EncodeOptions& options, StreamAllocation& allocation,
+                          std::vector<PendingChunk>& chunks, StageTimes& times);
 
 // Per-layer errors of a restored cache against the original, over the compressed tokens
 // [token_begin, token_end); attention errors when the original has q tensors.

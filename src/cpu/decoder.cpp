@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "core/chunk_codec.hpp"
+#include "core/ecsq_chunk.hpp"
 #include "core/rope.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "cpu/deflate.hpp"
@@ -68,6 +69,12 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
   const uint8_t* payload = bytes + dec.container.payload_offset;
   const int64_t t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   for (int s = 0; s < 2; ++s) dec.coef[s].assign(size_t(m) * h.streams[s].n_kept(), 0.0f);
+  // Codec 3: the decoding tables of each ECSQ stream's level, built once.
+  EcsqDecodeLevel ecsq[2];
+  for (int s = 0; s < 2; ++s)
+    if (h.streams[s].ecsq()) {
+      KVTC_ASSIGN_OR_RETURN(ecsq[s], EcsqDecodeLevel::build(s == 0 ? cal.key.ecsq : cal.value.ecsq, h.streams[s].ecsq_level));
+    }
 
   // Side chunks first (codes need the scales of their block), grouped by (stream, token block).
   std::map<std::pair<int, uint32_t>, BlockSymbols> blocks;
@@ -99,6 +106,19 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
     const size_t i = codes_idx[size_t(ii)];
     const ChunkEntry& c = h.chunks[i];
     const StreamAllocation& a = h.streams[c.stream];
+    if (c.coder == ChunkCoder::kEcsqRans) {
+      auto d0 = Clock::now();
+      const uint8_t* stored = payload + c.offset;
+      if (opt.verify_checksums && crc32_of(stored, c.stored_bytes) != c.crc32)
+        return checksum_mismatch("chunk " + std::to_string(i) + ": chunk checksum mismatch");
+      const int64_t k = a.n_kept();
+      KVTC_RETURN_IF_ERROR(decode_ecsq_chunk(ecsq[c.stream], stored, c.stored_bytes, c.raw_bytes, c.n_tokens, c.item_begin,
+                                             c.item_begin + c.n_items,
+                                             dec.coef[c.stream].data() + (int64_t(c.token_begin) - t0) * k, k)
+                               .with_context("chunk " + std::to_string(i)));
+      add_times(seconds_since(d0), 0.0);
+      return Status::ok();
+    }
     std::vector<uint8_t> raw;
     auto d0 = Clock::now();
     KVTC_RETURN_IF_ERROR(inflate_chunk(payload, c, opt.verify_checksums, raw).with_context("chunk " + std::to_string(i)));

@@ -24,11 +24,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-struct PendingChunk {
-  ChunkEntry entry;
-  std::vector<uint8_t> stored;
-};
-
 Status check_encode_options(const EncodeOptions& o) {
   if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
   if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
@@ -36,33 +31,9 @@ Status check_encode_options(const EncodeOptions& o) {
   if (o.exact_head_tokens < -1 || o.exact_tail_tokens < -1)
     return invalid_argument("exact head and tail tokens must be >= 0, or -1 for the calibration's");
   if (o.chunk_max_bytes < 256 || o.chunk_max_bytes > (int64_t(1) << 26)) return invalid_argument("chunk max bytes must be 256..64 MiB");
+  if (o.codec != 2 && o.codec != 3) return invalid_argument("codec must be 2 or 3");
+  if (o.rans_lanes < 1 || o.rans_lanes > 64) return invalid_argument("rANS lanes must be 1..64");
   return Status::ok();
-}
-
-// Coefficients [M][k] of the compressed tokens of one stream.
-std::vector<float> project_stream(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0,
-                                  int64_t m, int64_t k, const RopeTable& rope, StageTimes& times) {
-  const PcaBasis& pca = stream == Stream::kKey ? cal.key.pca : cal.value.pca;
-  const int64_t p = cal.shape.n_features();
-  std::vector<float> coef(static_cast<size_t>(m * k));
-  const int64_t block = 512;
-  std::vector<float> x(static_cast<size_t>(std::min(block, m) * p));
-  for (int64_t b = 0; b < m; b += block) {
-    const int64_t n = std::min(block, m - b);
-    auto g0 = Clock::now();
-    gather_token_vectors(cache, stream, t0 + b, n, stream == Stream::kKey ? &rope : nullptr, x.data());
-    for (int64_t t = 0; t < n; ++t) {
-      float* row = x.data() + t * p;
-      for (int64_t f = 0; f < p; ++f) row[f] -= pca.mean[f];
-    }
-    times.gather_s += seconds_since(g0);
-    auto p0 = Clock::now();
-    if (k > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(k), int(p), 1.0f, x.data(), int(p),
-                  pca.components.data(), int(p), 0.0f, coef.data() + b * k, int(k));
-    times.transform_s += seconds_since(p0);
-  }
-  return coef;
 }
 
 // Quantises one token block of one stream into symbols.
@@ -129,6 +100,31 @@ std::vector<uint8_t> exact_raw(const CacheView& cache, Stream stream, int layer,
 
 }  // namespace
 
+std::vector<float> project_stream(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0,
+                                  int64_t m, int64_t k, const RopeTable& rope, StageTimes& times) {
+  const PcaBasis& pca = stream == Stream::kKey ? cal.key.pca : cal.value.pca;
+  const int64_t p = cal.shape.n_features();
+  std::vector<float> coef(static_cast<size_t>(m * k));
+  const int64_t block = 512;
+  std::vector<float> x(static_cast<size_t>(std::min(block, m) * p));
+  for (int64_t b = 0; b < m; b += block) {
+    const int64_t n = std::min(block, m - b);
+    auto g0 = Clock::now();
+    gather_token_vectors(cache, stream, t0 + b, n, stream == Stream::kKey ? &rope : nullptr, x.data());
+    for (int64_t t = 0; t < n; ++t) {
+      float* row = x.data() + t * p;
+      for (int64_t f = 0; f < p; ++f) row[f] -= pca.mean[f];
+    }
+    times.gather_s += seconds_since(g0);
+    auto p0 = Clock::now();
+    if (k > 0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(k), int(p), 1.0f, x.data(), int(p),
+                  pca.components.data(), int(p), 0.0f, coef.data() + b * k, int(k));
+    times.transform_s += seconds_since(p0);
+  }
+  return coef;
+}
+
 Result<EncodedCache> CpuBackend::encode(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& opt,
                                         StageTimes* times_out) {
   KVTC_RETURN_IF_ERROR(cache.validate());
@@ -160,6 +156,11 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, std::max<int64_t>(cache.n_tokens, 1));
   std::vector<PendingChunk> chunks[3];  // K coefficient chunks, V coefficient chunks, exact chunks
   for (int s = 0; s < 2; ++s) {
+    if (opt.codec == 3) {
+      KVTC_RETURN_IF_ERROR(encode_stream_ecsq(cal, cache, Stream(s), t0, m, rope, opt, h.streams[s], chunks[s], times));
+      if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
+      continue;
+    }
     KVTC_ASSIGN_OR_RETURN(Allocation alloc, allocation_for_ratio(cal, s, opt.target_ratio));
     StreamAllocation& a = h.streams[s];
     a.basis_rank = uint32_t((s == 0 ? cal.key : cal.value).pca.rank);

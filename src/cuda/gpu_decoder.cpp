@@ -230,6 +230,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     seqs_[q].container = std::move(parsed).value();
     const ContainerHeader& h = seqs_[q].container.header;
     KVTC_RETURN_IF_ERROR(check_container_matches(cal, h).with_context("sequence " + std::to_string(q)));
+    if (h.streams[0].ecsq() || h.streams[1].ecsq())
+      return unsupported("sequence " + std::to_string(q) +
+                         ": codec 3 (ECSQ + rANS) containers decode on the CPU only; the GPU rANS decoder is not written yet");
     payload_base[q] = payload_total;
     payload_total += containers[q].second - seqs_[q].container.payload_offset;
     raw_off[q].resize(h.chunks.size());

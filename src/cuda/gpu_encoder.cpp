@@ -137,6 +137,8 @@ Status GpuEncoder::ensure_handle() {
 
 Status check_encode_options(const EncodeOptions& o) {
   // The CPU encoder's checks (src/cpu/encoder.cpp), same messages.
+  if (o.codec != 2)
+    return unsupported("the CUDA backend encodes codec 2 only; codec " + std::to_string(o.codec) + " encodes on the CPU");
   if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
   if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
   if (o.chunk_tokens < 1 || o.chunk_tokens > 65536) return invalid_argument("chunk tokens must be 1..65536");

@@ -1,0 +1,211 @@
+#include "core/ecsq_chunk.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "entropy/rans_encode.hpp"
+#include "util/status_macros.hpp"
+
+namespace kvtc {
+
+uint64_t ecsq_chunk_symbols(const EcsqLevel& level, uint32_t c0, uint32_t c1, uint64_t n_tokens) {
+  uint64_t kept = 0;
+  for (uint32_t j = c0; j < c1 && j < level.cell.size(); ++j) kept += level.cell[j] != 0;
+  return kept * n_tokens;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, uint64_t n_tokens,
+                                                                 uint64_t max_symbols) {
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  const uint32_t n_kept = level.n_kept();
+  uint32_t begin = 0;
+  uint64_t symbols = 0;
+  for (uint32_t j = 0; j < n_kept; ++j) {
+    if (level.cell[j] == 0) continue;
+    if (symbols > 0 && symbols + n_tokens > max_symbols) {
+      out.push_back({begin, j});
+      begin = j;
+      symbols = 0;
+    }
+    symbols += n_tokens;
+  }
+  if (n_kept > 0) out.push_back({begin, n_kept});
+  return out;
+}
+
+namespace {
+
+class BitWriter {
+ public:
+  void put(uint32_t value, int n_bits) {
+    for (int b = 0; b < n_bits; ++b, ++n_) {
+      if (n_ % 8 == 0) bytes_.push_back(0);
+      bytes_.back() |= uint8_t(((value >> b) & 1u) << (n_ % 8));
+    }
+  }
+  uint64_t n_bits() const { return n_; }
+  const std::vector<uint8_t>& bytes() const { return bytes_; }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  uint64_t n_ = 0;
+};
+
+class BitReader {
+ public:
+  BitReader(const uint8_t* data, uint64_t n_bits) : data_(data), n_(n_bits) {}
+  // False when fewer than n_bits remain.
+  bool get(int n_bits, uint32_t& value) {
+    if (n_bits > 0 && n_ - pos_ < uint64_t(n_bits)) return false;
+    value = 0;
+    for (int b = 0; b < n_bits; ++b, ++pos_) value |= uint32_t((data_[pos_ / 8] >> (pos_ % 8)) & 1u) << b;
+    return true;
+  }
+  uint64_t left() const { return n_ - pos_; }
+
+ private:
+  const uint8_t* data_;
+  uint64_t n_, pos_ = 0;
+};
+
+}  // namespace
+
+Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* coef, int64_t row_stride,
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out) {
+  if (level >= model.levels.size()) return invalid_argument("ECSQ encode: level " + std::to_string(level) + " out of range");
+  const EcsqLevel& lv = model.levels[level];
+  if (c1 > lv.cell.size() || c0 > c1) return invalid_argument("ECSQ encode: component range out of range");
+  const uint64_t n_symbols = ecsq_chunk_symbols(lv, c0, c1, uint64_t(n_tokens));
+  if (n_symbols > kRansMaxChunkSymbols) return invalid_argument("ECSQ encode: too many symbols for one chunk");
+  std::vector<uint8_t> symbols(static_cast<size_t>(n_symbols));
+  std::vector<RansRun> runs;
+  BitWriter raw;
+  size_t i = 0;
+  for (uint32_t j = c0; j < c1; ++j) {
+    if (lv.cell[j] == 0) continue;
+    const EcsqCell& cell = model.cells[j][lv.cell[j] - 1u];
+    const uint32_t escape = uint32_t(cell.table.alphabet_size() - 1);
+    runs.push_back({uint32_t(n_tokens), &cell.table});
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
+      if (s.symbol >= escape) {
+        symbols[i++] = uint8_t(escape);
+        raw.put(s.symbol, kEcsqEscapeBits);
+      } else {
+        symbols[i++] = uint8_t(s.symbol);
+      }
+      raw.put(s.bits, s.n_bits);
+    }
+  }
+  KVTC_RETURN_IF_ERROR(rans_encode(symbols.data(), symbols.size(), runs.data(), runs.size(), n_lanes, out));
+  const uint32_t n_raw = uint32_t(raw.n_bits());
+  const auto* nb = reinterpret_cast<const uint8_t*>(&n_raw);
+  out.insert(out.end(), nb, nb + 4);
+  out.insert(out.end(), raw.bytes().begin(), raw.bytes().end());
+  return Status::ok();
+}
+
+EcsqCostModel::EcsqCostModel(const EcsqModel& model, uint32_t level) : model_(model), level_(model.levels.at(level)) {
+  cost_.resize(level_.cell.size());
+  for (size_t j = 0; j < level_.cell.size(); ++j) {
+    if (level_.cell[j] == 0) continue;
+    const RansTable& t = model.cells[j][level_.cell[j] - 1u].table;
+    auto& c = cost_[j];
+    c.resize(t.freq.size());
+    for (size_t s = 0; s < t.freq.size(); ++s)
+      c[s] = float(double(t.prob_bits) - std::log2(double(std::max<uint16_t>(t.freq[s], 1))));
+  }
+}
+
+double EcsqCostModel::bits(const float* coef, int64_t row_stride, int64_t n_tokens) const {
+  double bits = 0.0;
+  const uint32_t n_kept = level_.n_kept();
+  for (uint32_t j = 0; j < n_kept; ++j) {
+    if (level_.cell[j] == 0) continue;
+    const EcsqCell& cell = model_.cells[j][level_.cell[j] - 1u];
+    const std::vector<float>& cost = cost_[j];
+    const uint32_t escape = uint32_t(cost.size() - 1);
+    double b = 0.0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
+      b += s.symbol >= escape ? double(cost[escape]) + kEcsqEscapeBits : double(cost[s.symbol]);
+      b += s.n_bits;
+    }
+    bits += b;
+  }
+  return bits;
+}
+
+Result<EcsqDecodeLevel> EcsqDecodeLevel::build(const EcsqModel& model, uint32_t level) {
+  if (level >= model.levels.size())
+    return corrupt("ECSQ level " + std::to_string(level) + " is beyond the calibration's " +
+                   std::to_string(model.levels.size()));
+  const EcsqLevel& lv = model.levels[level];
+  EcsqDecodeLevel d;
+  d.component_.resize(lv.n_kept());
+  for (uint32_t j = 0; j < d.component_.size(); ++j) {
+    if (lv.cell[j] == 0) continue;
+    const EcsqCell& cell = model.cells[j][lv.cell[j] - 1u];
+    KVTC_ASSIGN_OR_RETURN(RansDecodeTable t, RansDecodeTable::build(cell.table));
+    d.component_[j] = {int32_t(d.tables_.size()), cell.step, cell.delta, uint32_t(cell.table.alphabet_size())};
+    d.tables_.push_back(std::move(t));
+  }
+  return d;
+}
+
+uint64_t EcsqDecodeLevel::symbols(uint32_t c0, uint32_t c1, uint64_t n_tokens) const {
+  uint64_t kept = 0;
+  for (uint32_t j = c0; j < c1 && j < component_.size(); ++j) kept += component_[j].table >= 0;
+  return kept * n_tokens;
+}
+
+Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, size_t chunk_bytes, uint32_t n_symbols,
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride) {
+  if (c1 > level.n_kept() || c0 > c1) return corrupt("ECSQ chunk: components beyond the level's kept ones");
+  if (level.symbols(c0, c1, uint64_t(n_tokens)) != n_symbols)
+    return corrupt("ECSQ chunk: " + std::to_string(n_symbols) + " symbols, the level needs " +
+                   std::to_string(level.symbols(c0, c1, uint64_t(n_tokens))));
+  // The rANS chunk's size comes from its own header; the raw bits follow it.
+  if (chunk_bytes < kRansChunkHeaderBytes) return corrupt("ECSQ chunk: truncated");
+  uint32_t n_lanes = chunk[4], stream_bytes;
+  std::memcpy(&stream_bytes, chunk + 8, 4);
+  const uint64_t rans_bytes = kRansChunkHeaderBytes + 4ull * n_lanes + stream_bytes;
+  if (rans_bytes + 4 > chunk_bytes) return corrupt("ECSQ chunk: truncated before its raw bits");
+  std::vector<RansDecodeRun> runs;
+  for (uint32_t j = c0; j < c1; ++j)
+    if (level.component(j).table >= 0) runs.push_back({uint32_t(n_tokens), &level.table(level.component(j).table)});
+  std::vector<uint8_t> symbols(n_symbols);
+  KVTC_RETURN_IF_ERROR(rans_decode(chunk, size_t(rans_bytes), runs.data(), runs.size(), symbols.data(), n_symbols));
+  uint32_t n_raw;
+  std::memcpy(&n_raw, chunk + rans_bytes, 4);
+  const uint64_t raw_bytes = chunk_bytes - rans_bytes - 4;
+  if (raw_bytes != (uint64_t(n_raw) + 7) / 8)
+    return corrupt("ECSQ chunk: " + std::to_string(raw_bytes) + " bytes of raw bits, the count needs " +
+                   std::to_string((uint64_t(n_raw) + 7) / 8));
+  const uint8_t* raw_data = chunk + rans_bytes + 4;
+  if (n_raw % 8 != 0 && (raw_data[raw_bytes - 1] >> (n_raw % 8)) != 0) return corrupt("ECSQ chunk: nonzero padding bits");
+  BitReader raw(raw_data, n_raw);
+  size_t i = 0;
+  for (uint32_t j = c0; j < c1; ++j) {
+    const EcsqDecodeLevel::Component& c = level.component(j);
+    if (c.table < 0) continue;
+    const uint32_t escape = c.alphabet - 1;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      uint32_t s = symbols[i++];
+      if (s == escape) {
+        if (!raw.get(kEcsqEscapeBits, s)) return corrupt("ECSQ chunk: raw bits end inside an escape");
+        if (s < escape || s >= uint32_t(kEcsqSignedSymbols))
+          return corrupt("ECSQ chunk: escape to symbol " + std::to_string(s) + ", which the table codes or no code has");
+      }
+      uint32_t bucket = 0;
+      if (!raw.get(ecsq_bucket_bits(ecsq_magnitude_symbol(s)), bucket))
+        return corrupt("ECSQ chunk: raw bits end inside a bucket");
+      coef[t * row_stride + j] = ecsq_dequantize(ecsq_code(s, bucket), c.step, c.delta);
+    }
+  }
+  if (raw.left() != 0) return corrupt("ECSQ chunk: " + std::to_string(raw.left()) + " raw bits left over");
+  return Status::ok();
+}
+
+}  // namespace kvtc

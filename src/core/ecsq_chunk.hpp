@@ -1,0 +1,85 @@
+// Codes chunks of codec v3 (docs/FORMAT.md, section 9): the coefficients of a token block's
+// components [c0, c1) at one ECSQ level, as one rANS chunk of signed symbols (one run per kept
+// component, token order within it) followed by the raw bits of buckets and escapes:
+//
+//   rANS chunk (docs/FORMAT.md, "rANS chunk": 12 + 4 N + S bytes)
+//   u32 n_raw_bits
+//   ceil(n_raw_bits / 8) bytes, bits least significant first, the unused high bits of the last byte 0
+//
+// Raw bits follow symbol order: for each symbol, first (if it is the escape) 8 bits of the signed
+// symbol, then (if its magnitude is a bucket) the bucket's bits, each value least significant bit first.
+// The fast CPU encoder and decoder use these; the reference decoder reads the layout on its own.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/ecsq.hpp"
+#include "entropy/rans_chunk.hpp"
+#include "entropy/rans_decode.hpp"
+
+namespace kvtc {
+
+// Symbols of a chunk of n_tokens tokens over components [c0, c1) at `level`: n_tokens per component
+// with a cell.
+uint64_t ecsq_chunk_symbols(const EcsqLevel& level, uint32_t c0, uint32_t c1, uint64_t n_tokens);
+
+// The component ranges of one token block, each chunk at most max_symbols symbols (max_symbols >= n_tokens):
+// the partition of [0, level.n_kept()) an encoder writes.
+std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, uint64_t n_tokens,
+                                                                 uint64_t max_symbols);
+
+// Bytes a chunk adds beyond its symbols' code lengths and raw bits: the rANS header, the lane
+// states, the raw-bit count, and on average one byte of padding in each series.
+inline uint64_t ecsq_chunk_overhead_bytes(int n_lanes) { return kRansChunkHeaderBytes + 4u * uint64_t(n_lanes) + 4u + 2u; }
+
+// Encodes tokens [0, n_tokens) of coefficient rows coef[t * row_stride + j] (components [c0, c1)) into
+// one chunk (replacing out). INVALID_ARGUMENT for a level outside the model, too many symbols, or lanes
+// outside 1..64.
+Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* coef, int64_t row_stride,
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out);
+
+// Code lengths in bits of every symbol at one level (-log2 of its probability in its cell's table), and
+// the raw bits: what rate control sums to predict a stream's size without coding it.
+class EcsqCostModel {
+ public:
+  EcsqCostModel(const EcsqModel& model, uint32_t level);
+  // Bits of the symbols of components [0, n_kept) of coefficient rows [n_tokens][row_stride].
+  double bits(const float* coef, int64_t row_stride, int64_t n_tokens) const;
+
+ private:
+  const EcsqModel& model_;
+  const EcsqLevel& level_;
+  std::vector<std::vector<float>> cost_;  // per component: bits per table symbol
+};
+
+// The decoding form of one level: a RansDecodeTable per component with a cell (built once per stream
+// of a container: 2^prob_bits bytes each), and its step and offset.
+class EcsqDecodeLevel {
+ public:
+  static Result<EcsqDecodeLevel> build(const EcsqModel& model, uint32_t level);
+  uint32_t n_kept() const { return uint32_t(component_.size()); }
+  uint64_t symbols(uint32_t c0, uint32_t c1, uint64_t n_tokens) const;
+
+  struct Component {
+    int32_t table = -1;  // index into tables_, -1: dropped
+    float step = 0.0f, delta = 0.0f;
+    uint32_t alphabet = 0;
+  };
+  const Component& component(uint32_t j) const { return component_[j]; }
+  const RansDecodeTable& table(int32_t i) const { return tables_[size_t(i)]; }
+
+ private:
+  std::vector<Component> component_;  // [n_kept]
+  std::vector<RansDecodeTable> tables_;
+};
+
+// Decodes one chunk of exactly chunk_bytes (symbol count n_symbols from the chunk table, checked against
+// the level) into coef[t * row_stride + j] for t < n_tokens, j in [c0, c1); components without a cell
+// are left as they are. CORRUPT for any inconsistency (rANS chunk, escapes naming a symbol the table
+// codes, raw bits left over or missing, nonzero padding); never reads outside the chunk.
+Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, size_t chunk_bytes, uint32_t n_symbols,
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride);
+
+}  // namespace kvtc

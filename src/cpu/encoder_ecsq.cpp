@@ -1,0 +1,129 @@
+// Codec 3's stream encoder: project, choose the ECSQ level by rate control, code the chunks.
+//
+// Rate control. The budget is the target ratio's share of the stream's raw 16-bit size,
+// B = floor(2 p m / ratio) bytes of codes chunks. The calibration predicts each level's bits per token;
+// the data may differ, so the level is found on the data: the code lengths of its symbols under the
+// level's tables (EcsqCostModel) plus each chunk's fixed overhead estimate a level's size, a bisection
+// over levels finds the finest whose estimate fits, and the level is coded. If the coded size still
+// exceeds B (the coder is within ~1% of the code lengths, so rarely), the next coarser level is
+// coded, until one fits; the last level drops everything (0 bytes), so the target always holds.
+// Projection is to the components of the finest level the search may take: 16 levels (half an
+// octave) finer than the calibration's prediction.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+
+#include "core/ecsq_chunk.hpp"
+#include "cpu/cpu_backend.hpp"
+#include "util/parallel.hpp"
+#include "util/status_macros.hpp"
+
+namespace kvtc {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+constexpr uint32_t kSearchLevelsFiner = 16;
+
+struct ChunkJob {
+  int64_t b0, n;
+  uint32_t c0, c1;
+};
+
+std::vector<ChunkJob> chunk_jobs(const EcsqLevel& level, int64_t m, int64_t block) {
+  std::vector<ChunkJob> jobs;
+  for (int64_t b0 = 0; b0 < m; b0 += block) {
+    const int64_t n = std::min(block, m - b0);
+    for (const auto& [c0, c1] : ecsq_split_components(level, uint64_t(n), kRansMaxChunkSymbols)) jobs.push_back({b0, n, c0, c1});
+  }
+  return jobs;
+}
+
+}  // namespace
+
+Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0, int64_t m,
+                          const RopeTable& rope, const EncodeOptions& opt, StreamAllocation& a,
+                          std::vector<PendingChunk>& chunks, StageTimes& times) {
+  const StreamCalibration& sc = stream == Stream::kKey ? cal.key : cal.value;
+  const EcsqModel& model = sc.ecsq;
+  const char* name = stream == Stream::kKey ? "keys" : "values";
+  if (model.empty())
+    return invalid_argument(std::string("codec 3 needs the calibration's ECSQ tables, and this calibration has none for ") +
+                            name + " (calibration format 1, or calibrated with ECSQ learning off): recalibrate with this "
+                            "version (`kvtc calibrate`), or encode with codec 2");
+  const int64_t p = cal.shape.n_features();
+  a.basis_rank = uint32_t(sc.pca.rank);
+  a.quantiser = Quantiser::kEcsq;
+  a.ecsq_fingerprint = model.fingerprint;
+  const uint32_t last = uint32_t(model.levels.size() - 1);
+  const uint32_t predicted = ecsq_predicted_level(model, p, opt.target_ratio);
+  auto set_level = [&](uint32_t level) {
+    a.ecsq_level = level;
+    a.ecsq_n_kept = model.levels[level].n_kept();
+  };
+  if (m == 0) {
+    set_level(predicted);
+    return Status::ok();
+  }
+  const double budget_bytes = std::floor(2.0 * double(p) * double(m) / opt.target_ratio);
+  const uint32_t finest = predicted > kSearchLevelsFiner ? predicted - kSearchLevelsFiner : 0;
+  uint32_t k = 0;
+  for (uint32_t l = finest; l <= last; ++l) k = std::max(k, model.levels[l].n_kept());
+  const std::vector<float> coef = project_stream(cal, cache, stream, t0, m, k, rope, times);
+  const int64_t block = opt.chunk_tokens;
+
+  auto q0 = Clock::now();
+  auto estimate_bytes = [&](uint32_t level) {
+    const EcsqCostModel cost(model, level);
+    const double chunks_overhead =
+        double(chunk_jobs(model.levels[level], m, block).size() * ecsq_chunk_overhead_bytes(opt.rans_lanes));
+    return cost.bits(coef.data(), k, m) / 8.0 + chunks_overhead;
+  };
+  // Finest level in [finest, last] whose estimate fits; `last` drops everything and always fits.
+  uint32_t lo = finest, hi = last;
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    if (estimate_bytes(mid) <= budget_bytes) hi = mid;
+    else lo = mid + 1;
+  }
+  times.quantize_s += seconds_since(q0);
+
+  for (uint32_t level = lo;; ++level) {
+    const std::vector<ChunkJob> jobs = chunk_jobs(model.levels[level], m, block);
+    std::vector<PendingChunk> coded(jobs.size());
+    std::mutex time_mu;
+    KVTC_RETURN_IF_ERROR(parallel_for(int64_t(jobs.size()), opt.n_threads, [&](int64_t i) -> Status {
+      const ChunkJob& j = jobs[size_t(i)];
+      auto c0 = Clock::now();
+      PendingChunk& pc = coded[size_t(i)];
+      KVTC_RETURN_IF_ERROR(encode_ecsq_chunk(model, level, coef.data() + j.b0 * k, k, j.n, j.c0, j.c1, opt.rans_lanes,
+                                             pc.stored));
+      ChunkEntry& e = pc.entry;
+      e.kind = ChunkKind::kCodes;
+      e.coder = ChunkCoder::kEcsqRans;
+      e.stream = uint8_t(stream);
+      e.token_begin = uint32_t(t0 + j.b0);
+      e.n_tokens = uint32_t(j.n);
+      e.item_begin = j.c0;
+      e.n_items = j.c1 - j.c0;
+      e.raw_bytes = uint32_t(ecsq_chunk_symbols(model.levels[level], j.c0, j.c1, uint64_t(j.n)));
+      e.stored_bytes = uint32_t(pc.stored.size());
+      e.crc32 = crc32_of(pc.stored.data(), pc.stored.size());
+      std::lock_guard<std::mutex> lock(time_mu);
+      times.deflate_s += seconds_since(c0);
+      return Status::ok();
+    }));
+    double stored = 0;
+    for (const PendingChunk& pc : coded) stored += double(pc.stored.size());
+    if (stored <= budget_bytes || level == last) {
+      set_level(level);
+      for (PendingChunk& pc : coded) chunks.push_back(std::move(pc));
+      return Status::ok();
+    }
+  }
+}
+
+}  // namespace kvtc
