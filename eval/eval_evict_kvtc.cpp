@@ -48,7 +48,7 @@ void move_rope(const ModelConfig& cfg, const std::vector<float>& inv_freq, const
 class EvictThenKvtc : public CacheMethod {
  public:
   EvictThenKvtc(const MethodConfig& c, EvictionScore kind, int fraction)
-      : c_(c), kind_(kind), fraction_(fraction), kvtc_(make_kvtc(c)) {
+      : c_(c), kind_(kind), fraction_(fraction), kvtc_(make_kvtc(c, 2)) {
     c_.n_sink_tokens = c.calibration->n_sink_tokens();
     c_.n_window_tokens = c.calibration->n_window_tokens();
   }

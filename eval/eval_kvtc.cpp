@@ -1,4 +1,6 @@
 // The method under test: kvtc::encode at the target ratio, then kvtc::decode, through the public API.
+// "kvtc" is codec 2 (fixed-width groups + DEFLATE), "kvtc3" codec 3 (ECSQ + rANS; its calibration needs
+// ECSQ models).
 // The sinks and the window are the calibration's (kept exact by the codec itself). Bytes counted: the
 // compressed tokens' coefficient chunks after DEFLATE, and for the whole cache the whole container.
 #include "engine/cache_io.hpp"
@@ -11,12 +13,15 @@ namespace {
 
 class KvtcMethod : public CacheMethod {
  public:
-  explicit KvtcMethod(const MethodConfig& c) : c_(c) {
+  KvtcMethod(const MethodConfig& c, int codec) : c_(c), codec_(codec) {
     c_.n_sink_tokens = c.calibration->n_sink_tokens();
     c_.n_window_tokens = c.calibration->n_window_tokens();
   }
-  std::string name() const override { return "kvtc"; }
-  std::string reference() const override { return "KV cache transform coding (this library: kvtc::encode/decode)"; }
+  std::string name() const override { return codec_ == 3 ? "kvtc3" : "kvtc"; }
+  std::string reference() const override {
+    return codec_ == 3 ? "KV cache transform coding, codec 3: ECSQ + rANS (this library)"
+                       : "KV cache transform coding (this library: kvtc::encode/decode)";
+  }
   Result<MethodResult> apply(const Model& model, KvState* st, double target_ratio) const override {
     const ModelConfig& cfg = model.config();
     const CompressedRange r = compressed_range(*st, c_);
@@ -24,6 +29,7 @@ class KvtcMethod : public CacheMethod {
     xo.dtype = DType::kBF16;  // a 16-bit cache, as the ratios assume
     KVTC_ASSIGN_OR_RETURN(KVCache cache, export_cache(cfg, *st, xo));
     EncodeOptions eo;
+    eo.codec = codec_;
     eo.target_ratio = target_ratio;
     eo.n_threads = c_.n_threads;
     eo.measure_error = false;
@@ -42,10 +48,11 @@ class KvtcMethod : public CacheMethod {
 
  private:
   MethodConfig c_;
+  int codec_;
 };
 
 }  // namespace
 
-std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c) { return std::make_unique<KvtcMethod>(c); }
+std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c, int codec) { return std::make_unique<KvtcMethod>(c, codec); }
 
 }  // namespace kvtc::engine

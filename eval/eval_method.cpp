@@ -14,7 +14,7 @@ std::unique_ptr<CacheMethod> make_streamingllm(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_h2o(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_snapkv(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_group);
-std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c);
+std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c, int codec);
 std::unique_ptr<CacheMethod> make_gear(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_evict_then_kvtc(const MethodConfig& c, EvictionScore kind, int fraction);
 
@@ -37,16 +37,17 @@ class NoneMethod : public CacheMethod {
 }  // namespace
 
 std::vector<std::string> method_names() {
-  return {"none", "kvtc", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
+  return {"none", "kvtc", "kvtc3", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
           "snapkv+kvtc/2", "snapkv+kvtc/4", "h2o+kvtc/2", "h2o+kvtc/4"};
 }
 
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
   if (name == "none") return std::unique_ptr<CacheMethod>(new NoneMethod(config));
-  const bool with_kvtc = name == "kvtc" || name.find("+kvtc/") != std::string::npos;
+  const bool with_kvtc = name == "kvtc" || name == "kvtc3" || name.find("+kvtc/") != std::string::npos;
   if (with_kvtc && config.calibration == nullptr)
     return invalid_argument("method " + name + " needs a calibration (-c MODEL.kvtcal)");
-  if (name == "kvtc") return make_kvtc(config);
+  if (name == "kvtc") return make_kvtc(config, 2);
+  if (name == "kvtc3") return make_kvtc(config, 3);
   for (auto [prefix, kind] : {std::pair{"snapkv+kvtc/", EvictionScore::kSnapKv}, {"h2o+kvtc/", EvictionScore::kH2o}})
     for (int fraction : {2, 4})
       if (name == prefix + std::to_string(fraction)) return make_evict_then_kvtc(config, kind, fraction);
