@@ -20,7 +20,7 @@
 
 namespace kvtc::engine {
 
-std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c);  // eval_kvtc.cpp
+std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c, int codec);  // eval_kvtc.cpp
 
 namespace {
 
