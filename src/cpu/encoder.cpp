@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "core/chunk_codec.hpp"
+#include "core/plan.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "cpu/cpu_backend.hpp"
@@ -23,18 +24,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-Status check_encode_options(const EncodeOptions& o) {
-  if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
-  if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
-  if (o.chunk_tokens < 1 || o.chunk_tokens > 65536) return invalid_argument("chunk tokens must be 1..65536");
-  if (o.exact_head_tokens < -1 || o.exact_tail_tokens < -1)
-    return invalid_argument("exact head and tail tokens must be >= 0, or -1 for the calibration's");
-  if (o.chunk_max_bytes < 256 || o.chunk_max_bytes > (int64_t(1) << 26)) return invalid_argument("chunk max bytes must be 256..64 MiB");
-  if (o.codec != 2 && o.codec != 3) return invalid_argument("codec must be 2 or 3");
-  if (o.rans_lanes < 1 || o.rans_lanes > 64) return invalid_argument("rANS lanes must be 1..64");
-  return Status::ok();
-}
 
 // Quantises one token block of one stream into symbols.
 BlockSymbols quantize_block(const StreamAllocation& a, const float* coef, int64_t k, int64_t n) {
@@ -137,82 +126,68 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   StageTimes times;
   KVTC_RETURN_IF_ERROR(check_encode_options(opt));
   KVTC_RETURN_IF_ERROR(cache.validate());
-  if (!(cache.shape == cal.shape))
-    return mismatch("cache is " + cache.shape.to_string() + " but the calibration is for " + cal.shape.to_string());
-
-  ContainerHeader h;
-  h.shape = cache.shape;
-  h.dtype = cache.dtype;
-  h.position_offset = cache.position_offset;
-  h.n_tokens = uint64_t(cache.n_tokens);
-  const ExactTokens exact = exact_tokens(cal, cache.n_tokens, opt);
-  h.n_head_exact = uint32_t(exact.head);
-  h.n_tail_exact = uint32_t(exact.tail);
-  h.calibration_fingerprint = cal.fingerprint;
-  h.target_ratio = opt.target_ratio;
-  h.metadata = cache.metadata;
-  const int64_t t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
+  KVTC_ASSIGN_OR_RETURN(ContainerPlan plan, plan_container(cal, cache.shape, cache.dtype, cache.n_tokens,
+                                                           cache.position_offset, cache.metadata, opt));
+  ContainerHeader& h = plan.header;
+  const int64_t t0 = plan.t0, m = plan.m;
 
   RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, std::max<int64_t>(cache.n_tokens, 1));
-  std::vector<PendingChunk> chunks[3];  // K coefficient chunks, V coefficient chunks, exact chunks
+  // chunks[0..1]: each stream's coefficient chunks (codec 2: the plan's, filled in place; codec 3:
+  // appended by rate control); chunks[2]: the plan's exact chunks.
+  std::vector<PendingChunk> chunks[3];
   for (int s = 0; s < 2; ++s) {
     if (opt.codec == 3) {
       KVTC_RETURN_IF_ERROR(encode_stream_ecsq(cal, cache, Stream(s), t0, m, rope, opt, h.streams[s], chunks[s], times));
       if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
       continue;
     }
-    KVTC_ASSIGN_OR_RETURN(Allocation alloc, allocation_for_ratio(cal, s, opt.target_ratio));
-    StreamAllocation& a = h.streams[s];
-    a.basis_rank = uint32_t((s == 0 ? cal.key : cal.value).pca.rank);
-    a.groups = alloc.groups;
+    const StreamAllocation& a = h.streams[s];
     const int64_t k = a.n_kept();
-    if (m == 0 || k == 0) continue;
+    // The plan's token blocks of this stream: runs of its entries that share token_begin.
+    std::vector<std::pair<size_t, size_t>> blocks;
+    for (size_t i = 0; i < plan.n_coef_chunks; ++i) {
+      const ChunkEntry& e = h.chunks[i];
+      if (e.stream != s) continue;
+      if (blocks.empty() || h.chunks[blocks.back().first].token_begin != e.token_begin) blocks.push_back({i, i});
+      blocks.back().second = i + 1;
+    }
+    if (blocks.empty()) continue;
     const std::vector<float> coef = project_stream(cal, cache, Stream(s), t0, m, k, rope, times);
-    bool has_side = false;
-    for (const Group& g : a.groups) has_side |= side_bits_per_token(g.kind) > 0;
-    const int64_t block = block_tokens(a, opt.chunk_tokens, opt.chunk_max_bytes);
-    const int64_t n_blocks = (m + block - 1) / block;
-    std::vector<std::vector<PendingChunk>> per_block(static_cast<size_t>(n_blocks));
+    chunks[s].resize(blocks.back().second - blocks.front().first);
+    const size_t first = blocks.front().first;
     std::mutex time_mu;
-    KVTC_RETURN_IF_ERROR(parallel_for(n_blocks, opt.n_threads, [&](int64_t bi) -> Status {
-      const int64_t b0 = bi * block, n = std::min<int64_t>(block, m - b0);
+    KVTC_RETURN_IF_ERROR(parallel_for(int64_t(blocks.size()), opt.n_threads, [&](int64_t bi) -> Status {
+      const auto [i0, i1] = blocks[size_t(bi)];
+      const int64_t b0 = int64_t(h.chunks[i0].token_begin) - t0, n = h.chunks[i0].n_tokens;
       auto q0 = Clock::now();
       const BlockSymbols blk = quantize_block(a, coef.data() + b0 * k, k, n);
       double quant_s = seconds_since(q0), deflate_s = 0;
-      ChunkEntry base;
-      base.stream = uint8_t(s);
-      base.token_begin = uint32_t(t0 + b0);
-      base.n_tokens = uint32_t(n);
       std::vector<uint8_t> raw;
-      auto& out = per_block[size_t(bi)];
-      if (has_side) {
-        pack_side(a, blk, raw);
-        ChunkEntry e = base;
-        e.kind = ChunkKind::kSide;
-        out.emplace_back();
-        auto d0 = Clock::now();
-        KVTC_RETURN_IF_ERROR(make_chunk(e, raw, opt.deflate_level, out.back()));
-        deflate_s += seconds_since(d0);
-      }
-      for (const auto& [c0, c1] : split_components(a, uint64_t(n), uint64_t(opt.chunk_max_bytes))) {
-        ChunkEntry e = base;
-        e.kind = ChunkKind::kCodes;
-        e.item_begin = c0;
-        e.n_items = c1 - c0;
+      for (size_t i = i0; i < i1; ++i) {
+        ChunkEntry e = h.chunks[i];
+        PendingChunk& out = chunks[s][i - first];
         auto p0 = Clock::now();
+        if (e.kind == ChunkKind::kSide) {
+          pack_side(a, blk, raw);
+          quant_s += seconds_since(p0);
+          auto d0 = Clock::now();
+          KVTC_RETURN_IF_ERROR(make_chunk(e, raw, opt.deflate_level, out));
+          deflate_s += seconds_since(d0);
+          continue;
+        }
+        const uint32_t c0 = e.item_begin, c1 = e.item_begin + e.n_items;
         pack_codes(a, blk, c0, c1, CodesLayout::kAligned, raw);
         quant_s += seconds_since(p0);
-        out.emplace_back();
         auto d0 = Clock::now();
-        KVTC_RETURN_IF_ERROR(make_chunk(e, raw, opt.deflate_level, out.back()));
+        KVTC_RETURN_IF_ERROR(make_chunk(e, raw, opt.deflate_level, out));
         // Dense never exceeds the nominal size: fall back to it when aligned symbols did not compress.
         const uint64_t dense_bytes = codes_raw_bytes(a, uint64_t(n), c0, c1, CodesLayout::kDense);
-        if (out.back().stored.size() > dense_bytes) {
+        if (out.stored.size() > dense_bytes) {
           pack_codes(a, blk, c0, c1, CodesLayout::kDense, raw);
           e.layout = CodesLayout::kDense;
           PendingChunk dense;
           KVTC_RETURN_IF_ERROR(make_chunk(e, raw, opt.deflate_level, dense));
-          if (dense.stored.size() < out.back().stored.size()) out.back() = std::move(dense);
+          if (dense.stored.size() < out.stored.size()) out = std::move(dense);
         }
         deflate_s += seconds_since(d0);
       }
@@ -221,41 +196,21 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
       times.deflate_s += deflate_s;
       return Status::ok();
     }));
-    for (auto& v : per_block)
-      for (auto& c : v) chunks[s].push_back(std::move(c));
     if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
   }
 
-  // Exact tokens: per stream, segment and layer, in chunks of at most chunk_max_bytes raw (one token
-  // at least), so that no chunk is a long serial stream for a GPU warp (format version 2).
+  // Exact tokens: the plan's chunks (per stream, layer and segment, each at most chunk_max_bytes raw).
   auto e0 = Clock::now();
-  struct ExactJob { int s, layer; int64_t t0, n; };
-  std::vector<ExactJob> jobs;
-  const int64_t token_bytes = int64_t(cache.shape.n_kv_heads) * cache.shape.head_dim * dtype_size_bytes(cache.dtype);
-  const int64_t exact_chunk_tokens = std::max<int64_t>(1, opt.chunk_max_bytes / token_bytes);
-  auto add_segment = [&](int s, int l, int64_t begin, int64_t n) {
-    for (int64_t t = begin; t < begin + n; t += exact_chunk_tokens)
-      jobs.push_back({s, l, t, std::min(exact_chunk_tokens, begin + n - t)});
-  };
-  for (int s = 0; s < 2; ++s)
-    for (int l = 0; l < cache.shape.n_layers; ++l) {
-      if (h.n_head_exact > 0) add_segment(s, l, 0, h.n_head_exact);
-      if (h.n_tail_exact > 0) add_segment(s, l, cache.n_tokens - h.n_tail_exact, h.n_tail_exact);
-    }
-  chunks[2].resize(jobs.size());
-  KVTC_RETURN_IF_ERROR(parallel_for(int64_t(jobs.size()), opt.n_threads, [&](int64_t i) -> Status {
-    const ExactJob& j = jobs[size_t(i)];
-    ChunkEntry e;
-    e.kind = ChunkKind::kExact;
-    e.stream = uint8_t(j.s);
-    e.token_begin = uint32_t(j.t0);
-    e.n_tokens = uint32_t(j.n);
-    e.item_begin = uint32_t(j.layer);
-    e.n_items = 1;
-    return make_chunk(e, exact_raw(cache, Stream(j.s), j.layer, j.t0, j.n), opt.deflate_level, chunks[2][size_t(i)]);
+  const size_t n_exact = h.chunks.size() - plan.n_coef_chunks;
+  chunks[2].resize(n_exact);
+  KVTC_RETURN_IF_ERROR(parallel_for(int64_t(n_exact), opt.n_threads, [&](int64_t i) -> Status {
+    const ChunkEntry& e = h.chunks[plan.n_coef_chunks + size_t(i)];
+    return make_chunk(e, exact_raw(cache, Stream(e.stream), int(e.item_begin), e.token_begin, e.n_tokens),
+                      opt.deflate_level, chunks[2][size_t(i)]);
   }));
   times.exact_s += seconds_since(e0);
   if (opt.progress) opt.progress(1.0, "compress");
+  h.chunks.clear();
 
   // Assemble: header, then chunks in table order.
   uint64_t offset = 0;

@@ -59,7 +59,7 @@ Status check_view(const DeviceCacheView& v, const CalibrationData& cal, size_t i
 
 Status plan_all(const GpuCalibration& gcal, const CalibrationData& cal, const std::vector<DeviceCacheView>& views,
                 const EncodeOptions& opt, std::vector<SeqPlan>* out) {
-  KVTC_RETURN_IF_ERROR(check_encode_options(opt));
+  KVTC_RETURN_IF_ERROR(check_gpu_encode_options(opt));
   if (views.empty()) return invalid_argument("no sequences to encode");
   if (gcal.fingerprint != cal.fingerprint || !gcal.has_f32 || !(gcal.shape == cal.shape))
     return invalid_argument("the device calibration has no fp32 bases (DeviceCalibration::Options::fp32)");

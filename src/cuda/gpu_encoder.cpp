@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/chunk_codec.hpp"
+#include "core/plan.hpp"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
 #include "util/status_macros.hpp"
@@ -135,15 +136,11 @@ Status GpuEncoder::ensure_handle() {
   return cublas_status(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
 }
 
-Status check_encode_options(const EncodeOptions& o) {
-  // The CPU encoder's checks (src/cpu/encoder.cpp), same messages.
+Status check_gpu_encode_options(const EncodeOptions& o) {
+  // Every encoder's checks (core/plan.hpp), then what this backend does not do.
+  KVTC_RETURN_IF_ERROR(kvtc::check_encode_options(o));
   if (o.codec != 2)
     return unsupported("the CUDA backend encodes codec 2 only; codec " + std::to_string(o.codec) + " encodes on the CPU");
-  if (!(o.target_ratio >= 1.0) || !std::isfinite(o.target_ratio)) return invalid_argument("target ratio must be >= 1");
-  if (o.deflate_level < 1 || o.deflate_level > 12) return invalid_argument("deflate level must be 1..12");
-  if (o.chunk_tokens < 1 || o.chunk_tokens > 65536) return invalid_argument("chunk tokens must be 1..65536");
-  if (o.chunk_max_bytes < 256 || o.chunk_max_bytes > (int64_t(1) << 26))
-    return invalid_argument("chunk max bytes must be 256..64 MiB");
   return Status::ok();
 }
 
@@ -160,23 +157,17 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
                    const EncodeOptions& opt, EncodePlan* plan) {
   *plan = EncodePlan{};
   EncodePlan& P = *plan;
+  KVTC_RETURN_IF_ERROR(check_gpu_encode_options(opt));
+  // The container every encoder writes (core/plan.hpp); this adds what the kernels need per chunk.
+  KVTC_ASSIGN_OR_RETURN(ContainerPlan cp, plan_container(cal, shape, dtype, n_tokens, position_offset, metadata, opt));
+  P.header = std::move(cp.header);
   ContainerHeader& h = P.header;
-  h.shape = shape;
-  h.dtype = dtype;
-  h.position_offset = position_offset;
-  h.n_tokens = uint64_t(n_tokens);
-  const ExactTokens exact = exact_tokens(cal, n_tokens, opt);
-  h.n_head_exact = uint32_t(exact.head);
-  h.n_tail_exact = uint32_t(exact.tail);
-  h.calibration_fingerprint = cal.fingerprint;
-  h.target_ratio = opt.target_ratio;
-  h.metadata = metadata;
-  const int64_t T = n_tokens, t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
-  P.t0 = t0;
-  P.m = m;
-  const int64_t p = shape.n_features();
-  const int L = shape.n_layers, H = shape.n_kv_heads, D = shape.head_dim;
-  (void)p;
+  std::vector<ChunkEntry> entries = std::move(h.chunks);
+  h.chunks.clear();
+  P.t0 = cp.t0;
+  P.m = cp.m;
+  const int64_t m = P.m;
+  const int D = shape.head_dim;
 
   std::vector<ChunkPlan>& chunks = P.chunks;
   std::vector<CodesSpan>& spans = P.spans;
@@ -184,10 +175,7 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
   int64_t* k = P.k;
   uint32_t* side_rows = P.side_rows;
   for (int s = 0; s < 2; ++s) {
-    KVTC_ASSIGN_OR_RETURN(Allocation alloc, allocation_for_ratio(cal, s, opt.target_ratio));
-    StreamAllocation& a = h.streams[s];
-    a.basis_rank = uint32_t((s == 0 ? cal.key : cal.value).pca.rank);
-    a.groups = alloc.groups;
+    const StreamAllocation& a = h.streams[s];
     k[s] = a.n_kept();
     if (k[s] > device_rows[s])
       return invalid_argument("the allocation keeps " + std::to_string(k[s]) + " components, the device basis has " +
@@ -197,74 +185,38 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
       qgroups[s].push_back({g.first_component, g.n_components, uint32_t(g.kind), g.width_bits, side_rows[s]});
       side_rows[s] += uint32_t(side_bits_per_token(g.kind) / 16);
     }
-    if (m == 0 || k[s] == 0) continue;
-    const int64_t block = block_tokens(a, opt.chunk_tokens, opt.chunk_max_bytes);  // the CPU encoder's blocks
-    for (int64_t b0 = 0; b0 < m; b0 += block) {
-      const int64_t n = std::min<int64_t>(block, m - b0);
-      ChunkPlan base;
-      base.stream = s;
-      base.col0 = uint64_t(b0);
-      base.entry.stream = uint8_t(s);
-      base.entry.token_begin = uint32_t(t0 + b0);
-      base.entry.n_tokens = uint32_t(n);
-      if (side_rows[s] > 0) {
-        ChunkPlan c = base;
-        c.entry.kind = ChunkKind::kSide;
+  }
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const ChunkEntry& e = entries[i];
+    ChunkPlan c;
+    c.entry = e;
+    c.stream = e.stream;
+    if (e.kind == ChunkKind::kExact) {
+      c.pack_kind = kPackExact;
+    } else {
+      c.col0 = uint64_t(int64_t(e.token_begin) - P.t0);
+      if (e.kind == ChunkKind::kSide) {
         c.pack_kind = kPackSide;
-        c.n_rows = side_rows[s];
-        const uint64_t bytes = 2 * uint64_t(n) * side_rows[s];
-        if (bytes > kMaxChunkRawBytes) return invalid_argument("a side chunk exceeds 256 MiB; lower chunk_tokens");
-        c.entry.raw_bytes = uint32_t(bytes);
-        chunks.push_back(c);
-      }
-      for (const auto& [c0, c1] : split_components(a, uint64_t(n), uint64_t(opt.chunk_max_bytes))) {
-        ChunkPlan c = base;
-        c.entry.kind = ChunkKind::kCodes;
-        c.entry.item_begin = c0;
-        c.entry.n_items = c1 - c0;
+        c.n_rows = side_rows[e.stream];
+      } else {
+        const StreamAllocation& a = h.streams[e.stream];
+        const uint32_t c0 = e.item_begin, c1 = e.item_begin + e.n_items;
         c.pack_kind = kPackAligned;
         uint64_t bytes = 0, bits = 0;
         const Group* gs = a.groups.data();
-        const uint32_t n_spans = codes_spans(gs, a.groups.size(), c0, c1, uint64_t(n), nullptr, &bytes, &bits);
+        const uint32_t n_spans = codes_spans(gs, a.groups.size(), c0, c1, uint64_t(e.n_tokens), nullptr, &bytes, &bits);
         c.span_begin = uint32_t(spans.size());
         spans.resize(spans.size() + n_spans);
-        codes_spans(gs, a.groups.size(), c0, c1, uint64_t(n), spans.data() + c.span_begin, &bytes, &bits);
+        codes_spans(gs, a.groups.size(), c0, c1, uint64_t(e.n_tokens), spans.data() + c.span_begin, &bytes, &bits);
         c.span_end = uint32_t(spans.size());
-        if (bytes != codes_raw_bytes(a, uint64_t(n), c0, c1, CodesLayout::kAligned) ||
-            (bits + 7) / 8 != codes_raw_bytes(a, uint64_t(n), c0, c1, CodesLayout::kDense))
+        if (bytes != e.raw_bytes || (bits + 7) / 8 != codes_raw_bytes(a, uint64_t(e.n_tokens), c0, c1, CodesLayout::kDense))
           return Status(StatusCode::kInternal, "codes chunk layout disagrees with codes_raw_bytes");
-        if (bytes > kMaxChunkRawBytes) return invalid_argument("a codes chunk exceeds 256 MiB; lower chunk_tokens");
-        c.entry.raw_bytes = uint32_t(bytes);
-        c.dense_bytes = uint32_t(codes_raw_bytes(a, uint64_t(n), c0, c1, CodesLayout::kDense));
-        chunks.push_back(c);
+        c.dense_bytes = uint32_t(codes_raw_bytes(a, uint64_t(e.n_tokens), c0, c1, CodesLayout::kDense));
       }
     }
+    chunks.push_back(c);
   }
-  P.n_coef_chunks = chunks.size();
-  // Exact tokens: per stream, layer and segment, split so that raw_bytes <= chunk_max_bytes (one token
-  // at least), in the CPU encoder's order.
-  const int64_t token_bytes = int64_t(H) * D * dtype_size_bytes(dtype);
-  const int64_t exact_chunk_tokens = std::max<int64_t>(1, opt.chunk_max_bytes / token_bytes);
-  for (int s = 0; s < 2; ++s)
-    for (int l = 0; l < L; ++l)
-      for (int seg = 0; seg < 2; ++seg) {
-        const int64_t begin = seg == 0 ? 0 : T - h.n_tail_exact, n_seg = seg == 0 ? h.n_head_exact : h.n_tail_exact;
-        for (int64_t t = begin; t < begin + n_seg; t += exact_chunk_tokens) {
-          ChunkPlan c;
-          c.stream = s;
-          c.pack_kind = kPackExact;
-          c.entry.kind = ChunkKind::kExact;
-          c.entry.stream = uint8_t(s);
-          c.entry.token_begin = uint32_t(t);
-          c.entry.n_tokens = uint32_t(std::min(exact_chunk_tokens, begin + n_seg - t));
-          c.entry.item_begin = uint32_t(l);
-          c.entry.n_items = 1;
-          const uint64_t bytes = uint64_t(token_bytes) * c.entry.n_tokens;
-          if (bytes > kMaxChunkRawBytes) return invalid_argument("an exact chunk exceeds 256 MiB");
-          c.entry.raw_bytes = uint32_t(bytes);
-          chunks.push_back(c);
-        }
-      }
+  P.n_coef_chunks = cp.n_coef_chunks;
   for (ChunkPlan& c : chunks) {
     c.raw_off = P.raw_total;
     P.raw_total += align16(c.entry.raw_bytes);
@@ -279,7 +231,7 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
     const std::vector<double> inv_freq = shape.rope.inv_freq(2 * half);
     rope_host.resize(size_t(m) * half);
     for (int64_t t = 0; t < m; ++t) {
-      const double position = double(position_offset + t0 + t);
+      const double position = double(position_offset + P.t0 + t);
       for (int i = 0; i < half; ++i) {
         const double angle = position * inv_freq[size_t(i)];
         rope_host[size_t(t) * half + i] = make_float2(float(std::cos(angle)), float(std::sin(angle)));
@@ -291,7 +243,7 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
 }
 
 Status GpuEncoder::check_inputs(const CalibrationData& cal, const KVCache& cache, const EncodeOptions& o) {
-  KVTC_RETURN_IF_ERROR(check_encode_options(o));
+  KVTC_RETURN_IF_ERROR(check_gpu_encode_options(o));
   KVTC_RETURN_IF_ERROR(cache.validate());
   return check_encode_shape(cal, cache.shape, cache.n_tokens);
 }

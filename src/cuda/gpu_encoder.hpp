@@ -1,8 +1,8 @@
 // The GPU encode pipeline (internal): a host cache in, a container (docs/FORMAT.md) out, with the CPU
 // encoder's structure (src/cpu/encoder.cpp) chunk for chunk.
 //
-//   host    validate; plan every chunk (token blocks of block_tokens(), split_components, side chunks,
-//           exact chunks split by chunk_max_bytes), the RoPE table, job tables; all before the first
+//   host    validate; the container plan every encoder executes (core/plan.hpp: token blocks, side,
+//           codes and exact chunks in table order), plus the RoPE table and job tables; all before the first
 //           device call
 //   upload  the cache (fp32, both streams), tables
 //   per stream: gather (RoPE removed, mean subtracted) in slabs -> projection (cuBLAS fp32 SGEMM,
@@ -69,8 +69,9 @@ struct EncodePlan {
   std::vector<float2> rope;             // [m][head_dim / 2] when m > 0 and keys keep components
 };
 
-// The CPU encoder's option checks (INVALID_ARGUMENT), and the shape against the calibration (MISMATCH).
-Status check_encode_options(const EncodeOptions& options);
+// Every encoder's option checks (core/plan.hpp) and codec 2 only (UNSUPPORTED otherwise); the shape against
+// the calibration (MISMATCH).
+Status check_gpu_encode_options(const EncodeOptions& options);
 Status check_encode_shape(const CalibrationData& cal, const ModelShape& shape, int64_t n_tokens);
 // Plans a container (see EncodePlan); device_rows: basis rows on the device per stream (the allocation
 // must not keep more).
