@@ -89,15 +89,22 @@ std::vector<double> mix_probabilities(const std::vector<uint64_t>& counts) {
   const double p0 = std::clamp(n0 / total, 1e-6, 1.0 - 1e-6);
   const double mean = std::max(weighted / std::max(total - n0, 1.0) - 1.0, 1e-3);
   const double r = mean / (1.0 + mean);  // P(|q| = k | q != 0) = (1 - r) r^(k - 1)
-  std::vector<double> p(kEcsqSignedSymbols);
-  for (int s = 0; s < kEcsqSignedSymbols; ++s) {
-    double geo = p0;
-    if (s > 0) {
-      const int m = ecsq_magnitude_symbol(uint32_t(s));
-      geo = (1.0 - p0) * (std::pow(r, bucket_lo(m) - 1.0) - std::pow(r, bucket_hi(m))) / 2.0;
+  // Mass of magnitude symbol m: (1 - p0) (r^(lo - 1) - r^hi) / 2 per sign; powers by repeated
+  // multiplication up to kEcsqDirectMax (this runs for 48 steps of every component at calibration).
+  double geo_m[kEcsqMaxMagnitudeSymbol + 1];
+  geo_m[0] = p0;
+  double r_pow = 1.0;  // r^(m - 1)
+  for (int m = 1; m <= kEcsqMaxMagnitudeSymbol; ++m) {
+    if (m <= kEcsqDirectMax) {
+      geo_m[m] = (1.0 - p0) * r_pow * (1.0 - r) / 2.0;
+      r_pow *= r;
+    } else {
+      geo_m[m] = (1.0 - p0) * (std::pow(r, bucket_lo(m) - 1.0) - std::pow(r, bucket_hi(m))) / 2.0;
     }
-    p[size_t(s)] = 0.9 * double(counts[size_t(s)]) / total + 0.1 * geo;
   }
+  std::vector<double> p(kEcsqSignedSymbols);
+  for (int s = 0; s < kEcsqSignedSymbols; ++s)
+    p[size_t(s)] = 0.9 * double(counts[size_t(s)]) / total + 0.1 * geo_m[ecsq_magnitude_symbol(uint32_t(s))];
   return p;
 }
 
