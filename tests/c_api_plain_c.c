@@ -27,6 +27,7 @@ int main(void) {
   CHECK(params.struct_size == sizeof params);
   CHECK(params.target_ratio == 20.0 && params.deflate_level == 6 && params.chunk_tokens == 256);
   CHECK(params.exact_head_tokens == -1 && params.exact_tail_tokens == -1 && params.measure_error == 0);
+  CHECK(params.codec == 2 && params.rans_lanes == 32 && params.reserved0 == 0);
   CHECK(params.chunk_max_bytes == 16384 && params.n_threads == 0);
 
   memset(&view, 0, sizeof view);

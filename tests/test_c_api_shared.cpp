@@ -238,6 +238,12 @@ TEST_F(CApiShared, ParamsDefaults) {
   EXPECT_EQ(p.chunk_tokens, 256);
   EXPECT_EQ(p.chunk_max_bytes, 16 * 1024);
   EXPECT_EQ(p.measure_error, 0);
+  EXPECT_EQ(p.reserved0, 0);
+  EXPECT_EQ(p.codec, 2);
+  EXPECT_EQ(p.rans_lanes, 32);
+  // Fields added with codec 3 start past the older struct's sizeof, never in its tail padding.
+  EXPECT_GE(offsetof(kvtc_compress_params, codec), offsetof(kvtc_compress_params, measure_error) + sizeof(int32_t));
+  EXPECT_EQ(offsetof(kvtc_compress_params, codec) % alignof(kvtc_compress_params), 0u);
   kvtc_compress_params_init(nullptr);  // no crash
 }
 
@@ -262,6 +268,25 @@ TEST_F(CApiShared, ParamsStructSize) {
   const std::vector<uint8_t> level1 = compress_view(cal_, m.view, &full);
   EXPECT_EQ(compress_view(cal_, m.view, &p), level1);
   EXPECT_NE(level1, with_null);
+  // The struct before codec 3's fields (struct_size = offsetof(codec)): codec and rans_lanes keep their
+  // defaults whatever lies past it, and reserved0 (its tail padding then) is never read.
+  kvtc_compress_params old;
+  kvtc_compress_params_init(&old);
+  old.struct_size = offsetof(kvtc_compress_params, codec);
+  old.reserved0 = -1;
+  old.codec = 9;
+  old.rans_lanes = -1;
+  EXPECT_EQ(compress_view(cal_, m.view, &old), with_null);
+  // Inside struct_size they count (this calibration has no ECSQ models, so codec 3 is refused too).
+  old.struct_size = sizeof old;
+  old.rans_lanes = 32;
+  uint8_t* out = nullptr;
+  size_t out_size = 0;
+  EXPECT_EQ(kvtc_compress_view(cal_, &m.view, &old, &out, &out_size, nullptr), KVTC_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kvtc_last_error()).find("codec must be 2 or 3"), std::string::npos) << kvtc_last_error();
+  old.codec = 3;
+  EXPECT_EQ(kvtc_compress_view(cal_, &m.view, &old, &out, &out_size, nullptr), KVTC_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(kvtc_last_error()).find("recalibrate"), std::string::npos) << kvtc_last_error();
   // Inside struct_size the invalid value counts.
   p.struct_size = sizeof p;
   uint8_t* buf = nullptr;

@@ -132,6 +132,14 @@ typedef struct kvtc_compress_params {
   int32_t chunk_tokens;      /* tokens per block of coefficient chunks, 1..65536. Default 256 */
   int64_t chunk_max_bytes;   /* raw bytes per chunk before DEFLATE, 256 .. 64 MiB. Default 16384 */
   int32_t measure_error;     /* nonzero: fill the report's k/v_relative_mse (costs one decode). Default 0 */
+  /* Added with codec 3. reserved0 fills what was the tail padding of the struct before them (its sizeof
+   * was 56 on LP64, 48 on ILP32), so that codec starts past that sizeof; the library never reads
+   * reserved0, since an older caller's struct_size covers those bytes uninitialised. */
+  int32_t reserved0;         /* unused; kvtc_compress_params_init sets it to 0 */
+  int32_t codec;             /* 2: fixed-width groups + DEFLATE (container format 2); 3: ECSQ + rANS with the
+                                calibration's models (format 3, CPU only; a calibration without them fails with
+                                KVTC_INVALID_ARGUMENT). Default 2 */
+  int32_t rans_lanes;        /* codec 3: interleaved rANS states per chunk, 1..64. Default 32 */
   /* Later versions append fields past sizeof of this one (never into its tail padding). */
 } kvtc_compress_params;
 

@@ -164,6 +164,10 @@ struct EncodeReport {
   double k_relative_mse = 0, v_relative_mse = 0;  // over all layers
   std::vector<LayerError> layers;
   double seconds = 0;
+  // The codec that wrote the container, and for codec 3 the ECSQ level rate control chose for keys and
+  // values ([0] K, [1] V; -1 with codec 2), so that callers can report them without parsing the header.
+  int codec = 2;
+  int ecsq_level[2] = {-1, -1};
 };
 
 struct EncodedCache {

@@ -243,7 +243,8 @@ class Calibration:
 
 def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, positions: int | None = None, *,
              exact_sinks: int | None = None, exact_window: int | None = None, metadata: dict | None = None,
-             deflate_level: int = 6, n_threads: int = 0, report: dict | None = None) -> bytes:
+             deflate_level: int = 6, n_threads: int = 0, report: dict | None = None, codec: int = 2,
+             rans_lanes: int = 32) -> bytes:
     """Compresses a cache into a .kvtc container (bytes).
 
     ``keys``, ``values``: per-layer ``[kv_heads, tokens, head_dim]`` or stacked
@@ -252,8 +253,12 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
     before entropy coding. ``positions``: the RoPE position of the first token (default 0).
     ``exact_sinks`` / ``exact_window``: tokens kept exact at the start and end (default: the
     calibration's). ``metadata``: strings stored in the container (default: the cache's shape and
-    model, as a kvtc cache file has them). When ``report`` is a dict, it receives the sizes, ratios and
-    per-layer relative errors of this encode (which costs one extra decode).
+    model, as a kvtc cache file has them). ``codec``: 2 (fixed-width groups + DEFLATE, container
+    format 2) or 3 (entropy-constrained quantisation + rANS, format 3, CPU only: ``ratio`` then bounds
+    the stored bytes; needs a calibration with ECSQ models, else InvalidArgumentError says to
+    recalibrate). ``rans_lanes``: codec 3's interleaved rANS states per chunk, 1..64. When ``report``
+    is a dict, it receives the sizes, ratios and per-layer relative errors of this encode (which costs
+    one extra decode), the codec, and for codec 3 each stream's ECSQ level (``ecsq_level``).
     """
     k = _host(_layers(keys, "keys"), "keys")
     v = _host(_layers(values, "values"), "values")
@@ -261,7 +266,7 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
                               None if metadata is None else {str(a): str(b) for a, b in metadata.items()},
                               -1 if exact_sinks is None else int(exact_sinks),
                               -1 if exact_window is None else int(exact_window), int(deflate_level),
-                              int(n_threads), report is not None)
+                              int(n_threads), report is not None, int(codec), int(rans_lanes))
     if report is not None:
         report.clear()
         report.update(rep)
@@ -269,14 +274,15 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
 
 
 def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: int, ratio: float = 20.0, *,
-                   deflate_level: int = 6, n_threads: int = 0) -> bytes:
+                   deflate_level: int = 6, n_threads: int = 0, codec: int = 2, rans_lanes: int = 32) -> bytes:
     """Compresses tokens ``[start, end)`` of a sequence as one block, at their true positions.
 
     ``keys`` and ``values`` hold the sequence from position 0 (at least ``end`` tokens); the block is
     read through views, not copied. No token of a block is kept exact except the sinks of the block
     that holds position 0, so a block compressed once stays valid for every later request that shares
     the prefix (serving engines cache prefixes in such blocks). Restore it with :func:`decompress` or
-    into the sequence's own tensors with :func:`decompress_into`.
+    into the sequence's own tensors with :func:`decompress_into`. ``codec``, ``rans_lanes``: as
+    :func:`compress`.
     """
     if not 0 <= start < end:
         raise InvalidArgumentError(f"block [{start}, {end}) is empty or negative")
@@ -285,7 +291,7 @@ def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: in
     if k and k[0].shape[1] != end - start:
         raise InvalidArgumentError(f"block [{start}, {end}) runs past the {start + k[0].shape[1]} tokens given")
     return compress(cal, k, v, ratio, positions=start, exact_sinks=None if start == 0 else 0, exact_window=0,
-                    deflate_level=deflate_level, n_threads=n_threads)
+                    deflate_level=deflate_level, n_threads=n_threads, codec=codec, rans_lanes=rans_lanes)
 
 
 def _torch_dtype(name: str):

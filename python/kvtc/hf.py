@@ -58,15 +58,16 @@ def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def save_cache(past_key_values, path: str | os.PathLike, cal: kvtc.Calibration, ratio: float = 20.0,
-               report: dict | None = None) -> int:
+               report: dict | None = None, *, codec: int = 2) -> int:
     """Compresses a transformers cache (batch 1) into a .kvtc file; returns its size in bytes.
 
     The file replaces ``path`` atomically. Sinks and the recent window stay exact (the calibration's
-    counts), so generation resumes from the file with the same newest tokens.
+    counts), so generation resumes from the file with the same newest tokens. ``codec``: as
+    :func:`kvtc.compress`.
     """
     n = _n_layers(past_key_values)
     pairs = [_layer_kv(past_key_values, l) for l in range(n)]
-    data = kvtc.compress(cal, [p[0] for p in pairs], [p[1] for p in pairs], ratio, report=report)
+    data = kvtc.compress(cal, [p[0] for p in pairs], [p[1] for p in pairs], ratio, report=report, codec=codec)
     _write_atomic(path, data)
     return len(data)
 

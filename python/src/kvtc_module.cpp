@@ -141,6 +141,13 @@ nb::dict report_dict(const kvtc::EncodeReport& r) {
   }
   d["layers"] = layers;
   d["seconds"] = r.seconds;
+  d["codec"] = r.codec;
+  if (r.codec == 3) {
+    nb::dict levels;
+    levels["K"] = r.ecsq_level[0];
+    levels["V"] = r.ecsq_level[1];
+    d["ecsq_level"] = levels;
+  }
   return d;
 }
 
@@ -284,7 +291,8 @@ NB_MODULE(_kvtc, m) {
   m.def("_encode", [](const kvtc::Calibration& cal, const std::vector<InArray>& keys, const std::vector<InArray>& values,
                       double ratio, int64_t position_offset,
                       const std::optional<std::map<std::string, std::string>>& metadata, int exact_head_tokens,
-                      int exact_tail_tokens, int deflate_level, int n_threads, bool measure_error) {
+                      int exact_tail_tokens, int deflate_level, int n_threads, bool measure_error, int codec,
+                      int rans_lanes) {
     const kvtc::CacheView view = make_view(cal, keys, values, position_offset, metadata);
     kvtc::EncodeOptions o;
     o.target_ratio = ratio;
@@ -293,6 +301,8 @@ NB_MODULE(_kvtc, m) {
     o.deflate_level = deflate_level;
     o.n_threads = n_threads;
     o.measure_error = measure_error;
+    o.codec = codec;  // codec and rans_lanes are checked by the encoder
+    o.rans_lanes = rans_lanes;
     kvtc::EncodedCache enc;
     {
       nb::gil_scoped_release unlocked;
@@ -301,7 +311,8 @@ NB_MODULE(_kvtc, m) {
     return std::make_pair(nb::bytes(reinterpret_cast<const char*>(enc.bytes.data()), enc.bytes.size()),
                           report_dict(enc.report));
   }, "cal"_a, "keys"_a, "values"_a, "ratio"_a, "position_offset"_a, "metadata"_a.none(), "exact_head_tokens"_a,
-     "exact_tail_tokens"_a, "deflate_level"_a, "n_threads"_a, "measure_error"_a);
+     "exact_tail_tokens"_a, "deflate_level"_a, "n_threads"_a, "measure_error"_a, "codec"_a = 2,
+     "rans_lanes"_a = 32);
 
   nb::class_<kvtc::Decoder>(m, "Decoder")
       .def_static("open", [](const kvtc::Calibration& cal, const Bytes& data, int n_threads) {

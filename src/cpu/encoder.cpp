@@ -243,6 +243,8 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   r.ratio_file = double(r.raw_bytes) / double(r.file_bytes);
   r.deflate_gain = coef_stored > 0 ? double(r.nominal_payload_bytes) / double(coef_stored) : 0.0;
   r.bytes_per_token = r.n_tokens > 0 ? double(r.file_bytes) / double(r.n_tokens) : 0.0;
+  r.codec = opt.codec;
+  for (int s = 0; s < 2; ++s) r.ecsq_level[s] = h.streams[s].ecsq() ? int(h.streams[s].ecsq_level) : -1;
   times.total_s = seconds_since(start);
   r.seconds = times.total_s;
   if (times_out) *times_out = times;

@@ -64,6 +64,9 @@ Status read_params(const kvtc_compress_params* p, EncodeOptions* o) {
     KVTC_TAKE(chunk_tokens);
     KVTC_TAKE(chunk_max_bytes);
     KVTC_TAKE(measure_error);
+    // Not reserved0: it lies inside an older caller's struct_size as uninitialised tail padding.
+    KVTC_TAKE(codec);
+    KVTC_TAKE(rans_lanes);
 #undef KVTC_TAKE
   }
   if (c.exact_head_tokens < -1 || c.exact_tail_tokens < -1)
@@ -76,6 +79,8 @@ Status read_params(const kvtc_compress_params* p, EncodeOptions* o) {
   o->chunk_tokens = c.chunk_tokens;
   o->chunk_max_bytes = c.chunk_max_bytes;
   o->measure_error = c.measure_error != 0;
+  o->codec = c.codec;            // both checked by the encoder
+  o->rans_lanes = c.rans_lanes;
   return Status::ok();
 }
 
@@ -180,6 +185,8 @@ void kvtc_compress_params_init(kvtc_compress_params* params) {
   params->chunk_tokens = d.chunk_tokens;
   params->chunk_max_bytes = d.chunk_max_bytes;
   params->measure_error = 0;
+  params->codec = d.codec;
+  params->rans_lanes = d.rans_lanes;
 }
 
 kvtc_status kvtc_compress_view(const kvtc_calibration* cal, const kvtc_cache_view* view,

@@ -34,15 +34,24 @@ json groups_json(const std::vector<Group>& groups) {
   return out;
 }
 
-json allocation_json(const StreamAllocation& a) {
-  return {{"basis_rank", a.basis_rank}, {"kept_components", a.n_kept()},
-          {"bits_per_token", a.nominal_bits_per_token()}, {"groups", groups_json(a.groups)}};
-}
-
 std::string hex64(uint64_t v) {
   char buf[19];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
   return buf;
+}
+
+// Format 3 names each stream's quantiser; format 1 and 2 output keeps its keys so that readers of it
+// see no change.
+json allocation_json(const StreamAllocation& a, uint32_t format_version) {
+  json j = {{"basis_rank", a.basis_rank}, {"kept_components", a.n_kept()},
+            {"bits_per_token", a.nominal_bits_per_token()}, {"groups", groups_json(a.groups)}};
+  if (format_version >= 3) j["quantiser"] = a.ecsq() ? "ecsq" : "groups";
+  if (a.ecsq()) {
+    j["ecsq_level"] = a.ecsq_level;
+    j["ecsq_n_kept"] = a.ecsq_n_kept;
+    j["ecsq_fingerprint"] = hex64(a.ecsq_fingerprint);
+  }
+  return j;
 }
 
 Result<json> inspect_container(const uint8_t* bytes, size_t size) {
@@ -63,7 +72,8 @@ Result<json> inspect_container(const uint8_t* bytes, size_t size) {
   j["calibration_fingerprint"] = hex64(h.calibration_fingerprint);
   j["target_ratio"] = h.target_ratio;
   j["metadata"] = h.metadata;
-  j["streams"] = {{"K", allocation_json(h.streams[0])}, {"V", allocation_json(h.streams[1])}};
+  j["streams"] = {{"K", allocation_json(h.streams[0], h.format_version)},
+                  {"V", allocation_json(h.streams[1], h.format_version)}};
   const int64_t p = h.shape.n_features();
   const uint64_t m = h.n_compressed_tokens();
   uint64_t coef_bytes = 0, exact_bytes = 0, bad = 0;
@@ -78,6 +88,7 @@ Result<json> inspect_container(const uint8_t* bytes, size_t size) {
                       {"token_begin", c.token_begin}, {"n_tokens", c.n_tokens}, {"item_begin", c.item_begin},
                       {"n_items", c.n_items}, {"offset", c.offset}, {"stored_bytes", c.stored_bytes},
                       {"raw_bytes", c.raw_bytes}, {"crc32", hex64(c.crc32).substr(8)}, {"checksum_ok", ok}});
+    if (h.format_version >= 3) chunks.back()["coder"] = c.coder == ChunkCoder::kEcsqRans ? "rans" : "deflate";
   }
   const double raw_compressed = double(m) * double(p) * 4.0;
   const double nominal = double(h.streams[0].nominal_bits_per_token() + h.streams[1].nominal_bits_per_token()) * double(m) / 8.0;
@@ -116,8 +127,13 @@ Result<json> inspect_calibration(const uint8_t* bytes, size_t size) {
     }
     json var_head = json::array();
     for (size_t i = 0; i < std::min<size_t>(8, sc.pca.variance.size()); ++i) var_head.push_back(sc.pca.variance[i]);
-    j[s == 0 ? "K" : "V"] = {{"rank", sc.pca.rank}, {"total_variance", sc.pca.total_variance},
-                             {"top_variances", var_head}, {"allocations", allocs}};
+    json& sj = j[s == 0 ? "K" : "V"];
+    sj = {{"rank", sc.pca.rank}, {"total_variance", sc.pca.total_variance}, {"top_variances", var_head},
+          {"allocations", allocs}};
+    // Codec 3 needs these; their absence is what "recalibrate" errors refer to.
+    if (!sc.ecsq.empty())
+      sj["ecsq"] = {{"levels", sc.ecsq.levels.size()}, {"n_components", sc.ecsq.n_components()},
+                    {"fingerprint", hex64(sc.ecsq.fingerprint)}};
   }
   return j;
 }

@@ -277,7 +277,8 @@ def test_inspect_matches_cli(kvtc_cli, cli_container, tmp_path):
     cli = json.loads(subprocess.run([str(kvtc_cli), "inspect", "--json", str(path)], check=True, capture_output=True,
                                     text=True).stdout)
     assert kvtc.inspect(cli_container) == cli
-    assert cli["format_version"] == kvtc.container_format_version()
+    # Codec 2 (the default) writes format 2; container_format_version() is the newest this build writes.
+    assert cli["format_version"] == 2 <= kvtc.container_format_version()
 
 
 def test_decoder_restores_layers_into_strided_tensors(cal, cache):

@@ -1,4 +1,4 @@
-// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--json] [--device cpu|cuda]
+// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--codec 2|3] [--json] [--device cpu|cuda]
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -20,13 +20,15 @@ nlohmann::json report_json(const EncodeReport& r, double target) {
     if (e.attention_relative_error >= 0) j["attention_relative_error"] = e.attention_relative_error;
     layers.push_back(j);
   }
-  return {{"target_ratio", target}, {"n_tokens", r.n_tokens}, {"n_compressed_tokens", r.n_compressed_tokens},
+  nlohmann::json j = {{"target_ratio", target}, {"n_tokens", r.n_tokens}, {"n_compressed_tokens", r.n_compressed_tokens},
           {"n_exact_tokens", r.n_exact_tokens}, {"raw_bytes", r.raw_bytes}, {"file_bytes", r.file_bytes},
           {"compressed_payload_bytes", r.compressed_payload_bytes}, {"nominal_payload_bytes", r.nominal_payload_bytes},
           {"ratio_compressed_tokens", r.ratio_compressed_tokens}, {"ratio_nominal", r.ratio_nominal},
           {"ratio_file", r.ratio_file}, {"deflate_gain", r.deflate_gain}, {"bytes_per_token", r.bytes_per_token},
           {"k_relative_mse", r.k_relative_mse}, {"v_relative_mse", r.v_relative_mse}, {"layers", layers},
-          {"seconds", r.seconds}};
+          {"seconds", r.seconds}, {"codec", r.codec}};
+  if (r.codec == 3) j["ecsq_level"] = {{"K", r.ecsq_level[0]}, {"V", r.ecsq_level[1]}};
+  return j;
 }
 
 void print_report(const EncodeReport& r, double target, const std::string& out) {
@@ -34,9 +36,16 @@ void print_report(const EncodeReport& r, double target, const std::string& out) 
               static_cast<long long>(r.n_tokens), static_cast<long long>(r.n_compressed_tokens),
               static_cast<long long>(r.n_exact_tokens), static_cast<long long>(r.raw_bytes),
               static_cast<long long>(r.file_bytes));
-  std::printf("  target %gx: compressed tokens %.2fx (%.2fx before DEFLATE, DEFLATE gain %.3fx), whole file %.2fx, "
-              "%.1f bytes/token\n",
-              target, r.ratio_compressed_tokens, r.ratio_nominal, r.deflate_gain, r.ratio_file, r.bytes_per_token);
+  if (r.codec == 3) {
+    // Codec 3 has no fixed-width size before entropy coding: the target bounds the stored bytes.
+    std::printf("  codec 3 (ECSQ + rANS), levels K %d V %d\n", r.ecsq_level[0], r.ecsq_level[1]);
+    std::printf("  target %gx: compressed tokens %.2fx, whole file %.2fx, %.1f bytes/token\n", target,
+                r.ratio_compressed_tokens, r.ratio_file, r.bytes_per_token);
+  } else {
+    std::printf("  target %gx: compressed tokens %.2fx (%.2fx before DEFLATE, DEFLATE gain %.3fx), whole file %.2fx, "
+                "%.1f bytes/token\n",
+                target, r.ratio_compressed_tokens, r.ratio_nominal, r.deflate_gain, r.ratio_file, r.bytes_per_token);
+  }
   if (r.layers.empty()) return;
   std::printf("  relative MSE: K %.3f%%  V %.3f%%\n", 100 * r.k_relative_mse, 100 * r.v_relative_mse);
   std::printf("  %5s %9s %9s %9s %9s %10s\n", "layer", "K rMSE%", "V rMSE%", "K cos", "V cos", "attn err%");
@@ -55,7 +64,7 @@ void register_compress(CLI::App& app) {
   struct Args {
     std::string cal, out, input, device = "cpu";
     double ratio = 20;
-    int level = 6, threads = 0, chunk_tokens = 256;
+    int level = 6, threads = 0, chunk_tokens = 256, codec = 2, rans_lanes = 32;
     int64_t chunk_bytes = 16 * 1024;
     bool json = false, no_error = false, tf32 = false;
   };
@@ -65,7 +74,14 @@ void register_compress(CLI::App& app) {
   cmd->add_option("-c,--calibration", args->cal, "Calibration file (.kvtcal)")->required()->check(CLI::ExistingFile);
   cmd->add_option("-r,--ratio", args->ratio, "Target compression ratio (before entropy coding)")->capture_default_str();
   cmd->add_option("-o,--output", args->out, "Container to write (.kvtc)")->required();
-  cmd->add_option("--level", args->level, "DEFLATE level 1..12")->capture_default_str();
+  // Values are checked by the library (encode), so the CLI, C API and Python refuse the same ones.
+  cmd->add_option("--codec", args->codec,
+                  "2: fixed-width groups + DEFLATE (format 2); 3: ECSQ + rANS (format 3, CPU only; needs a "
+                  "calibration with ECSQ models)")
+      ->capture_default_str();
+  cmd->add_option("--rans-lanes", args->rans_lanes, "Codec 3: interleaved rANS states per chunk, 1..64")
+      ->capture_default_str();
+  cmd->add_option("--level", args->level, "DEFLATE level 1..12 (codec 2)")->capture_default_str();
   cmd->add_option("--chunk-tokens", args->chunk_tokens, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunk-bytes", args->chunk_bytes, "Largest chunk before DEFLATE, in bytes")->capture_default_str();
   cmd->add_option("-j,--threads", args->threads, "Worker threads (0: all cores)")->capture_default_str();
@@ -84,6 +100,8 @@ void register_compress(CLI::App& app) {
     Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
     KVCache cache = unwrap(read_cache(args->input), args->input);
     EncodeOptions o;
+    o.codec = args->codec;
+    o.rans_lanes = args->rans_lanes;
     o.target_ratio = args->ratio;
     o.deflate_level = args->level;
     o.chunk_tokens = args->chunk_tokens;
