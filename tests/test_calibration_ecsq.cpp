@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <libdeflate.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -128,6 +130,13 @@ TEST(CalibrationEcsq, RealCachesLearnOutOfFoldModels) {
   EXPECT_TRUE(back->value.ecsq == r->value.ecsq);
   EXPECT_EQ(back->ecsq_folds, 2);
   EXPECT_EQ(back->fingerprint, r->fingerprint) << "the models are not part of the identity";
+
+  auto text = inspect_json(bytes->data(), bytes->size());
+  ASSERT_TRUE(text.is_ok()) << text.status().to_string();
+  const auto j = nlohmann::json::parse(*text);
+  EXPECT_EQ(j["ecsq_folds"], 2);
+  EXPECT_EQ(j["K"]["ecsq"]["levels"], r->key.ecsq.levels.size());
+  EXPECT_EQ(j["V"]["ecsq"]["prob_bits"], r->value.ecsq.prob_bits);
 }
 
 // In-sample coefficients flatter the basis: with a complete basis (rank p, so that no energy leaves it)

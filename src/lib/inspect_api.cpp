@@ -118,7 +118,19 @@ Result<json> inspect_calibration(const uint8_t* bytes, size_t size) {
     for (size_t i = 0; i < std::min<size_t>(8, sc.pca.variance.size()); ++i) var_head.push_back(sc.pca.variance[i]);
     j[s == 0 ? "K" : "V"] = {{"rank", sc.pca.rank}, {"total_variance", sc.pca.total_variance},
                              {"top_variances", var_head}, {"allocations", allocs}};
+    if (!sc.ecsq.empty()) {
+      size_t n_cells = 0;
+      for (const auto& cells : sc.ecsq.cells) n_cells += cells.size();
+      std::vector<uint8_t> model;
+      serialize_ecsq_model(sc.ecsq, model);
+      j[s == 0 ? "K" : "V"]["ecsq"] = {{"levels", sc.ecsq.levels.size()},
+                                       {"prob_bits", sc.ecsq.prob_bits},
+                                       {"cells", n_cells},
+                                       {"bytes", model.size()},
+                                       {"finest_bits_per_token", sc.ecsq.levels.front().bits_per_token}};
+    }
   }
+  j["ecsq_folds"] = d.ecsq_folds;
   return j;
 }
 
