@@ -4,10 +4,30 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/calibration_data.hpp"
 #include "entropy/rans_encode.hpp"
 #include "fuzz_common.hpp"
 
 namespace {
+
+// The model with only a coarse level and the last one, and the cells they use: a valid model a few KB
+// long instead of hundreds (a fuzzer mutates a small seed far more usefully).
+kvtc::EcsqModel trimmed(const kvtc::EcsqModel& m) {
+  kvtc::EcsqModel t;
+  t.prob_bits = m.prob_bits;
+  t.cells.resize(m.cells.size());
+  const size_t n = m.levels.size();
+  for (size_t l : {n > 33 ? n - 33 : 0, n - 1}) {
+    kvtc::EcsqLevel lv = m.levels[l];
+    for (size_t j = 0; j < lv.cell.size(); ++j) {
+      if (lv.cell[j] == 0) continue;
+      t.cells[j].push_back(m.cells[j][lv.cell[j] - 1u]);
+      lv.cell[j] = uint8_t(t.cells[j].size());
+    }
+    t.levels.push_back(std::move(lv));
+  }
+  return t;
+}
 
 // rANS seeds: a table (counts, prob_bits) and a chunk of n symbols drawn from a fixed recurrence.
 bool write_rans_seeds(const std::filesystem::path& dir) {
@@ -69,8 +89,22 @@ int main(int argc, char** argv) {
       if (!enc.is_ok()) return 1;
       if (!write_bytes_atomic((out / "container" / ("seed-" + std::to_string(i++) + ".kvtc")).string(), enc->bytes).is_ok()) return 1;
     }
+  // Calibration seeds: version 2 with the ECSQ sections (seed-1, models trimmed to two levels), and the
+  // same calibration as version 1 wrote it (seed-0): without them, version byte 1.
   auto bytes = cal.serialize();
-  if (!bytes.is_ok() || !write_bytes_atomic((out / "calibration" / "seed-0.kvtcal").string(), *bytes).is_ok()) return 1;
-  std::printf("wrote %d container seeds, 1 calibration seed and 5 rANS seeds to %s\n", i, argv[1]);
+  if (!bytes.is_ok()) return 1;
+  auto data = parse_calibration(bytes->data(), bytes->size());
+  if (!data.is_ok()) return 1;
+  data->key.ecsq = trimmed(data->key.ecsq);
+  data->value.ecsq = trimmed(data->value.ecsq);
+  auto v2 = serialize_calibration(*data);
+  if (!v2.is_ok() || !write_bytes_atomic((out / "calibration" / "seed-1.kvtcal").string(), *v2).is_ok()) return 1;
+  data->key.ecsq = {};
+  data->value.ecsq = {};
+  auto v1 = serialize_calibration(*data);
+  if (!v1.is_ok()) return 1;
+  (*v1)[8] = 1;
+  if (!write_bytes_atomic((out / "calibration" / "seed-0.kvtcal").string(), *v1).is_ok()) return 1;
+  std::printf("wrote %d container seeds, 2 calibration seeds and 5 rANS seeds to %s\n", i, argv[1]);
   return 0;
 }

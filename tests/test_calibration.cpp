@@ -66,10 +66,12 @@ void expect_same(const CalibrationData& a, const CalibrationData& b) {
   EXPECT_EQ(a.n_calibration_tokens, b.n_calibration_tokens);
   EXPECT_EQ(a.ratios, b.ratios);
   EXPECT_EQ(a.fingerprint, b.fingerprint);
+  EXPECT_EQ(a.ecsq_folds, b.ecsq_folds);
   for (int s = 0; s < 2; ++s) {
     const StreamCalibration& x = s == 0 ? a.key : a.value;
     const StreamCalibration& y = s == 0 ? b.key : b.value;
     expect_same_basis(x.pca, y.pca);
+    EXPECT_TRUE(x.ecsq == y.ecsq) << "ECSQ model of stream " << s;
     EXPECT_EQ(x.table.rank, y.table.rank);
     EXPECT_EQ(x.table.group_sizes, y.table.group_sizes);
     EXPECT_EQ(x.table.options, y.table.options);
@@ -122,14 +124,17 @@ TEST(CalibrationFile, RoundTripIsExact) {
   auto again = serialize_calibration(*back);
   ASSERT_TRUE(again.is_ok());
   EXPECT_EQ(*bytes, *again);
-  // The layout the spec describes: magic, version 1, seven sections in order, nothing after.
+  // The layout the spec describes: magic, version 2, nine sections in order (ECSQ models learnt),
+  // nothing after.
   const uint8_t magic[8] = {0x89, 'K', 'V', 'T', 'C', 'A', 'L', 0x1a};
   EXPECT_EQ(std::memcmp(bytes->data(), magic, 8), 0);
-  EXPECT_EQ((*bytes)[8], 1);
+  EXPECT_EQ((*bytes)[8], 2);
+  EXPECT_EQ((*bytes)[12], 9);
+  ASSERT_FALSE(d.key.ecsq.empty());
   const auto spans = sections(*bytes);
-  ASSERT_EQ(spans.size(), 7u);
-  const char* tags[] = {"META", "KPCA", "KTAB", "KALC", "VPCA", "VTAB", "VALC"};
-  for (size_t i = 0; i < 7; ++i) EXPECT_EQ(spans[i].tag, tags[i]);
+  ASSERT_EQ(spans.size(), 9u);
+  const char* tags[] = {"META", "KPCA", "KTAB", "KALC", "VPCA", "VTAB", "VALC", "KECQ", "VECQ"};
+  for (size_t i = 0; i < 9; ++i) EXPECT_EQ(spans[i].tag, tags[i]);
   EXPECT_EQ(spans.back().payload + spans.back().length, bytes->size());
 }
 
@@ -183,14 +188,16 @@ TEST(CalibrationFile, HeaderDamage) {
   f[1] = 'X';
   EXPECT_EQ(parse_code(f), StatusCode::kCorrupt) << "bad magic";
   f = *bytes;
-  f[8] = 2;
+  f[8] = 3;
   EXPECT_EQ(parse_code(f), StatusCode::kUnsupported) << "future version";
   f = *bytes;
   f[8] = 0;
   EXPECT_EQ(parse_code(f), StatusCode::kCorrupt) << "version 0";
   f = *bytes;
-  f[12] = 6;
-  EXPECT_EQ(parse_code(f), StatusCode::kCorrupt) << "section count";
+  for (uint8_t n : {6, 7, 8, 10}) {
+    f[12] = n;
+    EXPECT_EQ(parse_code(f), StatusCode::kCorrupt) << "section count " << int(n);
+  }
   f = *bytes;
   f.push_back(0);
   EXPECT_EQ(parse_code(f), StatusCode::kCorrupt) << "trailing byte";
@@ -409,7 +416,7 @@ TEST(Calibrate, RandomizedPathMatchesExactTopComponents) {
   ASSERT_TRUE(exact.is_ok() && rnd.is_ok()) << rnd.status().to_string();
   EXPECT_EQ(rnd->key.pca.rank, 40);
   EXPECT_EQ(rnd->n_calibration_tokens, exact->n_calibration_tokens);
-  EXPECT_EQ(stages, (std::vector<std::string>{"covariance", "pca", "distortion", "allocation"}));
+  EXPECT_EQ(stages, (std::vector<std::string>{"covariance", "pca", "distortion", "allocation", "ecsq"}));
   for (int s = 0; s < 2; ++s) {
     const PcaBasis& a = s == 0 ? exact->key.pca : exact->value.pca;
     const PcaBasis& b = s == 0 ? rnd->key.pca : rnd->value.pca;

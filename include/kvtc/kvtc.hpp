@@ -44,6 +44,14 @@ struct CalibrateOptions {
   int64_t rank_cap = 0;
   int64_t max_allocation_samples = 4096;  // tokens used to measure quantisation error
   std::vector<int> group_sizes = {1, 4, 16, 32, 64, 128, 256, 512, 1024};  // each divides the next
+  // Codec v3's quantiser (one ECSQ model per stream), learnt from the allocation sample's coefficients
+  // taken out-of-fold on the exact PCA path (each token in the PCA of the calibration tokens of the
+  // other fold: in-sample coefficients understate the trailing components' variance several times),
+  // in-sample on the randomized path. The exact path then holds one more p x p covariance per stream
+  // and solves two more eigenproblems per stream.
+  bool learn_ecsq = true;
+  bool ecsq_out_of_fold = true;  // false: in-sample statistics, and no extra covariance (for comparisons)
+  int ecsq_prob_bits = 10;  // precision of the ECSQ rANS tables, 9..15
   int n_threads = 0;
   ProgressFn progress;
 };

@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
+#include "core/calibrate_ecsq.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
+#include "util/status_macros.hpp"
 
 namespace kvtc {
 namespace {
@@ -16,7 +19,7 @@ constexpr int64_t kGatherTokens = 256;  // tokens gathered at a time: memory sta
 constexpr uint64_t kReservoirSeed = 0x6b767463616c6962ull;
 
 // Progress bands of the whole calibration.
-constexpr double kDataEnd = 0.6, kPcaEnd = 0.75, kDistortionEnd = 0.95;
+constexpr double kDataEnd = 0.6, kPcaEnd = 0.75, kDistortionEnd = 0.9, kAllocationEnd = 0.93;
 
 void report(const CalibrateOptions& o, double fraction, const char* stage) {
   if (o.progress) o.progress(std::clamp(fraction, 0.0, 1.0), stage);
@@ -31,11 +34,12 @@ AllocatorOptions allocator_options(const CalibrateOptions& o) {
 }
 
 // A uniform sample of up to `capacity` tokens from a stream of unknown length (Vitter's algorithm R),
-// with a fixed seed so that a calibration is reproducible. Keeps the key and value rows of each token.
+// with a fixed seed so that a calibration is reproducible. Keeps the key and value rows of each token,
+// and its fold tag (FoldAccumulator::tag) for the out-of-fold ECSQ statistics.
 class Reservoir {
  public:
   Reservoir(int64_t capacity, int64_t p) : capacity_(capacity), p_(p) {}
-  void offer(const float* key_row, const float* value_row) {
+  void offer(const float* key_row, const float* value_row, uint8_t tag = 0) {
     int64_t slot = seen_;
     if (seen_ >= capacity_) {
       slot = int64_t(next_u64() % uint64_t(seen_ + 1));
@@ -47,14 +51,17 @@ class Reservoir {
       }
       keys_.resize(size_t((seen_ + 1) * p_));
       values_.resize(size_t((seen_ + 1) * p_));
+      tags_.push_back(0);
     }
     ++seen_;
     if (slot < 0) return;
+    tags_[size_t(slot)] = tag;
     std::memcpy(&keys_[size_t(slot * p_)], key_row, sizeof(float) * size_t(p_));
     std::memcpy(&values_[size_t(slot * p_)], value_row, sizeof(float) * size_t(p_));
   }
   int64_t size() const { return std::min(seen_, capacity_); }
   const std::vector<float>& rows(Stream s) const { return s == Stream::kKey ? keys_ : values_; }
+  const std::vector<uint8_t>& tags() const { return tags_; }
 
  private:
   uint64_t next_u64() {
@@ -67,6 +74,7 @@ class Reservoir {
   int64_t seen_ = 0;
   uint64_t state_ = kReservoirSeed;
   std::vector<float> keys_, values_;
+  std::vector<uint8_t> tags_;
 };
 
 // The tokens of a cache that calibration uses: [n_sink, n_tokens - n_window).
@@ -104,10 +112,11 @@ Status check_cache(const KVCache& c, const ModelShape& shape, const std::string&
 }
 
 // Projects the reservoir onto a basis and measures the distortion table of that stream.
+// The coefficients are left in `coef` (in-sample ECSQ statistics reuse them).
 Result<DistortionTable> measure_stream(const PcaBasis& b, const std::vector<float>& rows, int64_t m,
-                                       const CalibrateOptions& o) {
+                                       const CalibrateOptions& o, std::vector<float>& coef) {
   const int64_t p = b.n_features, r = b.rank;
-  std::vector<float> coef(static_cast<size_t>(m * r));
+  coef.assign(static_cast<size_t>(m * r), 0.0f);
   std::vector<float> xc(static_cast<size_t>(std::min(m, kGatherTokens) * p));
   double residual = 0.0;
   for (int64_t i0 = 0; i0 < m; i0 += kGatherTokens) {
@@ -131,10 +140,35 @@ Result<DistortionTable> measure_stream(const PcaBasis& b, const std::vector<floa
   return measure_distortion(coef.data(), m, r, residual, ao);
 }
 
-// Everything after the PCA: distortion tables and allocations for both streams.
+// What the exact path hands over for out-of-fold ECSQ statistics (calibrate_ecsq.hpp).
+struct FoldSums {
+  const CovarianceAccumulator* full[2];
+  const FoldAccumulator* folds;
+};
+
+// The ECSQ model of stream s: from out-of-fold coefficients when `sums` allows, else from the in-sample
+// ones (`coef`, released here). *out_of_fold tells which.
+Result<EcsqModel> learn_stream_ecsq(const PcaBasis& b, int s, const Reservoir& reservoir, const FoldSums* sums,
+                                    const CalibrateOptions& o, std::vector<float>& coef, bool* out_of_fold) {
+  const int64_t m = reservoir.size();
+  std::vector<float> oof;
+  if (sums != nullptr) {
+    std::vector<uint8_t> fold(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) fold[size_t(i)] = uint8_t(sums->folds->fold_of(reservoir.tags()[size_t(i)]));
+    KVTC_ASSIGN_OR_RETURN(oof, out_of_fold_coefficients(b, *sums->full[s], sums->folds->fold_a(s),
+                                                        reservoir.rows(Stream(s)), fold, m));
+  }
+  *out_of_fold = !oof.empty();
+  if (*out_of_fold) std::vector<float>().swap(coef);
+  const std::vector<float>& c = *out_of_fold ? oof : coef;
+  return learn_ecsq_model(c.data(), m, b.rank, b.n_features, ecsq_learn_options(o));
+}
+
+// Everything after the PCA: distortion tables, allocations and ECSQ models for both streams. `sums` is
+// null on the randomized path (ECSQ statistics then in-sample).
 Result<CalibrationData> finish_calibration(const ModelShape& shape, const std::string& model_name,
                                            const CalibrateOptions& o, int64_t n_tokens, PcaBasis key, PcaBasis value,
-                                           const Reservoir& reservoir) {
+                                           const Reservoir& reservoir, const FoldSums* sums) {
   CalibrationData d;
   d.shape = shape;
   d.model_name = model_name;
@@ -147,15 +181,18 @@ Result<CalibrationData> finish_calibration(const ModelShape& shape, const std::s
   const int64_t p = shape.n_features();
   const AllocatorOptions ao = allocator_options(o);
   StreamCalibration* streams[2] = {&d.key, &d.value};
+  std::vector<float> coef[2];
   for (int s = 0; s < 2; ++s) {
     report(o, kPcaEnd + (kDistortionEnd - kPcaEnd) * 0.5 * s, "distortion");
-    auto table = measure_stream(streams[s]->pca, reservoir.rows(Stream(s)), reservoir.size(), o);
+    auto table = measure_stream(streams[s]->pca, reservoir.rows(Stream(s)), reservoir.size(), o, coef[s]);
     if (!table.is_ok()) return table.status().with_context(stream_name(Stream(s)));
     streams[s]->table = std::move(table).value();
+    if (!o.learn_ecsq) std::vector<float>().swap(coef[s]);
   }
   for (int s = 0; s < 2; ++s) {
     for (size_t i = 0; i < o.ratios.size(); ++i) {
-      report(o, kDistortionEnd + (1.0 - kDistortionEnd) * double(s * o.ratios.size() + i) / double(2 * o.ratios.size()),
+      report(o, kDistortionEnd + (kAllocationEnd - kDistortionEnd) * double(s * o.ratios.size() + i) /
+                                     double(2 * o.ratios.size()),
              "allocation");
       auto a = allocate(streams[s]->table, budget_bits_for_ratio(p, o.ratios[i]), ao);
       if (!a.is_ok()) return a.status().with_context(stream_name(Stream(s)));
@@ -163,8 +200,18 @@ Result<CalibrationData> finish_calibration(const ModelShape& shape, const std::s
       streams[s]->allocations.push_back(std::move(a).value());
     }
   }
+  if (o.learn_ecsq) {
+    bool out_of_fold[2] = {false, false};
+    for (int s = 0; s < 2; ++s) {
+      report(o, kAllocationEnd + (1.0 - kAllocationEnd) * 0.5 * s, "ecsq");
+      auto model = learn_stream_ecsq(streams[s]->pca, s, reservoir, sums, o, coef[s], &out_of_fold[s]);
+      if (!model.is_ok()) return model.status().with_context(stream_name(Stream(s)));
+      streams[s]->ecsq = std::move(model).value();
+    }
+    d.ecsq_folds = out_of_fold[0] && out_of_fold[1] ? 2 : 1;
+  }
   d.fingerprint = compute_fingerprint(d);
-  report(o, 1.0, "allocation");
+  report(o, 1.0, o.learn_ecsq ? "ecsq" : "allocation");
   return d;
 }
 
@@ -230,7 +277,10 @@ Result<CalibrationData> calibrate_randomized(const std::vector<std::string>& pat
     bases[s] = std::move(b).value();
   }
   report(o, kPcaEnd, "pca");
-  return finish_calibration(shape, first.model_name, o, n_tokens, std::move(bases[0]), std::move(bases[1]), reservoir);
+  // No fold covariances here (they would cost two more sets of passes over the files): the ECSQ models
+  // learn from in-sample coefficients, which understate the trailing components' variance.
+  return finish_calibration(shape, first.model_name, o, n_tokens, std::move(bases[0]), std::move(bases[1]), reservoir,
+                            nullptr);
 }
 
 }  // namespace
@@ -248,6 +298,8 @@ Status validate_calibrate_options(const CalibrateOptions& o) {
   if (o.exact_max_features < 1) return invalid_argument("exact_max_features must be >= 1");
   if (o.max_allocation_samples < 1) return invalid_argument("max_allocation_samples must be >= 1");
   if (o.rank_cap < 0) return invalid_argument("rank_cap must be >= 0");
+  if (o.learn_ecsq && (o.ecsq_prob_bits < 9 || o.ecsq_prob_bits > kRansMaxProbBits))
+    return invalid_argument("ecsq_prob_bits must be in [9, " + std::to_string(kRansMaxProbBits) + "]");
   return Status::ok();
 }
 
@@ -256,6 +308,7 @@ struct CalibrationAccumulator::Impl {
   std::string model_name;
   CalibrateOptions options;
   CovarianceAccumulator keys, values;
+  std::optional<FoldAccumulator> folds;  // with learn_ecsq
   Reservoir reservoir;
   int64_t n_tokens = 0;
   std::vector<float> kbuf, vbuf;
@@ -266,7 +319,9 @@ struct CalibrationAccumulator::Impl {
         options(o),
         keys(s.n_features()),
         values(s.n_features()),
-        reservoir(o.max_allocation_samples, s.n_features()) {}
+        reservoir(o.max_allocation_samples, s.n_features()) {
+    if (o.learn_ecsq && o.ecsq_out_of_fold) folds.emplace(s.n_features());
+  }
 };
 
 CalibrationAccumulator::CalibrationAccumulator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -296,11 +351,16 @@ Status CalibrationAccumulator::add(const KVCache& cache, const std::string& sour
   Status st = check_cache(cache, m.shape, source_name);
   if (!st.is_ok()) return st;
   const int64_t p = m.shape.n_features();
+  const auto [first, last] = compressible_range(cache, m.options);
+  if (last > first && m.folds) m.folds->begin_cache(last - first, m.keys, m.values);
+  int64_t t0 = 0;  // within the compressible range
   for_each_batch(cache, m.options, true, true, m.kbuf, m.vbuf, [&](const float* k, const float* v, int64_t n) {
     m.keys.add(k, n);
     m.values.add(v, n);
-    for (int64_t t = 0; t < n; ++t) m.reservoir.offer(k + t * p, v + t * p);
+    if (m.folds) m.folds->add(k, v, t0, n);
+    for (int64_t t = 0; t < n; ++t) m.reservoir.offer(k + t * p, v + t * p, m.folds ? m.folds->tag(t0 + t) : 0);
     m.n_tokens += n;
+    t0 += n;
   });
   return Status::ok();
 }
@@ -319,8 +379,9 @@ Result<CalibrationData> CalibrationAccumulator::finish() {
   report(m.options, 0.5 * (kDataEnd + kPcaEnd), "pca");
   auto v = m.values.solve(rank);
   if (!v.is_ok()) return v.status().with_context("V");
+  const FoldSums sums{{&m.keys, &m.values}, m.folds ? &*m.folds : nullptr};
   return finish_calibration(m.shape, m.model_name, m.options, m.n_tokens, std::move(k).value(), std::move(v).value(),
-                            m.reservoir);
+                            m.reservoir, m.folds ? &sums : nullptr);
 }
 
 Result<CalibrationData> calibrate_files(const std::vector<std::string>& paths, const CalibrateOptions& options) {

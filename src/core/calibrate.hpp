@@ -5,11 +5,14 @@
 // layers and KV heads into one p-vector per stream, and stream them into a PCA per stream. A
 // deterministic reservoir of up to max_allocation_samples tokens is kept; after the PCA it is
 // projected onto each basis, the quantisation error of every candidate group is measured on those
-// coefficients, and one bit allocation per requested ratio is computed from the measurements.
+// coefficients, and one bit allocation per requested ratio is computed from the measurements. With
+// learn_ecsq, codec v3's quantiser is then learnt per stream from the reservoir's coefficients, taken
+// out-of-fold on the exact path (core/calibrate_ecsq.hpp says why and how), in-sample on the
+// randomized one.
 //
-// Memory: the exact path holds two p x p double matrices; the randomized path (p above
-// exact_max_features, files only) holds O(p * rank) and reads every file 1 + 2 * (2 + power
-// iterations) times. Both hold the reservoir: 2 * max_allocation_samples * p floats.
+// Memory: the exact path holds two p x p double matrices, four with learn_ecsq (fold A's); the
+// randomized path (p above exact_max_features, files only) holds O(p * rank) and reads every file
+// 1 + 2 * (2 + power iterations) times. Both hold the reservoir: 2 * max_allocation_samples * p floats.
 #pragma once
 
 #include <cstdint>
@@ -60,7 +63,7 @@ class CalibrationAccumulator {
 // (re-reading the files once per pass) above it. All files must share the first file's ModelShape
 // (else kMismatch naming the file); no compressible token in any file is kInvalidArgument. The model
 // name is the first file's. Progress goes to options.progress with the stages "covariance", "pca",
-// "distortion" and "allocation".
+// "distortion", "allocation" and, with learn_ecsq, "ecsq".
 Result<CalibrationData> calibrate_files(const std::vector<std::string>& paths, const CalibrateOptions& options);
 
 // The allocation for `ratio`: the stored one when that ratio was calibrated (exact match), else one

@@ -21,7 +21,8 @@ static_assert(std::endian::native == std::endian::little, "the calibration forma
 using json = nlohmann::json;
 
 constexpr uint8_t kMagic[8] = {0x89, 'K', 'V', 'T', 'C', 'A', 'L', 0x1a};
-constexpr uint32_t kVersion = 1;
+// Version 2 added the optional ECSQ sections; version-1 files still parse (without models).
+constexpr uint32_t kVersion = 2;
 constexpr size_t kSectionHeaderBytes = 16;  // tag[4], u64 payload length, u32 crc32
 constexpr int64_t kMaxFeatures = int64_t(1) << 28;
 constexpr int64_t kMaxShapeDim = int64_t(1) << 20;
@@ -29,8 +30,9 @@ constexpr size_t kMaxGroupSizes = 64;
 constexpr size_t kMaxOptions = 256;
 constexpr size_t kMaxRatios = 1024;
 
-// Section tags, in file order.
-constexpr char kTags[7][5] = {"META", "KPCA", "KTAB", "KALC", "VPCA", "VTAB", "VALC"};
+// Section tags, in file order: seven always, then KECQ and VECQ when the calibration has ECSQ models.
+constexpr int kBaseSections = 7, kMaxSections = 9;
+constexpr char kTags[kMaxSections][5] = {"META", "KPCA", "KTAB", "KALC", "VPCA", "VTAB", "VALC", "KECQ", "VECQ"};
 
 // ----- writing -----------------------------------------------------------------------------------
 
@@ -90,6 +92,7 @@ std::vector<uint8_t> meta_payload(const CalibrationData& d) {
   j["n_window_tokens"] = d.n_window_tokens;
   j["n_calibration_tokens"] = d.n_calibration_tokens;
   j["ratios"] = d.ratios;
+  if (!d.key.ecsq.empty()) j["ecsq_folds"] = d.ecsq_folds;
   j["fingerprint"] = hex64(compute_fingerprint(d));
   const std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
   return std::vector<uint8_t>(s.begin(), s.end());
@@ -260,6 +263,23 @@ Status check_data(const CalibrationData& d) {
       if (!st.is_ok()) return st.with_context(std::string(name) + " allocation " + std::to_string(i));
     }
   }
+  if (d.key.ecsq.empty() != d.value.ecsq.empty()) return corrupt("ECSQ models: both streams or neither");
+  if (d.ecsq_folds < 0 || d.ecsq_folds > 2) return corrupt("ecsq_folds must be 0, 1 or 2");
+  for (int s = 0; s < 2; ++s) {
+    const StreamCalibration& sc = s == 0 ? d.key : d.value;
+    if (sc.ecsq.empty()) continue;
+    const std::string name = std::string(s == 0 ? "keys" : "values") + " ECSQ model";
+    const size_t k = sc.ecsq.cells.size();
+    if (int64_t(k) != sc.pca.rank) return corrupt(name + ": component count differs from the basis rank");
+    if (sc.ecsq.levels.size() > size_t(kEcsqMaxLevels)) return corrupt(name + ": too many levels");
+    for (const auto& cells : sc.ecsq.cells)
+      if (cells.size() > size_t(kEcsqGridSteps)) return corrupt(name + ": too many cells");
+    for (const EcsqLevel& lv : sc.ecsq.levels) {
+      if (lv.cell.size() != k) return corrupt(name + ": a level does not cover every component");
+      for (size_t j = 0; j < k; ++j)
+        if (lv.cell[j] > sc.ecsq.cells[j].size()) return corrupt(name + ": a level names a missing cell");
+    }
+  }
   return Status::ok();
 }
 
@@ -305,7 +325,7 @@ class Reader {
 
 Status truncated(const char* what) { return corrupt(std::string(what) + ": section too short for its contents"); }
 
-Status parse_meta(const uint8_t* p, size_t n, CalibrationData& d, uint64_t& stored_fingerprint) {
+Status parse_meta(const uint8_t* p, size_t n, uint32_t version, CalibrationData& d, uint64_t& stored_fingerprint) {
   const json j = json::parse(p, p + n, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return corrupt("META is not a JSON object");
   auto integer = [&](const json& o, const char* key, int64_t lo, int64_t hi, int64_t& out) -> Status {
@@ -365,6 +385,12 @@ Status parse_meta(const uint8_t* p, size_t n, CalibrationData& d, uint64_t& stor
   for (const auto& x : *ratios) {
     if (!x.is_number()) return corrupt("META: ratios must be numbers");
     d.ratios.push_back(x.get<double>());
+  }
+  // Version 1 readers ignored unknown keys: a version-1 file is read exactly as before.
+  auto folds = j.find("ecsq_folds");
+  if (version >= 2 && folds != j.end()) {
+    if (!(st = integer(j, "ecsq_folds", 0, 2, v)).is_ok()) return st;
+    d.ecsq_folds = int32_t(v);
   }
   auto fp = j.find("fingerprint");
   if (fp == j.end() || !fp->is_string() || fp->get<std::string>().size() != 16) return corrupt("META: bad fingerprint");
@@ -471,13 +497,17 @@ Result<CalibrationData> parse_impl(const uint8_t* bytes, size_t size) {
   if (version > kVersion)
     return unsupported("calibration format version " + std::to_string(version) + " (this build reads version " +
                        std::to_string(kVersion) + ")");
-  if (n_sections != 7) return corrupt("calibration file must hold 7 sections, header says " + std::to_string(n_sections));
+  const bool ecsq_allowed = version >= 2;
+  if (n_sections != uint32_t(kBaseSections) && !(ecsq_allowed && n_sections == uint32_t(kMaxSections)))
+    return corrupt("calibration file of version " + std::to_string(version) + " must hold 7" +
+                   (ecsq_allowed ? " or 9" : "") + " sections, header says " + std::to_string(n_sections));
 
   // Locate and verify every section first: a damaged file is reported as such before any parsing.
-  const uint8_t* payload[7];
-  size_t length[7];
+  const int n_present = int(n_sections);
+  const uint8_t* payload[kMaxSections];
+  size_t length[kMaxSections];
   size_t pos = 16;
-  for (int i = 0; i < 7; ++i) {
+  for (int i = 0; i < n_present; ++i) {
     if (size - pos < kSectionHeaderBytes) return corrupt(std::string("truncated before section ") + kTags[i]);
     const uint8_t* h = bytes + pos;
     if (std::memcmp(h, kTags[i], 4) != 0) return corrupt(std::string("expected section ") + kTags[i]);
@@ -498,7 +528,7 @@ Result<CalibrationData> parse_impl(const uint8_t* bytes, size_t size) {
 
   CalibrationData d;
   uint64_t stored_fp = 0;
-  Status st = parse_meta(payload[0], length[0], d, stored_fp);
+  Status st = parse_meta(payload[0], length[0], version, d, stored_fp);
   if (!st.is_ok()) return st;
   const int64_t p = d.shape.n_features();
   StreamCalibration* streams[2] = {&d.key, &d.value};
@@ -510,7 +540,15 @@ Result<CalibrationData> parse_impl(const uint8_t* bytes, size_t size) {
     if (!st.is_ok()) return st.with_context(name);
     st = parse_allocations(payload[3 + 3 * s], length[3 + 3 * s], streams[s]->allocations);
     if (!st.is_ok()) return st.with_context(name);
+    if (n_present == kMaxSections) {
+      // parse_ecsq_model checks every count against the bytes left and the component count against the
+      // basis rank (validated above) before it allocates.
+      auto m = parse_ecsq_model(payload[kBaseSections + s], length[kBaseSections + s], uint32_t(streams[s]->pca.rank));
+      if (!m.is_ok()) return m.status().with_context(name);
+      streams[s]->ecsq = std::move(m).value();
+    }
   }
+  if (n_present == kBaseSections) d.ecsq_folds = 0;  // no models: nothing to describe
   st = check_data(d);
   if (!st.is_ok()) return st;
   d.fingerprint = compute_fingerprint(d);
@@ -567,9 +605,10 @@ Result<std::vector<uint8_t>> serialize_calibration(const CalibrationData& data) 
   if (!st.is_ok()) return invalid_argument("calibration is not consistent: " + st.message());
   try {
     std::vector<uint8_t> file(kMagic, kMagic + 8);
+    const bool with_ecsq = !data.key.ecsq.empty();
     Writer h;
     h.u32(kVersion);
-    h.u32(7);
+    h.u32(uint32_t(with_ecsq ? kMaxSections : kBaseSections));
     file.insert(file.end(), h.out.begin(), h.out.end());
     put_section(file, kTags[0], meta_payload(data));
     const StreamCalibration* streams[2] = {&data.key, &data.value};
@@ -577,6 +616,11 @@ Result<std::vector<uint8_t>> serialize_calibration(const CalibrationData& data) 
       put_section(file, kTags[1 + 3 * s], pca_payload(streams[s]->pca));
       put_section(file, kTags[2 + 3 * s], table_payload(streams[s]->table));
       put_section(file, kTags[3 + 3 * s], allocations_payload(streams[s]->allocations));
+    }
+    for (int s = 0; with_ecsq && s < 2; ++s) {
+      std::vector<uint8_t> payload;
+      serialize_ecsq_model(streams[s]->ecsq, payload);
+      put_section(file, kTags[kBaseSections + s], payload);
     }
     return file;
   } catch (const std::bad_alloc&) {

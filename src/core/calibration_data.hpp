@@ -14,12 +14,12 @@
 namespace kvtc {
 
 // One stream (keys or values): its basis, the measured distortion table (so that any ratio can be
-// planned later), and one allocation per calibrated ratio.
+// planned later), one allocation per calibrated ratio, and codec v3's quantiser.
 struct StreamCalibration {
   PcaBasis pca;
   DistortionTable table;
   std::vector<Allocation> allocations;  // same order as CalibrationData::ratios
-  EcsqModel ecsq;                       // codec v3's quantiser; empty if not learnt (calibration format 1)
+  EcsqModel ecsq;                       // empty when not learnt (and in version-1 files); else pca.rank components
 };
 
 struct CalibrationData {
@@ -30,6 +30,9 @@ struct CalibrationData {
   int64_t n_calibration_tokens = 0;
   std::vector<double> ratios;
   StreamCalibration key, value;  // keys are calibrated with RoPE removed
+  // Where the ECSQ models' statistics came from (informational, META "ecsq_folds"): 2 when out-of-fold
+  // over two folds, 1 in-sample, 0 when there are no models. Both streams have models or neither.
+  int32_t ecsq_folds = 0;
   uint64_t fingerprint = 0;      // compute_fingerprint(*this), set by whoever builds or parses it
 };
 

@@ -51,24 +51,35 @@ struct CellStats {
   double bucket_bits = 0.0;  // raw bits per token
 };
 
+// The hot loop of calibration's ECSQ learning (components x grid steps x samples): each code is
+// computed once and kept for the distortion pass, and direct symbols skip the out-of-line ecsq_symbol.
 CellStats measure_cell(const float* col, int64_t n, float step) {
   CellStats st;
   double su = 0.0;
   int64_t nnz = 0;
+  std::vector<int32_t> codes(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) {
     const int32_t q = ecsq_quantize(col[t], step);
-    const EcsqSymbol s = ecsq_symbol(q);
-    ++st.counts[s.symbol];
-    st.bucket_bits += s.n_bits;
-    if (q != 0) {
-      su += double(std::fabs(col[t]) / step) - double(q < 0 ? -q : q);
-      ++nnz;
+    codes[size_t(t)] = q;
+    if (q == 0) {
+      ++st.counts[0];
+      continue;
     }
+    const int32_t mag = q < 0 ? -q : q;
+    if (mag <= kEcsqDirectMax) {
+      ++st.counts[size_t(q > 0 ? 2 * mag - 1 : 2 * mag)];
+    } else {
+      const EcsqSymbol s = ecsq_symbol(q);
+      ++st.counts[s.symbol];
+      st.bucket_bits += s.n_bits;
+    }
+    su += double(std::fabs(col[t]) / step) - double(mag);
+    ++nnz;
   }
   st.delta = nnz > 0 ? float(std::clamp(su / double(nnz), -0.5, 0.5)) : 0.0f;
   double d = 0.0;
   for (int64_t t = 0; t < n; ++t) {
-    const double e = double(col[t]) - double(ecsq_dequantize(ecsq_quantize(col[t], step), step, st.delta));
+    const double e = double(col[t]) - double(ecsq_dequantize(codes[size_t(t)], step, st.delta));
     d += e * e;
   }
   st.distortion = d / double(n);

@@ -120,20 +120,30 @@ void CovarianceAccumulator::add(const float* rows, int64_t n_rows) {
   n_ += n_rows;
 }
 
-Result<PcaBasis> CovarianceAccumulator::solve(int64_t rank) const {
+Result<PcaBasis> CovarianceAccumulator::solve(int64_t rank) const { return solve_impl(nullptr, rank); }
+
+Result<PcaBasis> CovarianceAccumulator::solve_without(const CovarianceAccumulator& subset, int64_t rank) const {
+  if (subset.p_ != p_ || subset.n_ > n_) return invalid_argument("PCA: the subset is not one of these samples");
+  return solve_impl(&subset, rank);
+}
+
+Result<PcaBasis> CovarianceAccumulator::solve_impl(const CovarianceAccumulator* minus, int64_t rank) const {
+  const int64_t n_samples = n_ - (minus ? minus->n_ : 0);
   if (p_ <= 0) return invalid_argument("PCA needs at least one feature");
-  if (n_ < 2) return invalid_argument("PCA needs at least 2 samples, got " + std::to_string(n_));
+  if (n_samples < 2) return invalid_argument("PCA needs at least 2 samples, got " + std::to_string(n_samples));
   if (rank <= 0 || rank > p_) rank = p_;
-  const double n = double(n_);
+  const double n = double(n_samples);
+  auto sum = [&](int64_t f) { return minus ? sum_[size_t(f)] - minus->sum_[size_t(f)] : sum_[size_t(f)]; };
+  auto gram = [&](size_t at) { return minus ? gram_[at] - minus->gram_[at] : gram_[at]; };
   std::vector<double> mean(size_t(p_), 0.0);
-  for (int64_t f = 0; f < p_; ++f) mean[size_t(f)] = sum_[size_t(f)] / n;
+  for (int64_t f = 0; f < p_; ++f) mean[size_t(f)] = sum(f) / n;
   // Row-major upper triangle == column-major lower triangle, which is what LAPACK is told.
   std::vector<double> cov(gram_.size());
   double trace = 0.0;
   for (int64_t i = 0; i < p_; ++i) {
     for (int64_t j = i; j < p_; ++j) {
       const size_t at = size_t(i * p_ + j);
-      cov[at] = gram_[at] / n - mean[size_t(i)] * mean[size_t(j)];
+      cov[at] = gram(at) / n - mean[size_t(i)] * mean[size_t(j)];
     }
     trace += std::max(0.0, cov[size_t(i * p_ + i)]);
   }
@@ -144,7 +154,7 @@ Result<PcaBasis> CovarianceAccumulator::solve(int64_t rank) const {
   PcaBasis b;
   b.n_features = p_;
   b.rank = rank;
-  b.n_samples = n_;
+  b.n_samples = n_samples;
   b.total_variance = trace;
   b.mean.assign(mean.begin(), mean.end());
   b.variance.resize(size_t(rank));

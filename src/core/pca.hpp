@@ -32,8 +32,14 @@ class CovarianceAccumulator {
   int64_t n_samples() const { return n_; }
   // Keeps the top `rank` components (rank <= 0 or > p: all p). Needs at least 2 samples.
   Result<PcaBasis> solve(int64_t rank) const;
+  // The PCA of the samples added here but not to `subset`, which must have been given a subset of
+  // them (same p): calibration's fold B is the full accumulation minus fold A, so that a second
+  // fold costs one accumulator, not two. Needs at least 2 samples left.
+  Result<PcaBasis> solve_without(const CovarianceAccumulator& subset, int64_t rank) const;
 
  private:
+  Result<PcaBasis> solve_impl(const CovarianceAccumulator* minus, int64_t rank) const;
+
   int64_t p_;
   int64_t n_ = 0;
   std::vector<double> sum_;     // [p]

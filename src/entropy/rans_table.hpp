@@ -25,6 +25,7 @@ struct RansTable {
 
   int alphabet_size() const { return int(freq.size()); }
   uint32_t total() const { return 1u << prob_bits; }
+  bool operator==(const RansTable&) const = default;  // EcsqCell's and EcsqModel's == need it
 };
 
 // Normalises counts (alphabet_size = counts.size(), 1..256) to a table of total 2^prob_bits. Every

@@ -131,10 +131,21 @@ Result<json> inspect_calibration(const uint8_t* bytes, size_t size) {
     sj = {{"rank", sc.pca.rank}, {"total_variance", sc.pca.total_variance}, {"top_variances", var_head},
           {"allocations", allocs}};
     // Codec 3 needs these; their absence is what "recalibrate" errors refer to.
-    if (!sc.ecsq.empty())
-      sj["ecsq"] = {{"levels", sc.ecsq.levels.size()}, {"n_components", sc.ecsq.n_components()},
-                    {"fingerprint", hex64(sc.ecsq.fingerprint)}};
+    if (!sc.ecsq.empty()) {
+      size_t n_cells = 0;
+      for (const auto& cells : sc.ecsq.cells) n_cells += cells.size();
+      std::vector<uint8_t> model;
+      serialize_ecsq_model(sc.ecsq, model);
+      sj["ecsq"] = {{"levels", sc.ecsq.levels.size()},
+                    {"n_components", sc.ecsq.n_components()},
+                    {"fingerprint", hex64(sc.ecsq.fingerprint)},
+                    {"prob_bits", sc.ecsq.prob_bits},
+                    {"cells", n_cells},
+                    {"bytes", model.size()},
+                    {"finest_bits_per_token", sc.ecsq.levels.front().bits_per_token}};
+    }
   }
+  j["ecsq_folds"] = d.ecsq_folds;
   return j;
 }
 
