@@ -9,8 +9,6 @@
 
 #include "core/container.hpp"
 #include "core/ecsq.hpp"
-#include "core/rope.hpp"
-#include "core/token_vectors.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 
@@ -30,36 +28,8 @@ const KVCache& read(const std::string& name) {
   return it->second;
 }
 
-// The calibration of small-calib.safetensors. Until calibrate() learns ECSQ models itself, they are
-// learnt here from the calibration tokens' in-sample coefficients.
 const Calibration& calibration() {
-  static const Calibration cal = [] {
-    CalibrateOptions o;
-    o.ratios = {8, 16, 20, 32};
-    auto c = calibrate({repo_data("small-calib.safetensors")}, o);
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    auto data = std::make_shared<CalibrationData>(c->data());
-    const KVCache& cache = read("small-calib.safetensors");
-    const int64_t p = cache.shape.n_features(), t0 = 4, n = cache.n_tokens - 4 - 128;
-    RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
-    for (int s = 0; s < 2; ++s) {
-      StreamCalibration& sc = s == 0 ? data->key : data->value;
-      if (!sc.ecsq.empty()) continue;
-      std::vector<float> x(size_t(n * p)), coef(size_t(n * sc.pca.rank), 0.0f);
-      gather_token_vectors(cache, Stream(s), t0, n, s == 0 ? &rope : nullptr, x.data());
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j < sc.pca.rank; ++j) {
-          double acc = 0;
-          for (int64_t f = 0; f < p; ++f)
-            acc += double(x[size_t(t * p + f)] - sc.pca.mean[size_t(f)]) * sc.pca.components[size_t(j * p + f)];
-          coef[size_t(t * sc.pca.rank + j)] = float(acc);
-        }
-      auto m = learn_ecsq_model(coef.data(), n, sc.pca.rank, p, EcsqLearnOptions{});
-      EXPECT_TRUE(m.is_ok()) << m.status().to_string();
-      sc.ecsq = std::move(m).value();
-    }
-    return Calibration(data);
-  }();
+  static const Calibration cal(std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq()));
   return cal;
 }
 

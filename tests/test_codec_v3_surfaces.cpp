@@ -1,8 +1,7 @@
 // Codec 3 through every surface but Python (tests/python/test_package.py): the encode report, inspect
 // (format 3 fields, format 2 unchanged), the C API's codec and rans_lanes params, and the CLI's
-// --codec / --rans-lanes flags and inspect output. The calibration's ECSQ models are learnt in-sample
-// (test_util: small_calibration_with_ecsq) until calibrate() learns them; until calibration files carry
-// them, the CLI's codec 3 success path (which reads a .kvtcal) is skipped, saying so.
+// --codec / --rans-lanes flags and inspect output, on the calibration calibrate() makes with its ECSQ
+// models (test_util: small_calibration_with_ecsq), saved to a .kvtcal where the CLI reads one.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -135,8 +134,7 @@ CView c_view(const KVCache& c) {
 }
 
 TEST(CodecV3Surfaces, CApiCodecParams) {
-  // The handle made here, not by kvtc_calibration_load, since calibration files may not carry the
-  // models yet (files_keep_models).
+  // The handle wraps the in-memory calibration (files round-trip it: CliCompressCodec3).
   kvtc_calibration* cal = new kvtc_calibration{cal3()};
   std::unique_ptr<kvtc_calibration, void (*)(kvtc_calibration*)> own(cal, kvtc_calibration_free);
   CView m = c_view(cache());
@@ -227,7 +225,7 @@ TEST(CodecV3Surfaces, CliCompressCodec3) {
   const std::string dir = testing::temp_dir();
   const std::string cal = dir + "/ecsq.kvtcal", out = dir + "/c3.kvtc", in = repo_data("small-test.safetensors");
   ASSERT_TRUE(cal3().save(cal).is_ok());
-  if (!files_keep_models(cal)) GTEST_SKIP() << "calibration files do not carry ECSQ models yet (calibrate's side)";
+  ASSERT_TRUE(files_keep_models(cal)) << "a saved calibration lost its ECSQ models";
   std::string o, e;
   ASSERT_EQ(run_cli("inspect " + cal, &o, &e), 0) << e;
   EXPECT_NE(o.find("ECSQ model (codec 3)"), std::string::npos) << o;
@@ -248,7 +246,7 @@ TEST(CodecV3Surfaces, CliCompressCodec3) {
 TEST(CodecV3Surfaces, CliCodec2AndErrors) {
   const std::string dir = testing::temp_dir();
   const std::string cal = dir + "/plain.kvtcal", out = dir + "/c.kvtc", in = repo_data("small-test.safetensors");
-  // Without ECSQ models, as calibration files are until calibrate learns them (or an old file).
+  // Without ECSQ models, as an old file or one made with `kvtc calibrate --no-ecsq`.
   CalibrationData no_models = cal3().data();
   no_models.key.ecsq = {};
   no_models.value.ecsq = {};

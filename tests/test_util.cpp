@@ -177,28 +177,9 @@ const CalibrationData& small_calibration_with_ecsq() {
     o.ratios = {8, 16, 20, 32};
     auto c = calibrate({repo_data("small-calib.safetensors")}, o);
     if (!c.is_ok()) throw std::runtime_error(c.status().to_string());
-    CalibrationData d = c->data();
-    auto cache = read_cache(repo_data("small-calib.safetensors"));
-    if (!cache.is_ok()) throw std::runtime_error(cache.status().to_string());
-    const int64_t p = cache->shape.n_features(), t0 = 4, n = cache->n_tokens - 4 - 128;
-    RopeTable rope(cache->shape.rope, cache->shape.head_dim, cache->position_offset, cache->n_tokens);
-    for (int s = 0; s < 2; ++s) {
-      StreamCalibration& sc = s == 0 ? d.key : d.value;
-      if (!sc.ecsq.empty()) continue;  // calibrate() learnt them already
-      std::vector<float> x(size_t(n * p)), coef(size_t(n * sc.pca.rank), 0.0f);
-      gather_token_vectors(*cache, Stream(s), t0, n, s == 0 ? &rope : nullptr, x.data());
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t j = 0; j < sc.pca.rank; ++j) {
-          double acc = 0;
-          for (int64_t f = 0; f < p; ++f)
-            acc += double(x[size_t(t * p + f)] - sc.pca.mean[size_t(f)]) * sc.pca.components[size_t(j * p + f)];
-          coef[size_t(t * sc.pca.rank + j)] = float(acc);
-        }
-      auto m = learn_ecsq_model(coef.data(), n, sc.pca.rank, p, EcsqLearnOptions{});
-      if (!m.is_ok()) throw std::runtime_error(m.status().to_string());
-      sc.ecsq = std::move(m).value();
-    }
-    return d;
+    if (c->data().key.ecsq.empty() || c->data().value.ecsq.empty())
+      throw std::runtime_error("calibrate() learnt no ECSQ models");
+    return c->data();
   }();
   return data;
 }

@@ -46,9 +46,8 @@ CalibrationData synthetic_calibration(const KVCache& cache, int64_t rank, std::v
 // all_kinds_groups() at 8 and simple_groups(40) at 20, values simple_groups(52) and all_kinds_groups().
 CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink, int n_window);
 
-// The calibration of data/small-calib.safetensors at ratios 8, 16, 20, 32, with ECSQ models (codec 3)
-// learnt from its own in-sample coefficients, as test_codec_v3 does, until calibrate() learns them.
-// Computed once per process.
+// The calibration of data/small-calib.safetensors at ratios 8, 16, 20, 32, with the ECSQ models (codec 3)
+// calibrate() learns by default (one cache: folds are its two halves). Computed once per process.
 const CalibrationData& small_calibration_with_ecsq();
 
 }  // namespace kvtc::testing

@@ -1,10 +1,9 @@
 """Codec 3 (ECSQ + rANS, container format 3) through the Python package and the CLI: the ``codec`` and
 ``rans_lanes`` keywords, their checks, the report, and ``kvtc.inspect``'s format 3 fields.
 
-A calibration made by ``kvtc calibrate`` carries ECSQ models once calibrate learns them; until then
-codec 3 must fail with a message that says to recalibrate. Each test checks whichever of the two the
-calibration allows (tests/test_codec_v3_surfaces.cpp covers the success path with models learnt in the
-test, for the CLI and the C API).
+A calibration made by ``kvtc calibrate`` carries ECSQ models (codec 3's quantiser); one made with
+``--no-ecsq`` (or an old file) does not, and codec 3 must then fail with a message that says to
+recalibrate.
 """
 from __future__ import annotations
 
@@ -39,9 +38,18 @@ def cal(cli_cal):
 
 
 @pytest.fixture(scope="module")
-def has_models(cli_cal):
+def cli_cal_no_ecsq(kvtc_cli, files, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "no-ecsq.kvtcal"
+    subprocess.run([str(kvtc_cli), "calibrate", "--no-ecsq", "-o", str(path), "--ratios", "8,16", str(files[0])],
+                   check=True, capture_output=True)
+    return path
+
+
+def test_calibrate_learns_models_unless_told_not_to(cli_cal, cli_cal_no_ecsq):
     info = kvtc.inspect(cli_cal.read_bytes())
-    return "ecsq" in info["K"] and "ecsq" in info["V"]
+    assert "ecsq" in info["K"] and "ecsq" in info["V"]
+    info = kvtc.inspect(cli_cal_no_ecsq.read_bytes())
+    assert "ecsq" not in info["K"] and "ecsq" not in info["V"]
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +81,14 @@ def test_codec_values_checked(cal, cache):
         kvtc.compress_block(cal, keys, values, 0, 64, RATIO, codec=1)
 
 
-def test_codec_3(cal, cache, has_models):
+def test_codec_3_without_models_says_recalibrate(cli_cal_no_ecsq, cache):
     keys, values = cache
-    if not has_models:
-        # Awaits `kvtc calibrate` learning ECSQ models: the error names the fix.
-        with pytest.raises(kvtc.InvalidArgumentError, match="recalibrate"):
-            kvtc.compress(cal, keys, values, RATIO, codec=3)
-        return
+    with pytest.raises(kvtc.InvalidArgumentError, match="recalibrate"):
+        kvtc.compress(kvtc.Calibration.load(cli_cal_no_ecsq), keys, values, RATIO, codec=3)
+
+
+def test_codec_3(cal, cache):
+    keys, values = cache
     rep = {}
     data = kvtc.compress(cal, keys, values, RATIO, codec=3, rans_lanes=8, report=rep)
     assert rep["codec"] == 3
@@ -94,18 +103,18 @@ def test_codec_3(cal, cache, has_models):
     assert len(k) == len(keys)
 
 
-def test_cli_codec_flags(kvtc_cli, cli_cal, files, has_models, tmp_path):
+def test_cli_codec_flags(kvtc_cli, cli_cal, cli_cal_no_ecsq, files, tmp_path):
     out = tmp_path / "c.kvtc"
     base = [str(kvtc_cli), "compress", "-c", str(cli_cal), "-r", str(RATIO), "-o", str(out), "--no-error"]
     r = subprocess.run(base + ["--json", str(files[1])], capture_output=True, text=True, check=True)
     assert json.loads(r.stdout)["codec"] == 2
     r = subprocess.run(base + ["--codec", "4", str(files[1])], capture_output=True, text=True)
     assert r.returncode == 1 and "codec must be 2 or 3" in r.stderr
+    no_models = [str(kvtc_cli), "compress", "-c", str(cli_cal_no_ecsq), "-r", str(RATIO), "-o", str(out), "--no-error"]
+    r = subprocess.run(no_models + ["--codec", "3", str(files[1])], capture_output=True, text=True)
+    assert r.returncode == 1 and "recalibrate" in r.stderr, r.stderr
     r = subprocess.run(base + ["--codec", "3", "--rans-lanes", "16", "--json", str(files[1])], capture_output=True,
                        text=True)
-    if not has_models:
-        assert r.returncode == 1 and "recalibrate" in r.stderr, r.stderr
-        return
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["codec"] == 3 and set(rep["ecsq_level"]) == {"K", "V"}

@@ -16,6 +16,7 @@ void register_calibrate(CLI::App& app) {
     std::string model;
     int64_t rank_cap = 0, exact_max = 16384, samples = 4096, seq_tokens = 1024, max_tokens = 0;
     int threads = 0;
+    bool no_ecsq = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("calibrate", "Compute the PCA bases and bit allocations of a model from cache files");
@@ -35,6 +36,8 @@ void register_calibrate(CLI::App& app) {
   cmd->add_option("--exact-max-features", args->exact_max, "Largest p for the exact covariance path")->capture_default_str();
   cmd->add_option("--samples", args->samples, "Calibration tokens used to measure quantisation error")->capture_default_str();
   cmd->add_option("-j,--threads", args->threads, "Worker threads (0: all cores)")->capture_default_str();
+  cmd->add_flag("--no-ecsq", args->no_ecsq,
+                "Skip codec 3's ECSQ models (faster; such a calibration encodes with codec 2 only)");
   cmd->callback([args] {
     CalibrateOptions o;
     o.ratios = parse_number_list(args->ratios);
@@ -42,6 +45,7 @@ void register_calibrate(CLI::App& app) {
     o.exact_max_features = args->exact_max;
     o.max_allocation_samples = args->samples;
     o.n_threads = args->threads;
+    o.learn_ecsq = !args->no_ecsq;
     o.progress = progress_bar();
     Calibration cal = [&] {
 #ifdef KVTC_WITH_ENGINE
