@@ -89,6 +89,35 @@ int main(int argc, char** argv) {
       if (!enc.is_ok()) return 1;
       if (!write_bytes_atomic((out / "container" / ("seed-" + std::to_string(i++) + ".kvtc")).string(), enc->bytes).is_ok()) return 1;
     }
+  // Codec 3 (format 3) seeds, small so that mutations reach the rANS chunks often: ECSQ levels from fine
+  // to coarse, 4 and 32 rANS lanes, a block with no exact tokens, and one token made huge so that
+  // escapes and bucket bits occur (docs/FORMAT.md section 9).
+  int v3 = 0;
+  for (double ratio : {4.0, 16.0, 64.0})
+    for (bool block : {false, true}) {
+      if (block && ratio != 16.0) continue;
+      KVCache cache = fuzz::fuzz_cache(40, uint64_t(200 + v3));
+      if (ratio == 4.0)
+        for (int l = 0; l < cache.shape.n_layers; ++l)
+          for (int h = 0; h < cache.shape.n_kv_heads; ++h)
+            for (int d = 0; d < cache.shape.head_dim; ++d) cache.k_row(l, h, 20)[d] *= 512.0f;
+      EncodeOptions o;
+      o.codec = 3;
+      o.target_ratio = ratio;
+      o.chunk_tokens = 16;
+      o.rans_lanes = ratio == 64.0 ? 32 : 4;
+      o.exact_head_tokens = block ? 0 : 2;
+      o.exact_tail_tokens = block ? 0 : 2;
+      o.measure_error = false;
+      if (block) cache.position_offset = 64;
+      auto enc = encode(cal, cache, o);
+      if (!enc.is_ok()) {
+        std::fprintf(stderr, "codec 3 seed: %s\n", enc.status().to_string().c_str());
+        return 1;
+      }
+      if (!write_bytes_atomic((out / "container" / ("seed-v3-" + std::to_string(v3++) + ".kvtc")).string(), enc->bytes).is_ok())
+        return 1;
+    }
   // Calibration seeds: version 2 with the ECSQ sections (seed-1, models trimmed to two levels), and the
   // same calibration as version 1 wrote it (seed-0): without them, version byte 1.
   auto bytes = cal.serialize();
@@ -105,6 +134,7 @@ int main(int argc, char** argv) {
   if (!v1.is_ok()) return 1;
   (*v1)[8] = 1;
   if (!write_bytes_atomic((out / "calibration" / "seed-0.kvtcal").string(), *v1).is_ok()) return 1;
-  std::printf("wrote %d container seeds, 2 calibration seeds and 5 rANS seeds to %s\n", i, argv[1]);
+  std::printf("wrote %d codec 2 and %d codec 3 container seeds, 2 calibration seeds and 5 rANS seeds to %s\n", i, v3,
+              argv[1]);
   return 0;
 }

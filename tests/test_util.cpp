@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <stdexcept>
 
@@ -182,6 +183,49 @@ const CalibrationData& small_calibration_with_ecsq() {
     return c->data();
   }();
   return data;
+}
+
+std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration& sc, Stream stream, int64_t t0,
+                                  int64_t n) {
+  const int64_t p = cache.shape.n_features(), rank = sc.pca.rank;
+  RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, cache.n_tokens);
+  std::vector<float> x(size_t(n * p)), coef(size_t(n * rank));
+  gather_token_vectors(cache, stream, t0, n, stream == Stream::kKey ? &rope : nullptr, x.data());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < rank; ++j) {
+      double acc = 0;
+      for (int64_t f = 0; f < p; ++f)
+        acc += double(x[size_t(t * p + f)] - sc.pca.mean[size_t(f)]) * sc.pca.components[size_t(j * p + f)];
+      coef[size_t(t * rank + j)] = float(acc);
+    }
+  return coef;
+}
+
+void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64_t n_samples, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (int s = 0; s < 2; ++s) {
+    StreamCalibration& sc = s == 0 ? cal.key : cal.value;
+    const int64_t rank = sc.pca.rank;
+    const std::vector<float> seen = project_tokens(cache, sc, Stream(s), 0, cache.n_tokens);
+    std::vector<float> coef(size_t(n_samples * rank));
+    for (int64_t j = 0; j < rank; ++j) {
+      double var = 0;
+      for (int64_t t = 0; t < cache.n_tokens; ++t) var += double(seen[size_t(t * rank + j)]) * seen[size_t(t * rank + j)];
+      const double b = std::sqrt(var / double(cache.n_tokens) / 2.0) + 1e-6;  // Laplacian scale: variance 2 b^2
+      for (int64_t i = 0; i < n_samples; ++i) {
+        const double u = uniform(rng) - 0.5;
+        double c = -b * (u < 0 ? -1.0 : 1.0) * std::log(1.0 - 2.0 * std::fabs(u));
+        if (uniform(rng) < 1.0 / 300) c *= 20.0 + 60.0 * uniform(rng);
+        coef[size_t(i * rank + j)] = float(c);
+      }
+    }
+    EcsqLearnOptions o;
+    o.n_threads = 1;
+    auto m = learn_ecsq_model(coef.data(), n_samples, rank, cache.shape.n_features(), o);
+    if (!m.is_ok()) std::abort();
+    sc.ecsq = std::move(m).value();
+  }
 }
 
 }  // namespace kvtc::testing

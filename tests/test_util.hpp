@@ -50,4 +50,13 @@ CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink,
 // calibrate() learns by default (one cache: folds are its two halves). Computed once per process.
 const CalibrationData& small_calibration_with_ecsq();
 
+// Coefficients of tokens [t0, t0 + n) of a cache in a stream's basis, [n][rank] (RoPE removed from keys,
+// mean subtracted), in double precision: what tests learn ECSQ models from.
+std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration& sc, Stream stream, int64_t t0,
+                                  int64_t n);
+// Gives both streams of `cal` an ECSQ model (codec 3) learnt from random Laplacian coefficients with
+// each component's spread in `cache` (n_samples per component, seeded), with rare huge outliers (about
+// 1 in 300, 20 to 80 times the spread) so that the finer levels' tables reach into bucket symbols.
+void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64_t n_samples, uint64_t seed);
+
 }  // namespace kvtc::testing

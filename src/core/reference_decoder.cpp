@@ -4,9 +4,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "core/backend.hpp"
 #include "core/container.hpp"
+#include "entropy/rans_reference.hpp"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 
@@ -45,6 +48,75 @@ uint32_t read_bits(const uint8_t* raw, uint64_t& bit, int n) {
   return v;
 }
 
+uint32_t read_u32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+
+// Section 9, one codes chunk of an ECSQ stream (coder 1): the rANS chunk of signed symbols, decoded by
+// the reference rANS decoder, then the raw bits, then the reconstruction rule. Written from the spec's
+// text, not from ecsq.hpp / ecsq_chunk.cpp, so that a misreading there shows up as a disagreement.
+// Writes coefficient (t, j) to coef[(t - c0) * rank + j] for the chunk's tokens and components.
+Status decode_ecsq_codes(const EcsqModel& model, const StreamAllocation& a, const ChunkEntry& c, const uint8_t* stored,
+                         int64_t c0, std::vector<double>& coef) {
+  const EcsqLevel& level = model.levels[a.ecsq_level];  // the level was checked against the model
+  // The symbols: n_tokens for each component of the range with a cell, one run per component.
+  std::vector<RansRun> runs;
+  for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j)
+    if (level.cell[j] != 0) runs.push_back({c.n_tokens, &model.cells[j][level.cell[j] - 1u].table});
+  const uint64_t n_symbols = uint64_t(runs.size()) * c.n_tokens;
+  if (c.raw_bytes < 1 || c.raw_bytes > 65536 || c.raw_bytes != n_symbols)
+    return corrupt("symbol count " + std::to_string(c.raw_bytes) + " where the level has " + std::to_string(n_symbols));
+  // Chunk bytes: a rANS chunk of 12 + 4N + S bytes (N at offset 4, S at offset 8), u32 n_raw_bits, the bits.
+  if (c.stored_bytes < 12) return corrupt("ECSQ chunk shorter than a rANS chunk header");
+  const uint64_t rans_bytes = 12 + 4 * uint64_t(stored[4]) + read_u32(stored + 8);
+  if (rans_bytes + 4 > c.stored_bytes) return corrupt("ECSQ chunk ends before its raw bit count");
+  const uint64_t n_raw_bits = read_u32(stored + rans_bytes);
+  if (c.stored_bytes != rans_bytes + 4 + (n_raw_bits + 7) / 8) return corrupt("ECSQ chunk size disagrees with its raw bit count");
+  std::vector<uint8_t> symbols(static_cast<size_t>(n_symbols));
+  KVTC_RETURN_IF_ERROR(rans_decode_reference(stored, size_t(rans_bytes), runs.data(), runs.size(), symbols.data(), symbols.size()));
+  const uint8_t* raw = stored + rans_bytes + 4;
+  // The unused high bits of the last byte are 0.
+  for (uint64_t b = n_raw_bits; b < (n_raw_bits + 7) / 8 * 8; ++b)
+    if ((raw[b / 8] >> (b % 8)) & 1) return corrupt("ECSQ chunk: nonzero padding after the raw bits");
+  uint64_t bit = 0;
+  auto take = [&](int n, uint32_t& v) {  // n raw bits, least significant first; false if missing
+    if (bit + uint64_t(n) > n_raw_bits) return false;
+    v = read_bits(raw, bit, n);
+    return true;
+  };
+  size_t i = 0;
+  for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j) {
+    if (level.cell[j] == 0) continue;  // no cell: c_j stays 0
+    const EcsqCell& cell = model.cells[j][level.cell[j] - 1u];
+    const uint32_t A = uint32_t(cell.table.freq.size());
+    for (int64_t k = 0; k < int64_t(c.n_tokens); ++k) {
+      uint32_t s = symbols[i++];
+      if (s == A - 1) {  // the escape: 8 raw bits hold the signed symbol, which the table does not code
+        if (!take(8, s)) return corrupt("ECSQ chunk: raw bits missing for an escape");
+        if (s < A - 1 || s > 240) return corrupt("ECSQ chunk: escape to signed symbol " + std::to_string(s));
+      }
+      // Signed symbol s: 0 for q = 0, 2m - 1 for q > 0, 2m for q < 0.
+      double value = 0.0;
+      if (s != 0) {
+        const uint32_t m = s % 2 == 1 ? (s + 1) / 2 : s / 2;
+        uint32_t mag = m;
+        if (m > 100) {  // a bucket: e = m - 101 bits holding |q| - 100 - 2^e
+          const int e = int(m) - 101;
+          uint32_t low = 0;
+          if (!take(e, low)) return corrupt("ECSQ chunk: raw bits missing for a bucket");
+          mag = 100 + (uint32_t(1) << e) + low;
+        }
+        // v = (float(|q|) + delta) * step in binary32, two roundings: the sum is rounded to float before the
+        // product (an ISO C++ build does not contract these into a fused multiply-add).
+        const float sum = float(mag) + cell.delta;
+        const float v = sum * cell.step;
+        value = s % 2 == 1 ? v : -v;
+      }
+      coef[size_t(int64_t(c.token_begin) + k - c0) * a.basis_rank + j] = value;
+    }
+  }
+  if (bit != n_raw_bits) return corrupt("ECSQ chunk: " + std::to_string(n_raw_bits - bit) + " raw bits left over");
+  return Status::ok();
+}
+
 // Section 6, step 4: RoPE at one position, from the formula, in double precision.
 void rope_forward(float* x, int d, double position, const RopeParams& rope) {
   const std::vector<double> inv_freq = rope.inv_freq(d);
@@ -60,7 +132,8 @@ void rope_forward(float* x, int d, double position, const RopeParams& rope) {
 
 }  // namespace
 
-Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* bytes, size_t size_bytes) {
+Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* bytes, size_t size_bytes,
+                                 ReferenceCoefficients* coefficients) {
   // Sections 2-4.
   KVTC_ASSIGN_OR_RETURN(ParsedContainer pc, parse_container(bytes, size_bytes));
   const ContainerHeader& h = pc.header;
@@ -96,6 +169,11 @@ Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* byte
       const std::string where = "chunk " + std::to_string(ci);
       const uint8_t* stored = bytes + pc.payload_offset + c.offset;
       if (crc32(0L, stored, uInt(c.stored_bytes)) != c.crc32) return checksum_mismatch(where + ": checksum mismatch");
+      if (c.kind == ChunkKind::kCodes && h.streams[c.stream].ecsq()) {  // section 9 (parse checked coder 1)
+        const EcsqModel& model = c.stream == 0 ? cal.key.ecsq : cal.value.ecsq;
+        KVTC_RETURN_IF_ERROR(decode_ecsq_codes(model, h.streams[c.stream], c, stored, c0, coef[c.stream]).with_context(where));
+        continue;
+      }
       std::vector<uint8_t> raw;
       KVTC_RETURN_IF_ERROR(zlib_inflate(stored, c.stored_bytes, raw, c.raw_bytes).with_context(where));
       const StreamAllocation& a = h.streams[c.stream];
@@ -197,6 +275,8 @@ Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* byte
     }
   }
   out.sync_metadata();
+  if (coefficients != nullptr)
+    for (int s = 0; s < 2; ++s) coefficients->coef[s] = std::move(coef[s]);
   return out;
 }
 
