@@ -91,11 +91,21 @@ int main(int argc, char** argv) {
   std::vector<double> targets = {8, 16, 20, 32, 64};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if ((a == "-c" || a == "--calibration") && i + 1 < argc) cal_path = argv[++i];
-    else tests.push_back(a);
+    if ((a == "-c" || a == "--calibration") && i + 1 < argc) {
+      cal_path = argv[++i];
+    } else if ((a == "-t" || a == "--targets") && i + 1 < argc) {
+      targets.clear();
+      for (const char* q = argv[++i]; *q;) {
+        char* end = nullptr;
+        targets.push_back(std::strtod(q, &end));
+        q = *end == ',' ? end + 1 : end;
+      }
+    } else {
+      tests.push_back(a);
+    }
   }
   if (cal_path.empty() != tests.empty()) {
-    std::fprintf(stderr, "usage: kvtc_rd [-c MODEL.kvtcal TEST.safetensors...]\n");
+    std::fprintf(stderr, "usage: kvtc_rd [-t 8,16,20,32,64] [-c MODEL.kvtcal TEST.safetensors...]\n");
     return 2;
   }
   std::optional<Calibration> loaded;
