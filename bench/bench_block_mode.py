@@ -1,7 +1,7 @@
 """What block mode costs: one cache compressed whole against the same tokens compressed in blocks.
 
     .venv/bin/python bench/bench_block_mode.py -c CAL.kvtcal CACHE.safetensors ... [--ratios 8,16,32]
-        [--blocks 16,64,256]
+        [--blocks 16,64,256] [--codec 2|3]
 
 Whole: tokens [0, T) in one container with the calibration's sinks exact and no exact window (the
 window would be exact in a block store too only until it fills a block). Blocks: kvtc.compress_block
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("caches", nargs="+")
     ap.add_argument("--ratios", default="8,16,32")
     ap.add_argument("--blocks", default="16,64,256")
+    ap.add_argument("--codec", type=int, default=2, help="2: groups + DEFLATE; 3: ECSQ + rANS")
     a = ap.parse_args()
     cal = kvtc.Calibration.load(a.calibration)
     sinks = cal.n_sink_tokens
@@ -47,16 +48,16 @@ def main() -> None:
                 v_out = torch.zeros_like(values)
                 total = 0
                 if name == "whole":
-                    data = kvtc.compress(cal, keys, values, ratio, exact_window=0)
+                    data = kvtc.compress(cal, keys, values, ratio, exact_window=0, codec=a.codec)
                     total = len(data)
                     kvtc.decompress_into(cal, data, k_out, v_out)
                 else:
                     for start in range(0, n, b):
-                        data = kvtc.compress_block(cal, keys, values, start, min(start + b, n), ratio)
+                        data = kvtc.compress_block(cal, keys, values, start, min(start + b, n), ratio, codec=a.codec)
                         total += len(data)
                         kvtc.decompress_into(cal, data, k_out, v_out)
                 print(json.dumps({
-                    "cache": path.rsplit("/", 1)[-1], "tokens": n, "target": ratio, "mode": name,
+                    "cache": path.rsplit("/", 1)[-1], "tokens": n, "codec": a.codec, "target": ratio, "mode": name,
                     "bytes": total, "ratio": round(raw16 / total, 2),
                     "k_rel_mse": round(rel_mse(k_out, keys, sinks), 6), "v_rel_mse": round(rel_mse(v_out, values, sinks), 6),
                 }), flush=True)
