@@ -6,7 +6,9 @@
 // components 1.6-7.5x (bench/RESULTS.md, "Codec v3 design study"), and steps, centroids and tables
 // learnt from them cost up to 1.8 dB at 8x. So calibration tokens are split into two folds, a PCA is
 // solved on each, and every sampled token is projected onto the basis of the fold it is not in
-// (component j of a fold basis standing for component j of the full basis).
+// (component j of a fold basis standing for component j of the full basis). Fold bases see half the
+// tokens and so overstate held-out spread in turn: calibrate.cpp moves each component's out-of-fold
+// spread part of the way back toward the in-sample one (kOutOfFoldWeight) before learning.
 //
 // Folds: cache parity when at least two caches gave tokens (caches, not tokens, are what is unseen
 // later); with a single cache, the first and second half of its compressible tokens. Since a streaming
