@@ -35,27 +35,9 @@ const KVCache& read(const std::string& name) {
   return it->second;
 }
 
-// The calibration of small-calib.safetensors with ECSQ models learnt from its in-sample coefficients
-// (as test_codec_v3.cpp does until calibrate() learns them).
+// The calibration of small-calib.safetensors with the ECSQ models calibrate() learns (test_util).
 const Calibration& real_calibration() {
-  static const Calibration cal = [] {
-    CalibrateOptions o;
-    o.ratios = {8, 16};
-    auto c = calibrate({repo_data("small-calib.safetensors")}, o);
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    auto data = std::make_shared<CalibrationData>(c->data());
-    const KVCache& cache = read("small-calib.safetensors");
-    for (int s = 0; s < 2; ++s) {
-      StreamCalibration& sc = s == 0 ? data->key : data->value;
-      if (!sc.ecsq.empty()) continue;
-      const int64_t n = cache.n_tokens - 4 - 128;
-      const std::vector<float> coef = testing::project_tokens(cache, sc, Stream(s), 4, n);
-      auto m = learn_ecsq_model(coef.data(), n, sc.pca.rank, cache.shape.n_features(), EcsqLearnOptions{});
-      EXPECT_TRUE(m.is_ok()) << m.status().to_string();
-      sc.ecsq = std::move(m).value();
-    }
-    return Calibration(data);
-  }();
+  static const Calibration cal(std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq()));
   return cal;
 }
 
