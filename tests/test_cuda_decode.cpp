@@ -446,5 +446,28 @@ TEST(CudaBatchApi, WorkspaceAndDeferredStatus) {
   cudaFree(mem);
 }
 
+// Codec 3 (ECSQ + rANS) has no GPU path yet: both directions refuse it with UNSUPPORTED and a message
+// that points to the CPU, never a wrong restore.
+TEST(CudaCodec3, RefusedWithUnsupported) {
+  SKIP_WITHOUT_DEVICE();
+  auto cache = read_cache(testing::repo_data("small-test.safetensors"));
+  ASSERT_TRUE(cache.is_ok()) << cache.status().to_string();
+  const CalibrationData& cal = testing::small_calibration_with_ecsq();
+  EncodeOptions eo;
+  eo.target_ratio = kRatio;
+  eo.codec = 3;
+  eo.measure_error = false;
+  auto enc = make_cpu_backend()->encode(cal, *cache, eo, nullptr);
+  ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+  auto gpu = make_cuda_backend();
+  auto dec = gpu->decode_coefficients(cal, enc->bytes.data(), enc->bytes.size(), DecodeOptions{}, nullptr);
+  ASSERT_FALSE(dec.is_ok());
+  EXPECT_EQ(dec.status().code(), StatusCode::kUnsupported) << dec.status().to_string();
+  EXPECT_NE(dec.status().message().find("CPU"), std::string::npos) << dec.status().to_string();
+  auto genc = gpu->encode(cal, *cache, eo, nullptr);
+  ASSERT_FALSE(genc.is_ok());
+  EXPECT_EQ(genc.status().code(), StatusCode::kUnsupported) << genc.status().to_string();
+}
+
 }  // namespace
 }  // namespace kvtc
