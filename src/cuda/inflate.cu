@@ -16,6 +16,8 @@
 // src_bytes, and trailing bytes after the final block all end the stream with a status.
 #include "cuda/inflate.cuh"
 
+#include "cuda/crc32.cuh"
+
 namespace kvtc::cuda {
 
 namespace {
@@ -287,51 +289,6 @@ __device__ uint32_t inflate_one(const InflateJob& job, Shared& sh) {
   return kInflateOk;
 }
 
-// CRC-32 arithmetic modulo the polynomial (zlib's multmodp / x2nmodp): a * b mod p, reflected.
-__device__ uint32_t mult_mod_p(uint32_t a, uint32_t b) {
-  uint32_t m = 1u << 31, prod = 0;
-  for (;;) {
-    if (a & m) {
-      prod ^= b;
-      if ((a & (m - 1)) == 0) break;
-    }
-    m >>= 1;
-    b = (b & 1) ? (b >> 1) ^ 0xedb88320u : b >> 1;
-  }
-  return prod;
-}
-// x^(8 * n_bytes) mod p: the operator that shifts a CRC over n_bytes zero bytes.
-__device__ uint32_t shift_op(uint32_t n_bytes) {
-  uint32_t p = 1u << 31, sq = 1u << 30;  // x^0, x^1
-  uint64_t n = uint64_t(n_bytes) * 8;
-  while (n) {
-    if (n & 1) p = mult_mod_p(sq, p);
-    sq = mult_mod_p(sq, sq);
-    n >>= 1;
-  }
-  return p;
-}
-
-// CRC-32 of src, the warp's lanes each taking one contiguous segment; all lanes get the result.
-__device__ uint32_t warp_crc32(const uint8_t* src, uint32_t n, const uint32_t* table) {
-  const uint32_t lane = threadIdx.x & 31;
-  const uint32_t seg = (n + 31) / 32;
-  const uint32_t b = min(n, lane * seg), e = min(n, b + seg);
-  uint32_t crc = 0xffffffffu;
-  for (uint32_t i = b; i < e; ++i) crc = table[(crc ^ __ldg(src + i)) & 0xff] ^ (crc >> 8);
-  crc ^= 0xffffffffu;
-  // crc(A || B) = shift(crc(A), |B|) ^ crc(B); segments are seg bytes except the last ones.
-  const uint32_t op = shift_op(seg);
-  uint32_t total = __shfl_sync(0xffffffffu, crc, 0);
-  for (uint32_t l = 1; l < 32; ++l) {
-    const uint32_t c = __shfl_sync(0xffffffffu, crc, l);
-    const uint32_t len = min(n, l * seg + seg) - min(n, l * seg);
-    if (len == 0) break;
-    total = mult_mod_p(len == seg ? op : shift_op(len), total) ^ c;
-  }
-  return total;
-}
-
 __global__ void __launch_bounds__(32) inflate_kernel(const InflateJob* __restrict__ jobs, int n_jobs, bool verify_crc,
                                                      uint32_t* __restrict__ status) {
   __shared__ Shared sh;
@@ -340,12 +297,7 @@ __global__ void __launch_bounds__(32) inflate_kernel(const InflateJob* __restric
   const InflateJob job = jobs[j];
   uint32_t st = kInflateOk;
   if (verify_crc) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-      uint32_t c = uint32_t(i);
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      sh.crc_table[i] = c;
-    }
-    __syncwarp();
+    fill_crc32_table(sh.crc_table);
     if (warp_crc32(job.src, job.src_bytes, sh.crc_table) != job.crc32) st = kInflateBadChecksum;
   }
   if (st == kInflateOk) st = inflate_one(job, sh);
