@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 
+#include "cuda/ecsq_decode.cuh"
 #include "cuda/inflate.cuh"
 #include "cuda/restore_kernels.cuh"
 #include "util/half.hpp"
@@ -98,6 +99,7 @@ double event_seconds(cudaEvent_t a, cudaEvent_t b) {
 Status GpuCalibration::upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream) {
   shape = cal.shape;
   fingerprint = cal.fingerprint;
+  ecsq_levels = std::make_shared<EcsqLevelCache>();
   has_f32 = f32;
   has_bf16 = bf16;
   const int64_t p = cal.shape.n_features();
@@ -230,14 +232,12 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     seqs_[q].container = std::move(parsed).value();
     const ContainerHeader& h = seqs_[q].container.header;
     KVTC_RETURN_IF_ERROR(check_container_matches(cal, h).with_context("sequence " + std::to_string(q)));
-    if (h.streams[0].ecsq() || h.streams[1].ecsq())
-      return unsupported("sequence " + std::to_string(q) +
-                         ": codec 3 (ECSQ + rANS) containers decode on the CPU only; the GPU rANS decoder is not written yet");
     payload_base[q] = payload_total;
     payload_total += containers[q].second - seqs_[q].container.payload_offset;
     raw_off[q].resize(h.chunks.size());
     for (size_t i = 0; i < h.chunks.size(); ++i) {  // raw sizes were checked by parse_container
       const ChunkEntry& c = h.chunks[i];
+      if (c.coder == ChunkCoder::kEcsqRans) continue;  // decoded from the payload, never inflated
       raw_off[q][i] = raw_total;
       raw_total += (uint64_t(c.raw_bytes) + 15) & ~uint64_t(15);
     }
@@ -259,7 +259,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       const ContainerHeader& h = seqs_[q].container.header;
       for (size_t i = 0; i < h.chunks.size(); ++i) {
         const ChunkEntry& c = h.chunks[i];
-        if ((c.kind == ChunkKind::kExact) != (part == 1)) continue;
+        if ((c.kind == ChunkKind::kExact) != (part == 1) || c.coder == ChunkCoder::kEcsqRans) continue;
         InflateJob j;
         j.src = payload_.as<uint8_t>() + payload_base[q] + c.offset;
         j.dst = raw_.as<uint8_t>() + raw_off[q][i];
@@ -288,6 +288,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
 
   // Dequantise and exact-conversion jobs; coefficient, component-table and exact buffers.
   std::vector<DequantJob> djobs_f32, djobs_bf16;
+  std::vector<EcsqDecodeJob> ecsq_jobs;
+  std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
   size_t tmp_bytes = 0;  // restore scratch: fp32 [H][M][D] of the longest sequence
@@ -306,6 +308,14 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       if (want_f32) KVTC_RETURN_IF_ERROR(alloc(seq.coef_f32[s], n * sizeof(float)));
       if (want_bf16) KVTC_RETURN_IF_ERROR(alloc(seq.coef_bf16[s], n * 2));
     }
+    // Codec 3 streams: their level's tables on the device (not needed to plan a workspace).
+    const EcsqDeviceLevel* level[2] = {nullptr, nullptr};
+    for (int s = 0; s < 2 && !plan_only_; ++s)
+      if (h.streams[s].ecsq()) {
+        auto lv = gcal.ecsq_levels->get(s == 0 ? cal.key.ecsq : cal.value.ecsq, s, h.streams[s].ecsq_level, stream);
+        if (!lv.is_ok()) return lv.status().with_context("sequence " + std::to_string(q));
+        level[s] = *lv;
+      }
     std::map<std::pair<int, uint32_t>, size_t> side_of;
     for (size_t i = 0; i < h.chunks.size(); ++i)
       if (h.chunks[i].kind == ChunkKind::kSide) side_of[{h.chunks[i].stream, h.chunks[i].token_begin}] = i;
@@ -339,6 +349,36 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         continue;
       }
       if (c.kind != ChunkKind::kCodes) continue;
+      if (c.coder == ChunkCoder::kEcsqRans) {
+        ecsq_job_chunk.push_back({uint32_t(q), uint32_t(i)});
+        if (plan_only_) {
+          ecsq_jobs.emplace_back();
+          continue;
+        }
+        const EcsqDeviceLevel& lv = *level[c.stream];
+        const uint32_t c1 = c.item_begin + c.n_items;
+        const std::string where = "sequence " + std::to_string(q) + " chunk " + std::to_string(i);
+        if (c1 > lv.n_kept || c.n_tokens == 0) return corrupt(where + ": components beyond the ECSQ level's kept ones");
+        if (uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens != c.raw_bytes)
+          return corrupt(where + ": " + std::to_string(c.raw_bytes) + " symbols, the ECSQ level needs " +
+                         std::to_string(uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens));
+        EcsqDecodeJob e;
+        e.chunk = payload_.as<uint8_t>() + payload_base[q] + c.offset;
+        e.cells = lv.cells_dev.as<EcsqDeviceComponent>();
+        e.slots = lv.slots_dev.as<uint8_t>();
+        e.entries = lv.entries_dev.as<uint32_t>();
+        if (want_f32) e.coef_f32 = seq.coef_f32[c.stream].as<float>();
+        if (want_bf16) e.coef_bf16 = seq.coef_bf16[c.stream].as<uint16_t>();
+        e.chunk_bytes = c.stored_bytes;
+        e.crc32 = c.crc32;
+        e.n_symbols = c.raw_bytes;
+        e.n_tokens = c.n_tokens;
+        e.first_cell = lv.cells_before[c.item_begin];
+        e.row0 = c.token_begin - h.n_head_exact;
+        e.ld = uint32_t(seq.n_kept[c.stream]);
+        ecsq_jobs.push_back(e);
+        continue;
+      }
       DequantJob j;
       j.codes = raw_.as<uint8_t>() + raw_off[q][i];
       auto it = side_of.find({c.stream, c.token_begin});
@@ -367,10 +407,12 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   // One job array: f32 jobs then bf16 jobs, sharing one status slot per codes chunk.
   std::vector<DequantJob> djobs = djobs_f32;
   djobs.insert(djobs.end(), djobs_bf16.begin(), djobs_bf16.end());
-  // Status slots: one per inflate job, a gap, then one per dequantise job.
-  KVTC_RETURN_IF_ERROR(alloc(status_, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size())));
+  // Status slots: one per inflate job, a gap, one per dequantise job, then one per codec 3 chunk.
+  const size_t n_status = ijobs.size() + 1 + djobs.size() + ecsq_jobs.size();
+  KVTC_RETURN_IF_ERROR(alloc(status_, sizeof(uint32_t) * n_status));
   KVTC_RETURN_IF_ERROR(alloc(inflate_jobs_, ijobs.size() * sizeof(InflateJob)));
   KVTC_RETURN_IF_ERROR(alloc(dequant_jobs_, djobs.size() * sizeof(DequantJob)));
+  KVTC_RETURN_IF_ERROR(alloc(ecsq_jobs_, ecsq_jobs.size() * sizeof(EcsqDecodeJob)));
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
   if (plan_only_) return Status::ok();
@@ -387,13 +429,15 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   }
   KVTC_RETURN_IF_ERROR(copy_to(inflate_jobs_, ijobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(dequant_jobs_, djobs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(ecsq_jobs_, ecsq_jobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(exact_jobs_, ejobs, stream));
   for (size_t q = 0; q < seqs_.size(); ++q)
     for (int s = 0; s < 2; ++s) KVTC_RETURN_IF_ERROR(copy_to(seqs_[q].comps[s], comp_tables[2 * q + size_t(s)], stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[1], stream));
   uint32_t* inflate_status = status_.as<uint32_t>();
   uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
-  KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * (ijobs.size() + 1 + djobs.size()), stream));
+  uint32_t* ecsq_status = dequant_status + djobs.size();
+  KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * n_status, stream));
   // Without overlap, one launch takes every chunk (coefficient chunks first, each part longest first):
   // exact chunks fill the multiprocessors as coefficient warps finish instead of waiting for the tail.
   const size_t n_first_launch = overlap_exact ? n_coef_jobs : ijobs.size();
@@ -418,6 +462,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   if (!djobs_bf16.empty())
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
+  KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), int(ecsq_jobs.size()), verify_checksums, ecsq_status, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
   // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
   cudaStream_t xs = stream;
@@ -440,7 +485,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   // Statuses: read now (the one synchronisation), or left on the device for status() (defer_status).
   n_inflate_jobs_ = ijobs.size();
   n_dequant_jobs_ = djobs.size();
+  n_ecsq_jobs_ = ecsq_jobs.size();
   job_chunk_ = std::move(job_chunk);
+  ecsq_job_chunk_ = std::move(ecsq_job_chunk);
   last_times_ = GpuDecodeTimes{};
   last_times_.host_s = host_s;
   KVTC_CUDA_RETURN(cudaEventRecord(coef_done_, stream));
@@ -462,7 +509,7 @@ Status GpuBatchDecoder::check_coefficients() {
   coef_pending_ = false;
   KVTC_CUDA_RETURN(cudaEventSynchronize(coef_done_));
   const bool overlapped = exact_pending_;
-  std::vector<uint32_t> st(n_inflate_jobs_ + 1 + n_dequant_jobs_);
+  std::vector<uint32_t> st(n_inflate_jobs_ + 1 + n_dequant_jobs_ + n_ecsq_jobs_);
   KVTC_CUDA_RETURN(cudaMemcpy(st.data(), status_.get(), st.size() * sizeof(uint32_t), cudaMemcpyDeviceToHost));
   cudaEvent_t* ev = stage_events_;
   last_times_.upload_s = event_seconds(ev[0], ev[1]);
@@ -481,6 +528,14 @@ Status GpuBatchDecoder::check_coefficients() {
   }
   for (size_t k = 0; k < n_dequant_jobs_; ++k)
     if (st[n_inflate_jobs_ + 1 + k]) return corrupt("codes chunk: a code exceeds its width, or a non-finite fp16 value or side scale / shift");
+  for (size_t k = 0; k < n_ecsq_jobs_; ++k) {
+    const uint32_t e = st[n_inflate_jobs_ + 1 + n_dequant_jobs_ + k];
+    if (e == kEcsqOk) continue;
+    const std::string where = "sequence " + std::to_string(ecsq_job_chunk_[k].first) + " chunk " +
+                              std::to_string(ecsq_job_chunk_[k].second);
+    if (e == kEcsqBadChecksum) return checksum_mismatch(where + ": chunk checksum mismatch");
+    return corrupt(where + ": " + ecsq_decode_status_name(e));
+  }
   return Status::ok();
 }
 

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "core/calibration_data.hpp"
 #include "core/container.hpp"
 #include "cuda/cuda_common.hpp"
+#include "cuda/ecsq_device_level.hpp"
 #include "cuda/restore_kernels.cuh"
 
 namespace kvtc::cuda {
@@ -30,6 +32,9 @@ struct GpuCalibration {
   DeviceBuffer basis_f32[2];   // float [rows][p]
   DeviceBuffer basis_bf16[2];  // bf16 [rows][p]
   DeviceBuffer inv_freq;       // double [head_dim / 2]
+  // Codec 3: the ECSQ levels containers have used, uploaded on first use (shared by the decoders of
+  // this calibration; a new upload() starts an empty cache).
+  std::shared_ptr<EcsqLevelCache> ecsq_levels = std::make_shared<EcsqLevelCache>();
 
   // max_rows < 0: all rank rows.
   Status upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream);
@@ -49,7 +54,8 @@ struct GpuSequence {
   DeviceBuffer rope;          // float2 [M][head_dim / 2]
 };
 
-// Per-stage device times of the last decode, from CUDA events (seconds).
+// Per-stage device times of the last decode, from CUDA events (seconds). Codec 3 codes chunks decode
+// (rANS, raw bits and dequantisation in one kernel) in the dequantize stage; inflate is then exact chunks.
 // host_s: host clock from decode()'s start to its first device call (parsing, checks, job tables);
 // wait_s: host clock of its final synchronisation.
 struct GpuDecodeTimes {
@@ -89,7 +95,8 @@ class GpuBatchDecoder {
   Status status(GpuDecodeTimes* times);
 
   // Caller memory for every device buffer of decode() and of the restores after it (nullptr: own
-  // buffers again). Waits for work still running in the old buffers.
+  // buffers again), except codec 3's level tables, which the device calibration owns. Waits for work
+  // still running in the old buffers.
   Status set_workspace(void* base, size_t bytes);
   // Bytes of workspace decode() needs for these containers (host work only: parses the headers).
   static Result<size_t> workspace_bytes(const GpuCalibration& gcal, const CalibrationData& cal,
@@ -123,13 +130,14 @@ class GpuBatchDecoder {
   cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
   cudaEvent_t coef_done_ = nullptr, stage_events_[4] = {};
   bool exact_recorded_ = false, exact_pending_ = false, coef_pending_ = false;
-  size_t exact_jobs_begin_ = 0, n_inflate_jobs_ = 0, n_dequant_jobs_ = 0;
-  std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;  // (sequence, chunk) of each inflate job
+  size_t exact_jobs_begin_ = 0, n_inflate_jobs_ = 0, n_dequant_jobs_ = 0, n_ecsq_jobs_ = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;       // (sequence, chunk) of each inflate job
+  std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk_;  // and of each codec 3 codes chunk
   GpuDecodeTimes last_times_;
   Arena arena_;
   bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;
-  DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, exact_jobs_, tmp_;
+  DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, ecsq_jobs_, exact_jobs_, tmp_;
 };
 
 }  // namespace kvtc::cuda

@@ -1,0 +1,216 @@
+// Codec 3 codes chunks on the GPU: rANS decode fused with escape / bucket bits and dequantisation.
+//
+// Thread `lane` of a warp holds rANS lanes `lane` and `lane + 32` (chunks have 1..64 lanes). A round
+// of N symbols (i = rN .. rN + N - 1, symbol i on rANS lane i mod N) is decoded 32 lanes at a time:
+// each thread does the table step for its lane, then the threads whose state fell below 2^16 take the
+// next words in lane order (ballot, then the count of lower lanes that need one), exactly the order
+// of the serial decoder. The same 32 symbols are consecutive in the chunk, so their raw bits are
+// consecutive too: each symbol's offset is a warp prefix sum of the bit counts. An escaped symbol's
+// count is known only after reading its 8 escape bits, so escapes (rare: the tables cover the codes
+// calibration saw) are resolved one at a time in lane order before the sum. Every read is checked
+// against the chunk; states stay in [2^16, 2^32) for any input (docs/FORMAT.md, "rANS chunk").
+#include "cuda/ecsq_decode.cuh"
+
+#include <cuda_bf16.h>
+
+#include "core/ecsq.hpp"
+#include "cuda/crc32.cuh"
+#include "entropy/rans_chunk.hpp"
+
+namespace kvtc::cuda {
+
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr uint32_t kFullMask = 0xffffffffu;
+constexpr uint32_t kHeaderBytes = uint32_t(kRansChunkHeaderBytes);
+
+__device__ __forceinline__ uint32_t load_u32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+__device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, uint32_t lane) {
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const uint32_t u = __shfl_up_sync(kFullMask, v, d);
+    if (lane >= uint32_t(d)) v += u;
+  }
+  return v;
+}
+
+// Bits [at, at + n) of the raw area, least significant first (n <= 27; the caller checked that they
+// lie within the raw bits).
+__device__ __forceinline__ uint32_t read_bits(const uint8_t* raw, uint64_t at, uint32_t n) {
+  if (n == 0) return 0;
+  const uint64_t byte = at >> 3;
+  const uint32_t shift = uint32_t(at & 7);
+  uint64_t v = 0;
+  for (uint32_t k = 0; k < (shift + n + 7) / 8; ++k) v |= uint64_t(raw[byte + k]) << (8 * k);
+  return uint32_t(v >> shift) & ((1u << n) - 1u);
+}
+
+// The device twins of core/ecsq.hpp's host functions. Magnitude symbol m of signed symbol s
+// (ecsq_magnitude_symbol), and the bucket bits after it (ecsq_bucket_bits).
+__device__ __forceinline__ int magnitude_symbol(uint32_t s) { return int((s + 1) / 2); }
+__device__ __forceinline__ uint32_t bucket_bits(uint32_t s) {
+  const int m = magnitude_symbol(s);
+  return m <= kEcsqDirectMax ? 0u : uint32_t(m - (kEcsqDirectMax + 1));
+}
+
+// Coefficient of signed symbol s with its bucket bits, as ecsq_dequantize(ecsq_code(s, bucket), ...):
+// (float(|q|) + delta) * step with two roundings, q's sign.
+__device__ __forceinline__ float dequantize(uint32_t s, uint32_t bucket, float step, float delta) {
+  if (s == 0) return 0.0f;
+  const int m = magnitude_symbol(s);
+  const int32_t mag = m <= kEcsqDirectMax ? m : kEcsqDirectMax + (int32_t(1) << (m - kEcsqDirectMax - 1)) + int32_t(bucket);
+  const float v = __fmul_rn(__fadd_rn(float(mag), delta), step);
+  return (s & 1u) ? v : -v;
+}
+
+// One chunk by one warp; every return is warp-uniform.
+__device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane) {
+  const uint8_t* c = job.chunk;
+  const uint32_t nb = job.chunk_bytes;
+  if (crc_table != nullptr && warp_crc32(c, nb, crc_table) != job.crc32) return kEcsqBadChecksum;
+  // Header (entropy/rans_chunk.hpp), then the raw-bit series after the rANS chunk.
+  if (nb < kHeaderBytes + 4) return kEcsqBadHeader;
+  const uint32_t n = load_u32(c), n_lanes = c[4], stream_bytes = load_u32(c + 8);
+  if ((c[5] | c[6] | c[7]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
+      n_lanes > uint32_t(kRansMaxLanes) || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
+    return kEcsqBadHeader;
+  const uint64_t rans_bytes = kHeaderBytes + 4ull * n_lanes + stream_bytes;
+  if (rans_bytes + 4 > nb) return kEcsqBadHeader;
+  const uint32_t n_raw = load_u32(c + rans_bytes);
+  const uint64_t raw_bytes = nb - rans_bytes - 4;
+  if (raw_bytes != (uint64_t(n_raw) + 7) / 8) return kEcsqRawLeftover;
+  const uint8_t* raw = c + rans_bytes + 4;
+  if (n_raw % 8 != 0 && (raw[raw_bytes - 1] >> (n_raw % 8)) != 0) return kEcsqBadPadding;
+
+  // States of rANS lanes `lane` (x0) and `lane + 32` (x1); lanes beyond N stay at 2^16.
+  uint32_t x0 = kRansStateLow, x1 = kRansStateLow;
+  if (lane < n_lanes) x0 = load_u32(c + kHeaderBytes + 4 * lane);
+  if (lane + 32 < n_lanes) x1 = load_u32(c + kHeaderBytes + 4 * (lane + 32));
+  if (__any_sync(kFullMask, x0 < kRansStateLow || x1 < kRansStateLow)) return kEcsqBadInitialState;
+  const uint8_t* words = c + kHeaderBytes + 4 * n_lanes;
+  const uint32_t n_words = stream_bytes / 2;
+  const uint32_t halves = (n_lanes + 31) / 32;
+  uint32_t pos = 0;     // next word
+  uint64_t at_bit = 0;  // next raw bit
+  for (uint32_t round = 0; round < n; round += n_lanes) {
+    for (uint32_t h = 0; h < halves; ++h) {
+      const uint32_t l = h * 32 + lane, i = round + l;
+      const bool active = l < n_lanes && i < n;
+      uint32_t x = h == 0 ? x0 : x1;
+      uint32_t s = 0, t = 0;
+      EcsqDeviceComponent cell;
+      bool need = false;
+      if (active) {  // step 1-2 of the spec with symbol i's table
+        const uint32_t k = i / job.n_tokens;
+        t = i - k * job.n_tokens;
+        cell = job.cells[job.first_cell + k];
+        const uint32_t slot = x & ((1u << cell.prob_bits) - 1u);
+        s = job.slots[cell.slot_offset + slot];
+        const uint32_t e = job.entries[cell.entry_offset + s];
+        x = (e >> 16) * (x >> cell.prob_bits) + slot - (e & 0xffffu);
+        need = x < kRansStateLow;
+      }
+      const uint32_t need_mask = __ballot_sync(kFullMask, need);
+      if (need) {  // step 3: words in lane order; past the end reads 0 and shows as pos > n_words
+        const uint32_t k = pos + __popc(need_mask & ((1u << lane) - 1u));
+        const uint32_t w = k < n_words ? uint32_t(words[2 * k]) | uint32_t(words[2 * k + 1]) << 8 : 0u;
+        x = x << 16 | w;
+      }
+      pos += __popc(need_mask);
+      if (h == 0) x0 = x;
+      else x1 = x;
+
+      // Raw bits: escapes first, one at a time in lane order, then one prefix sum.
+      const bool escaped = active && s == uint32_t(cell.alphabet) - 1u;
+      uint32_t count = active && !escaped ? bucket_bits(s) : 0u;
+      for (uint32_t esc = __ballot_sync(kFullMask, escaped); esc != 0; esc &= esc - 1) {
+        const uint32_t e = __ffs(esc) - 1;
+        const uint32_t before = warp_inclusive_sum(count, lane) - count;
+        uint32_t bad = 0;
+        if (lane == e) {
+          const uint64_t from = at_bit + before;
+          if (from + kEcsqEscapeBits > n_raw) {
+            bad = kEcsqRawOverrun;
+          } else {
+            s = read_bits(raw, from, kEcsqEscapeBits);
+            if (s < uint32_t(cell.alphabet) - 1u || s >= uint32_t(kEcsqSignedSymbols)) bad = kEcsqBadEscape;
+            else count = kEcsqEscapeBits + bucket_bits(s);
+          }
+        }
+        bad = __shfl_sync(kFullMask, bad, int(e));
+        if (bad != 0) return bad;
+      }
+      const uint32_t incl = warp_inclusive_sum(count, lane);
+      bool overrun = false;
+      if (active) {
+        const uint32_t nbits = escaped ? count - kEcsqEscapeBits : count;
+        const uint64_t from = at_bit + incl - nbits;  // the bucket bits come last
+        uint32_t bucket = 0;
+        if (from + nbits > n_raw) overrun = true;
+        else bucket = read_bits(raw, from, nbits);
+        const float v = dequantize(s, bucket, cell.step, cell.delta);
+        const uint64_t idx = uint64_t(job.row0 + t) * job.ld + cell.component;
+        if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
+        if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+      }
+      if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
+      at_bit += __shfl_sync(kFullMask, incl, 31);
+    }
+  }
+  if (pos > n_words) return kEcsqStreamOverrun;
+  if (pos < n_words) return kEcsqStreamLeftover;
+  if (__any_sync(kFullMask, x0 != kRansStateLow || x1 != kRansStateLow)) return kEcsqBadFinalState;
+  if (at_bit != n_raw) return kEcsqRawLeftover;
+  return kEcsqOk;
+}
+
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    ecsq_decode_kernel(const EcsqDecodeJob* __restrict__ jobs, int n_jobs, bool verify_crc, uint32_t* __restrict__ status) {
+  __shared__ uint32_t crc_table[256];
+  if (verify_crc) {
+    for (uint32_t i = threadIdx.x; i < 256; i += blockDim.x) {
+      uint32_t v = i;
+      for (int k = 0; k < 8; ++k) v = (v & 1) ? 0xedb88320u ^ (v >> 1) : v >> 1;
+      crc_table[i] = v;
+    }
+    __syncthreads();
+  }
+  const int j = int(blockIdx.x) * kWarpsPerBlock + int(threadIdx.x / 32);
+  if (j >= n_jobs) return;
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t st = decode_chunk(jobs[j], verify_crc ? crc_table : nullptr, lane);
+  if (lane == 0) status[j] = st;
+}
+
+}  // namespace
+
+const char* ecsq_decode_status_name(uint32_t status) {
+  switch (status) {
+    case kEcsqOk: return "ok";
+    case kEcsqBadChecksum: return "checksum mismatch";
+    case kEcsqBadHeader: return "malformed rANS chunk header or sizes";
+    case kEcsqBadInitialState: return "a rANS lane starts below 2^16";
+    case kEcsqStreamOverrun: return "the rANS stream ends before the last symbol";
+    case kEcsqStreamLeftover: return "rANS stream words left after the last symbol";
+    case kEcsqBadFinalState: return "a rANS lane does not end in its initial state";
+    case kEcsqBadEscape: return "an escape to a symbol the table codes, or one no code has";
+    case kEcsqRawOverrun: return "raw bits end inside an escape or a bucket";
+    case kEcsqRawLeftover: return "raw bits left over, or raw bytes that do not match their count";
+    case kEcsqBadPadding: return "nonzero padding bits";
+    default: return "unknown ECSQ decode status";
+  }
+}
+
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, bool verify_crc, uint32_t* status_dev,
+                               cudaStream_t stream) {
+  if (n_jobs <= 0) return cudaSuccess;
+  const int blocks = (n_jobs + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  ecsq_decode_kernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev, n_jobs, verify_crc, status_dev);
+  return cudaGetLastError();
+}
+
+}  // namespace kvtc::cuda

@@ -1,0 +1,67 @@
+// Codec 3 codes chunks on the GPU (docs/FORMAT.md, section 9 and "rANS chunk"): one warp per chunk
+// decodes the interleaved rANS lanes a round at a time (lane l on thread l mod 32; the words a round
+// reads are handed out by a ballot and a prefix count), reads each symbol's escape and bucket bits at
+// offsets from a warp prefix sum, and writes the dequantised coefficients straight to the stream's
+// coefficient matrix: entropy decoding fused with dequantisation, no intermediate symbols in memory.
+// Coefficients are bit-identical to the CPU decoder's (src/core/ecsq_chunk.cpp); every read of a
+// chunk is bounds-checked and a malformed chunk ends with a status, never a fault.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kvtc::cuda {
+
+// One component with a cell at the container's level, in component order (components without a cell
+// have no entry; their coefficients stay 0).
+struct EcsqDeviceComponent {
+  uint32_t component = 0;     // j: the coefficient column
+  uint32_t slot_offset = 0;   // bytes into the level's slot array: 2^prob_bits slot -> symbol bytes
+  uint32_t entry_offset = 0;  // into the level's entry array: per symbol freq << 16 | cum
+  float step = 0.0f, delta = 0.0f;
+  uint16_t alphabet = 0;      // the table's alphabet A; symbol A - 1 is the escape
+  uint8_t prob_bits = 0;
+  uint8_t pad = 0;
+};
+
+// One codes chunk of an ECSQ stream.
+struct EcsqDecodeJob {
+  const uint8_t* chunk = nullptr;                // stored bytes (device)
+  const EcsqDeviceComponent* cells = nullptr;    // the level's components with a cell (device)
+  const uint8_t* slots = nullptr;                // the level's slot tables (device)
+  const uint32_t* entries = nullptr;             // the level's symbol entries (device)
+  float* coef_f32 = nullptr;                     // [M][ld] or null
+  uint16_t* coef_bf16 = nullptr;                 // [M][ld] bf16 or null
+  uint32_t chunk_bytes = 0;
+  uint32_t crc32 = 0;
+  uint32_t n_symbols = 0;   // from the chunk table, checked against the level by the host
+  uint32_t n_tokens = 0;
+  uint32_t first_cell = 0;  // index in cells of the chunk's first component with a cell
+  uint32_t row0 = 0;        // first coefficient row (token_begin - n_head_exact)
+  uint32_t ld = 0;          // row stride of the coefficients (n_kept)
+  uint32_t pad = 0;
+};
+
+enum EcsqDecodeStatus : uint32_t {
+  kEcsqOk = 0,
+  kEcsqBadChecksum = 1,     // CRC-32 of the stored bytes differs from the chunk table's
+  kEcsqBadHeader = 2,       // rANS header: symbol count, lanes, reserved bytes, stream size, sizes
+  kEcsqBadInitialState = 3, // a lane starts below 2^16
+  kEcsqStreamOverrun = 4,   // the word stream ends before the last symbol
+  kEcsqStreamLeftover = 5,  // words left after the last symbol
+  kEcsqBadFinalState = 6,   // a lane does not end in 2^16
+  kEcsqBadEscape = 7,       // an escape to a symbol the table codes, or one no code has
+  kEcsqRawOverrun = 8,      // raw bits end inside an escape or a bucket
+  kEcsqRawLeftover = 9,     // raw bits left over, or the raw bytes do not match their count
+  kEcsqBadPadding = 10,     // nonzero padding bits after the raw bits
+};
+
+const char* ecsq_decode_status_name(uint32_t status);
+
+// Decodes jobs_dev[0 .. n_jobs) (device array) into their coefficient matrices; status_dev[i] gets job
+// i's status. verify_crc: check each chunk's CRC-32 first. Asynchronous on `stream`.
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, bool verify_crc, uint32_t* status_dev,
+                               cudaStream_t stream);
+
+}  // namespace kvtc::cuda
