@@ -1,0 +1,221 @@
+// Codec 3 (ECSQ + rANS, format 3) on the GPU: the fused rANS decode + dequantise kernel against the
+// CPU decoder (coefficients bit for bit) and the reference decoder, on a real cache and on synthetic
+// caches whose outliers force escapes and bucket bits (the same construction test_codec_v3_reference
+// checks reaches both rules), for 1..64 rANS lanes; corrupt chunks reported like the CPU's; codec 2
+// and codec 3 containers in one batch; and the GPU encoder's refusal of codec 3.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/container.hpp"
+#include "cuda/cuda_backend.hpp"
+#include "cuda_test_util.hpp"
+#include "kvtc/kvtc_cuda.hpp"
+#include "test_util.hpp"
+
+namespace kvtc {
+namespace {
+
+using testing::check_container;
+using testing::max_rel_diff;
+
+const KVCache& small_test() {
+  static const KVCache cache = [] {
+    auto c = read_cache(testing::repo_data("small-test.safetensors"));
+    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
+    return c.is_ok() ? std::move(c).value() : KVCache{};
+  }();
+  return cache;
+}
+
+std::vector<uint8_t> encode3(const CalibrationData& cal, const KVCache& cache, double ratio, int lanes,
+                             int64_t chunk_tokens = 0) {
+  EncodeOptions eo;
+  eo.codec = 3;
+  eo.target_ratio = ratio;
+  eo.rans_lanes = lanes;
+  eo.measure_error = false;
+  if (chunk_tokens > 0) eo.chunk_tokens = chunk_tokens;
+  auto enc = make_cpu_backend()->encode(cal, cache, eo, nullptr);
+  EXPECT_TRUE(enc.is_ok()) << enc.status().to_string();
+  return enc.is_ok() ? enc->bytes : std::vector<uint8_t>{};
+}
+
+// A real cache of the reference model with the ECSQ models calibrate() learns, at several ratios
+// and lane counts: one lane, an odd count, one warp, one more than a warp, two warps.
+TEST(CudaCodec3, RealCacheMatchesCpuAndReference) {
+  SKIP_WITHOUT_DEVICE();
+  const CalibrationData& cal = testing::small_calibration_with_ecsq();
+  for (double ratio : {8.0, 20.0, 32.0}) {
+    SCOPED_TRACE("ratio " + std::to_string(ratio));
+    check_container(cal, encode3(cal, small_test(), ratio, 32));
+  }
+  for (int lanes : {1, 7, 33, 64}) {
+    SCOPED_TRACE("lanes " + std::to_string(lanes));
+    check_container(cal, encode3(cal, small_test(), 16.0, lanes));
+  }
+}
+
+// A synthetic cache with two tokens made huge (x 1e4: codes beyond every table's alphabet, so
+// escapes; x 40: bucket symbols), a random basis and ECSQ models learnt from Laplacian coefficients.
+struct Synthetic {
+  KVCache cache;
+  CalibrationData cal;
+};
+
+Synthetic synthetic(int64_t n_tokens, uint64_t seed) {
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 16;
+  shape.rope.theta = 10000;
+  Synthetic s;
+  s.cache = testing::synthetic_cache(shape, n_tokens, seed);
+  s.cal = testing::calibration_8_20(s.cache, 64, 4, 16);
+  testing::add_synthetic_ecsq_models(s.cal, s.cache, 3000, seed + 1);
+  for (int l = 0; l < shape.n_layers; ++l)
+    for (int h = 0; h < shape.n_kv_heads; ++h)
+      for (int d = 0; d < shape.head_dim; ++d) {
+        s.cache.k_row(l, h, 50)[d] *= 1e4f;
+        s.cache.v_row(l, h, 50)[d] *= 1e4f;
+        s.cache.k_row(l, h, 51)[d] *= 40.0f;
+        s.cache.v_row(l, h, 51)[d] *= 40.0f;
+      }
+  return s;
+}
+
+TEST(CudaCodec3, EscapesBucketsAndBlockMode) {
+  SKIP_WITHOUT_DEVICE();
+  for (uint64_t seed : {3u, 4u}) {
+    const Synthetic s = synthetic(200, seed);
+    for (double ratio : {4.0, 8.0, 16.0, 64.0})
+      for (int lanes : {32, 64}) {
+        SCOPED_TRACE("seed " + std::to_string(seed) + " ratio " + std::to_string(ratio) + " lanes " + std::to_string(lanes));
+        check_container(s.cal, encode3(s.cal, s.cache, ratio, lanes, 64));
+      }
+    // Block mode: tokens [40, 140) at their true positions, no exact tokens, the outliers inside.
+    CacheView view = CacheView::of(s.cache);
+    view.n_tokens = 100;
+    view.position_offset = 40;
+    for (size_t l = 0; l < view.k.size(); ++l) {
+      view.k[l].data = s.cache.k[l].data() + 40 * s.cache.shape.head_dim;
+      view.v[l].data = s.cache.v[l].data() + 40 * s.cache.shape.head_dim;
+    }
+    EncodeOptions o;
+    o.codec = 3;
+    o.target_ratio = 8;
+    o.exact_head_tokens = 0;
+    o.exact_tail_tokens = 0;
+    o.measure_error = false;
+    auto enc = encode(Calibration(std::make_shared<CalibrationData>(s.cal)), view, o);
+    ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+    check_container(s.cal, enc->bytes);
+  }
+}
+
+// Flipped bits: with checksums the GPU reports CHECKSUM_MISMATCH like the CPU; without them it fails
+// exactly when the CPU decoder fails (CORRUPT), and when both succeed the coefficients agree. A
+// truncated container is refused before anything runs.
+TEST(CudaCodec3, FlippedBitsGiveStatusLikeCpu) {
+  SKIP_WITHOUT_DEVICE();
+  const Synthetic s = synthetic(200, 5);
+  const std::vector<uint8_t> bytes = encode3(s.cal, s.cache, 8.0, 32, 64);
+  auto parsed = parse_container(bytes.data(), bytes.size());
+  ASSERT_TRUE(parsed.is_ok());
+  // Flip bits only inside codes chunks: those are what the new kernel reads.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const ChunkEntry& c : parsed->header.chunks)
+    if (c.coder == ChunkCoder::kEcsqRans) ranges.push_back({parsed->payload_offset + c.offset, c.stored_bytes});
+  ASSERT_FALSE(ranges.empty());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend();
+  std::mt19937_64 rng(7);
+  int rejected = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<uint8_t> bad = bytes;
+    const auto& [begin, size] = ranges[rng() % ranges.size()];
+    bad[begin + rng() % size] ^= uint8_t(1u << (rng() % 8));
+    DecodeOptions with_crc, without_crc;
+    without_crc.verify_checksums = false;
+    auto g1 = gpu->decode_coefficients(s.cal, bad.data(), bad.size(), with_crc, nullptr);
+    ASSERT_FALSE(g1.is_ok());
+    EXPECT_EQ(g1.status().code(), StatusCode::kChecksumMismatch) << g1.status().to_string();
+    auto c2 = cpu->decode_coefficients(s.cal, bad.data(), bad.size(), without_crc, nullptr);
+    auto g2 = gpu->decode_coefficients(s.cal, bad.data(), bad.size(), without_crc, nullptr);
+    EXPECT_EQ(c2.is_ok(), g2.is_ok()) << "trial " << trial << ": CPU " << c2.status().to_string() << ", GPU "
+                                      << g2.status().to_string();
+    if (c2.is_ok() && g2.is_ok()) {
+      for (int st = 0; st < 2; ++st) EXPECT_EQ(c2->coef[st], g2->coef[st]);
+    } else if (!g2.is_ok()) {
+      EXPECT_EQ(g2.status().code(), StatusCode::kCorrupt) << g2.status().to_string();
+      ++rejected;
+    }
+  }
+  std::printf("%d of 300 containers with a flipped codes bit rejected without checksums\n", rejected);
+  auto t = gpu->decode_coefficients(s.cal, bytes.data(), bytes.size() - 1, DecodeOptions{}, nullptr);
+  EXPECT_EQ(t.status().code(), StatusCode::kCorrupt);
+}
+
+// The public batch API with codec 2 and codec 3 containers of one calibration in one decode, fp32
+// and bf16 restores against the CPU decoder (bf16 tolerance: 1e-2 of the largest magnitude).
+TEST(CudaCodec3, MixedBatchWithCodecTwo) {
+  SKIP_WITHOUT_DEVICE();
+  const auto cal_data = std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq());
+  const Calibration cal(cal_data);
+  std::vector<std::vector<uint8_t>> blobs;
+  for (int codec : {3, 2, 3}) {
+    EncodeOptions eo;
+    eo.codec = codec;
+    eo.target_ratio = codec == 2 ? 20.0 : 16.0;
+    eo.measure_error = false;
+    auto enc = make_cpu_backend()->encode(*cal_data, small_test(), eo, nullptr);
+    ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+    blobs.push_back(enc->bytes);
+  }
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  cuda::BatchDecoder dec;
+  std::vector<cuda::ContainerView> views;
+  for (auto& b : blobs) views.push_back({b.data(), b.size()});
+  ASSERT_TRUE(dec.decode(*dcal, views, cuda::BatchDecodeOptions{}, nullptr).is_ok());
+  ASSERT_EQ(dec.n_sequences(), 3);
+  auto cpu = make_cpu_backend();
+  const ModelShape& shape = cal_data->shape;
+  for (int q = 0; q < 3; ++q) {
+    auto cd = cpu->decode_coefficients(*cal_data, blobs[size_t(q)].data(), blobs[size_t(q)].size(), DecodeOptions{}, nullptr);
+    ASSERT_TRUE(cd.is_ok());
+    const size_t n = size_t(shape.n_kv_heads) * size_t(dec.n_tokens(q)) * shape.head_dim;
+    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+      std::vector<std::vector<float>> kg, vg;
+      ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
+      std::vector<float> kc(n), vc(n);
+      for (int l = 0; l < shape.n_layers; ++l) {
+        ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
+        const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
+        EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l;
+        EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l;
+      }
+    }
+  }
+}
+
+// The GPU encoder writes codec 2 only: codec 3 is refused with UNSUPPORTED, never a wrong container.
+TEST(CudaCodec3, GpuEncoderRefusesCodecThree) {
+  SKIP_WITHOUT_DEVICE();
+  const CalibrationData& cal = testing::small_calibration_with_ecsq();
+  EncodeOptions eo;
+  eo.target_ratio = 20.0;
+  eo.codec = 3;
+  eo.measure_error = false;
+  auto enc = make_cuda_backend()->encode(cal, small_test(), eo, nullptr);
+  ASSERT_FALSE(enc.is_ok());
+  EXPECT_EQ(enc.status().code(), StatusCode::kUnsupported) << enc.status().to_string();
+}
+
+}  // namespace
+}  // namespace kvtc
