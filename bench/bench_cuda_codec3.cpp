@@ -1,0 +1,152 @@
+// Codec 3's entropy stage on the GPU: the fused rANS decode + dequantise kernel (src/cuda/ecsq_decode.cu)
+// on real codes, against codec 2's inflate + dequantise on the same caches and the CPU decoder in the
+// same run. Calibrates from real caches (ECSQ models included), encodes each test cache with codec 2
+// and codec 3 on the CPU, then decodes `copies` copies of each container in one GPU batch (real codes,
+// enough chunks to fill the device), checking the coefficients against the CPU decoder's first.
+//
+//   kvtc_bench_cuda_codec3 CAL1[,CAL2...] TEST1[,TEST2...] [ratios, default 8,16,32] [copies, default 64] [reps, default 7]
+//
+// One JSON object per (test cache, ratio, codec) on stdout: compressed codes bytes, symbols, GPU
+// entropy-stage seconds (median of reps) and GB/s of stored codes in, CPU decode seconds (all cores).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "core/container.hpp"
+#include "cuda/gpu_decoder.hpp"
+#include "kvtc/kvtc.hpp"
+#include "util/half.hpp"
+
+namespace kvtc {
+namespace {
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+int fail(const Status& s, const char* what) {
+  std::fprintf(stderr, "%s: %s\n", what, s.to_string().c_str());
+  return 1;
+}
+
+int run(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s CAL1[,CAL2...] TEST1[,TEST2...] [ratios] [copies] [reps]\n", argv[0]);
+    return 2;
+  }
+  const std::vector<std::string> cal_paths = split(argv[1]), test_paths = split(argv[2]);
+  std::vector<double> ratios;
+  for (const std::string& r : split(argc > 3 ? argv[3] : "8,16,32")) ratios.push_back(std::stod(r));
+  const int copies = argc > 4 ? std::stoi(argv[4]) : 64, reps = argc > 5 ? std::stoi(argv[5]) : 7;
+
+  CalibrateOptions co;
+  co.ratios = ratios;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto cal = calibrate(cal_paths, co);
+  if (!cal.is_ok()) return fail(cal.status(), "calibrate");
+  const CalibrationData& cd = cal->data();
+  std::fprintf(stderr, "calibrated in %.1f s (p = %lld)\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+               static_cast<long long>(cd.shape.n_features()));
+
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cuda::GpuCalibration gcal;
+  if (Status s = gcal.upload(cd, false, true, -1, stream); !s.is_ok()) return fail(s, "upload");
+  cuda::GpuBatchDecoder dec;
+  auto cpu = make_cpu_backend();
+
+  for (const std::string& path : test_paths) {
+    auto cache = read_cache(path);
+    if (!cache.is_ok()) return fail(cache.status(), path.c_str());
+    for (double ratio : ratios)
+      for (int codec : {2, 3}) {
+        EncodeOptions eo;
+        eo.codec = codec;
+        eo.target_ratio = ratio;
+        eo.measure_error = false;
+        auto enc = encode(*cal, *cache, eo);
+        if (!enc.is_ok()) return fail(enc.status(), "encode");
+        const std::vector<uint8_t>& bytes = enc->bytes;
+        auto parsed = parse_container(bytes.data(), bytes.size());
+        if (!parsed.is_ok()) return fail(parsed.status(), "parse");
+        double codes_stored = 0, symbols = 0;
+        for (const ChunkEntry& c : parsed->header.chunks)
+          if (c.kind != ChunkKind::kExact) {
+            codes_stored += c.stored_bytes;
+            symbols += c.coder == ChunkCoder::kEcsqRans ? c.raw_bytes : 0;
+          }
+
+        // Correctness first: one copy with fp32 coefficients, bit for bit against the CPU decoder.
+        auto want = cpu->decode_coefficients(cd, bytes.data(), bytes.size(), DecodeOptions{}, nullptr);
+        if (!want.is_ok()) return fail(want.status(), "CPU decode");
+        if (Status s = dec.decode(gcal, cd, {{bytes.data(), bytes.size()}}, true, true, false, false, stream, nullptr);
+            !s.is_ok())
+          return fail(s, "GPU decode");
+        bool match = true;
+        for (int s = 0; s < 2; ++s) {
+          std::vector<float> got(want->coef[s].size());
+          cudaMemcpy(got.data(), dec.sequence(0).coef_f32[s].get(), got.size() * sizeof(float), cudaMemcpyDeviceToHost);
+          match = match && std::memcmp(got.data(), want->coef[s].data(), got.size() * sizeof(float)) == 0;
+        }
+
+        // Throughput: `copies` containers per batch, bf16 coefficients (what the restore GEMM reads),
+        // exact chunks on the side stream so that the coefficient stages are timed alone.
+        std::vector<std::pair<const uint8_t*, size_t>> batch(size_t(copies), {bytes.data(), bytes.size()});
+        cuda::GpuDecodeOptions go;
+        go.want_f32 = false;
+        go.want_bf16 = true;
+        go.overlap_exact = true;
+        std::vector<double> stage_s, wall_s;
+        for (int r = 0; r < reps + 1; ++r) {
+          cuda::GpuDecodeTimes t;
+          const auto w0 = std::chrono::steady_clock::now();
+          if (Status s = dec.decode(gcal, cd, batch, go, stream, &t); !s.is_ok()) return fail(s, "GPU batch decode");
+          if (Status s = dec.exact_status(nullptr); !s.is_ok()) return fail(s, "GPU exact chunks");
+          if (r == 0) continue;  // warm-up (level tables uploaded, buffers sized)
+          wall_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count());
+          stage_s.push_back(t.inflate_s + t.dequantize_s);
+        }
+        std::vector<double> cpu_s;
+        for (int r = 0; r < 3; ++r) {
+          const auto c0 = std::chrono::steady_clock::now();
+          auto d = cpu->decode_coefficients(cd, bytes.data(), bytes.size(), DecodeOptions{}, nullptr);
+          if (!d.is_ok()) return fail(d.status(), "CPU decode");
+          cpu_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());
+        }
+        const double gpu = median(stage_s);
+        std::printf(
+            "{\"cache\": \"%s\", \"ratio\": %g, \"codec\": %d, \"file_bytes\": %zu, \"codes_stored_bytes\": %.0f, "
+            "\"symbols\": %.0f, \"coef_match_cpu\": %s, \"copies\": %d, \"gpu_entropy_dequant_s\": %.6f, "
+            "\"gpu_codes_GBps\": %.2f, \"gpu_Gsym_per_s\": %.2f, \"gpu_decode_wall_s\": %.6f, "
+            "\"cpu_decode_coefficients_s\": %.6f, \"cpu_codes_GBps\": %.3f}\n",
+            path.c_str(), ratio, codec, bytes.size(), codes_stored, symbols, match ? "true" : "false", copies, gpu,
+            codes_stored * copies / gpu * 1e-9, symbols * copies / gpu * 1e-9, median(wall_s), median(cpu_s),
+            codes_stored / median(cpu_s) * 1e-9);
+        std::fflush(stdout);
+      }
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtc
+
+int main(int argc, char** argv) { return kvtc::run(argc, argv); }
