@@ -129,7 +129,8 @@ struct EncodeOptions {
   // docs/FORMAT.md section 9): entropy-constrained scalar quantisation with the calibration's static
   // rANS tables (calibration format 2); target_ratio bounds the stored bytes of each stream's compressed
   // tokens, at most 2 * p * tokens / target_ratio, by rate control over the calibration's levels.
-  // The CUDA backend reads and writes codec 2 only.
+  // The CUDA backend encodes codec 2 only and decodes both (docs/CUDA.md says how far its codec 3
+  // decoder is tested).
   int codec = 2;
   int rans_lanes = 32;          // codec 3: interleaved rANS states per chunk, 1..64 (32: one per GPU warp thread)
   double target_ratio = 20.0;

@@ -254,7 +254,7 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
     ``exact_sinks`` / ``exact_window``: tokens kept exact at the start and end (default: the
     calibration's). ``metadata``: strings stored in the container (default: the cache's shape and
     model, as a kvtc cache file has them). ``codec``: 2 (fixed-width groups + DEFLATE, container
-    format 2) or 3 (entropy-constrained quantisation + rANS, format 3, CPU only: ``ratio`` then bounds
+    format 2) or 3 (entropy-constrained quantisation + rANS, format 3, encoded on the CPU: ``ratio`` then bounds
     the stored bytes; needs a calibration with ECSQ models, else InvalidArgumentError says to
     recalibrate). ``rans_lanes``: codec 3's interleaved rANS states per chunk, 1..64. When ``report``
     is a dict, it receives the sizes, ratios and per-layer relative errors of this encode (which costs

@@ -76,7 +76,7 @@ void register_compress(CLI::App& app) {
   cmd->add_option("-o,--output", args->out, "Container to write (.kvtc)")->required();
   // Values are checked by the library (encode), so the CLI, C API and Python refuse the same ones.
   cmd->add_option("--codec", args->codec,
-                  "2: fixed-width groups + DEFLATE (format 2); 3: ECSQ + rANS (format 3, CPU only; needs a "
+                  "2: fixed-width groups + DEFLATE (format 2); 3: ECSQ + rANS (format 3, encoded on the CPU; needs a "
                   "calibration with ECSQ models)")
       ->capture_default_str();
   cmd->add_option("--rans-lanes", args->rans_lanes, "Codec 3: interleaved rANS states per chunk, 1..64")
