@@ -1,8 +1,11 @@
 #include "test_util.hpp"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <stdexcept>
 
@@ -17,6 +20,28 @@ namespace kvtc::testing {
 std::string shared_dir() { return KVTC_SHARED_DIR; }
 std::string repo_data(const std::string& name) { return std::string(KVTC_SOURCE_DIR) + "/data/" + name; }
 std::string shared_kvcache(const std::string& name) { return shared_dir() + "/kvcache/" + name; }
+
+const KVCache& repo_cache(const std::string& name) {
+  static std::map<std::string, KVCache> caches;
+  auto it = caches.find(name);
+  if (it == caches.end()) {
+    auto c = read_cache(repo_data(name));
+    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
+    it = caches.emplace(name, c.is_ok() ? c.value() : KVCache{}).first;
+  }
+  return it->second;
+}
+
+CacheView block_view(const KVCache& c, int64_t a, int64_t b) {
+  CacheView v = CacheView::of(c);
+  v.n_tokens = b - a;
+  v.position_offset = c.position_offset + a;
+  for (size_t l = 0; l < v.k.size(); ++l) {
+    v.k[l].data = c.k[l].data() + a * c.shape.head_dim;
+    v.v[l].data = c.v[l].data() + a * c.shape.head_dim;
+  }
+  return v;
+}
 
 KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype,
                         int64_t position_offset) {

@@ -17,6 +17,13 @@ namespace kvtc::testing {
 std::string shared_dir();
 std::string repo_data(const std::string& name);  // <repo>/data/<name>
 std::string shared_kvcache(const std::string& name);  // ../shared/kvcache/<name>
+// The cache data/<name> of the repo, read once per process (a failed read fails the current test and
+// gives an empty cache).
+const KVCache& repo_cache(const std::string& name);
+
+// A view of tokens [a, b) of a cache's own tensors, at their true positions (position_offset + a): a
+// block for block mode.
+CacheView block_view(const KVCache& c, int64_t a, int64_t b);
 
 // A random cache with a low-rank, correlated structure (like real KV), RoPE applied to keys.
 // position_offset: RoPE position of token 0 (keys are rotated accordingly).
