@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <random>
 #include <stdexcept>
 
 #include "core/ecsq.hpp"
+#include "core/reference_decoder.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "kvtc/kvtc.hpp"
@@ -251,6 +253,30 @@ void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64
     if (!m.is_ok()) std::abort();
     sc.ecsq = std::move(m).value();
   }
+}
+
+StatusCode decode_code_both(const Calibration& cal, const std::vector<uint8_t>& bytes, const DecodeOptions& o) {
+  auto fast = decode(cal, bytes.data(), bytes.size(), o);
+  auto ref = reference_decode(cal.data(), bytes.data(), bytes.size());
+  EXPECT_EQ(fast.is_ok(), ref.is_ok()) << fast.status().to_string() << " vs " << ref.status().to_string();
+  return fast.status().code();
+}
+
+void expect_truncations_rejected(const std::vector<uint8_t>& full,
+                                 const std::function<StatusCode(const std::vector<uint8_t>&)>& decode_code,
+                                 size_t dense, size_t stride) {
+  for (size_t n = 0; n < full.size(); n += (n < dense ? 1 : stride)) {
+    std::vector<uint8_t> cut(full.begin(), full.begin() + long(n));
+    const StatusCode c = decode_code(cut);
+    ASSERT_TRUE(c == StatusCode::kCorrupt || c == StatusCode::kChecksumMismatch) << "length " << n;
+  }
+}
+
+std::vector<uint8_t> with_header(const std::vector<uint8_t>& full, size_t payload_offset,
+                                 const ContainerHeader& header) {
+  std::vector<uint8_t> bytes = serialize_container_header(header);
+  bytes.insert(bytes.end(), full.begin() + long(payload_offset), full.end());
+  return bytes;
 }
 
 }  // namespace kvtc::testing
