@@ -101,4 +101,18 @@ Energy test_energy(const CalibrationData& cal, int stream, const std::vector<con
   return e;
 }
 
+void pool_relative_mse(const Calibration& cal, const KVCache& c, const EncodeReport& r, double num[2], double den[2]) {
+  for (int s = 0; s < 2; ++s) {
+    double e = 0;
+    for (int l = 0; l < c.shape.n_layers; ++l)
+      for (int h = 0; h < c.shape.n_kv_heads; ++h)
+        for (int64_t t = cal.n_sink_tokens(); t < cal.n_sink_tokens() + r.n_compressed_tokens; ++t) {
+          const float* x = s == 0 ? c.k_row(l, h, t) : c.v_row(l, h, t);
+          for (int d = 0; d < c.shape.head_dim; ++d) e += double(x[d]) * x[d];
+        }
+    num[s] += (s == 0 ? r.k_relative_mse : r.v_relative_mse) * e;
+    den[s] += e;
+  }
+}
+
 }  // namespace kvtc::bench

@@ -30,4 +30,9 @@ struct Energy {
 // Energy of stream 0 (keys) or 1 (values) of `caches` in `cal`'s basis.
 Energy test_energy(const CalibrationData& cal, int stream, const std::vector<const KVCache*>& caches);
 
+// Pools relative MSE over caches: adds cache `c`'s relative MSE of keys (s = 0) and values (s = 1) from its
+// encode report `r`, weighted by that stream's energy over the compressed tokens, to num[s], and the energy to
+// den[s]; num[s] / den[s] is then the pooled relative MSE.
+void pool_relative_mse(const Calibration& cal, const KVCache& c, const EncodeReport& r, double num[2], double den[2]);
+
 }  // namespace kvtc::bench

@@ -96,17 +96,7 @@ int main(int argc, char** argv) {
       for (const ChunkEntry& ch : parsed->header.chunks)
         if (ch.kind != ChunkKind::kExact) stored[ch.stream] += ch.stored_bytes;
       raw += double(r.n_compressed_tokens) * double(p) * 2.0;
-      for (int s = 0; s < 2; ++s) {
-        double e = 0;
-        for (int l = 0; l < c->shape.n_layers; ++l)
-          for (int h = 0; h < c->shape.n_kv_heads; ++h)
-            for (int64_t t = cal.n_sink_tokens(); t < cal.n_sink_tokens() + r.n_compressed_tokens; ++t) {
-              const float* x = s == 0 ? c->k_row(l, h, t) : c->v_row(l, h, t);
-              for (int d = 0; d < c->shape.head_dim; ++d) e += double(x[d]) * x[d];
-            }
-        num[s] += (s == 0 ? r.k_relative_mse : r.v_relative_mse) * e;
-        den[s] += e;
-      }
+      bench::pool_relative_mse(cal, *c, r, num, den);
       for (const LayerError& le : r.layers)
         if (le.attention_relative_error >= 0) {
           attn += le.attention_relative_error;
