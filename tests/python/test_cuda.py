@@ -1,5 +1,6 @@
 """The CUDA path of the package (a build with the CUDA backend and a GPU; skipped elsewhere, saying why):
-containers restored by the CUDA backend straight into torch CUDA tensors agree with the CPU decoder, and
+containers of codec 2 and 3 restored by the CUDA backend straight into torch CUDA tensors agree with the
+CPU decoder, and
 CUDA tensors compress to the bytes their host copies give."""
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def case(repo_root):
     return cal, keys, values
 
 
+@pytest.mark.parametrize("codec", [2, 3])
 @pytest.mark.parametrize("ratio", [8, 16])
-def test_gpu_restore_matches_cpu(case, ratio):
+def test_gpu_restore_matches_cpu(case, ratio, codec):
     cal, keys, values = case
-    data = kvtc.compress(cal, keys, values, ratio)
+    data = kvtc.compress(cal, keys, values, ratio, codec=codec)
     k_cpu, v_cpu = kvtc.decompress(cal, data, framework="torch", dtype=torch.float32)
     k_gpu, v_gpu = kvtc.decompress(cal, data, framework="torch", dtype=torch.float32, device="cuda")
     assert k_gpu.is_cuda and k_gpu.dtype == torch.float32
