@@ -1,7 +1,6 @@
 """The CUDA path of the package (a build with the CUDA backend and a GPU; skipped elsewhere, saying why):
 containers of codec 2 and 3 restored by the CUDA backend straight into torch CUDA tensors agree with the
-CPU decoder, and
-CUDA tensors compress to the bytes their host copies give."""
+CPU decoder, and CUDA tensors compress to the bytes their host copies give."""
 from __future__ import annotations
 
 import threading
