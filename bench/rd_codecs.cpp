@@ -7,8 +7,6 @@
 // coefficient variances in the calibration basis, plus the energy outside the basis), dB above it,
 // and the attention-output error. Then, per stream, codec 3's ratio at codec 2's error: the largest
 // target whose error is at most codec 2's at that target (bisection). Prints Markdown and JSON.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,60 +17,10 @@
 #include "bench_util.hpp"
 #include "core/calibration_data.hpp"
 #include "core/container.hpp"
-#include "core/rope.hpp"
-#include "core/token_vectors.hpp"
 
 using namespace kvtc;
 
 namespace {
-
-double water_fill(const std::vector<double>& var, double bits) {
-  double lo = 1e-30, hi = *std::max_element(var.begin(), var.end());
-  for (int it = 0; it < 200; ++it) {
-    const double theta = std::sqrt(lo * hi);
-    double r = 0;
-    for (double v : var) r += v > theta ? 0.5 * std::log2(v / theta) : 0.0;
-    (r > bits ? lo : hi) = theta;
-  }
-  double d = 0;
-  for (double v : var) d += std::min(v, hi);
-  return d;
-}
-
-struct Energy {
-  std::vector<double> coef_var;
-  double residual = 0, total = 0;
-};
-
-Energy test_energy(const CalibrationData& cal, int stream, const std::vector<const KVCache*>& caches) {
-  const PcaBasis& pca = stream == 0 ? cal.key.pca : cal.value.pca;
-  const int64_t p = pca.n_features, r = pca.rank;
-  Energy e;
-  e.coef_var.assign(size_t(r), 0.0);
-  double centred = 0;
-  int64_t n_total = 0;
-  for (const KVCache* c : caches) {
-    const int64_t t0 = cal.n_sink_tokens, n = c->n_tokens - cal.n_window_tokens - t0;
-    RopeTable rope(c->shape.rope, c->shape.head_dim, c->position_offset, c->n_tokens);
-    std::vector<float> x(size_t(n * p)), coef(size_t(n * r));
-    gather_token_vectors(*c, Stream(stream), t0, n, stream == 0 ? &rope : nullptr, x.data());
-    for (int64_t i = 0; i < n * p; ++i) {
-      e.total += double(x[size_t(i)]) * x[size_t(i)];
-      x[size_t(i)] -= pca.mean[size_t(i % p)];
-      centred += double(x[size_t(i)]) * x[size_t(i)];
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(r), int(p), 1.0f, x.data(), int(p),
-                pca.components.data(), int(p), 0.0f, coef.data(), int(r));
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t j = 0; j < r; ++j) e.coef_var[size_t(j)] += double(coef[size_t(t * r + j)]) * coef[size_t(t * r + j)];
-    n_total += n;
-  }
-  double in_basis = 0;
-  for (double& v : e.coef_var) in_basis += (v /= double(n_total));
-  e.total /= double(n_total);
-  e.residual = std::max(0.0, centred / double(n_total) - in_basis);
-  return e;
-}
 
 struct StreamRow {
   double ratio = 0, rel_mse = 0, bound = 0, db = 0;
@@ -124,7 +72,8 @@ int main(int argc, char** argv) {
   }
   std::vector<const KVCache*> caches;
   for (const auto& f : tests.empty() ? bench::test_files() : tests) caches.push_back(&bench::real_cache(f));
-  const Energy energy[2] = {test_energy(cal.data(), 0, caches), test_energy(cal.data(), 1, caches)};
+  const bench::Energy energy[2] = {bench::test_energy(cal.data(), 0, caches),
+                                  bench::test_energy(cal.data(), 1, caches)};
   const int64_t p = cal.shape().n_features();
 
   auto evaluate = [&](int codec, double target) -> Row {
@@ -147,17 +96,7 @@ int main(int argc, char** argv) {
       for (const ChunkEntry& ch : parsed->header.chunks)
         if (ch.kind != ChunkKind::kExact) stored[ch.stream] += ch.stored_bytes;
       raw += double(r.n_compressed_tokens) * double(p) * 2.0;
-      for (int s = 0; s < 2; ++s) {
-        double e = 0;
-        for (int l = 0; l < c->shape.n_layers; ++l)
-          for (int h = 0; h < c->shape.n_kv_heads; ++h)
-            for (int64_t t = cal.n_sink_tokens(); t < cal.n_sink_tokens() + r.n_compressed_tokens; ++t) {
-              const float* x = s == 0 ? c->k_row(l, h, t) : c->v_row(l, h, t);
-              for (int d = 0; d < c->shape.head_dim; ++d) e += double(x[d]) * x[d];
-            }
-        num[s] += (s == 0 ? r.k_relative_mse : r.v_relative_mse) * e;
-        den[s] += e;
-      }
+      bench::pool_relative_mse(cal, *c, r, num, den);
       for (const LayerError& le : r.layers)
         if (le.attention_relative_error >= 0) {
           attn += le.attention_relative_error;
@@ -170,7 +109,7 @@ int main(int argc, char** argv) {
       StreamRow& sr = row.s[s];
       sr.ratio = raw / stored[s];
       sr.rel_mse = num[s] / den[s];
-      sr.bound = (water_fill(energy[s].coef_var, 16.0 * double(p) / sr.ratio) + energy[s].residual) / energy[s].total;
+      sr.bound = (bench::water_fill(energy[s].coef_var, 16.0 * double(p) / sr.ratio) + energy[s].residual) / energy[s].total;
       sr.db = 10.0 * std::log10(sr.rel_mse / sr.bound);
     }
     return row;

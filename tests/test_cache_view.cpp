@@ -141,18 +141,6 @@ TEST_P(ViewDtype, RestoreIntoStridedOutputs) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, ViewDtype, ::testing::Values(DType::kF32, DType::kBF16, DType::kF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
-// A view of tokens [a, b) of a longer cache, at their true positions.
-CacheView block_view(const KVCache& c, int64_t a, int64_t b) {
-  CacheView v = CacheView::of(c);
-  v.n_tokens = b - a;
-  v.position_offset = c.position_offset + a;
-  for (size_t l = 0; l < v.k.size(); ++l) {
-    v.k[l].data = c.k[l].data() + a * c.shape.head_dim;
-    v.v[l].data = c.v[l].data() + a * c.shape.head_dim;
-  }
-  return v;
-}
-
 TEST(BlockMode, BlocksRestoreTheirTokensAtTheirPositions) {
   const KVCache cache = testing::synthetic_cache(small_shape(), 320, 21);
   const Calibration& cal = calibration();
@@ -163,7 +151,7 @@ TEST(BlockMode, BlocksRestoreTheirTokensAtTheirPositions) {
     o.target_ratio = 8;
     o.exact_head_tokens = a == 0 ? -1 : 0;
     o.exact_tail_tokens = 0;
-    auto enc = encode(cal, block_view(cache, a, b), o);
+    auto enc = encode(cal, testing::block_view(cache, a, b), o);
     ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
     EXPECT_EQ(enc->report.n_exact_tokens, a == 0 ? cal.n_sink_tokens() : 0);
     EXPECT_GE(enc->report.ratio_nominal, 8.0);

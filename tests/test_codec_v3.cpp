@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <map>
 #include <memory>
 
 #include "core/container.hpp"
@@ -14,19 +13,6 @@
 
 namespace kvtc {
 namespace {
-
-using testing::repo_data;
-
-const KVCache& read(const std::string& name) {
-  static std::map<std::string, KVCache> caches;
-  auto it = caches.find(name);
-  if (it == caches.end()) {
-    auto c = read_cache(repo_data(name));
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    it = caches.emplace(name, c.is_ok() ? c.value() : KVCache{}).first;
-  }
-  return it->second;
-}
 
 const Calibration& calibration() {
   static const Calibration cal(std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq()));
@@ -51,7 +37,7 @@ class CodecV3AtRatio : public ::testing::TestWithParam<double> {};
 
 TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
   const double ratio = GetParam();
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   EncodeOptions o;
   o.codec = 3;
   o.target_ratio = ratio;
@@ -102,7 +88,7 @@ TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
 INSTANTIATE_TEST_SUITE_P(Ratios, CodecV3AtRatio, ::testing::Values(4.0, 8.0, 16.0, 20.0, 32.0, 64.0));
 
 TEST(CodecV3, ErrorFallsAsTheRatioFalls) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   double last_k = 1e9, last_v = 1e9;
   for (double ratio : {64.0, 32.0, 16.0, 8.0}) {
     EncodeOptions o;
@@ -118,7 +104,7 @@ TEST(CodecV3, ErrorFallsAsTheRatioFalls) {
 }
 
 TEST(CodecV3, LayerRestoreEqualsWholeDecode) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   EncodeOptions o;
   o.codec = 3;
   o.target_ratio = 20;
@@ -137,15 +123,9 @@ TEST(CodecV3, LayerRestoreEqualsWholeDecode) {
 }
 
 TEST(CodecV3, BlockModeKeepsTruePositionsAndNoExactTokens) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   // Tokens [64, 128) as a block: position_offset 64, nothing exact.
-  CacheView view = CacheView::of(cache);
-  view.n_tokens = 64;
-  view.position_offset = cache.position_offset + 64;
-  for (size_t l = 0; l < view.k.size(); ++l) {
-    view.k[l].data = cache.k[l].data() + 64 * cache.shape.head_dim;
-    view.v[l].data = cache.v[l].data() + 64 * cache.shape.head_dim;
-  }
+  const CacheView view = testing::block_view(cache, 64, 128);
   EncodeOptions o;
   o.codec = 3;
   o.target_ratio = 16;
@@ -162,7 +142,7 @@ TEST(CodecV3, BlockModeKeepsTruePositionsAndNoExactTokens) {
 }
 
 TEST(CodecV3, CalibrationWithoutEcsqTablesIsRefusedWithAWayOut) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   auto data = std::make_shared<CalibrationData>(calibration().data());
   data->key.ecsq = EcsqModel{};
   EncodeOptions o;
@@ -181,7 +161,7 @@ TEST(CodecV3, CalibrationWithoutEcsqTablesIsRefusedWithAWayOut) {
 }
 
 TEST(CodecV3, CodecTwoStillWritesFormatTwo) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   auto enc = encode(calibration(), cache, EncodeOptions{});
   ASSERT_TRUE(enc.is_ok());
   auto parsed = parse_container(enc->bytes.data(), enc->bytes.size());

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <memory>
 
 #include "core/container.hpp"
@@ -21,19 +20,6 @@
 
 namespace kvtc {
 namespace {
-
-using testing::repo_data;
-
-const KVCache& read(const std::string& name) {
-  static std::map<std::string, KVCache> caches;
-  auto it = caches.find(name);
-  if (it == caches.end()) {
-    auto c = read_cache(repo_data(name));
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    it = caches.emplace(name, c.is_ok() ? c.value() : KVCache{}).first;
-  }
-  return it->second;
-}
 
 // The calibration of small-calib.safetensors with the ECSQ models calibrate() learns (test_util).
 const Calibration& real_calibration() {
@@ -154,7 +140,7 @@ SymbolCounts count_symbols(const CalibrationData& cal, const std::vector<uint8_t
 class CodecV3ReferenceAtRatio : public ::testing::TestWithParam<double> {};
 
 TEST_P(CodecV3ReferenceAtRatio, FastDecoderMatchesReferenceOnRealCaches) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   EncodeOptions o;
   o.codec = 3;
   o.target_ratio = GetParam();
@@ -170,16 +156,10 @@ TEST_P(CodecV3ReferenceAtRatio, FastDecoderMatchesReferenceOnRealCaches) {
 INSTANTIATE_TEST_SUITE_P(Ratios, CodecV3ReferenceAtRatio, ::testing::Values(4.0, 8.0, 16.0, 32.0, 64.0));
 
 TEST(CodecV3Reference, BlockModeAgreesAtTruePositions) {
-  const KVCache& cache = read("small-test.safetensors");
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
   for (int64_t a : {int64_t(0), int64_t(64), int64_t(200)}) {
     const int64_t b = a + 64;
-    CacheView view = CacheView::of(cache);
-    view.n_tokens = b - a;
-    view.position_offset = cache.position_offset + a;
-    for (size_t l = 0; l < view.k.size(); ++l) {
-      view.k[l].data = cache.k[l].data() + a * cache.shape.head_dim;
-      view.v[l].data = cache.v[l].data() + a * cache.shape.head_dim;
-    }
+    const CacheView view = testing::block_view(cache, a, b);
     EncodeOptions o;
     o.codec = 3;
     o.target_ratio = 16;
@@ -215,13 +195,7 @@ TEST(CodecV3Reference, SyntheticCachesWithBucketsAndEscapes) {
       all.bucket_bits += n.bucket_bits;
     }
     // Block mode: no exact tokens, the block at its true position, the outliers inside it.
-    CacheView view = CacheView::of(s.cache);
-    view.n_tokens = 100;
-    view.position_offset = 40;
-    for (size_t l = 0; l < view.k.size(); ++l) {
-      view.k[l].data = s.cache.k[l].data() + 40 * s.cache.shape.head_dim;
-      view.v[l].data = s.cache.v[l].data() + 40 * s.cache.shape.head_dim;
-    }
+    const CacheView view = testing::block_view(s.cache, 40, 140);  // position_offset 40: s.cache's is 0
     EncodeOptions o;
     o.codec = 3;
     o.target_ratio = 8;

@@ -24,14 +24,7 @@ namespace {
 using testing::check_container;
 using testing::max_rel_diff;
 
-const KVCache& small_test() {
-  static const KVCache cache = [] {
-    auto c = read_cache(testing::repo_data("small-test.safetensors"));
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    return c.is_ok() ? std::move(c).value() : KVCache{};
-  }();
-  return cache;
-}
+const KVCache& small_test() { return testing::repo_cache("small-test.safetensors"); }
 
 std::vector<uint8_t> encode3(const CalibrationData& cal, const KVCache& cache, double ratio, int lanes,
                              int64_t chunk_tokens = 0) {
@@ -99,13 +92,7 @@ TEST(CudaCodec3, EscapesBucketsAndBlockMode) {
         check_container(s.cal, encode3(s.cal, s.cache, ratio, lanes, 64));
       }
     // Block mode: tokens [40, 140) at their true positions, no exact tokens, the outliers inside.
-    CacheView view = CacheView::of(s.cache);
-    view.n_tokens = 100;
-    view.position_offset = 40;
-    for (size_t l = 0; l < view.k.size(); ++l) {
-      view.k[l].data = s.cache.k[l].data() + 40 * s.cache.shape.head_dim;
-      view.v[l].data = s.cache.v[l].data() + 40 * s.cache.shape.head_dim;
-    }
+    const CacheView view = testing::block_view(s.cache, 40, 140);
     EncodeOptions o;
     o.codec = 3;
     o.target_ratio = 8;

@@ -6,7 +6,6 @@
 #include <random>
 
 #include "core/container.hpp"
-#include "core/reference_decoder.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 
@@ -43,23 +42,14 @@ const Fixture& fixture() {
   return f;
 }
 
-StatusCode decode_code(const std::vector<uint8_t>& bytes) {
-  auto fast = decode(fixture().cal, bytes.data(), bytes.size());
-  auto ref = reference_decode(fixture().cal.data(), bytes.data(), bytes.size());
-  // Both decoders agree on whether the input is acceptable.
-  EXPECT_EQ(fast.is_ok(), ref.is_ok()) << fast.status().to_string() << " vs " << ref.status().to_string();
-  return fast.status().code();
-}
+// Both decoders agree on whether the input is acceptable.
+StatusCode decode_code(const std::vector<uint8_t>& bytes) { return testing::decode_code_both(fixture().cal, bytes); }
 
 TEST(Robustness, ValidContainerDecodes) { EXPECT_EQ(decode_code(fixture().container), StatusCode::kOk); }
 
 TEST(Robustness, EveryTruncationIsRejected) {
-  const auto& full = fixture().container;
-  for (size_t n = 0; n < full.size(); n += (n < 4096 ? 1 : 97)) {
-    std::vector<uint8_t> cut(full.begin(), full.begin() + long(n));
-    const StatusCode c = decode_code(cut);
-    ASSERT_TRUE(c == StatusCode::kCorrupt || c == StatusCode::kChecksumMismatch) << "length " << n;
-  }
+  // Every length up to 4 KiB, then every 97th.
+  testing::expect_truncations_rejected(fixture().container, decode_code, 4096, 97);
 }
 
 TEST(Robustness, TrailingBytesAreRejected) {
@@ -126,9 +116,7 @@ TEST(Robustness, StructuralLiesAreCorrupt) {
   auto rewrite = [&](auto mutate) {
     ContainerHeader h = pc->header;
     mutate(h);
-    std::vector<uint8_t> bytes = serialize_container_header(h);
-    bytes.insert(bytes.end(), full.begin() + long(pc->payload_offset), full.end());
-    return decode_code(bytes);
+    return decode_code(testing::with_header(full, pc->payload_offset, h));
   };
   EXPECT_EQ(rewrite([](ContainerHeader& h) { h.chunks.pop_back(); }), StatusCode::kCorrupt);
   EXPECT_EQ(rewrite([](ContainerHeader& h) { h.chunks[0].raw_bytes += 1; }), StatusCode::kCorrupt);
@@ -185,9 +173,7 @@ TEST(Robustness, ExactChunksMustPartitionTheirSegment) {
         edit(c);
         break;
       }
-    std::vector<uint8_t> out = serialize_container_header(h);
-    out.insert(out.end(), fixture().container.begin() + int64_t(pc->payload_offset), fixture().container.end());
-    return decode_code(out);
+    return decode_code(testing::with_header(fixture().container, pc->payload_offset, h));
   };
   EXPECT_EQ(rewrite_exact([](ChunkEntry& c) { c.token_begin -= 1; }), StatusCode::kCorrupt);  // into the compressed tokens
   EXPECT_EQ(rewrite_exact([](ChunkEntry& c) { c.n_tokens -= 1; }), StatusCode::kCorrupt);     // a gap at the end

@@ -70,10 +70,7 @@ const Fixture& fixture() {
 StatusCode decode_code(const std::vector<uint8_t>& bytes) {
   DecodeOptions o;
   o.n_threads = 1;
-  auto fast = decode(fixture().cal, bytes.data(), bytes.size(), o);
-  auto ref = reference_decode(fixture().cal.data(), bytes.data(), bytes.size());
-  EXPECT_EQ(fast.is_ok(), ref.is_ok()) << fast.status().to_string() << " vs " << ref.status().to_string();
-  return fast.status().code();
+  return testing::decode_code_both(fixture().cal, bytes, o);
 }
 
 // Bits between flipped bits in the payload tests: every bit in an optimised build; every third under the
@@ -102,11 +99,7 @@ TEST(RobustnessV3, ValidContainerIsFormatThreeAndDecodes) {
 }
 
 TEST(RobustnessV3, EveryTruncationIsRejected) {
-  const auto& full = fixture().container;
-  for (size_t n = 0; n < full.size(); ++n) {
-    std::vector<uint8_t> cut(full.begin(), full.begin() + long(n));
-    ASSERT_TRUE(rejected(decode_code(cut))) << "length " << n;
-  }
+  testing::expect_truncations_rejected(fixture().container, decode_code);
 }
 
 TEST(RobustnessV3, EveryHeaderBitFlipIsRejected) {
@@ -189,9 +182,7 @@ TEST(RobustnessV3, StructuralLiesAreCaught) {
   auto rewrite = [&](auto mutate) {
     ContainerHeader h = pc.header;
     mutate(h);
-    std::vector<uint8_t> bytes = serialize_container_header(h);
-    bytes.insert(bytes.end(), full.begin() + long(pc.payload_offset), full.end());
-    return decode_code(bytes);
+    return decode_code(testing::with_header(full, pc.payload_offset, h));
   };
   const uint32_t n_levels = uint32_t(fixture().cal.data().key.ecsq.levels.size());
   auto first_rans = [](ContainerHeader& h) -> ChunkEntry& {

@@ -1,12 +1,17 @@
 #include "test_util.hpp"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <stdexcept>
 
 #include "core/ecsq.hpp"
+#include "core/reference_decoder.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "kvtc/kvtc.hpp"
@@ -17,6 +22,28 @@ namespace kvtc::testing {
 std::string shared_dir() { return KVTC_SHARED_DIR; }
 std::string repo_data(const std::string& name) { return std::string(KVTC_SOURCE_DIR) + "/data/" + name; }
 std::string shared_kvcache(const std::string& name) { return shared_dir() + "/kvcache/" + name; }
+
+const KVCache& repo_cache(const std::string& name) {
+  static std::map<std::string, KVCache> caches;
+  auto it = caches.find(name);
+  if (it == caches.end()) {
+    auto c = read_cache(repo_data(name));
+    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
+    it = caches.emplace(name, c.is_ok() ? c.value() : KVCache{}).first;
+  }
+  return it->second;
+}
+
+CacheView block_view(const KVCache& c, int64_t a, int64_t b) {
+  CacheView v = CacheView::of(c);
+  v.n_tokens = b - a;
+  v.position_offset = c.position_offset + a;
+  for (size_t l = 0; l < v.k.size(); ++l) {
+    v.k[l].data = c.k[l].data() + a * c.shape.head_dim;
+    v.v[l].data = c.v[l].data() + a * c.shape.head_dim;
+  }
+  return v;
+}
 
 KVCache synthetic_cache(const ModelShape& shape, int64_t n_tokens, uint64_t seed, DType dtype,
                         int64_t position_offset) {
@@ -226,6 +253,30 @@ void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64
     if (!m.is_ok()) std::abort();
     sc.ecsq = std::move(m).value();
   }
+}
+
+StatusCode decode_code_both(const Calibration& cal, const std::vector<uint8_t>& bytes, const DecodeOptions& o) {
+  auto fast = decode(cal, bytes.data(), bytes.size(), o);
+  auto ref = reference_decode(cal.data(), bytes.data(), bytes.size());
+  EXPECT_EQ(fast.is_ok(), ref.is_ok()) << fast.status().to_string() << " vs " << ref.status().to_string();
+  return fast.status().code();
+}
+
+void expect_truncations_rejected(const std::vector<uint8_t>& full,
+                                 const std::function<StatusCode(const std::vector<uint8_t>&)>& decode_code,
+                                 size_t dense, size_t stride) {
+  for (size_t n = 0; n < full.size(); n += (n < dense ? 1 : stride)) {
+    std::vector<uint8_t> cut(full.begin(), full.begin() + long(n));
+    const StatusCode c = decode_code(cut);
+    ASSERT_TRUE(c == StatusCode::kCorrupt || c == StatusCode::kChecksumMismatch) << "length " << n;
+  }
+}
+
+std::vector<uint8_t> with_header(const std::vector<uint8_t>& full, size_t payload_offset,
+                                 const ContainerHeader& header) {
+  std::vector<uint8_t> bytes = serialize_container_header(header);
+  bytes.insert(bytes.end(), full.begin() + long(payload_offset), full.end());
+  return bytes;
 }
 
 }  // namespace kvtc::testing

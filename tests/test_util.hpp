@@ -2,13 +2,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "core/allocation.hpp"
 #include "core/calibration_data.hpp"
+#include "core/container.hpp"
 #include "core/token_vectors.hpp"
 #include "kvtc/cache.hpp"
+#include "kvtc/kvtc.hpp"
 #include "temp_dir.hpp"
 
 namespace kvtc::testing {
@@ -17,6 +20,13 @@ namespace kvtc::testing {
 std::string shared_dir();
 std::string repo_data(const std::string& name);  // <repo>/data/<name>
 std::string shared_kvcache(const std::string& name);  // ../shared/kvcache/<name>
+// The cache data/<name> of the repo, read once per process (a failed read fails the current test and
+// gives an empty cache).
+const KVCache& repo_cache(const std::string& name);
+
+// A view of tokens [a, b) of a cache's own tensors, at their true positions (position_offset + a): a
+// block for block mode.
+CacheView block_view(const KVCache& c, int64_t a, int64_t b);
 
 // A random cache with a low-rank, correlated structure (like real KV), RoPE applied to keys.
 // position_offset: RoPE position of token 0 (keys are rotated accordingly).
@@ -58,5 +68,19 @@ std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration&
 // each component's spread in `cache` (n_samples per component, seeded), with rare huge outliers (about
 // 1 in 300, 20 to 80 times the spread) so that the finer levels' tables reach into bucket symbols.
 void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64_t n_samples, uint64_t seed);
+
+// Robustness tests (bad containers): decodes `bytes` with the fast decoder (options `o`) and the reference
+// decoder, fails the test if they disagree on whether the input is acceptable, and returns the fast
+// decoder's status code.
+StatusCode decode_code_both(const Calibration& cal, const std::vector<uint8_t>& bytes,
+                            const DecodeOptions& o = {});
+// Decodes prefixes of `full` with `decode_code` (every length below `dense`, then every `stride`-th) and
+// fails at the first that is not rejected as kCorrupt or kChecksumMismatch.
+void expect_truncations_rejected(const std::vector<uint8_t>& full,
+                                 const std::function<StatusCode(const std::vector<uint8_t>&)>& decode_code,
+                                 size_t dense = SIZE_MAX, size_t stride = 1);
+// The container `full` with its header (the bytes before payload_offset) replaced by `header` serialised.
+std::vector<uint8_t> with_header(const std::vector<uint8_t>& full, size_t payload_offset,
+                                 const ContainerHeader& header);
 
 }  // namespace kvtc::testing

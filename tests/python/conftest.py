@@ -49,6 +49,29 @@ def kvtc_cli() -> Path:
     return cli
 
 
+@pytest.fixture(scope="module")
+def files(repo_root) -> tuple[Path, Path]:
+    """The repository's small real caches: (data/small-calib.safetensors, data/small-test.safetensors)."""
+    return repo_root / "data" / "small-calib.safetensors", repo_root / "data" / "small-test.safetensors"
+
+
+@pytest.fixture(scope="module")
+def cli_cal(kvtc_cli, files, tmp_path_factory) -> Path:
+    """A calibration of files[0] by `kvtc calibrate --ratios 8,16` (with its ECSQ models), as a .kvtcal path."""
+    path = tmp_path_factory.mktemp("cal") / "small.kvtcal"
+    subprocess.run([str(kvtc_cli), "calibrate", "-o", str(path), "--ratios", "8,16", str(files[0])], check=True,
+                   capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cal(cli_cal):
+    """cli_cal loaded by the Python package (kvtc.Calibration)."""
+    import kvtc
+
+    return kvtc.Calibration.load(cli_cal)
+
+
 def model_path(name: str) -> Path:
     """models/<name>, installed by scripts/models.sh when absent; skips the test only when the file
     is absent and cannot be installed."""

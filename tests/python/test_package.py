@@ -23,24 +23,6 @@ RATIO = 16
 
 
 @pytest.fixture(scope="module")
-def files(repo_root):
-    return repo_root / "data" / "small-calib.safetensors", repo_root / "data" / "small-test.safetensors"
-
-
-@pytest.fixture(scope="module")
-def cli_cal(kvtc_cli, files, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cal") / "small.kvtcal"
-    subprocess.run([str(kvtc_cli), "calibrate", "-o", str(path), "--ratios", "8,16", str(files[0])], check=True,
-                   capture_output=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cal(cli_cal):
-    return kvtc.Calibration.load(cli_cal)
-
-
-@pytest.fixture(scope="module")
 def cache(files):
     """The test cache as bf16 torch tensors, per layer [kv_heads, tokens, head_dim], with its metadata."""
     tensors = load_file(str(files[1]))
