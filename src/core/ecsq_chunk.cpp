@@ -176,7 +176,12 @@ Result<EcsqDecodeLevel> EcsqDecodeLevel::build(const EcsqModel& model, uint32_t 
     if (lv.cell[j] == 0) continue;
     const EcsqCell& cell = model.cells[j][lv.cell[j] - 1u];
     KVTC_ASSIGN_OR_RETURN(RansDecodeTable t, RansDecodeTable::build(cell.table));
-    d.component_[j] = {int32_t(d.tables_.size()), cell.step, cell.delta, uint32_t(cell.table.alphabet_size())};
+    EcsqDecodeLevel::Component& c = d.component_[j];
+    c = {int32_t(d.tables_.size()), cell.step, cell.delta, uint32_t(cell.table.alphabet_size())};
+    // Signed symbols up to 2 * kEcsqDirectMax have no bucket bits; the escape (alphabet - 1) has raw bits.
+    c.n_direct = std::min<uint32_t>(c.alphabet - 1, 2 * uint32_t(kEcsqDirectMax) + 1);
+    c.values_offset = uint32_t(d.values_.size());
+    for (uint32_t sym = 0; sym < c.n_direct; ++sym) d.values_.push_back(ecsq_dequantize(ecsq_code(sym, 0), c.step, c.delta));
     d.tables_.push_back(std::move(t));
   }
   return d;
@@ -219,8 +224,13 @@ Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, siz
     const EcsqDecodeLevel::Component& c = level.component(j);
     if (c.table < 0) continue;
     const uint32_t escape = c.alphabet - 1;
+    const float* direct = level.values(c);
     for (int64_t t = 0; t < n_tokens; ++t) {
       uint32_t s = symbols[i++];
+      if (s < c.n_direct) {
+        coef[t * row_stride + j] = direct[s];
+        continue;
+      }
       if (s == escape) {
         if (!raw.get(kEcsqEscapeBits, s)) return corrupt("ECSQ chunk: raw bits end inside an escape");
         if (s < escape || s >= uint32_t(kEcsqSignedSymbols))

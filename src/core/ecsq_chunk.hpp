@@ -61,7 +61,8 @@ class EcsqRateModel {
 };
 
 // The decoding form of one level: a RansDecodeTable per component with a cell (built once per stream
-// of a container: 2^prob_bits bytes each), and its step and offset.
+// of a container: 2^prob_bits bytes each), its step and offset, and the reconstructions of its
+// symbols that need no raw bits.
 class EcsqDecodeLevel {
  public:
   static Result<EcsqDecodeLevel> build(const EcsqModel& model, uint32_t level);
@@ -72,13 +73,19 @@ class EcsqDecodeLevel {
     int32_t table = -1;  // index into tables_, -1: dropped
     float step = 0.0f, delta = 0.0f;
     uint32_t alphabet = 0;
+    // Symbols below n_direct (no escape, no bucket bits) reconstruct to values[s], precomputed with
+    // ecsq_dequantize: the decoder's common case is one load.
+    uint32_t n_direct = 0;
+    uint32_t values_offset = 0;  // into values()
   };
+  const float* values(const Component& c) const { return values_.data() + c.values_offset; }
   const Component& component(uint32_t j) const { return component_[j]; }
   const RansDecodeTable& table(int32_t i) const { return tables_[size_t(i)]; }
 
  private:
   std::vector<Component> component_;  // [n_kept]
   std::vector<RansDecodeTable> tables_;
+  std::vector<float> values_;
 };
 
 // Decodes one chunk of exactly chunk_bytes (symbol count n_symbols from the chunk table, checked against
