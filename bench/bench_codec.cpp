@@ -11,7 +11,7 @@
 
 #include "bench_util.hpp"
 #include "core/backend.hpp"
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 
 namespace kvtc::bench {
 namespace {

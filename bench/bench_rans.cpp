@@ -29,7 +29,7 @@
 #include "bench_util.hpp"
 #include "core/chunk_codec.hpp"
 #include "core/container.hpp"
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 #include "entropy/rans_decode.hpp"
 #include "entropy/rans_decode_avx2.hpp"
 #include "entropy/rans_encode.hpp"

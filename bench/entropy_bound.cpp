@@ -31,7 +31,7 @@
 #include "bench_util.hpp"
 #include "core/chunk_codec.hpp"
 #include "core/container.hpp"
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 
 using namespace kvtc;
 

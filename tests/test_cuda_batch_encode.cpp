@@ -20,7 +20,7 @@
 #include "core/token_vectors.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
-#include "cuda/encode_quant.hpp"
+#include "format/quant_rules.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 
@@ -32,12 +32,12 @@ using cuda::DeviceCacheView;
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
 
 uint32_t to_bits(float x, DType t) {
-  if (t == DType::kF32) return cuda::f32_bits(x);
-  return t == DType::kF16 ? cuda::f32_to_f16_bits(x) : cuda::f32_to_bf16_bits(x);
+  if (t == DType::kF32) return f32_bits(x);
+  return t == DType::kF16 ? f32_to_f16_bits(x) : f32_to_bf16_bits(x);
 }
 float from_bits(uint32_t b, DType t) {
-  if (t == DType::kF32) return cuda::bits_f32(b);
-  return t == DType::kF16 ? cuda::f16_bits_to_f32(uint16_t(b)) : cuda::bits_f32(b << 16);
+  if (t == DType::kF32) return bits_f32(b);
+  return t == DType::kF16 ? f16_bits_to_f32(uint16_t(b)) : bits_f32(b << 16);
 }
 
 // Device memory freed at scope exit.
@@ -220,8 +220,8 @@ TEST_P(CudaBatchEncode, MatchesEncodeOnGpuAndDecodes) {
             if (t >= n_head && t < T - n_tail) continue;
             for (int64_t d = 0; d < D; ++d) {
               const size_t e = size_t((h * T + t) * D + d);
-              ASSERT_EQ(cuda::f32_bits(a[e]), cuda::f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
-              ASSERT_EQ(cuda::f32_bits(b[e]), cuda::f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
+              ASSERT_EQ(f32_bits(a[e]), f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
+              ASSERT_EQ(f32_bits(b[e]), f32_bits(want[e])) << i << " " << l << " " << s << " " << t;
             }
           }
       }

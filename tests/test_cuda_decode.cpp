@@ -20,9 +20,9 @@
 #include "core/container.hpp"
 #include "core/reference_decoder.hpp"
 #include "core/token_vectors.hpp"
-#include "cpu/deflate.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
+#include "entropy/deflate.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 

@@ -17,7 +17,7 @@
 #include "cuda_test_util.hpp"
 #include "cuda/cuda_common.hpp"
 #include "cuda/deflate_encode.cuh"
-#include "cuda/inflate.cuh"
+#include "entropy/inflate.cuh"
 
 namespace kvtc::cuda {
 namespace {

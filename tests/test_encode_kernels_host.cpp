@@ -1,4 +1,4 @@
-// The GPU encoder's per-element rules (cuda/encode_quant.hpp) compiled for the host, against the CPU
+// The GPU encoder's per-element rules (format/quant_rules.hpp) compiled for the host, against the CPU
 // code they mirror: fp16 / bf16 conversions against util/half, quantize_group against quantize_token
 // (codes and parameters bit for bit, on bell-shaped, heavy-tailed, constant, zero, subnormal, huge,
 // NaN and infinite groups of every size class, every kind and width, strided like the GPU reads them),
@@ -15,7 +15,7 @@
 
 #include "core/chunk_codec.hpp"
 #include "core/quant.hpp"
-#include "cuda/encode_quant.hpp"
+#include "format/quant_rules.hpp"
 #include "test_util.hpp"
 #include "util/half.hpp"
 

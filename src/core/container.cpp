@@ -106,7 +106,7 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
     w.u32(c.crc32);
   }
   const uint32_t header_bytes = uint32_t(out.size() - kPreambleBytes + 4);
-  std::memcpy(out.data() + 12, &header_bytes, 4);
+  std::memcpy(out.data() + kPreambleHeaderBytesOffset, &header_bytes, 4);
   const uint32_t crc = crc32_of(out.data(), out.size());
   w.u32(crc);
   return out;

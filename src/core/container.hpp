@@ -3,36 +3,19 @@
 // backend and the store; keep it free of host-only dependencies beyond the standard library.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "core/allocation.hpp"
+#include "format/container_layout.hpp"
 #include "kvtc/cache.hpp"
 #include "kvtc/status.hpp"
 
 namespace kvtc {
 
-inline constexpr std::array<uint8_t, 8> kContainerMagic = {0x89, 'K', 'V', 'T', 'C', '\r', '\n', 0x1a};
-// Readers accept kOldestContainerVersion..kContainerVersion (docs/FORMAT.md section 8). Writers use
-// version 3 where a stream is ECSQ-coded (codec v3), else version 2, so that codec v2's output is unchanged.
-inline constexpr uint32_t kContainerVersion = 3;
-inline constexpr uint32_t kGroupsContainerVersion = 2;
-inline constexpr uint32_t kOldestContainerVersion = 1;
-inline constexpr uint32_t kPreambleBytes = 16;
-inline constexpr uint32_t kChunkEntryBytes = 40;
-inline constexpr uint32_t kGroupEntryBytes = 12;
-inline constexpr uint32_t kMaxHeaderBytes = 1u << 28;
-inline constexpr uint32_t kMaxChunkRawBytes = 1u << 28;
-
-enum class ChunkKind : uint8_t { kExact = 0, kSide = 1, kCodes = 2 };
-enum class CodesLayout : uint8_t { kAligned = 0, kDense = 1 };
-// How a chunk's stored bytes are coded (version 3; byte 3 of a chunk entry, reserved before).
-enum class ChunkCoder : uint8_t { kDeflate = 0, kEcsqRans = 1 };
-// How a stream's compressed tokens are quantised (version 3).
-enum class Quantiser : uint8_t { kGroups = 0, kEcsq = 1 };
+// Constants, enums and byte offsets of the layout: format/container_layout.hpp.
 
 struct ChunkEntry {
   ChunkKind kind = ChunkKind::kCodes;

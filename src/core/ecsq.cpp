@@ -15,22 +15,6 @@
 
 namespace kvtc {
 
-EcsqSymbol ecsq_symbol(int32_t q) {
-  EcsqSymbol out;
-  if (q == 0) return out;
-  const uint32_t mag = uint32_t(q < 0 ? -int64_t(q) : q);
-  uint32_t m = mag;
-  if (mag > uint32_t(kEcsqDirectMax)) {
-    const uint32_t r = mag - uint32_t(kEcsqDirectMax);  // >= 1
-    const int e = 31 - __builtin_clz(r);
-    m = uint32_t(kEcsqDirectMax + 1 + e);
-    out.bits = r - (1u << e);
-    out.n_bits = e;
-  }
-  out.symbol = q > 0 ? 2 * m - 1 : 2 * m;
-  return out;
-}
-
 uint32_t EcsqLevel::n_kept() const {
   for (size_t j = cell.size(); j-- > 0;)
     if (cell[j] != 0) return uint32_t(j + 1);

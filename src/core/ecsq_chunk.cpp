@@ -1,10 +1,13 @@
 #include "core/ecsq_chunk.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "entropy/rans_encode.hpp"
+#include "util/parallel.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc {
@@ -106,35 +109,60 @@ Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* co
   return Status::ok();
 }
 
-EcsqCostModel::EcsqCostModel(const EcsqModel& model, uint32_t level) : model_(model), level_(model.levels.at(level)) {
-  cost_.resize(level_.cell.size());
-  for (size_t j = 0; j < level_.cell.size(); ++j) {
-    if (level_.cell[j] == 0) continue;
-    const RansTable& t = model.cells[j][level_.cell[j] - 1u].table;
-    auto& c = cost_[j];
-    c.resize(t.freq.size());
-    for (size_t s = 0; s < t.freq.size(); ++s)
-      c[s] = float(double(t.prob_bits) - std::log2(double(std::max<uint16_t>(t.freq[s], 1))));
+namespace {
+
+// Bits of one component's m coefficients (contiguous) under one cell, in token order.
+double component_bits(const EcsqCell& cell, const float* col, int64_t m) {
+  const RansTable& t = cell.table;
+  std::vector<float> cost(t.freq.size());
+  for (size_t s = 0; s < t.freq.size(); ++s)
+    cost[s] = float(double(t.prob_bits) - std::log2(double(std::max<uint16_t>(t.freq[s], 1))));
+  const uint32_t escape = uint32_t(cost.size() - 1);
+  double b = 0.0;
+  for (int64_t i = 0; i < m; ++i) {
+    const EcsqSymbol s = ecsq_symbol(ecsq_quantize(col[i], cell.step));
+    b += s.symbol >= escape ? double(cost[escape]) + kEcsqEscapeBits : double(cost[s.symbol]);
+    b += s.n_bits;
   }
+  return b;
 }
 
-double EcsqCostModel::bits(const float* coef, int64_t row_stride, int64_t n_tokens) const {
-  double bits = 0.0;
-  const uint32_t n_kept = level_.n_kept();
-  for (uint32_t j = 0; j < n_kept; ++j) {
-    if (level_.cell[j] == 0) continue;
-    const EcsqCell& cell = model_.cells[j][level_.cell[j] - 1u];
-    const std::vector<float>& cost = cost_[j];
-    const uint32_t escape = uint32_t(cost.size() - 1);
-    double b = 0.0;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
-      b += s.symbol >= escape ? double(cost[escape]) + kEcsqEscapeBits : double(cost[s.symbol]);
-      b += s.n_bits;
+constexpr uint32_t kRateColumns = 16;  // components per task: 64 bytes of each coefficient row
+
+}  // namespace
+
+EcsqRateModel::EcsqRateModel(const EcsqModel& model, const float* coef, int64_t row_stride, int64_t n_tokens)
+    : model_(model), coef_(coef), row_stride_(row_stride), n_tokens_(n_tokens), bits_(model.n_components()) {
+  for (uint32_t j = 0; j < model.n_components(); ++j)
+    bits_[j].assign(model.cells[j].size(), std::numeric_limits<double>::quiet_NaN());
+}
+
+Result<double> EcsqRateModel::bits(uint32_t level, int n_threads) {
+  if (level >= model_.levels.size()) return invalid_argument("ECSQ level beyond the model");
+  const EcsqLevel& lv = model_.levels[level];
+  const uint32_t n_kept = lv.n_kept();
+  if (int64_t(n_kept) > row_stride_) return invalid_argument("ECSQ level keeps more components than the rows hold");
+  const int64_t n_blocks = (int64_t(n_kept) + kRateColumns - 1) / kRateColumns;
+  KVTC_RETURN_IF_ERROR(parallel_for(n_blocks, n_threads, [&](int64_t blk) -> Status {
+    const uint32_t j0 = uint32_t(blk) * kRateColumns, j1 = std::min<uint32_t>(j0 + kRateColumns, n_kept);
+    bool any = false;
+    for (uint32_t j = j0; j < j1; ++j) any = any || (lv.cell[j] != 0 && std::isnan(bits_[j][lv.cell[j] - 1u]));
+    if (!any) return Status::ok();
+    std::vector<float> cols(size_t(j1 - j0) * size_t(n_tokens_));
+    for (int64_t t = 0; t < n_tokens_; ++t)
+      for (uint32_t j = j0; j < j1; ++j) cols[size_t(j - j0) * size_t(n_tokens_) + size_t(t)] = coef_[t * row_stride_ + j];
+    for (uint32_t j = j0; j < j1; ++j) {
+      if (lv.cell[j] == 0) continue;
+      double& b = bits_[j][lv.cell[j] - 1u];  // distinct per task: no race
+      if (std::isnan(b))
+        b = component_bits(model_.cells[j][lv.cell[j] - 1u], cols.data() + size_t(j - j0) * size_t(n_tokens_), n_tokens_);
     }
-    bits += b;
-  }
-  return bits;
+    return Status::ok();
+  }));
+  double total = 0.0;
+  for (uint32_t j = 0; j < n_kept; ++j)
+    if (lv.cell[j] != 0) total += bits_[j][lv.cell[j] - 1u];
+  return total;
 }
 
 Result<EcsqDecodeLevel> EcsqDecodeLevel::build(const EcsqModel& model, uint32_t level) {
@@ -148,7 +176,12 @@ Result<EcsqDecodeLevel> EcsqDecodeLevel::build(const EcsqModel& model, uint32_t 
     if (lv.cell[j] == 0) continue;
     const EcsqCell& cell = model.cells[j][lv.cell[j] - 1u];
     KVTC_ASSIGN_OR_RETURN(RansDecodeTable t, RansDecodeTable::build(cell.table));
-    d.component_[j] = {int32_t(d.tables_.size()), cell.step, cell.delta, uint32_t(cell.table.alphabet_size())};
+    EcsqDecodeLevel::Component& c = d.component_[j];
+    c = {int32_t(d.tables_.size()), cell.step, cell.delta, uint32_t(cell.table.alphabet_size())};
+    // Signed symbols up to 2 * kEcsqDirectMax have no bucket bits; the escape (alphabet - 1) has raw bits.
+    c.n_direct = std::min<uint32_t>(c.alphabet - 1, 2 * uint32_t(kEcsqDirectMax) + 1);
+    c.values_offset = uint32_t(d.values_.size());
+    for (uint32_t sym = 0; sym < c.n_direct; ++sym) d.values_.push_back(ecsq_dequantize(ecsq_code(sym, 0), c.step, c.delta));
     d.tables_.push_back(std::move(t));
   }
   return d;
@@ -191,8 +224,13 @@ Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, siz
     const EcsqDecodeLevel::Component& c = level.component(j);
     if (c.table < 0) continue;
     const uint32_t escape = c.alphabet - 1;
+    const float* direct = level.values(c);
     for (int64_t t = 0; t < n_tokens; ++t) {
       uint32_t s = symbols[i++];
+      if (s < c.n_direct) {
+        coef[t * row_stride + j] = direct[s];
+        continue;
+      }
       if (s == escape) {
         if (!raw.get(kEcsqEscapeBits, s)) return corrupt("ECSQ chunk: raw bits end inside an escape");
         if (s < escape || s >= uint32_t(kEcsqSignedSymbols))

@@ -40,22 +40,29 @@ inline uint64_t ecsq_chunk_overhead_bytes(int n_lanes) { return kRansChunkHeader
 Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* coef, int64_t row_stride,
                          int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out);
 
-// Code lengths in bits of every symbol at one level (-log2 of its probability in its cell's table), and
-// the raw bits: what rate control sums to predict a stream's size without coding it.
-class EcsqCostModel {
+// Rate control's estimate of a level's size on the data: the code lengths of the symbols of every
+// kept component (-log2 of their probability under the component's cell table, escapes' 8 bits and
+// buckets' raw bits included) of coefficient rows coef[t * row_stride + j], t < n_tokens. Computed once
+// per (component, cell) and kept: levels share most of their cells, so a bisection over levels pays
+// for each level's new cells only. Components are taken in blocks of 16 columns (copied out of the
+// rows, so reads stay contiguous) in parallel; each component's sum runs in token order and levels
+// sum components in order, so the result does not depend on the threads or on what is cached.
+class EcsqRateModel {
  public:
-  EcsqCostModel(const EcsqModel& model, uint32_t level);
-  // Bits of the symbols of components [0, n_kept) of coefficient rows [n_tokens][row_stride].
-  double bits(const float* coef, int64_t row_stride, int64_t n_tokens) const;
+  EcsqRateModel(const EcsqModel& model, const float* coef, int64_t row_stride, int64_t n_tokens);
+  // Bits of components [0, n_kept) of `level` (n_kept <= row_stride).
+  Result<double> bits(uint32_t level, int n_threads);
 
  private:
   const EcsqModel& model_;
-  const EcsqLevel& level_;
-  std::vector<std::vector<float>> cost_;  // per component: bits per table symbol
+  const float* coef_;
+  int64_t row_stride_, n_tokens_;
+  std::vector<std::vector<double>> bits_;  // [component][cell]: NaN until computed
 };
 
 // The decoding form of one level: a RansDecodeTable per component with a cell (built once per stream
-// of a container: 2^prob_bits bytes each), and its step and offset.
+// of a container: 2^prob_bits bytes each), its step and offset, and the reconstructions of its
+// symbols that need no raw bits.
 class EcsqDecodeLevel {
  public:
   static Result<EcsqDecodeLevel> build(const EcsqModel& model, uint32_t level);
@@ -66,13 +73,19 @@ class EcsqDecodeLevel {
     int32_t table = -1;  // index into tables_, -1: dropped
     float step = 0.0f, delta = 0.0f;
     uint32_t alphabet = 0;
+    // Symbols below n_direct (no escape, no bucket bits) reconstruct to values[s], precomputed with
+    // ecsq_dequantize: the decoder's common case is one load.
+    uint32_t n_direct = 0;
+    uint32_t values_offset = 0;  // into values()
   };
+  const float* values(const Component& c) const { return values_.data() + c.values_offset; }
   const Component& component(uint32_t j) const { return component_[j]; }
   const RansDecodeTable& table(int32_t i) const { return tables_[size_t(i)]; }
 
  private:
   std::vector<Component> component_;  // [n_kept]
   std::vector<RansDecodeTable> tables_;
+  std::vector<float> values_;
 };
 
 // Decodes one chunk of exactly chunk_bytes (symbol count n_symbols from the chunk table, checked against

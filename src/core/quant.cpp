@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "format/quant_rules.hpp"
 #include "util/half.hpp"
 
 #if defined(__SSE2__)
@@ -40,45 +41,10 @@ constexpr int kMaxCandidates = 8;
 // Groups this small are quantised with the full range only: clipping cannot pay off.
 constexpr int kMinSearchSize = 3;
 
-constexpr uint16_t kF16MaxBits = 0x7bff;     // 65504
-constexpr uint16_t kF16MinPosBits = 0x0001;  // 2^-24, smallest subnormal
-constexpr float kF16Max = 65504.0f;
-
-// fp16 conversions inline for the common case (normal numbers), deferring to util/half for the rest:
-// the same bit manipulation as util/half.cpp, so the results are identical; parameters are converted
-// several times per group and token, where a call costs as much as the arithmetic.
-inline uint16_t to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t abs = u & 0x7fffffffu;
-  if (abs < 0x38800000u || abs >= 0x477ff000u) return f32_to_f16(f);  // subnormal, zero, overflow, NaN
-  uint32_t v = abs - (112u << 23);
-  v += 0xfffu + ((v >> 13) & 1u);
-  return uint16_t(((u >> 16) & 0x8000u) | (v >> 13));
-}
-inline float from_f16(uint16_t h) {
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  if (exp == 0 || exp == 31) return f16_to_f32(h);
-  const uint32_t u = (uint32_t(h & 0x8000u) << 16) | ((exp + 112) << 23) | (uint32_t(h & 0x3ffu) << 13);
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// The stored fp16 bit pattern of a step: positive and finite (an overflowing step saturates, an
-// underflowing one becomes the smallest subnormal).
-uint16_t step_to_f16(float step) {
-  if (std::isnan(step)) return kF16MaxBits;
-  if (!(step > 0.0f)) return kF16MinPosBits;
-  const uint16_t h = to_f16(step);
-  if (h >= 0x7c00) return kF16MaxBits;
-  return h == 0 ? kF16MinPosBits : h;
-}
-// A shift as stored: finite, saturating at +-65504.
-uint16_t shift_to_f16(float shift) {
-  if (std::isnan(shift)) return 0;
-  return to_f16(std::clamp(shift, -kF16Max, kF16Max));
-}
+// fp16 conversions, step and shift storage and the code rule are format/quant_rules.hpp's (shared with
+// the GPU): f32_to_f16_bits / f16_bits_to_f32, step_to_f16_bits (positive and finite: an overflowing
+// step saturates, an underflowing one becomes the smallest subnormal), shift_to_f16_bits (finite,
+// saturating at +-65504) and quant_code_of.
 
 int clamp_width(int width_bits) { return std::clamp(width_bits, 1, kMaxWidthBits); }
 
@@ -145,16 +111,8 @@ Stats group_stats(const float* x, int n) {
   return s;
 }
 
-// The code of one value from its scaled position: truncation of a value clamped to [0, top] is its
-// floor, and NaN or huge inputs land on a valid code instead of an undefined conversion.
-inline int code_of(float v, float top) {
-  v = v > 0.0f ? v : 0.0f;
-  v = v < top ? v : top;
-  return int(v);
-}
-
-// How one candidate maps values: kInt  q = code_of(x * inv + bias), x' = (q - half) * scale;
-//                                kIntAffine q = code_of((x - shift) * inv + 0.5), x' = shift + q * scale.
+// How one candidate maps values: kInt  q = quant_code_of(x * inv + bias), x' = (q - half) * scale;
+//                                kIntAffine q = quant_code_of((x - shift) * inv + 0.5), x' = shift + q * scale.
 struct Mapper {
   GroupKind kind;
   float scale, shift, inv, half, bias, top;
@@ -167,7 +125,7 @@ struct Mapper {
         bias(float(n_levels - 1) * 0.5f + 0.5f),
         top(float(n_levels - 1) + 0.5f) {}
   int code(float x) const {
-    return kind == GroupKind::kInt ? code_of(x * inv + bias, top) : code_of((x - shift) * inv + 0.5f, top);
+    return kind == GroupKind::kInt ? quant_code_of(x * inv + bias, top) : quant_code_of((x - shift) * inv + 0.5f, top);
   }
   float value(int q) const { return kind == GroupKind::kInt ? (float(q) - half) * scale : shift + float(q) * scale; }
 };
@@ -183,7 +141,7 @@ inline __m128 reconstruct4(const Mapper& m, __m128 v) {
   } else {
     t = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, _mm_set1_ps(m.shift)), inv), _mm_set1_ps(0.5f));
   }
-  t = _mm_min_ps(_mm_max_ps(t, zero), top);  // max(NaN, 0) is 0, as in code_of
+  t = _mm_min_ps(_mm_max_ps(t, zero), top);  // max(NaN, 0) is 0, as in quant_code_of
   const __m128 q = _mm_cvtepi32_ps(_mm_cvttps_epi32(t));
   if constexpr (kKind == GroupKind::kInt) return _mm_mul_ps(_mm_sub_ps(q, _mm_set1_ps(m.half)), scale);
   return _mm_add_ps(_mm_set1_ps(m.shift), _mm_mul_ps(q, scale));
@@ -265,20 +223,20 @@ int candidates(const float* x, int n, const Stats& s, GroupKind kind, int width,
   if (kind == GroupKind::kInt) {
     if (width == 1) {
       // The codes are the signs whatever the step: the best step puts the levels at +-mean|x|.
-      out[k++].scale_f16 = step_to_f16(float(2.0 * s.sum_abs / n));
+      out[k++].scale_f16 = step_to_f16_bits(float(2.0 * s.sum_abs / n));
       return k;
     }
     for (float f : kClipFactors) {
-      out[k++].scale_f16 = step_to_f16(s.amax * f / half);
+      out[k++].scale_f16 = step_to_f16_bits(s.amax * f / half);
       if (!search) return k;
     }
     const float rms = float(std::sqrt(s.sum_sq / n));
-    out[k++].scale_f16 = step_to_f16(kGaussianStep[width] * rms);
+    out[k++].scale_f16 = step_to_f16_bits(kGaussianStep[width] * rms);
     return k;
   }
   auto add = [&](float lo, float step) {
-    out[k].shift_f16 = shift_to_f16(lo);
-    out[k].scale_f16 = step_to_f16(step);
+    out[k].shift_f16 = shift_to_f16_bits(lo);
+    out[k].scale_f16 = step_to_f16_bits(step);
     ++k;
   };
   const float mean = float(s.sum / n);
@@ -306,7 +264,7 @@ int candidates(const float* x, int n, const Stats& s, GroupKind kind, int width,
 // (kIntAffine); then `best` reconstructs it with the fill code (fill_code()).
 bool choose(const float* x, int n, const Stats& s, GroupKind kind, int width, TokenQuantParams* best) {
   if (kind == GroupKind::kInt ? !(s.amax > 0.0f) : !(s.max > s.min)) {
-    *best = TokenQuantParams{0, kind == GroupKind::kInt ? uint16_t(0) : shift_to_f16(s.min)};
+    *best = TokenQuantParams{0, kind == GroupKind::kInt ? uint16_t(0) : shift_to_f16_bits(s.min)};
     return false;
   }
   TokenQuantParams cand[kMaxCandidates];
@@ -316,7 +274,7 @@ bool choose(const float* x, int n, const Stats& s, GroupKind kind, int width, To
   const int n_levels = 1 << width;
   float best_err = 0.0f;
   for (int c = 0; c < n_cand; ++c) {
-    const Mapper m(kind, n_levels, from_f16(cand[c].scale_f16), from_f16(cand[c].shift_f16));
+    const Mapper m(kind, n_levels, f16_bits_to_f32(cand[c].scale_f16), f16_bits_to_f32(cand[c].shift_f16));
     const float e = candidate_error(x, n, m);
     if (c == 0 || e < best_err) {  // ties: the first
       best_err = e;
@@ -335,7 +293,7 @@ double coded_error(const float* x, int n, const Stats& s, GroupKind kind, int wi
   const float scale = 0.0f;
   if (!choose(x, n, s, kind, width, &p)) {
     // What dequantize_token makes of the fill codes: zeros (kInt) or the shift (kIntAffine).
-    const float r = dequantize_value(fill_code(kind, width), kind, width, scale, from_f16(p.shift_f16));
+    const float r = dequantize_value(fill_code(kind, width), kind, width, scale, f16_bits_to_f32(p.shift_f16));
     double err = 0.0;
     for (int i = 0; i < n; ++i) {
       const double d = double(x[i]) - double(r);
@@ -343,7 +301,7 @@ double coded_error(const float* x, int n, const Stats& s, GroupKind kind, int wi
     }
     return err;
   }
-  return exact_error(x, n, Mapper(kind, n_levels, from_f16(p.scale_f16), from_f16(p.shift_f16)));
+  return exact_error(x, n, Mapper(kind, n_levels, f16_bits_to_f32(p.scale_f16), f16_bits_to_f32(p.shift_f16)));
 }
 
 double plain_error(const float* x, int n, GroupKind kind) {
@@ -352,7 +310,7 @@ double plain_error(const float* x, int n, GroupKind kind) {
     for (int i = 0; i < n; ++i) err += double(x[i]) * x[i];
   } else if (kind == GroupKind::kFloat16) {
     for (int i = 0; i < n; ++i) {
-      const double d = double(x[i]) - double(from_f16(to_f16(x[i])));
+      const double d = double(x[i]) - double(f16_bits_to_f32(f32_to_f16_bits(x[i])));
       err += d * d;
     }
   }
@@ -364,12 +322,7 @@ bool is_coded(GroupKind kind) { return kind == GroupKind::kInt || kind == GroupK
 }  // namespace
 
 float dequantize_value(uint8_t code, GroupKind kind, int width_bits, float scale, float shift) {
-  if (kind == GroupKind::kInt) {
-    const float half = float((1 << width_bits) - 1) * 0.5f;
-    return (float(code) - half) * scale;
-  }
-  if (kind == GroupKind::kIntAffine) return shift + float(code) * scale;
-  return 0.0f;
+  return dequantize_code(code, int(kind), width_bits, scale, shift);  // format/quant_rules.hpp, the GPU's too
 }
 
 TokenQuantParams quantize_token(const float* x, int n, GroupKind kind, int width_bits, uint8_t* codes) {
@@ -380,7 +333,7 @@ TokenQuantParams quantize_token(const float* x, int n, GroupKind kind, int width
     std::fill(codes, codes + n, fill_code(kind, width));
     return p;
   }
-  const Mapper m(kind, 1 << width, from_f16(p.scale_f16), from_f16(p.shift_f16));
+  const Mapper m(kind, 1 << width, f16_bits_to_f32(p.scale_f16), f16_bits_to_f32(p.shift_f16));
   for (int i = 0; i < n; ++i) codes[i] = uint8_t(m.code(x[i]));
   return p;
 }

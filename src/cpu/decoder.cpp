@@ -12,7 +12,7 @@
 #include "core/ecsq_chunk.hpp"
 #include "core/rope.hpp"
 #include "cpu/cpu_backend.hpp"
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 #include "util/half.hpp"
 #include "util/parallel.hpp"
 #include "util/status_macros.hpp"

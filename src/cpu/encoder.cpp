@@ -13,7 +13,7 @@
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "cpu/cpu_backend.hpp"
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 #include "util/half.hpp"
 #include "util/parallel.hpp"
 #include "util/status_macros.hpp"

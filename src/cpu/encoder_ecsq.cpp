@@ -3,7 +3,7 @@
 // Rate control. The budget is the target ratio's share of the stream's raw 16-bit size,
 // B = floor(2 p m / ratio) bytes of codes chunks. The calibration predicts each level's bits per token;
 // the data may differ, so the level is found on the data: the code lengths of its symbols under the
-// level's tables (EcsqCostModel) plus each chunk's fixed overhead estimate a level's size, a bisection
+// level's tables (EcsqRateModel, each (component, cell) costed once) plus each chunk's fixed overhead estimate a level's size, a bisection
 // over levels finds the finest whose estimate fits, and the level is coded. If the coded size still
 // exceeds B (the coder is within ~1% of the code lengths, so rarely), the next coarser level is
 // coded, until one fits; the last level drops everything (0 bytes), so the target always holds.
@@ -76,17 +76,19 @@ Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, St
   const int64_t block = opt.chunk_tokens;
 
   auto q0 = Clock::now();
-  auto estimate_bytes = [&](uint32_t level) {
-    const EcsqCostModel cost(model, level);
+  EcsqRateModel rate(model, coef.data(), k, m);
+  auto estimate_bytes = [&](uint32_t level) -> Result<double> {
     const double chunks_overhead =
         double(chunk_jobs(model.levels[level], m, block).size() * ecsq_chunk_overhead_bytes(opt.rans_lanes));
-    return cost.bits(coef.data(), k, m) / 8.0 + chunks_overhead;
+    KVTC_ASSIGN_OR_RETURN(const double bits, rate.bits(level, opt.n_threads));
+    return bits / 8.0 + chunks_overhead;
   };
   // Finest level in [finest, last] whose estimate fits; `last` drops everything and always fits.
   uint32_t lo = finest, hi = last;
   while (lo < hi) {
     const uint32_t mid = lo + (hi - lo) / 2;
-    if (estimate_bytes(mid) <= budget_bytes) hi = mid;
+    KVTC_ASSIGN_OR_RETURN(const double estimate, estimate_bytes(mid));
+    if (estimate <= budget_bytes) hi = mid;
     else lo = mid + 1;
   }
   times.quantize_s += seconds_since(q0);

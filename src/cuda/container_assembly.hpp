@@ -15,12 +15,11 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cuda/encode_quant.hpp"     // KVTC_HD
 #include "cuda/huffman_deflate.hpp"  // kEncodeOk, crc32_table_entry
+#include "format/container_layout.hpp"
+#include "format/hd.hpp"               // KVTC_HD
 
 namespace kvtc::cuda {
-
-constexpr uint32_t kChunkEntryBytes = 40;
 
 // Sequence statuses in device memory.
 enum AssemblyStatus : uint32_t {
@@ -71,7 +70,7 @@ KVTC_HD inline uint32_t crc32_with_table(const uint32_t* table, const uint8_t* d
 // false when they do not fit.
 KVTC_HD inline bool chunk_table_pos(uint64_t header_size, uint32_t n_chunks, uint64_t* pos) {
   const uint64_t table = uint64_t(n_chunks) * kChunkEntryBytes + 4;
-  if (header_size < 16 + table) return false;
+  if (header_size < kPreambleBytes + table) return false;
   *pos = header_size - table;
   return true;
 }
@@ -100,13 +99,13 @@ KVTC_HD inline uint32_t patch_chunk_table(uint8_t* header, uint64_t header_size,
         src = c.dense_stored;
         stored = dense.bytes[d];
         crc = dense.crc[d];
-        e[2] = 1;  // layout: dense
-        put_le32(e + 32, c.dense_raw_bytes);
+        e[chunk_entry::kLayout] = uint8_t(CodesLayout::kDense);
+        put_le32(e + chunk_entry::kRawBytes, c.dense_raw_bytes);
       }
     }
-    put_le64(e + 20, offset);
-    put_le32(e + 28, stored);
-    put_le32(e + 36, crc);
+    put_le64(e + chunk_entry::kOffset, offset);
+    put_le32(e + chunk_entry::kStoredBytes, stored);
+    put_le32(e + chunk_entry::kCrc32, crc);
     copies[i].src = src;
     copies[i].dst_offset = header_size + offset;
     copies[i].n_bytes = stored;

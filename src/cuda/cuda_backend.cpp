@@ -6,7 +6,7 @@
 
 #include "cuda/gpu_decoder.hpp"
 #include "cuda/gpu_encoder.hpp"
-#include "cuda/inflate.cuh"
+#include "entropy/inflate.cuh"
 #include "kvtc/kvtc_cuda.hpp"
 #include "util/status_macros.hpp"
 

@@ -42,7 +42,7 @@ Result<EncodedCache> cuda_encode_probe(Backend& cuda_backend, const CalibrationD
 // Inflates host-held raw DEFLATE streams on the GPU in one launch (the decoder's own kernel), for
 // tests and benchmarks. raw_bytes[i]: the size stream i must inflate to. crc32: empty for no check,
 // else one CRC-32 per stream. status[i]: 0 when stream i inflated to exactly raw_bytes[i], else the
-// kernel's code (cuda/inflate.cuh). out[i] holds the bytes the kernel wrote (meaningful when 0).
+// kernel's code (entropy/inflate.cuh). out[i] holds the bytes the kernel wrote (meaningful when 0).
 // kernel_seconds (optional): the launch's device time, from CUDA events.
 Status cuda_inflate_streams(const std::vector<std::vector<uint8_t>>& streams, const std::vector<uint32_t>& raw_bytes,
                             const std::vector<uint32_t>& crc32, std::vector<std::vector<uint8_t>>* out,

@@ -3,7 +3,7 @@
 //
 // The output is byte-identical to the host mirror cuda/huffman_deflate.hpp (deflate_encode_host),
 // which is the test oracle; every stream inflates with zlib, libdeflate and the GPU inflate kernel
-// (cuda/inflate.cuh). Results go to device memory: no host synchronisation, so a caller can chain
+// (entropy/inflate.cuh). Results go to device memory: no host synchronisation, so a caller can chain
 // the sizes into a compaction or a later launch on the same stream.
 #pragma once
 

@@ -13,9 +13,9 @@
 
 #include <cuda_bf16.h>
 
-#include "core/ecsq.hpp"
-#include "cuda/crc32.cuh"
 #include "entropy/rans_chunk.hpp"
+#include "format/ecsq_rules.hpp"
+#include "util/crc32.cuh"
 
 namespace kvtc::cuda {
 
@@ -49,23 +49,8 @@ __device__ __forceinline__ uint32_t read_bits(const uint8_t* raw, uint64_t at, u
   return uint32_t(v >> shift) & ((1u << n) - 1u);
 }
 
-// The device twins of core/ecsq.hpp's host functions. Magnitude symbol m of signed symbol s
-// (ecsq_magnitude_symbol), and the bucket bits after it (ecsq_bucket_bits).
-__device__ __forceinline__ int magnitude_symbol(uint32_t s) { return int((s + 1) / 2); }
-__device__ __forceinline__ uint32_t bucket_bits(uint32_t s) {
-  const int m = magnitude_symbol(s);
-  return m <= kEcsqDirectMax ? 0u : uint32_t(m - (kEcsqDirectMax + 1));
-}
-
-// Coefficient of signed symbol s with its bucket bits, as ecsq_dequantize(ecsq_code(s, bucket), ...):
-// (float(|q|) + delta) * step with two roundings, q's sign.
-__device__ __forceinline__ float dequantize(uint32_t s, uint32_t bucket, float step, float delta) {
-  if (s == 0) return 0.0f;
-  const int m = magnitude_symbol(s);
-  const int32_t mag = m <= kEcsqDirectMax ? m : kEcsqDirectMax + (int32_t(1) << (m - kEcsqDirectMax - 1)) + int32_t(bucket);
-  const float v = __fmul_rn(__fadd_rn(float(mag), delta), step);
-  return (s & 1u) ? v : -v;
-}
+// Raw bits after signed symbol s: the bucket bits of its magnitude symbol (format/ecsq_rules.hpp).
+__device__ __forceinline__ uint32_t bucket_bits(uint32_t s) { return uint32_t(ecsq_bucket_bits(ecsq_magnitude_symbol(s))); }
 
 // One chunk by one warp; every return is warp-uniform.
 __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane) {
@@ -152,7 +137,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         uint32_t bucket = 0;
         if (from + nbits > n_raw) overrun = true;
         else bucket = read_bits(raw, from, nbits);
-        const float v = dequantize(s, bucket, cell.step, cell.delta);
+        const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
         const uint64_t idx = uint64_t(job.row0 + t) * job.ld + cell.component;
         if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
         if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));

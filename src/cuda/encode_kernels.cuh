@@ -9,7 +9,7 @@
 //   copy         stored chunks back to back into one payload for a single device-to-host copy.
 // The projection between gather and quantize is a cuBLAS GEMM (cuda/gpu_encoder.cpp).
 //
-// Arithmetic mirrors the CPU operation for operation (cuda/encode_quant.hpp; no fused multiply-add
+// Arithmetic mirrors the CPU operation for operation (format/quant_rules.hpp; no fused multiply-add
 // where the CPU rounds twice), so that gathered vectors are bit-identical to the CPU encoder's and
 // identical coefficients give identical chunks. All launches are asynchronous on `stream` and return
 // the launch error; pointers are device pointers.
@@ -19,7 +19,7 @@
 
 #include <cstdint>
 
-#include "cuda/encode_quant.hpp"
+#include "format/quant_rules.hpp"
 
 namespace kvtc::cuda {
 
@@ -56,7 +56,7 @@ struct QuantGroup {
 cudaError_t launch_quantize(const float* coef, int64_t m, const QuantGroup* groups, int n_groups, uint16_t* sym,
                             uint16_t* side, cudaStream_t stream);
 
-// Writes the raw bytes of jobs[0, n_jobs) (cuda/encode_quant.hpp pack_job_byte), one block per job.
+// Writes the raw bytes of jobs[0, n_jobs) (format/quant_rules.hpp pack_job_byte), one block per job.
 cudaError_t launch_pack(const PackJob* jobs, int n_jobs, const CodesSpan* spans, cudaStream_t stream);
 
 // A cache in device memory as a serving system holds it, one stream (keys or values) of it:

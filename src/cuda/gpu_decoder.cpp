@@ -8,8 +8,8 @@
 #include <tuple>
 
 #include "cuda/ecsq_decode.cuh"
-#include "cuda/inflate.cuh"
 #include "cuda/restore_kernels.cuh"
+#include "entropy/inflate.cuh"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 

@@ -17,7 +17,7 @@
 //
 // What matches the CPU encoder: the chunk table except stored sizes and CRCs (and the layout of a
 // chunk whose two DEFLATE encoders disagree on the dense rule); the gathered vectors bit for bit; and,
-// given the same coefficients, every side and codes chunk byte for byte (cuda/encode_quant.hpp). The
+// given the same coefficients, every side and codes chunk byte for byte (format/quant_rules.hpp). The
 // projection is a different GEMM (cuBLAS against OpenBLAS), so coefficients differ in the last bits and
 // a code near a rounding boundary can differ by one step: restored caches agree to quantisation noise,
 // not bit for bit. Exact tokens are bit for bit.

@@ -23,11 +23,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define KVTC_HD __host__ __device__
-#else
-#define KVTC_HD
-#endif
+#include "format/hd.hpp"  // KVTC_HD
 
 namespace kvtc::cuda {
 

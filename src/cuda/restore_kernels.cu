@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "format/quant_rules.hpp"
+
 namespace kvtc::cuda {
 
 namespace {
@@ -74,19 +76,12 @@ __global__ void dequantize_kernel(const DequantJob* __restrict__ jobs, bool to_b
           bad |= (bits & 0x7c00u) == 0x7c00u;
           scale = half_bits_to_float(bits);
         }
-        if (ci.kind == 1) {
-          // (float(q) - float((1 << w) - 1) * 0.5f) * scale: no contraction possible.
-          const float half = float((1 << ci.width_bits) - 1) * 0.5f;
-          value = __fmul_rn(__fsub_rn(float(sym), half), scale);
-        } else {
-          if (job.side && v + n < cnt) {
-            const uint32_t bits = uint32_t(job.side[v + n]) | (uint32_t(job.side[cnt + v + n]) << 8);
-            bad |= (bits & 0x7c00u) == 0x7c00u;
-            shift = half_bits_to_float(bits);
-          }
-          // shift + float(q) * scale, rounded twice as on the CPU (no FMA).
-          value = __fadd_rn(shift, __fmul_rn(float(sym), scale));
+        if (ci.kind == 2 && job.side && v + n < cnt) {
+          const uint32_t bits = uint32_t(job.side[v + n]) | (uint32_t(job.side[cnt + v + n]) << 8);
+          bad |= (bits & 0x7c00u) == 0x7c00u;
+          shift = half_bits_to_float(bits);
         }
+        value = dequantize_code(sym, ci.kind, ci.width_bits, scale, shift);  // the CPU's rule
       }
     }
     const uint64_t at = uint64_t(job.row0 + i) * ld + j;

@@ -14,9 +14,9 @@
 // oversubscribed or (with libdeflate's two exceptions) incomplete code sets, a repeat code with no
 // previous length, back-references before the output start, output past dst_bytes, input past
 // src_bytes, and trailing bytes after the final block all end the stream with a status.
-#include "cuda/inflate.cuh"
+#include "entropy/inflate.cuh"
 
-#include "cuda/crc32.cuh"
+#include "util/crc32.cuh"
 
 namespace kvtc::cuda {
 

@@ -1,6 +1,7 @@
-// CRC-32 (zlib's polynomial) of a device buffer by one warp, for the GPU decoders that check chunk
-// checksums (inflate.cu, ecsq_decode.cu): each lane takes one contiguous segment, and the segments'
-// CRCs are combined with the GF(2) shift operator as zlib's crc32_combine does.
+// CRC-32 (zlib's polynomial) of a device buffer by one warp: the device half of util/crc32.hpp, for
+// the GPU decoders that check chunk checksums (entropy/inflate.cu, cuda/ecsq_decode.cu): each lane
+// takes one contiguous segment, and the segments' CRCs are combined with the GF(2) shift operator as
+// zlib's crc32_combine does.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-#include "cpu/deflate.hpp"
+#include "entropy/deflate.hpp"
 
 #include <libdeflate.h>
 

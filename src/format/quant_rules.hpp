@@ -1,6 +1,7 @@
-// The GPU encoder's per-element rules, one code shared by the host and the GPU (KVTC_HD): the
-// quantiser of one (token, group), the fp16 / bf16 conversions it needs, and the byte of a raw chunk
-// (docs/FORMAT.md section 5) at a given index.
+// Codec 2's per-element rules, one code for the host and the GPU (KVTC_HD, format/hd.hpp): the
+// quantiser of one (token, group), the reconstruction of a code, and the byte of a raw chunk
+// (docs/FORMAT.md section 5) at a given index. The GPU encoder and decoder run them; the CPU
+// quantiser (src/core/quant.cpp) calls the scalar ones and mirrors the rest in SSE2.
 //
 // Bit-exactness is the contract. quantize_group() mirrors src/core/quant.cpp's quantize_token()
 // operation for operation: the same statistics in the same float summation order (quant.cpp's SSE2
@@ -8,9 +9,7 @@
 // lanes summed as (l0 + l1) + (l2 + l3), then the scalar tail), the same candidate steps with the
 // same fp16 rounding of parameters, the same error ranking (two 4-lane accumulators over blocks of
 // 8, one over a remaining block of 4, then the tail) and the same code rule. Every float and double
-// operation is one IEEE operation rounded to nearest: on the device through the __f*_rn / __d*_rn
-// intrinsics, which nvcc never fuses into a multiply-add; on the host (tests only) through plain
-// operators, which the x86-64 baseline (no FMA) never fuses either. So identical coefficients give
+// operation is one IEEE operation rounded to nearest (format/hd.hpp). So identical coefficients give
 // identical codes and parameters on the CPU and on the GPU; tests/test_encode_kernels_host.cpp checks
 // it on the host, tests/test_cuda_encode.cpp on the device.
 //
@@ -21,155 +20,11 @@
 // No CUDA headers, no allocation, no std containers.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 
-#ifndef KVTC_HD
-#if defined(__CUDACC__)
-#define KVTC_HD __host__ __device__
-#else
-#define KVTC_HD
-#endif
-#endif
+#include "format/hd.hpp"
 
-namespace kvtc::cuda {
-
-// ---------------------------------------------------------------------------------------------
-// One rounding per operation.
-
-KVTC_HD inline float f_add(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-KVTC_HD inline float f_sub(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-KVTC_HD inline float f_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-KVTC_HD inline float f_div(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-KVTC_HD inline double d_add(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-KVTC_HD inline double d_sub(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-KVTC_HD inline double d_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-KVTC_HD inline double d_div(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-KVTC_HD inline double d_sqrt(double a) {
-#if defined(__CUDA_ARCH__)
-  return __dsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
-KVTC_HD inline double d_abs(double a) {
-#if defined(__CUDA_ARCH__)
-  return fabs(a);
-#else
-  return std::fabs(a);
-#endif
-}
-KVTC_HD inline float f_rint(float a) {  // round half to even, as std::nearbyint in the default mode
-#if defined(__CUDA_ARCH__)
-  return rintf(a);
-#else
-  return std::nearbyint(a);
-#endif
-}
-KVTC_HD inline uint32_t f32_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-KVTC_HD inline float bits_f32(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions: src/util/half.{hpp,cpp} bit for bit.
-
-KVTC_HD inline uint16_t f32_to_f16_bits(float f) {
-  const uint32_t u = f32_bits(f);
-  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
-  const uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u);  // NaN
-  if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: infinity
-  if (abs < 0x38800000u) {                                  // subnormal or zero
-    const float scaled = f_mul(bits_f32(abs), 16777216.0f);  // exact
-    return uint16_t(sign | uint16_t(f_rint(scaled)));
-  }
-  uint32_t v = abs - (112u << 23);
-  v += 0xfffu + ((v >> 13) & 1u);
-  return uint16_t(sign | uint16_t(v >> 13));
-}
-
-KVTC_HD inline float f16_bits_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t man = h & 0x3ffu;
-  if (exp == 0) {
-    if (man == 0) return bits_f32(sign);
-    return bits_f32(f32_bits(f_mul(float(man), 5.9604644775390625e-8f)) | sign);  // man * 2^-24, exact
-  }
-  if (exp == 31) return bits_f32(sign | 0x7f800000u | (man << 13));
-  return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
-}
-
-KVTC_HD inline uint16_t f32_to_bf16_bits(float f) {
-  uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
+namespace kvtc {
 
 // ---------------------------------------------------------------------------------------------
 // The quantiser (src/core/quant.cpp). Kinds as GroupKind: 0 dropped, 1 int, 2 int-affine, 3 fp16.
@@ -178,6 +33,15 @@ constexpr int kQuantKindInt = 1;
 constexpr int kQuantKindAffine = 2;
 constexpr int kQuantKindF16 = 3;
 constexpr int kQuantMaxCandidates = 4;
+
+// The reconstruction of one code (docs/FORMAT.md section 6): kInt (kind 1) (float(q) - float(2^w - 1)
+// * 0.5f) * scale; kIntAffine (kind 2) shift + float(q) * scale; other kinds 0. scale and shift are the
+// stored fp16 parameters in fp32; each operation is rounded on its own.
+KVTC_HD inline float dequantize_code(uint32_t code, int kind, int width_bits, float scale, float shift) {
+  if (kind == kQuantKindInt) return f_mul(f_sub(float(code), f_mul(float((1 << width_bits) - 1), 0.5f)), scale);
+  if (kind == kQuantKindAffine) return f_add(shift, f_mul(float(code), scale));
+  return 0.0f;
+}
 
 KVTC_HD inline float gaussian_step(int width) {  // quant.cpp kGaussianStep
   switch (width) {
@@ -217,7 +81,6 @@ struct QuantStats {
   double sum, sum_sq, sum_abs;
 };
 
-KVTC_HD inline float abs_bits(float v) { return bits_f32(f32_bits(v) & 0x7fffffffu); }
 
 KVTC_HD inline QuantStats quant_group_stats(const float* x, int64_t stride, int n) {
   QuantStats s = {0.0f, 0.0f, 0.0f, 0.0, 0.0, 0.0};
@@ -549,4 +412,4 @@ KVTC_HD inline uint8_t pack_job_byte(const PackJob& j, const CodesSpan* spans, u
   return uint8_t(out);
 }
 
-}  // namespace kvtc::cuda
+}  // namespace kvtc
