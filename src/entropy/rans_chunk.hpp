@@ -20,9 +20,11 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "entropy/rans_table.hpp"
-
 namespace kvtc {
+
+// Declared only, so that this header stays plain C++17 for nvcc (entropy/rans_table.hpp has C++20
+// defaulted comparisons): the GPU decoder needs the layout constants, not the table.
+struct RansTable;
 
 constexpr uint32_t kRansStateLow = 1u << 16;        // L: states live in [L, 2^32); encoders start at L
 constexpr int kRansWordBits = 16;                   // renormalisation unit

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "entropy/rans_chunk.hpp"
+#include "entropy/rans_table.hpp"
 
 namespace kvtc {
 

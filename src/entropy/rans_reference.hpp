@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "entropy/rans_chunk.hpp"
+#include "entropy/rans_table.hpp"
 
 namespace kvtc {
 
