@@ -7,7 +7,7 @@
 # the same (warm) machine.
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 . scripts/device_sysroot.sh
-{ date -u; nproc; nvidia-smi -L; cmake --version | head -1; nvcc --version | tail -1; git log --oneline -1 2>/dev/null; } 2>&1 | tee $OUT/gpu_env.txt
+{ date -u; nproc; nvidia-smi -L; cmake --version | head -1; nvcc --version | tail -1; } 2>&1 | tee $OUT/gpu_env.txt
 B=${B:-/tmp/build-gpu}; t0=$(date +%s)
 TESTS=$(ls tests/test_cuda_*.cpp | xargs -n1 basename | sed 's/\.cpp$//' | tr '\n' ' ')
 cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DKVTC_CUDA=ON -DKVTC_BUILD_ENGINE=OFF -DKVTC_BUILD_CLI=OFF \
