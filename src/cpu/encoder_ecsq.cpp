@@ -3,12 +3,12 @@
 // Rate control. The budget is the target ratio's share of the stream's raw 16-bit size,
 // B = floor(2 p m / ratio) bytes of codes chunks. The calibration predicts each level's bits per token;
 // the data may differ, so the level is found on the data: the code lengths of its symbols under the
-// level's tables (EcsqRateModel, each (component, cell) costed once) plus each chunk's fixed overhead estimate a level's size, a bisection
-// over levels finds the finest whose estimate fits, and the level is coded. If the coded size still
-// exceeds B (the coder is within ~1% of the code lengths, so rarely), the next coarser level is
-// coded, until one fits; the last level drops everything (0 bytes), so the target always holds.
-// Projection is to the components of the finest level the search may take: 16 levels (half an
-// octave) finer than the calibration's prediction.
+// level's tables (EcsqRateModel, each (component, cell) costed once) plus each chunk's fixed overhead
+// estimate a level's size; a search from the predicted level (galloping, then bisection) finds the
+// finest whose estimate fits, and the level is coded. If the coded size still exceeds B (the coder is
+// within ~1% of the code lengths, so rarely), the next coarser level is coded, until one fits; the
+// last level drops everything (0 bytes), so the target always holds. Projection is to the components
+// of the finest level the search may take: 16 levels (half an octave) finer than the prediction.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -84,11 +84,43 @@ Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, St
     return bits / 8.0 + chunks_overhead;
   };
   // Finest level in [finest, last] whose estimate fits; `last` drops everything and always fits.
-  uint32_t lo = finest, hi = last;
+  // Galloping from the calibration's prediction brackets the answer among levels that share most
+  // cells with it (cheap for the rate model), then a bisection inside the bracket finds it.
+  auto fits = [&](uint32_t level) -> Result<bool> {
+    KVTC_ASSIGN_OR_RETURN(const double estimate, estimate_bytes(level));
+    return estimate <= budget_bytes;
+  };
+  uint32_t lo = finest, hi = last;  // invariant: hi fits; every level below lo does not
+  const uint32_t start = std::clamp(predicted, finest, last);
+  KVTC_ASSIGN_OR_RETURN(const bool start_fits, fits(start));
+  if (start_fits) {
+    hi = start;
+    for (uint32_t step = 1; hi > finest; step *= 2) {
+      const uint32_t probe = hi - std::min(step, hi - finest);
+      KVTC_ASSIGN_OR_RETURN(const bool ok, fits(probe));
+      if (!ok) {
+        lo = probe + 1;
+        break;
+      }
+      hi = probe;
+    }
+  } else {
+    lo = start + 1;
+    for (uint32_t step = 1; lo <= last; step *= 2) {
+      const uint32_t probe = std::min(lo + step - 1, last);
+      KVTC_ASSIGN_OR_RETURN(const bool ok, fits(probe));
+      if (ok) {
+        hi = probe;
+        break;
+      }
+      lo = probe + 1;
+    }
+  }
+  lo = std::min(lo, hi);
   while (lo < hi) {
     const uint32_t mid = lo + (hi - lo) / 2;
-    KVTC_ASSIGN_OR_RETURN(const double estimate, estimate_bytes(mid));
-    if (estimate <= budget_bytes) hi = mid;
+    KVTC_ASSIGN_OR_RETURN(const bool ok, fits(mid));
+    if (ok) hi = mid;
     else lo = mid + 1;
   }
   times.quantize_s += seconds_since(q0);
