@@ -295,6 +295,28 @@ TEST_F(EvalRef, DiscreteKnobsTellTheirSettingWithoutCompressing) {
   EXPECT_TRUE((*svd)->setting_for(*model_, *base_, 8.0).empty());
 }
 
+TEST_F(EvalRef, KvtcSettingNamesTheTargetExactly) {
+  // The eval reuses a setting's result for every target that names the same setting: 8.6x must not be
+  // named (and so scored) as 8x. Codec 3 lands just above any target, so the two results differ.
+  const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
+  if (!std::filesystem::exists(calib)) GTEST_SKIP() << "shared caches not found";
+  CalibrateOptions co;
+  co.ratios = {8};
+  auto cal = calibrate({calib}, co);
+  ASSERT_TRUE(cal.is_ok()) << cal.status().to_string();
+  MethodConfig mc;
+  mc.calibration = &*cal;
+  auto m = make_method("kvtc3", mc);
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  KvState a = *base_, b = *base_;
+  auto ra = (*m)->apply(*model_, &a, 8.0);
+  auto rb = (*m)->apply(*model_, &b, 8.6);
+  ASSERT_TRUE(ra.is_ok() && rb.is_ok());
+  EXPECT_EQ(ra->setting, "target 8x");
+  EXPECT_EQ(rb->setting, "target 8.6x");
+  EXPECT_GT(rb->ratio_compressed(), ra->ratio_compressed());
+}
+
 TEST_F(EvalRef, EndToEndShortContexts) {
   // A calibration from the bundled 512-token cache, then every method on three tasks.
   const std::string calib = kvtc::testing::shared_kvcache("small-calib.safetensors");
