@@ -30,11 +30,15 @@ Configuration (``kv_connector_extra_config``):
 - ``calibration`` (required): a ``.kvtcal`` file for the served model (``kvtc calibrate`` or
   ``kvtc.hf.calibrate``). Its layers, KV heads and head size must match the model's.
 - ``ratio``: the compression target (default 16).
+- ``codec``: 2 (default: fixed-width groups + DEFLATE) or 3 (ECSQ + rANS: smaller blocks at the same
+  error, block mode costs less, and the target bounds the stored bytes; needs a calibration with ECSQ
+  models, which ``kvtc calibrate`` and ``kvtc.hf.calibrate`` learn by default).
 - ``store``: keyword arguments of :class:`kvtc.store.Store` (default: 1 GiB of host memory).
   Stores are shared by every connector of one process with the same ``store`` settings, so the
   scheduler and worker sides of one engine see the same host tier.
 - ``namespace``: a string that starts every key (default: from the calibration's fingerprint, the
-  ratio and the block size, so engines with different models or settings never share blocks).
+  ratio, the block size and a codec other than 2, so engines with different models or settings never
+  share blocks).
 - ``n_threads``: threads for compression and restore (default 0: the library's choice).
 
 Limits of this version: vLLM's CPU attention backend (paged caches ``[blocks, kv_heads, block_size,
@@ -182,6 +186,9 @@ class KVTCConnector(KVConnectorBase_V1):
         self._block_size = int(vllm_config.cache_config.block_size)
         self._ratio = float(extra.get("ratio", 16.0))
         self._n_threads = int(extra.get("n_threads", 0))
+        self.codec = int(extra.get("codec", 2))
+        if self.codec not in (2, 3):
+            raise ValueError(f"KVTCConnector: codec {self.codec}: 2 (groups + DEFLATE) or 3 (ECSQ + rANS)")
         self._cal = shared_calibration(str(extra["calibration"]))
         settings = extra.get("store")
         if role == KVConnectorRole.WORKER:
@@ -197,7 +204,8 @@ class KVTCConnector(KVConnectorBase_V1):
         self._max_reported = int(extra.get("max_reported_keys", 1 << 20))
         self._stored_this_step: list[bytes] = []  # worker side, for build_connector_worker_meta
         self._missing_this_step: list[bytes] = []  # worker side: keys whose load failed in this step
-        ns = extra.get("namespace") or f"kvtc:{self._cal.fingerprint:016x}:{self._ratio:g}:{self._block_size}:"
+        ns = extra.get("namespace") or (f"kvtc:{self._cal.fingerprint:016x}:{self._ratio:g}:{self._block_size}:" +
+                                        (f"c{self.codec}:" if self.codec != 2 else ""))
         self._namespace = ns.encode() if isinstance(ns, str) else bytes(ns)
         # Scheduler side.
         self._seen: dict[str, "Request"] = {}  # requests the scheduler has shown us, by id
@@ -482,7 +490,7 @@ class KVTCConnector(KVConnectorBase_V1):
             values = [b[j, :, 1] for b in blocks]
             data = kvtc.compress(self._cal, keys, values, self._ratio, positions=t.start,
                                  exact_sinks=None if t.start == 0 else 0, exact_window=0,
-                                 n_threads=self._n_threads)
+                                 n_threads=self._n_threads, codec=self.codec)
             entries.append((t.key, data))
         try:
             self._store.put_many(entries, raw_bytes=[raw_bytes] * len(entries))

@@ -122,3 +122,22 @@ def test_lost_block_is_recomputed(tmp_path, shared_dir, smollm2_calibration, run
     assert run["connector"]["blocks_loaded"] == PREFIX_TOKENS // run["block_size"] - 1
     agree, n = _agreement(run, plain)
     assert agree / n >= bar(RATIO, n)
+
+
+def test_codec3_blocks(tmp_path, shared_dir, smollm2_calibration, runs):
+    """The connector with codec 3 (``"codec": 3``): the prefix comes from the store, the tokens agree as
+    codec 2's must, and the blocks take at most 1/RATIO of their raw size plus their headers."""
+    plain, _, _ = runs
+    run = _run(tmp_path, "kvtc-codec3", shared_dir, "--calibration", str(smollm2_calibration), "--ratio",
+               str(RATIO), "--continuation", plain["path"], "--codec", "3")
+    assert run["connector_codec"] == 3
+    reader = run["first_reader"]
+    assert reader["external_kv_transfer"] == PREFIX_TOKENS
+    assert reader["local_compute"] == run["prompt_tokens"] - PREFIX_TOKENS
+    agree, n = _agreement(run, plain)
+    print(f"vLLM + kvtc codec 3 at {RATIO}x: teacher-forced agreement {agree}/{n} (bar {bar(RATIO, n):.3f})")
+    assert agree / n >= bar(RATIO, n)
+    saved = run["connector"]
+    assert saved["blocks_saved"] == PREFIX_TOKENS // run["block_size"]
+    assert saved["raw_bytes_saved"] / saved["bytes_saved"] >= 0.9 * RATIO
+

@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
     ap.add_argument("--calibration")
     ap.add_argument("--ratio", type=float, default=16.0)
+    ap.add_argument("--codec", type=int, default=2)
     ap.add_argument("--n-threads", type=int, default=0, help="the connector's threads (0: the library's choice)")
     ap.add_argument("--store-dir", help="disk tier directory (default: host memory only)")
     ap.add_argument("--host-capacity-bytes", type=int, default=1 << 30)
@@ -105,7 +106,7 @@ def main() -> None:
         kw["kv_transfer_config"] = KVTransferConfig(
             kv_connector="KVTCConnector", kv_connector_module_path="kvtc.vllm", kv_role="kv_both",
             kv_connector_extra_config={"calibration": args.calibration, "ratio": args.ratio, "store": store,
-                                       "n_threads": args.n_threads},
+                                       "n_threads": args.n_threads, "codec": args.codec},
             kv_load_failure_policy="recompute")
     t0 = time.perf_counter()
     llm = LLM(**kw)
@@ -183,6 +184,7 @@ def main() -> None:
         from kvtc.vllm import shared_store
 
         result["connector"] = dict(get_kv_transfer_group().stats)
+        result["connector_codec"] = get_kv_transfer_group().codec
 
         store_kw = kw["kv_transfer_config"].kv_connector_extra_config["store"]
         result["store_metrics"] = shared_store(store_kw).metrics()
