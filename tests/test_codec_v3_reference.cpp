@@ -27,33 +27,17 @@ const Calibration& real_calibration() {
   return cal;
 }
 
-// A synthetic cache of 2 x 2 x 16 with two tokens made huge (x 1e4: codes at the largest magnitude,
-// beyond any table's alphabet, so escapes; x 40: bucket symbols), and a calibration with a random basis
-// and ECSQ models learnt from Laplacian coefficients with outliers.
+// test_util's outlier case (escapes and bucket symbols) with its calibration as a public Calibration.
 struct Synthetic {
   KVCache cache;
   Calibration cal{nullptr};
 };
 
 Synthetic synthetic(int64_t n_tokens, uint64_t seed) {
-  ModelShape shape;
-  shape.n_layers = 2;
-  shape.n_kv_heads = 2;
-  shape.head_dim = 16;
-  shape.rope.theta = 10000;
+  testing::OutlierCase o = testing::outlier_case(n_tokens, seed);
   Synthetic s;
-  s.cache = testing::synthetic_cache(shape, n_tokens, seed);
-  auto data = std::make_shared<CalibrationData>(testing::calibration_8_20(s.cache, 64, 4, 16));
-  testing::add_synthetic_ecsq_models(*data, s.cache, 3000, seed + 1);
-  for (int l = 0; l < shape.n_layers; ++l)
-    for (int h = 0; h < shape.n_kv_heads; ++h)
-      for (int d = 0; d < shape.head_dim; ++d) {
-        s.cache.k_row(l, h, 50)[d] *= 1e4f;
-        s.cache.v_row(l, h, 50)[d] *= 1e4f;
-        s.cache.k_row(l, h, 51)[d] *= 40.0f;
-        s.cache.v_row(l, h, 51)[d] *= 40.0f;
-      }
-  s.cal = Calibration(data);
+  s.cache = std::move(o.cache);
+  s.cal = Calibration(std::make_shared<CalibrationData>(std::move(o.cal)));
   return s;
 }
 

@@ -1,7 +1,7 @@
 // Codec 3 (ECSQ + rANS, format 3) on the GPU: the fused rANS decode + dequantise kernel against the
 // CPU decoder (coefficients bit for bit) and the reference decoder, on a real cache and on synthetic
-// caches whose outliers force escapes and bucket bits (the same construction test_codec_v3_reference
-// checks reaches both rules), for 1..64 rANS lanes; corrupt chunks reported like the CPU's; codec 2
+// caches whose outliers force escapes and bucket bits (test_util's outlier_case, which
+// test_codec_v3_reference checks reaches both rules), for 1..64 rANS lanes; corrupt chunks reported like the CPU's; codec 2
 // and codec 3 containers in one batch; and the GPU encoder's refusal of codec 3.
 #include <gtest/gtest.h>
 
@@ -54,38 +54,10 @@ TEST(CudaCodec3, RealCacheMatchesCpuAndReference) {
   }
 }
 
-// A synthetic cache with two tokens made huge (x 1e4: codes beyond every table's alphabet, so
-// escapes; x 40: bucket symbols), a random basis and ECSQ models learnt from Laplacian coefficients.
-struct Synthetic {
-  KVCache cache;
-  CalibrationData cal;
-};
-
-Synthetic synthetic(int64_t n_tokens, uint64_t seed) {
-  ModelShape shape;
-  shape.n_layers = 2;
-  shape.n_kv_heads = 2;
-  shape.head_dim = 16;
-  shape.rope.theta = 10000;
-  Synthetic s;
-  s.cache = testing::synthetic_cache(shape, n_tokens, seed);
-  s.cal = testing::calibration_8_20(s.cache, 64, 4, 16);
-  testing::add_synthetic_ecsq_models(s.cal, s.cache, 3000, seed + 1);
-  for (int l = 0; l < shape.n_layers; ++l)
-    for (int h = 0; h < shape.n_kv_heads; ++h)
-      for (int d = 0; d < shape.head_dim; ++d) {
-        s.cache.k_row(l, h, 50)[d] *= 1e4f;
-        s.cache.v_row(l, h, 50)[d] *= 1e4f;
-        s.cache.k_row(l, h, 51)[d] *= 40.0f;
-        s.cache.v_row(l, h, 51)[d] *= 40.0f;
-      }
-  return s;
-}
-
 TEST(CudaCodec3, EscapesBucketsAndBlockMode) {
   SKIP_WITHOUT_DEVICE();
   for (uint64_t seed : {3u, 4u}) {
-    const Synthetic s = synthetic(200, seed);
+    const testing::OutlierCase s = testing::outlier_case(200, seed);
     for (double ratio : {4.0, 8.0, 16.0, 64.0})
       for (int lanes : {32, 64}) {
         SCOPED_TRACE("seed " + std::to_string(seed) + " ratio " + std::to_string(ratio) + " lanes " + std::to_string(lanes));
@@ -110,7 +82,7 @@ TEST(CudaCodec3, EscapesBucketsAndBlockMode) {
 // truncated container is refused before anything runs.
 TEST(CudaCodec3, FlippedBitsGiveStatusLikeCpu) {
   SKIP_WITHOUT_DEVICE();
-  const Synthetic s = synthetic(200, 5);
+  const testing::OutlierCase s = testing::outlier_case(200, 5);
   const std::vector<uint8_t> bytes = encode3(s.cal, s.cache, 8.0, 32, 64);
   auto parsed = parse_container(bytes.data(), bytes.size());
   ASSERT_TRUE(parsed.is_ok());

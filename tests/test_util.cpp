@@ -212,6 +212,27 @@ const CalibrationData& small_calibration_with_ecsq() {
   return data;
 }
 
+OutlierCase outlier_case(int64_t n_tokens, uint64_t seed) {
+  ModelShape shape;
+  shape.n_layers = 2;
+  shape.n_kv_heads = 2;
+  shape.head_dim = 16;
+  shape.rope.theta = 10000;
+  OutlierCase o;
+  o.cache = synthetic_cache(shape, n_tokens, seed);
+  o.cal = calibration_8_20(o.cache, 64, 4, 16);
+  add_synthetic_ecsq_models(o.cal, o.cache, 3000, seed + 1);
+  for (int l = 0; l < shape.n_layers; ++l)
+    for (int h = 0; h < shape.n_kv_heads; ++h)
+      for (int d = 0; d < shape.head_dim; ++d) {
+        o.cache.k_row(l, h, 50)[d] *= 1e4f;
+        o.cache.v_row(l, h, 50)[d] *= 1e4f;
+        o.cache.k_row(l, h, 51)[d] *= 40.0f;
+        o.cache.v_row(l, h, 51)[d] *= 40.0f;
+      }
+  return o;
+}
+
 std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration& sc, Stream stream, int64_t t0,
                                   int64_t n) {
   const int64_t p = cache.shape.n_features(), rank = sc.pca.rank;

@@ -69,6 +69,17 @@ std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration&
 // 1 in 300, 20 to 80 times the spread) so that the finer levels' tables reach into bucket symbols.
 void add_synthetic_ecsq_models(CalibrationData& cal, const KVCache& cache, int64_t n_samples, uint64_t seed);
 
+// A 2 x 2 x 16 synthetic cache of n_tokens (at least 52) whose tokens 50 (x 1e4: codes beyond every
+// table's alphabet, so escapes) and 51 (x 40: bucket symbols) are made huge, and its calibration: a
+// random basis (calibration_8_20, 4 sinks, window 16) with ECSQ models learnt from Laplacian
+// coefficients (add_synthetic_ecsq_models, n_samples 3000, seed + 1). Codec 3's raw-bit rules get
+// exercised by any encode of it.
+struct OutlierCase {
+  KVCache cache;
+  CalibrationData cal;
+};
+OutlierCase outlier_case(int64_t n_tokens, uint64_t seed);
+
 // Robustness tests (bad containers): decodes `bytes` with the fast decoder (options `o`) and the reference
 // decoder, fails the test if they disagree on whether the input is acceptable, and returns the fast
 // decoder's status code.
