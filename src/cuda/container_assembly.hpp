@@ -51,16 +51,6 @@ struct AssemblyCopy {
   uint32_t n_bytes = 0;
 };
 
-KVTC_HD inline void put_le32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-KVTC_HD inline void put_le64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-KVTC_HD inline uint32_t get_le32(const uint8_t* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-
 // zlib's crc32(0, data, n) with a 256-entry table of crc32_table_entry (cuda/huffman_deflate.hpp).
 KVTC_HD inline uint32_t crc32_with_table(const uint32_t* table, const uint8_t* data, uint64_t n) {
   return crc32_raw_update(table, 0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu;

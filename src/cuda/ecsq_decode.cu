@@ -25,10 +25,6 @@ constexpr int kWarpsPerBlock = 4;
 constexpr uint32_t kFullMask = 0xffffffffu;
 constexpr uint32_t kHeaderBytes = uint32_t(kRansChunkHeaderBytes);
 
-__device__ __forceinline__ uint32_t load_u32(const uint8_t* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-
 __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, uint32_t lane) {
 #pragma unroll
   for (int d = 1; d < 32; d <<= 1) {
@@ -59,13 +55,13 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   if (crc_table != nullptr && warp_crc32(c, nb, crc_table) != job.crc32) return kEcsqBadChecksum;
   // Header (entropy/rans_chunk.hpp), then the raw-bit series after the rANS chunk.
   if (nb < kHeaderBytes + 4) return kEcsqBadHeader;
-  const uint32_t n = load_u32(c), n_lanes = c[4], stream_bytes = load_u32(c + 8);
+  const uint32_t n = get_le32(c), n_lanes = c[4], stream_bytes = get_le32(c + 8);
   if ((c[5] | c[6] | c[7]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
       n_lanes > uint32_t(kRansMaxLanes) || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
     return kEcsqBadHeader;
   const uint64_t rans_bytes = kHeaderBytes + 4ull * n_lanes + stream_bytes;
   if (rans_bytes + 4 > nb) return kEcsqBadHeader;
-  const uint32_t n_raw = load_u32(c + rans_bytes);
+  const uint32_t n_raw = get_le32(c + rans_bytes);
   const uint64_t raw_bytes = nb - rans_bytes - 4;
   if (raw_bytes != (uint64_t(n_raw) + 7) / 8) return kEcsqRawLeftover;
   const uint8_t* raw = c + rans_bytes + 4;
@@ -73,8 +69,8 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
 
   // States of rANS lanes `lane` (x0) and `lane + 32` (x1); lanes beyond N stay at 2^16.
   uint32_t x0 = kRansStateLow, x1 = kRansStateLow;
-  if (lane < n_lanes) x0 = load_u32(c + kHeaderBytes + 4 * lane);
-  if (lane + 32 < n_lanes) x1 = load_u32(c + kHeaderBytes + 4 * (lane + 32));
+  if (lane < n_lanes) x0 = get_le32(c + kHeaderBytes + 4 * lane);
+  if (lane + 32 < n_lanes) x1 = get_le32(c + kHeaderBytes + 4 * (lane + 32));
   if (__any_sync(kFullMask, x0 < kRansStateLow || x1 < kRansStateLow)) return kEcsqBadInitialState;
   const uint8_t* words = c + kHeaderBytes + 4 * n_lanes;
   const uint32_t n_words = stream_bytes / 2;

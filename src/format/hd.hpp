@@ -122,6 +122,17 @@ KVTC_HD inline float bits_f32(uint32_t u) {
 
 KVTC_HD inline float abs_bits(float v) { return bits_f32(f32_bits(v) & 0x7fffffffu); }  // |v|, NaN kept
 
+// Little-endian integers at any byte address (the container's byte order; no alignment assumed).
+KVTC_HD inline void put_le32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+KVTC_HD inline void put_le64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
+}
+KVTC_HD inline uint32_t get_le32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conversions: src/util/half.{hpp,cpp} bit for bit.
 
