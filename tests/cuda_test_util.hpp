@@ -14,6 +14,7 @@
 #include "core/calibration_data.hpp"
 #include "core/reference_decoder.hpp"
 #include "cuda/cuda_backend.hpp"
+#include "kvtc/kvtc_cuda.hpp"
 
 #define SKIP_WITHOUT_DEVICE()                                                              \
   do {                                                                                     \
@@ -66,6 +67,33 @@ inline void check_container(const CalibrationData& cal, const std::vector<uint8_
     EXPECT_LE(max_rel_diff(vg, ref->v[size_t(l)]), 2e-5) << "layer " << l << " values vs reference";
     EXPECT_EQ(kx, kg);
     EXPECT_EQ(vx, vg);
+  }
+}
+
+// Every sequence of a decoded batch, restored on the GPU (restore_all with its layer events, fp32 and
+// bf16, copied back as fp32), against the CPU decoder of its container: within 2e-5 (fp32) or 1e-2
+// (bf16) of the largest magnitude, every layer. blobs[q] is sequence q's container.
+inline void expect_batch_matches_cpu(cuda::BatchDecoder& dec, const cuda::DeviceCalibration& dcal,
+                                     const CalibrationData& cal, const std::vector<std::vector<uint8_t>>& blobs) {
+  ASSERT_EQ(dec.n_sequences(), int(blobs.size()));
+  auto cpu = make_cpu_backend();
+  const ModelShape& shape = cal.shape;
+  for (int q = 0; q < int(blobs.size()); ++q) {
+    const std::vector<uint8_t>& blob = blobs[size_t(q)];
+    auto cd = cpu->decode_coefficients(cal, blob.data(), blob.size(), DecodeOptions{}, nullptr);
+    ASSERT_TRUE(cd.is_ok());
+    const size_t n = size_t(shape.n_kv_heads) * size_t(dec.n_tokens(q)) * shape.head_dim;
+    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
+      std::vector<std::vector<float>> kg, vg;
+      ASSERT_TRUE(cuda_restore_all_to_host(dec, dcal, q, type, &kg, &vg).is_ok());
+      std::vector<float> kc(n), vc(n);
+      for (int l = 0; l < shape.n_layers; ++l) {
+        ASSERT_TRUE(cpu->restore_layer(cal, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
+        const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
+        EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l;
+        EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l;
+      }
+    }
   }
 }
 

@@ -22,7 +22,6 @@ namespace kvtc {
 namespace {
 
 using testing::check_container;
-using testing::max_rel_diff;
 
 const KVCache& small_test() { return testing::repo_cache("small-test.safetensors"); }
 
@@ -143,24 +142,7 @@ TEST(CudaCodec3, MixedBatchWithCodecTwo) {
   for (auto& b : blobs) views.push_back({b.data(), b.size()});
   ASSERT_TRUE(dec.decode(*dcal, views, cuda::BatchDecodeOptions{}, nullptr).is_ok());
   ASSERT_EQ(dec.n_sequences(), 3);
-  auto cpu = make_cpu_backend();
-  const ModelShape& shape = cal_data->shape;
-  for (int q = 0; q < 3; ++q) {
-    auto cd = cpu->decode_coefficients(*cal_data, blobs[size_t(q)].data(), blobs[size_t(q)].size(), DecodeOptions{}, nullptr);
-    ASSERT_TRUE(cd.is_ok());
-    const size_t n = size_t(shape.n_kv_heads) * size_t(dec.n_tokens(q)) * shape.head_dim;
-    for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
-      std::vector<std::vector<float>> kg, vg;
-      ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
-      std::vector<float> kc(n), vc(n);
-      for (int l = 0; l < shape.n_layers; ++l) {
-        ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
-        const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
-        EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l;
-        EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l;
-      }
-    }
-  }
+  testing::expect_batch_matches_cpu(dec, *dcal, *cal_data, blobs);
 }
 
 // The GPU encoder writes codec 2 only: codec 3 is refused with UNSUPPORTED, never a wrong container.

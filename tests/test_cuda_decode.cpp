@@ -33,7 +33,6 @@ constexpr double kRatio = 20.0;
 
 using testing::all_kinds_groups;
 using testing::check_container;
-using testing::max_rel_diff;
 using testing::simple_groups;
 
 // Mean of the cache's own vectors, a random basis, one allocation per stream at kRatio.
@@ -215,29 +214,13 @@ TEST(CudaBatchApi, ManySequencesBf16AndF32) {
   cuda::BatchDecoder dec;
   std::vector<cuda::ContainerView> views;
   for (auto& b : blobs) views.push_back({b.data(), b.size()});
-  auto cpu = make_cpu_backend();
   for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlap_exact" : "no overlap");
     cuda::BatchDecodeOptions bo;
     bo.overlap_exact = overlap;
     ASSERT_TRUE(dec.decode(*dcal, views, bo, nullptr).is_ok());
     ASSERT_EQ(dec.n_sequences(), 3);
-    for (int q = 0; q < 3; ++q) {
-      auto cd = cpu->decode_coefficients(*cal_data, blobs[q].data(), blobs[q].size(), DecodeOptions{}, nullptr);
-      ASSERT_TRUE(cd.is_ok());
-      const size_t n = size_t(shape.n_kv_heads) * size_t(dec.n_tokens(q)) * shape.head_dim;
-      for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
-        // All layers restored with restore_all (layer events recorded), copied back as fp32.
-        std::vector<std::vector<float>> kg, vg;
-        ASSERT_TRUE(cuda_restore_all_to_host(dec, *dcal, q, type, &kg, &vg).is_ok());
-        std::vector<float> kc(n), vc(n);
-        for (int l = 0; l < shape.n_layers; ++l) {
-          ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
-          const double tol = type == cuda::ElementType::kF32 ? 2e-5 : 1e-2;
-          EXPECT_LE(max_rel_diff(kg[size_t(l)], kc), tol) << "seq " << q << " layer " << l << " overlap " << overlap;
-          EXPECT_LE(max_rel_diff(vg[size_t(l)], vc), tol) << "seq " << q << " layer " << l << " overlap " << overlap;
-        }
-      }
-    }
+    testing::expect_batch_matches_cpu(dec, *dcal, *cal_data, blobs);
     EXPECT_TRUE(dec.exact_status().is_ok());
   }
   // An overlapped decode of a container whose exact chunk is corrupt: coefficients decode, and the
