@@ -7,7 +7,8 @@
 //   kvtc_bench_cuda_codec3 CAL1[,CAL2...] TEST1[,TEST2...] [ratios, default 8,16,32] [copies, default 64] [reps, default 7]
 //
 // One JSON object per (test cache, ratio, codec) on stdout: compressed codes bytes, symbols, GPU
-// entropy-stage seconds (median of reps) and GB/s of stored codes in, CPU decode seconds (all cores).
+// entropy-stage seconds (median of reps) and GB/s of stored codes in, CPU decode seconds (all cores),
+// and the bf16 restore of one decoded container's layers (reconstruction GEMMs and epilogues).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -101,9 +102,14 @@ int run(int argc, char** argv) {
           return fail(s, "GPU decode");
         bool match = true;
         for (int s = 0; s < 2; ++s) {
+          const auto& seq = dec.sequence(0);
+          const size_t m = size_t(seq.container.header.n_compressed_tokens()), kept = size_t(seq.n_kept[s]);
           std::vector<float> got(want->coef[s].size());
-          cudaMemcpy(got.data(), dec.sequence(0).coef_f32[s].get(), got.size() * sizeof(float), cudaMemcpyDeviceToHost);
-          match = match && std::memcmp(got.data(), want->coef[s].data(), got.size() * sizeof(float)) == 0;
+          cudaMemcpy(got.data(), seq.coef_f32[s].get(), got.size() * sizeof(float), cudaMemcpyDeviceToHost);
+          for (size_t t = 0; t < m; ++t)  // the CPU's [M][n_kept]; the GPU's may be [n_kept][M]
+            for (size_t j = 0; j < kept; ++j)
+              match = match && std::memcmp(&got[seq.coef_by_component[s] ? j * m + t : t * kept + j],
+                                           &want->coef[s][t * kept + j], sizeof(float)) == 0;
         }
 
         // Throughput: `copies` containers per batch, bf16 coefficients (what the restore GEMM reads),
@@ -123,6 +129,36 @@ int run(int argc, char** argv) {
           wall_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count());
           stage_s.push_back(t.inflate_s + t.dequantize_s);
         }
+        // The restore after it: every layer of the batch's first container into bf16 [H][T][D], the
+        // reconstruction GEMM (codec 3's coefficients component-major, codec 2's token-major) and its
+        // epilogue; GEMM rate from 2 m kept p FLOPs per stream.
+        const ContainerHeader& h = dec.sequence(0).container.header;
+        const size_t layer_elems = size_t(h.shape.n_kv_heads) * h.n_tokens * h.shape.head_dim;
+        void* kv_dev = nullptr;
+        if (cudaMalloc(&kv_dev, 2 * layer_elems * 2) != cudaSuccess) return fail(internal_error("cudaMalloc"), "restore buffer");
+        std::vector<double> restore_s;
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        for (int r = 0; r < reps + 1; ++r) {
+          cudaEventRecord(e0, stream);
+          for (int l = 0; l < h.shape.n_layers; ++l)
+            if (Status s = dec.restore_layer(gcal, 0, l, kv_dev, static_cast<uint16_t*>(kv_dev) + layer_elems,
+                                             cuda::OutType::kBF16, stream);
+                !s.is_ok())
+              return fail(s, "GPU restore");
+          cudaEventRecord(e1, stream);
+          cudaEventSynchronize(e1);
+          float ms = 0;
+          cudaEventElapsedTime(&ms, e0, e1);
+          if (r > 0) restore_s.push_back(ms * 1e-3);
+        }
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        cudaFree(kv_dev);
+        const double gemm_flop = 2.0 * double(h.n_compressed_tokens()) *
+                                 double(dec.sequence(0).n_kept[0] + dec.sequence(0).n_kept[1]) *
+                                 double(h.shape.n_features());
         std::vector<double> cpu_s;
         for (int r = 0; r < 3; ++r) {
           const auto c0 = std::chrono::steady_clock::now();
@@ -135,10 +171,12 @@ int run(int argc, char** argv) {
             "{\"cache\": \"%s\", \"ratio\": %g, \"codec\": %d, \"file_bytes\": %zu, \"codes_stored_bytes\": %.0f, "
             "\"symbols\": %.0f, \"coef_match_cpu\": %s, \"copies\": %d, \"gpu_entropy_dequant_s\": %.6f, "
             "\"gpu_codes_GBps\": %.2f, \"gpu_Gsym_per_s\": %.2f, \"gpu_decode_wall_s\": %.6f, "
-            "\"cpu_decode_coefficients_s\": %.6f, \"cpu_codes_GBps\": %.3f}\n",
+            "\"cpu_decode_coefficients_s\": %.6f, \"cpu_codes_GBps\": %.3f, \"kept\": [%lld, %lld], "
+            "\"restore_bf16_s\": %.6f, \"restore_TFLOPs\": %.1f}\n",
             path.c_str(), ratio, codec, bytes.size(), codes_stored, symbols, match ? "true" : "false", copies, gpu,
             codes_stored * copies / gpu * 1e-9, symbols * copies / gpu * 1e-9, median(wall_s), median(cpu_s),
-            codes_stored / median(cpu_s) * 1e-9);
+            codes_stored / median(cpu_s) * 1e-9, static_cast<long long>(dec.sequence(0).n_kept[0]),
+            static_cast<long long>(dec.sequence(0).n_kept[1]), median(restore_s), gemm_flop / median(restore_s) * 1e-12);
         std::fflush(stdout);
       }
   }

@@ -1,5 +1,6 @@
 #include "cuda/cuda_backend.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -153,10 +154,13 @@ class CudaBackend final : public Backend {
     dec.container = seq.container;
     const ContainerHeader& h = dec.container.header;
     const size_t m = size_t(h.n_compressed_tokens());
+    std::vector<float> by_component[2];  // [n_kept][M] from the device, [M][n_kept] after the transpose below
     for (int s = 0; s < 2; ++s) {
       dec.coef[s].resize(m * size_t(seq.n_kept[s]));
-      if (!dec.coef[s].empty())
-        KVTC_CUDA_RETURN(cudaMemcpyAsync(dec.coef[s].data(), seq.coef_f32[s].get(), dec.coef[s].size() * sizeof(float),
+      std::vector<float>& to = seq.coef_by_component[s] ? by_component[s] : dec.coef[s];
+      to.resize(dec.coef[s].size());
+      if (!to.empty())
+        KVTC_CUDA_RETURN(cudaMemcpyAsync(to.data(), seq.coef_f32[s].get(), to.size() * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
       for (int seg = 0; seg < 2; ++seg) {
         dec.exact[s][seg].assign(size_t(h.shape.n_layers), {});
@@ -172,6 +176,11 @@ class CudaBackend final : public Backend {
       }
     }
     KVTC_CUDA_RETURN(cudaStreamSynchronize(stream_));
+    for (int s = 0; s < 2; ++s) {
+      const size_t kept = size_t(seq.n_kept[s]);
+      for (size_t j = 0; j < by_component[s].size() / std::max<size_t>(m, 1); ++j)
+        for (size_t t = 0; t < m; ++t) dec.coef[s][t * kept + j] = by_component[s][j * m + t];
+    }
     key_ = {dec.coef[0].data(), dec.coef[1].data()};
     if (times) {
       times->deflate_s += gt.inflate_s;

@@ -1,4 +1,6 @@
 // Codec 3 codes chunks on the GPU: rANS decode fused with escape / bucket bits and dequantisation.
+// Coefficients go to the decoder's component-major matrices (cuda/gpu_decoder.hpp, coef_by_component):
+// a warp's 32 symbols are consecutive tokens of one component, so each store is one contiguous run.
 //
 // Thread `lane` of a warp holds rANS lanes `lane` and `lane + 32` (chunks have 1..64 lanes). A round
 // of N symbols (i = rN .. rN + N - 1, symbol i on rANS lane i mod N) is decoded 32 lanes at a time:
@@ -75,30 +77,48 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   const uint8_t* words = c + kHeaderBytes + 4 * n_lanes;
   const uint32_t n_words = stream_bytes / 2;
   const uint32_t halves = (n_lanes + 31) / 32;
+  // Cursors of the thread's rANS lanes `lane` (h = 0) and `lane + 32` (h = 1): symbol i = round + l
+  // of the chunk is token t[h] of its k[h]-th component with a cell. They advance by n_lanes a round,
+  // dividing only when they cross into another component, and the component's descriptor is loaded
+  // only when k changes (every n_tokens / n_lanes rounds), so a round's dependent loads are the
+  // table slot, the symbol entry and the word.
+  uint32_t t[2], k[2], loaded[2];
+  EcsqDeviceComponent cells[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t l = uint32_t(h) * 32 + lane;
+    k[h] = l / job.n_tokens;
+    t[h] = l - k[h] * job.n_tokens;
+    loaded[h] = 0xffffffffu;
+  }
   uint32_t pos = 0;     // next word
   uint64_t at_bit = 0;  // next raw bit
   for (uint32_t round = 0; round < n; round += n_lanes) {
-    for (uint32_t h = 0; h < halves; ++h) {
-      const uint32_t l = h * 32 + lane, i = round + l;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (uint32_t(h) >= halves) break;  // warp-uniform
+      const uint32_t l = uint32_t(h) * 32 + lane, i = round + l;
       const bool active = l < n_lanes && i < n;
       uint32_t x = h == 0 ? x0 : x1;
-      uint32_t s = 0, t = 0;
-      EcsqDeviceComponent cell;
+      uint32_t s = 0;
       bool need = false;
       if (active) {  // step 1-2 of the spec with symbol i's table
-        const uint32_t k = i / job.n_tokens;
-        t = i - k * job.n_tokens;
-        cell = job.cells[job.first_cell + k];
+        if (loaded[h] != k[h]) {
+          cells[h] = job.cells[job.first_cell + k[h]];
+          loaded[h] = k[h];
+        }
+        const EcsqDeviceComponent& cell = cells[h];
         const uint32_t slot = x & ((1u << cell.prob_bits) - 1u);
         s = job.slots[cell.slot_offset + slot];
         const uint32_t e = job.entries[cell.entry_offset + s];
         x = (e >> 16) * (x >> cell.prob_bits) + slot - (e & 0xffffu);
         need = x < kRansStateLow;
       }
+      const EcsqDeviceComponent& cell = cells[h];  // meaningful only where active
       const uint32_t need_mask = __ballot_sync(kFullMask, need);
       if (need) {  // step 3: words in lane order; past the end reads 0 and shows as pos > n_words
-        const uint32_t k = pos + __popc(need_mask & ((1u << lane) - 1u));
-        const uint32_t w = k < n_words ? uint32_t(words[2 * k]) | uint32_t(words[2 * k + 1]) << 8 : 0u;
+        const uint32_t w_at = pos + __popc(need_mask & ((1u << lane) - 1u));
+        const uint32_t w = w_at < n_words ? uint32_t(words[2 * w_at]) | uint32_t(words[2 * w_at + 1]) << 8 : 0u;
         x = x << 16 | w;
       }
       pos += __popc(need_mask);
@@ -134,12 +154,18 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         if (from + nbits > n_raw) overrun = true;
         else bucket = read_bits(raw, from, nbits);
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
-        const uint64_t idx = uint64_t(job.row0 + t) * job.ld + cell.component;
+        const uint64_t idx = uint64_t(job.row0 + t[h]) * job.token_stride + uint64_t(cell.component) * job.component_stride;
         if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
         if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
       }
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
+      t[h] += n_lanes;  // symbol i + n_lanes
+      if (t[h] >= job.n_tokens) {
+        const uint32_t q = t[h] / job.n_tokens;
+        k[h] += q;
+        t[h] -= q * job.n_tokens;
+      }
     }
   }
   if (pos > n_words) return kEcsqStreamOverrun;
@@ -163,7 +189,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
   const int j = int(blockIdx.x) * kWarpsPerBlock + int(threadIdx.x / 32);
   if (j >= n_jobs) return;
   const uint32_t lane = threadIdx.x & 31;
-  const uint32_t st = decode_chunk(jobs[j], verify_crc ? crc_table : nullptr, lane);
+  const EcsqDecodeJob job = jobs[j];  // in registers: the coefficient stores cannot alias it
+  const uint32_t st = decode_chunk(job, verify_crc ? crc_table : nullptr, lane);
   if (lane == 0) status[j] = st;
 }
 

@@ -31,16 +31,18 @@ struct EcsqDecodeJob {
   const EcsqDeviceComponent* cells = nullptr;    // the level's components with a cell (device)
   const uint8_t* slots = nullptr;                // the level's slot tables (device)
   const uint32_t* entries = nullptr;             // the level's symbol entries (device)
-  float* coef_f32 = nullptr;                     // [M][ld] or null
-  uint16_t* coef_bf16 = nullptr;                 // [M][ld] bf16 or null
+  float* coef_f32 = nullptr;                     // coefficient (token r, component j) at r * token_stride
+  uint16_t* coef_bf16 = nullptr;                 // + j * component_stride; bf16; either may be null
   uint32_t chunk_bytes = 0;
   uint32_t crc32 = 0;
   uint32_t n_symbols = 0;   // from the chunk table, checked against the level by the host
   uint32_t n_tokens = 0;
   uint32_t first_cell = 0;  // index in cells of the chunk's first component with a cell
-  uint32_t row0 = 0;        // first coefficient row (token_begin - n_head_exact)
-  uint32_t ld = 0;          // row stride of the coefficients (n_kept)
-  uint32_t pad = 0;
+  uint32_t row0 = 0;        // first coefficient row r (token_begin - n_head_exact)
+  // Element strides of the coefficient matrices. Component-major ([n_kept][M]: token_stride 1,
+  // component_stride M) makes a warp's 32 consecutive symbols, which are consecutive tokens of one
+  // component, one contiguous store; token-major ([M][n_kept]) scatters them n_kept apart.
+  uint32_t token_stride = 0, component_stride = 0;
 };
 
 enum EcsqDecodeStatus : uint32_t {

@@ -305,6 +305,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     tmp_bytes = std::max(tmp_bytes, size_t(m) * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
+      seq.coef_by_component[s] = h.streams[s].ecsq();
       if (want_f32) KVTC_RETURN_IF_ERROR(alloc(seq.coef_f32[s], n * sizeof(float)));
       if (want_bf16) KVTC_RETURN_IF_ERROR(alloc(seq.coef_bf16[s], n * 2));
     }
@@ -375,7 +376,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         e.n_tokens = c.n_tokens;
         e.first_cell = lv.cells_before[c.item_begin];
         e.row0 = c.token_begin - h.n_head_exact;
-        e.ld = uint32_t(seq.n_kept[c.stream]);
+        e.token_stride = 1;  // component-major (seq.coef_by_component)
+        e.component_stride = uint32_t(m);
         ecsq_jobs.push_back(e);
         continue;
       }
@@ -577,6 +579,7 @@ Status GpuBatchDecoder::load_host(const GpuCalibration& gcal, const DecodedCoeff
     if (dec.coef[s].size() != size_t(h.n_compressed_tokens()) * size_t(seq.n_kept[s]))
       return invalid_argument("decoded coefficients have the wrong size");
     KVTC_RETURN_IF_ERROR(upload_vector(seq.coef_f32[s], dec.coef[s], stream));
+    seq.coef_by_component[s] = false;  // the host's [M][n_kept]
   }
   std::vector<float> exact;
   for (int s = 0; s < 2; ++s)
@@ -663,19 +666,23 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
       ep.t_offset = t0;
       float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
       const int64_t c_head_stride = in_place ? T * D : m * D;
+      // Column-major for cuBLAS: c[D x m] = basis[D x kept] * coef, coef being kept x m (token-major,
+      // ld kept) or the transpose of an m x kept matrix (component-major, ld m).
+      const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
+      const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
       if (kept > 0 && !bf16) {
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+            cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
                                       gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
-                                      int(kept), 0, &zero, c, D, c_head_stride, H),
+                                      coef_ld, 0, &zero, c, D, c_head_stride, H),
             "cublasSgemmStridedBatched"));
       } else if (kept > 0) {
         if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, D, int(m), int(kept), &one,
+            cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
                                        gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
-                                       seq.coef_bf16[s].get(), CUDA_R_16BF, int(kept), 0, &zero, c, CUDA_R_32F, D,
+                                       seq.coef_bf16[s].get(), CUDA_R_16BF, coef_ld, 0, &zero, c, CUDA_R_32F, D,
                                        c_head_stride, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "cublasGemmStridedBatchedEx"));
       } else {

@@ -46,8 +46,12 @@ enum class OutType { kF32, kBF16 };
 struct GpuSequence {
   ParsedContainer container;
   int64_t n_kept[2] = {0, 0};
-  DeviceBuffer coef_f32[2];   // [M][n_kept]
-  DeviceBuffer coef_bf16[2];  // [M][n_kept]
+  DeviceBuffer coef_f32[2];   // [M][n_kept], or [n_kept][M] where coef_by_component
+  DeviceBuffer coef_bf16[2];  // the same in bf16
+  // Per stream: coefficients stored component-major, [n_kept][M]. The GPU's codec 3 decoder writes
+  // them so (a warp's symbols are consecutive tokens of one component, one contiguous store); codec 2
+  // and coefficients uploaded from the host are token-major. The restore GEMM reads either.
+  bool coef_by_component[2] = {false, false};
   DeviceBuffer comps[2];      // CompInfo [n_kept]
   DeviceBuffer exact;         // fp32 exact tokens, blocks [H][n][D]
   std::vector<int64_t> exact_offset[2][2];  // [stream][head/tail][layer]: float offset in exact, -1 none
