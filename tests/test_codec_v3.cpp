@@ -64,7 +64,9 @@ TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
     EXPECT_LE(double(stored), budget) << s;
     // Rate control takes the finest level that fits (levels are 2% apart in predicted rate): not far
     // below the budget, unless the finest level itself fits (a small basis cannot spend more).
-    if (a.ecsq_level > 0) EXPECT_GT(double(stored), budget / 1.25) << s;
+    if (a.ecsq_level > 0) {
+      EXPECT_GT(double(stored), budget / 1.25) << s;
+    }
   }
   EXPECT_GT(rans_chunks, 0);
 
