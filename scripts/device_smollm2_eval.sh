@@ -20,15 +20,11 @@ KVTC=$PWD/build/bin/kvtc
 [ -x "$KVTC" ] || { say "FAIL: build/bin/kvtc not carried"; exit 1; }
 ldd "$KVTC" | grep "not found" && { say "FAIL: libraries missing for $KVTC"; exit 1; }
 
-MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
-read -r SIZE SHA < <(sed -n 's/.*SmolLM2-135M-Instruct\.Q4_1\.gguf|\([0-9]*\)|\([0-9a-f]\{64\}\)".*/\1 \2/p' scripts/models.sh)
-verify() { [ -f "$1" ] && [ "$(stat -L -c %s "$1")" = "$SIZE" ] && [ "$(sha256sum < "$1" | cut -d' ' -f1)" = "$SHA" ]; }
-if ! verify "$MODEL"; then
-  mkdir -p models; rm -f "$MODEL"
-  cat "$SMOL"/part-a? > "$MODEL.partial" && verify "$MODEL.partial" && mv "$MODEL.partial" "$MODEL" ||
-    { say "FAIL: $SMOL/part-a? do not join into $MODEL ($SIZE bytes, sha256 $SHA)"; exit 1; }
-fi
-say "model: $MODEL, sha256 verified; $(nproc) cores"
+. scripts/device_smollm2_model.sh
+msg=$(smollm2_model "$SMOL"); rc=$?
+say "$msg"
+[ $rc = 0 ] || exit 1
+say "$(nproc) cores"
 
 # The calibration: as out/smol/evals3/run.sh makes it here (14,336 tokens of the valid splits, ratios 4,8,16).
 CAL=/tmp/kvtc-smollm2-ecsq.kvtcal

@@ -41,24 +41,10 @@ S=${PYSYS_ROOT:-/tmp/pysys-root}
 [ -d "$S/lib" ] && export LD_LIBRARY_PATH=$S/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 
 # 0. The model file: joined from its parts, checked against scripts/models.sh's pin.
-MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
-read -r SIZE SHA < <(sed -n 's/.*SmolLM2-135M-Instruct\.Q4_1\.gguf|\([0-9]*\)|\([0-9a-f]\{64\}\)".*/\1 \2/p' scripts/models.sh)
-[ -n "${SHA:-}" ] || { say "FAIL: no pinned size and sha256 for $MODEL in scripts/models.sh"; exit 1; }
-verify() { [ -f "$1" ] && [ "$(stat -L -c %s "$1")" = "$SIZE" ] && [ "$(sha256sum < "$1" | cut -d' ' -f1)" = "$SHA" ]; }
-if verify "$MODEL"; then
-  say "model: $MODEL already there, sha256 verified"
-else
-  parts=("$SMOL"/part-a?)
-  [ -f "${parts[0]}" ] || { say "FAIL: $MODEL absent and no $SMOL/part-a? to join"; exit 1; }
-  mkdir -p models; rm -f "$MODEL"  # a link from the development machine's checkout leads nowhere here
-  cat "${parts[@]}" > "$MODEL.partial"
-  if ! verify "$MODEL.partial"; then
-    say "FAIL: ${parts[*]##*/} joined: $(stat -c %s "$MODEL.partial") bytes, sha256 $(sha256sum < "$MODEL.partial" | cut -d' ' -f1); want $SIZE bytes, $SHA"
-    exit 1
-  fi
-  mv "$MODEL.partial" "$MODEL"
-  say "model: joined ${#parts[@]} parts into $MODEL, $SIZE bytes, sha256 verified"
-fi
+. scripts/device_smollm2_model.sh
+msg=$(smollm2_model "$SMOL"); rc=$?
+say "$msg"
+[ $rc = 0 ] || exit 1
 
 # 0b. gguf for transformers, carried; the corpus.
 G=/tmp/kvtc-gguf-py; rm -rf $G; mkdir -p $G
