@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/container.hpp"
+#include "cuda/cublas_common.hpp"
 #include "cuda/container_assembly.cuh"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
@@ -17,11 +18,6 @@ namespace {
 
 uint64_t align16(uint64_t x) { return (x + 15) & ~uint64_t(15); }
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
-
-Status cublas_status(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  return Status(StatusCode::kCuda, std::string(what) + ": cuBLAS status " + std::to_string(int(s)));
-}
 
 // One sequence: its plan, header template, bound and dense alternatives.
 struct SeqPlan {

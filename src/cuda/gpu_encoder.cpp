@@ -10,6 +10,7 @@
 
 #include "core/chunk_codec.hpp"
 #include "core/plan.hpp"
+#include "cuda/cublas_common.hpp"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
 #include "util/status_macros.hpp"
@@ -20,11 +21,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-Status cublas_status(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  return Status(StatusCode::kCuda, std::string(what) + ": cuBLAS status " + std::to_string(int(s)));
-}
 
 uint64_t align16(uint64_t x) { return (x + 15) & ~uint64_t(15); }
 
