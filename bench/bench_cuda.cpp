@@ -41,6 +41,7 @@ struct Row {
   double inflate_nocrc_s = 0, coef_inflated_bytes = 0;
   double floor_s = 0, floor_bytes_s = 0, floor_gemm_s = 0;
   double bf16_rel_err = -1;
+  double restore_fp8_s = 0, first_layer_fp8_s = 0, fp8_rel_err = -1;  // FP8 reconstruction
 };
 
 // Compress on the GPU (CudaBackend::encode, the path of encode_on_gpu) of the workload's host cache:
@@ -119,6 +120,7 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
   CK(cudaStreamCreate(&stream));
   cuda::DeviceCalibration::Options dopt;
   dopt.fp32 = false;
+  dopt.fp8 = true;
   auto dcal = cuda::DeviceCalibration::upload(cal, dopt, stream);
   OK(dcal.status());
   cuda::BatchDecoder dec;
@@ -172,6 +174,35 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
     first.push_back(ms_first * 1e-3);
     wall.push_back(total);
   }
+  // FP8 reconstruction: the same restores from E4M3 copies of the coefficients and basis.
+  {
+    cuda::BatchDecodeOptions f8 = bo;
+    f8.fp8_reconstruction = true;
+    std::vector<double> rest8, first8;
+    for (int rep = 0; rep < reps + 1; ++rep) {
+      OK(dec.decode(*dcal, views, f8, stream));
+      cudaEventRecord(start, stream);
+      for (int q = 0; q < batch; ++q)
+        OK(dec.restore_all(*dcal, q, kp.data(), vp.data(), cuda::ElementType::kBF16, stream, ev.data()));
+      CK(cudaStreamSynchronize(stream));
+      OK(dec.status());
+      if (rep == 0) continue;
+      float ms_all, ms_first;
+      cudaEventElapsedTime(&ms_all, start, static_cast<cudaEvent_t>(ev[size_t(L - 1)]));
+      cudaEventElapsedTime(&ms_first, start, static_cast<cudaEvent_t>(ev[0]));
+      rest8.push_back(ms_all * 1e-3);
+      first8.push_back(ms_first * 1e-3);
+    }
+    r.restore_fp8_s = median(rest8);
+    r.first_layer_fp8_s = median(first8);
+  }
+  std::vector<uint16_t> k0_fp8(layer_elems);
+  CK(cudaMemcpy(k0_fp8.data(), kp[0], layer_elems * 2, cudaMemcpyDeviceToHost));
+  OK(dec.decode(*dcal, views, bo, stream));  // bf16 again, for the accuracy check below
+  for (int q = 0; q < batch; ++q)
+    OK(dec.restore_all(*dcal, q, kp.data(), vp.data(), cuda::ElementType::kBF16, stream, nullptr));
+  CK(cudaStreamSynchronize(stream));
+  OK(dec.status());
   // Diagnostic: the coefficient inflate without CRC checks.
   {
     cuda::BatchDecodeOptions nocrc = bo;
@@ -225,13 +256,16 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
     OK(cpu->restore_layer(*cal_data, *cd, 0, kc.data(), vc.data(), 0, nullptr));
     std::vector<uint16_t> kg(layer_elems);
     CK(cudaMemcpy(kg.data(), kp[0], layer_elems * 2, cudaMemcpyDeviceToHost));
-    double num = 0, den = 0;
+    double num = 0, num8 = 0, den = 0;
     for (size_t i = 0; i < layer_elems; ++i) {
       const double d = double(bf16_to_f32(kg[i])) - kc[i];
+      const double d8 = double(bf16_to_f32(k0_fp8[i])) - kc[i];
       num += d * d;
+      num8 += d8 * d8;
       den += double(kc[i]) * kc[i];
     }
     r.bf16_rel_err = std::sqrt(num / den);
+    r.fp8_rel_err = std::sqrt(num8 / den);
   }
   for (void* e : ev) cudaEventDestroy(static_cast<cudaEvent_t>(e));
   cudaEventDestroy(start);
@@ -245,11 +279,12 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       "\"decode_device_s\":%.6f,\"decode_wall_s\":%.6f,\"restore_all_s\":%.6f,\"first_layer_s\":%.6f,"
       "\"total_wall_s\":%.6f,\"floor_s\":%.6f,\"floor_bytes_s\":%.6f,\"floor_gemm_s\":%.6f,"
       "\"coef_inflate_GBps_inflated\":%.1f,\"inflate_GBps_raw_cache\":%.1f,\"bf16_rel_l2_err_layer0_keys\":%.3g,"
-      "\"coef_inflate_nocrc_s\":%.6f,\"decode_host_s\":%.6f,\"decode_wait_s\":%.6f}\n",
+      "\"coef_inflate_nocrc_s\":%.6f,\"decode_host_s\":%.6f,\"decode_wait_s\":%.6f,\"restore_all_fp8_s\":%.6f,"
+      "\"first_layer_fp8_s\":%.6f,\"fp8_rel_l2_err_layer0_keys\":%.3g}\n",
       r.name.c_str(), r.raw_bytes, r.file_bytes, r.raw_bytes / r.file_bytes, r.inflated_bytes, r.encode_cpu_s, r.upload_s,
       r.inflate_s, r.dequant_s, r.exact_s, r.decode_s, r.decode_wall_s, r.restore_s, r.first_layer_s, r.total_wall_s,
       r.floor_s, r.floor_bytes_s, r.floor_gemm_s, r.coef_inflated_bytes / r.inflate_s * gb, r.raw_bytes / r.inflate_s * gb,
-      r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s);
+      r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s, r.restore_fp8_s, r.first_layer_fp8_s, r.fp8_rel_err);
   std::fflush(stdout);
   return r;
 }
@@ -298,11 +333,12 @@ int main(int argc, char** argv) {
     rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/true));
     rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/false, /*defer_status=*/true));
   }
-  std::printf("\n%-34s %8s %9s %9s %9s %9s %9s %9s %9s %7s\n", "case (times in ms)", "ratio", "inflate", "dequant",
-              "exact||", "restore", "wall", "floor", "inflGB/s", "x floor");
+  std::printf("\n%-34s %8s %9s %9s %9s %9s %9s %9s %9s %9s %7s\n", "case (times in ms)", "ratio", "inflate", "dequant",
+              "exact||", "restore", "rst fp8", "wall", "floor", "inflGB/s", "x floor");
   for (const Row& r : rows) {
-    std::printf("%-34s %8.2f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.1f %7.2f\n", r.name.c_str(), r.raw_bytes / r.file_bytes,
-                r.inflate_s * 1e3, r.dequant_s * 1e3, r.exact_s * 1e3, r.restore_s * 1e3, r.total_wall_s * 1e3,
+    std::printf("%-34s %8.2f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.1f %7.2f\n", r.name.c_str(),
+                r.raw_bytes / r.file_bytes, r.inflate_s * 1e3, r.dequant_s * 1e3, r.exact_s * 1e3, r.restore_s * 1e3,
+                r.restore_fp8_s * 1e3, r.total_wall_s * 1e3,
                 r.floor_s * 1e3, r.coef_inflated_bytes / r.inflate_s * 1e-9, r.total_wall_s / r.floor_s);
   }
   return 0;

@@ -51,12 +51,15 @@ enum class ElementType { kF32, kBF16 };
 
 // A calibration's means and bases in device memory. fp32 bases give the exact path (fp32 GEMM,
 // results within fp32 rounding of the CPU decoder); bf16 bases give the tensor-core path (bf16
-// coefficients and basis, fp32 accumulation, mean and RoPE in fp32, bf16 output).
+// coefficients and basis, fp32 accumulation, mean and RoPE in fp32, bf16 output). An FP8 (E4M3)
+// basis gives FP8 reconstruction (BatchDecodeOptions::fp8_reconstruction): Hopper's FP8 tensor cores
+// at twice bf16's rate, fp32 accumulation, one scale per basis and per coefficient matrix.
 class DeviceCalibration {
  public:
   struct Options {
     bool fp32 = true;
     bool bf16 = true;
+    bool fp8 = false;       // E4M3 copy, [features][rows] (made on the device from the fp32 rows)
     int64_t max_rows = -1;  // basis rows uploaded (-1: all); must cover every container's kept components
   };
   // Copies to the device on `cuda_stream` and waits for the copy (a setup call, not on the hot path).
@@ -81,6 +84,13 @@ struct BatchDecodeOptions {
   bool verify_checksums = true;  // CRC-32 of every chunk, on the GPU
   bool keep_fp32 = true;         // fp32 coefficients (for ElementType::kF32 restores)
   bool keep_bf16 = true;         // bf16 coefficients (for ElementType::kBF16 restores)
+  // FP8 reconstruction: decode() also makes an E4M3 copy of the coefficients (from the fp32 ones if
+  // kept, else the bf16 ones), and kBF16 restores then run the reconstruction GEMM in FP8 (E4M3 inputs,
+  // fp32 accumulation) instead of bf16; mean, RoPE and the output stay as they were. Needs a
+  // DeviceCalibration uploaded with Options::fp8 and a GPU with FP8 tensor cores (compute capability
+  // 8.9+; restores return UNSUPPORTED otherwise). kF32 restores stay exact. The error it adds is
+  // measured per layer in bench/RESULTS.md ("FP8 reconstruction").
+  bool fp8_reconstruction = false;
   // Exact-token chunks (attention sinks and the recent window: the longest serial DEFLATE streams)
   // inflate on a second stream while coefficients are dequantised and layers reconstructed. decode()
   // then checks only the coefficient chunks; call exact_status() (it waits) for the exact ones.
@@ -275,7 +285,8 @@ class BatchEncoder {
 
 // Restore timing of `containers` (decoded together as one batch) into device buffers this call owns:
 // one warm-up, then `repeat` runs; medians in seconds. Restores are bf16 (the serving path) unless
-// `fp32`. Allocates; not for the hot path.
+// `fp32`; `fp8`: bf16 restores with FP8 reconstruction (dcal needs its FP8 basis). Allocates; not for
+// the hot path.
 struct RestoreTiming {
   int repeat = 0;
   double raw_bytes = 0;          // restored tensors at 16 bits per element, all sequences
@@ -287,6 +298,6 @@ struct RestoreTiming {
   double total_wall_s = 0;       // decode() start to every layer restored (host clock)
 };
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
-                                   int repeat, bool fp32, bool overlap_exact);
+                                   int repeat, bool fp32, bool overlap_exact, bool fp8 = false);
 
 }  // namespace kvtc::cuda

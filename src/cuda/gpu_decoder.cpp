@@ -7,7 +7,9 @@
 #include <string>
 #include <tuple>
 
+#include "cuda/cublas_common.hpp"
 #include "cuda/ecsq_decode.cuh"
+#include "cuda/fp8_convert.cuh"
 #include "cuda/restore_kernels.cuh"
 #include "entropy/inflate.cuh"
 #include "util/half.hpp"
@@ -16,11 +18,6 @@
 namespace kvtc::cuda {
 
 namespace {
-
-Status cublas_status(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return Status::ok();
-  return Status(StatusCode::kCuda, std::string(what) + ": cuBLAS status " + std::to_string(int(s)));
-}
 
 template <typename T>
 Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
@@ -125,6 +122,38 @@ Status GpuCalibration::upload(const CalibrationData& cal, bool f32, bool bf16, i
   }
   KVTC_RETURN_IF_ERROR(upload_vector(inv_freq, cal.shape.rope.inv_freq(cal.shape.head_dim), stream));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
+  has_fp8 = false;
+  return Status::ok();
+}
+
+Status GpuCalibration::upload_fp8(const CalibrationData& cal, cudaStream_t stream) {
+  if (cal.fingerprint != fingerprint) return invalid_argument("upload_fp8 needs the calibration upload() was given");
+  const int64_t p = shape.n_features();
+  for (int s = 0; s < 2; ++s) {
+    const PcaBasis& pca = s == 0 ? cal.key.pca : cal.value.pca;
+    rows_fp8[s] = fp8_padded(rows[s]);
+    DeviceBuffer staged;  // the fp32 rows, where upload() kept none
+    const float* src = basis_f32[s].as<float>();
+    if (!has_f32) {
+      KVTC_RETURN_IF_ERROR(staged.reserve(size_t(rows[s] * p) * sizeof(float)));
+      KVTC_CUDA_RETURN(cudaMemcpyAsync(staged.get(), pca.components.data(), size_t(rows[s] * p) * sizeof(float),
+                                       cudaMemcpyHostToDevice, stream));
+      src = staged.as<float>();
+    }
+    KVTC_RETURN_IF_ERROR(basis_fp8[s].reserve(size_t(p * rows_fp8[s])));
+    KVTC_RETURN_IF_ERROR(fp8_scale[s].reserve(kFp8ScaleFloats * sizeof(float)));
+    KVTC_CUDA_RETURN(cudaMemsetAsync(fp8_scale[s].get(), 0, kFp8ScaleFloats * sizeof(float), stream));
+    Fp8Source fs;  // the basis is [rows][p]: the copy is its transpose, [p][rows_fp8]
+    fs.data = src;
+    fs.transposed = true;
+    fs.ld = p;
+    fs.rows = p;
+    fs.components = rows[s];
+    KVTC_CUDA_RETURN(launch_abs_max(fs, fp8_scale[s].as<float>(), stream));
+    KVTC_CUDA_RETURN(launch_to_e4m3(fs, fp8_scale[s].as<float>(), basis_fp8[s].as<uint8_t>(), rows_fp8[s], stream));
+    KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // staged is freed on return
+  }
+  has_fp8 = true;
   return Status::ok();
 }
 
@@ -308,7 +337,11 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       seq.coef_by_component[s] = h.streams[s].ecsq();
       if (want_f32) KVTC_RETURN_IF_ERROR(alloc(seq.coef_f32[s], n * sizeof(float)));
       if (want_bf16) KVTC_RETURN_IF_ERROR(alloc(seq.coef_bf16[s], n * 2));
+      seq.kept_fp8[s] = fp8_padded(seq.n_kept[s]);
+      if (options.want_fp8) KVTC_RETURN_IF_ERROR(alloc(seq.coef_fp8[s], size_t(m * seq.kept_fp8[s])));
     }
+    seq.has_fp8 = options.want_fp8;
+    if (options.want_fp8) KVTC_RETURN_IF_ERROR(alloc(seq.fp8_scale, 2 * kFp8ScaleFloats * sizeof(float)));
     // Codec 3 streams: their level's tables on the device (not needed to plan a workspace).
     const EcsqDeviceLevel* level[2] = {nullptr, nullptr};
     for (int s = 0; s < 2 && !plan_only_; ++s)
@@ -465,6 +498,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
   KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), int(ecsq_jobs.size()), verify_checksums, ecsq_status, stream));
+  if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
   // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
   cudaStream_t xs = stream;
@@ -501,6 +535,29 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_RETURN_IF_ERROR(st);
   }
   if (times) *times = last_times_;
+  return Status::ok();
+}
+
+// E4M3 copies of every sequence's coefficients, from the fp32 ones (else the bf16 ones): one
+// per-tensor scale per stream, found on the device.
+Status GpuBatchDecoder::convert_to_fp8(bool from_f32, cudaStream_t stream) {
+  for (GpuSequence& seq : seqs_) {
+    const int64_t m = int64_t(seq.container.header.n_compressed_tokens());
+    KVTC_CUDA_RETURN(cudaMemsetAsync(seq.fp8_scale.get(), 0, 2 * kFp8ScaleFloats * sizeof(float), stream));
+    for (int s = 0; s < 2; ++s) {
+      if (m == 0 || seq.n_kept[s] == 0) continue;
+      Fp8Source fs;
+      fs.data = from_f32 ? seq.coef_f32[s].get() : seq.coef_bf16[s].get();
+      fs.bf16 = !from_f32;
+      fs.transposed = seq.coef_by_component[s];  // [n_kept][M]
+      fs.ld = seq.coef_by_component[s] ? m : seq.n_kept[s];
+      fs.rows = m;
+      fs.components = seq.n_kept[s];
+      float* scale = seq.fp8_scale.as<float>() + kFp8ScaleFloats * s;
+      KVTC_CUDA_RETURN(launch_abs_max(fs, scale, stream));
+      KVTC_CUDA_RETURN(launch_to_e4m3(fs, scale, seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], stream));
+    }
+  }
   return Status::ok();
 }
 
@@ -581,6 +638,7 @@ Status GpuBatchDecoder::load_host(const GpuCalibration& gcal, const DecodedCoeff
     KVTC_RETURN_IF_ERROR(upload_vector(seq.coef_f32[s], dec.coef[s], stream));
     seq.coef_by_component[s] = false;  // the host's [M][n_kept]
   }
+  seq.has_fp8 = false;
   std::vector<float> exact;
   for (int s = 0; s < 2; ++s)
     for (int seg = 0; seg < 2; ++seg) {
@@ -639,13 +697,17 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
   const ContainerHeader& h = seq.container.header;
   if (layer < 0 || layer >= h.shape.n_layers) return invalid_argument("layer " + std::to_string(layer) + " out of range");
   const bool bf16 = out[0].bf16;
-  if (bf16 ? !gcal.has_bf16 : !gcal.has_f32) return invalid_argument("the device calibration lacks this precision's basis");
+  // FP8 reconstruction: bf16 restores of a batch decoded with E4M3 coefficients.
+  const bool fp8 = bf16 && seq.has_fp8 && gcal.has_fp8;
+  if (!fp8 && (bf16 ? !gcal.has_bf16 : !gcal.has_f32))
+    return invalid_argument("the device calibration lacks this precision's basis");
   KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
   const int H = h.shape.n_kv_heads, D = h.shape.head_dim;
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D].
+  // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D]
+  // ([m][H][D] for FP8).
   const bool in_place = !bf16 && out[0].block_table == nullptr;
   const size_t tmp_bytes = size_t(m) * H * D * sizeof(float);
   if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
@@ -661,6 +723,7 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
       ep.rope_style = int(h.shape.rope.style);
       ep.n_heads = H;
       ep.head_dim = D;
+      ep.src_token_stride = fp8 ? int64_t(H) * D : D;
       ep.rows = m;
       ep.out = out[s];
       ep.t_offset = t0;
@@ -670,7 +733,16 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
       // ld kept) or the transpose of an m x kept matrix (component-major, ld m).
       const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
       const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
-      if (kept > 0 && !bf16) {
+      if (kept > 0 && fp8) {
+        // Column-major: c[(H*D) x m] = basis_fp8[kept_fp8 x H*D]^T * coef_fp8[kept_fp8 x m], one GEMM
+        // for every head of the layer; c is token-major [m][H][D].
+        if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
+        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(int64_t(H) * D, m, seq.kept_fp8[s],
+                                           gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s], gcal.rows_fp8[s],
+                                           gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
+                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, int64_t(H) * D,
+                                           stream));
+      } else if (kept > 0 && !bf16) {
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
             cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
@@ -689,7 +761,7 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
         KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(c_head_stride) * 4, 0, size_t(m) * D * 4, H, stream));
       }
       ep.src = c;
-      ep.src_head_stride = c_head_stride;
+      ep.src_head_stride = fp8 ? D : c_head_stride;
       KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
     // Exact rows come from the exact chunks, which may still be inflating on the side stream.

@@ -16,21 +16,28 @@
 #include "core/container.hpp"
 #include "cuda/cuda_common.hpp"
 #include "cuda/ecsq_device_level.hpp"
+#include "cuda/fp8_gemm.hpp"
 #include "cuda/restore_kernels.cuh"
 
 namespace kvtc::cuda {
 
 // Means and bases of both streams on the device: fp32 rows for exact reconstruction, bf16 rows for
-// the tensor-core path (either or both, as asked). Rows are the first `rows[s]` basis components.
+// the tensor-core path, an E4M3 copy for the FP8 path (any of them, as asked). Rows are the first
+// `rows[s]` basis components.
 struct GpuCalibration {
   ModelShape shape;
   uint64_t fingerprint = 0;
   int64_t rank[2] = {0, 0};
   int64_t rows[2] = {0, 0};
-  bool has_f32 = false, has_bf16 = false;
+  bool has_f32 = false, has_bf16 = false, has_fp8 = false;
   DeviceBuffer mean[2];        // float [p]
   DeviceBuffer basis_f32[2];   // float [rows][p]
   DeviceBuffer basis_bf16[2];  // bf16 [rows][p]
+  // E4M3 [p][rows_fp8], components contiguous and zero-padded to a multiple of 16 (the FP8 GEMM's
+  // "TN" operand), scaled by 448 / max |basis|; fp8_scale[s] is its scale block (cuda/fp8_convert.cuh).
+  DeviceBuffer basis_fp8[2];
+  DeviceBuffer fp8_scale[2];
+  int64_t rows_fp8[2] = {0, 0};
   DeviceBuffer inv_freq;       // double [head_dim / 2]
   // Codec 3: the ECSQ levels containers have used, uploaded on first use (shared by the decoders of
   // this calibration; a new upload() starts an empty cache).
@@ -38,6 +45,8 @@ struct GpuCalibration {
 
   // max_rows < 0: all rank rows.
   Status upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream);
+  // Adds the E4M3 basis (after upload()).
+  Status upload_fp8(const CalibrationData& cal, cudaStream_t stream);
 };
 
 enum class OutType { kF32, kBF16 };
@@ -48,6 +57,12 @@ struct GpuSequence {
   int64_t n_kept[2] = {0, 0};
   DeviceBuffer coef_f32[2];   // [M][n_kept], or [n_kept][M] where coef_by_component
   DeviceBuffer coef_bf16[2];  // the same in bf16
+  // FP8 reconstruction: E4M3 [M][kept_fp8[s]] token-major (components contiguous, zero-padded to a
+  // multiple of 16); fp8_scale holds a scale block per stream (cuda/fp8_convert.cuh), [2][kFp8ScaleFloats].
+  DeviceBuffer coef_fp8[2];
+  int64_t kept_fp8[2] = {0, 0};
+  DeviceBuffer fp8_scale;
+  bool has_fp8 = false;       // coef_fp8 holds this batch's coefficients
   // Per stream: coefficients stored component-major, [n_kept][M]. The GPU's codec 3 decoder writes
   // them so (a warp's symbols are consecutive tokens of one component, one contiguous store); codec 2
   // and coefficients uploaded from the host are token-major. The restore GEMM reads either.
@@ -70,6 +85,8 @@ struct GpuDecodeTimes {
 struct GpuDecodeOptions {
   bool verify_checksums = true;
   bool want_f32 = true, want_bf16 = true;  // coefficient copies kept
+  // An E4M3 copy as well (from the fp32 or bf16 one), for FP8 reconstruction of bf16 restores.
+  bool want_fp8 = false;
   bool overlap_exact = false;              // exact chunks on a second stream; exact_status() reports them
   bool defer_status = false;               // no host synchronisation: status() waits and reports
 };
@@ -110,7 +127,8 @@ class GpuBatchDecoder {
   Status load_host(const GpuCalibration& gcal, const DecodedCoefficients& dec, cudaStream_t stream);
 
   // Reconstructs layer `layer` of sequence `seq` into k_dev and v_dev, each [n_kv_heads][n_tokens][head_dim]
-  // of `type`. Asynchronous on `stream`.
+  // of `type`. Asynchronous on `stream`. kBF16 restores of a batch decoded with want_fp8, on a
+  // calibration with its E4M3 basis, reconstruct with the FP8 GEMM (cuda/fp8_gemm.hpp).
   Status restore_layer(const GpuCalibration& gcal, int seq, int layer, void* k_dev, void* v_dev, OutType type,
                        cudaStream_t stream);
   // Reconstructs layer `layer` of sequence `seq` into vLLM's paged layer cache [num_blocks][2][block_size]
@@ -126,10 +144,12 @@ class GpuBatchDecoder {
   Status ensure_handle();
   Status alloc(DeviceBuffer& buffer, size_t bytes);
   Status check_coefficients();
+  Status convert_to_fp8(bool from_f32, cudaStream_t stream);
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
   Status restore_layer_to(const GpuCalibration& gcal, int seq, int layer, const DstLayout out[2], cudaStream_t stream);
 
   cublasHandle_t handle_ = nullptr;
+  Fp8Gemm fp8_gemm_;
   cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes
   cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
   cudaEvent_t coef_done_ = nullptr, stage_events_[4] = {};

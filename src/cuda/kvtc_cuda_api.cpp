@@ -34,13 +34,16 @@ Result<DeviceCalibration> DeviceCalibration::upload(const Calibration& cal, cons
   auto impl = std::make_unique<Impl>(cal);
   KVTC_RETURN_IF_ERROR(impl->gcal.upload(cal.data(), options.fp32, options.bf16, options.max_rows,
                                          static_cast<cudaStream_t>(cuda_stream)));
+  if (options.fp8) KVTC_RETURN_IF_ERROR(impl->gcal.upload_fp8(cal.data(), static_cast<cudaStream_t>(cuda_stream)));
   return DeviceCalibration(std::move(impl));
 }
 
 size_t DeviceCalibration::device_bytes() const {
   const GpuCalibration& g = impl_->gcal;
   size_t n = g.inv_freq.size_bytes();
-  for (int s = 0; s < 2; ++s) n += g.mean[s].size_bytes() + g.basis_f32[s].size_bytes() + g.basis_bf16[s].size_bytes();
+  for (int s = 0; s < 2; ++s)
+    n += g.mean[s].size_bytes() + g.basis_f32[s].size_bytes() + g.basis_bf16[s].size_bytes() +
+         g.basis_fp8[s].size_bytes() + g.fp8_scale[s].size_bytes();
   return n;
 }
 
@@ -59,6 +62,7 @@ GpuDecodeOptions gpu_options(const BatchDecodeOptions& o) {
   g.want_bf16 = o.keep_bf16;
   g.overlap_exact = o.overlap_exact;
   g.defer_status = o.defer_status;
+  g.want_fp8 = o.fp8_reconstruction;
   return g;
 }
 }  // namespace
@@ -73,6 +77,8 @@ Status BatchDecoder::decode(const DeviceCalibration& dcal, const std::vector<Con
   std::string why;
   if (!device_available(&why)) return Status(StatusCode::kCuda, why);
   if (!options.keep_fp32 && !options.keep_bf16) return invalid_argument("keep fp32 or bf16 coefficients (or both)");
+  if (options.fp8_reconstruction && !dcal.impl().gcal.has_fp8)
+    return invalid_argument("fp8_reconstruction needs a DeviceCalibration uploaded with Options::fp8");
   return impl_->dec.decode(dcal.impl().gcal, dcal.calibration().data(), containers, gpu_options(options),
                            static_cast<cudaStream_t>(cuda_stream), &impl_->times);
 }
@@ -84,6 +90,8 @@ Status BatchDecoder::status() { return impl_->dec.status(&impl_->times); }
 Result<size_t> BatchDecoder::workspace_bytes(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
                                              const BatchDecodeOptions& options) {
   if (!options.keep_fp32 && !options.keep_bf16) return invalid_argument("keep fp32 or bf16 coefficients (or both)");
+  if (options.fp8_reconstruction && !dcal.impl().gcal.has_fp8)
+    return invalid_argument("fp8_reconstruction needs a DeviceCalibration uploaded with Options::fp8");
   return GpuBatchDecoder::workspace_bytes(dcal.impl().gcal, dcal.calibration().data(), containers, gpu_options(options));
 }
 
@@ -170,7 +178,7 @@ Status BatchEncoder::encode(const DeviceCalibration& dcal, const std::vector<Dev
 Status BatchEncoder::status() { return impl_->enc.status(); }
 
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
-                                   int repeat, bool fp32, bool overlap_exact) {
+                                   int repeat, bool fp32, bool overlap_exact, bool fp8) {
   using Clock = std::chrono::steady_clock;
   if (repeat < 1 || containers.empty()) return invalid_argument("need at least one container and one repetition");
   BatchDecoder dec;
@@ -178,6 +186,7 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
   bo.keep_fp32 = fp32;
   bo.keep_bf16 = !fp32;
   bo.overlap_exact = overlap_exact;
+  bo.fp8_reconstruction = fp8 && !fp32;
   cudaStream_t stream;
   KVTC_CUDA_RETURN(cudaStreamCreate(&stream));
   // Output buffers per sequence and layer, and one event per layer.

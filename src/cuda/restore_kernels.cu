@@ -134,7 +134,7 @@ __global__ void epilogue_kernel(EpilogueParams p) {
     const int i = int(r % half);
     const int ia = p.rope_style == 0 ? i : 2 * i;
     const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
-    const float* src = p.src + h * p.src_head_stride + t * p.head_dim;
+    const float* src = p.src + h * p.src_head_stride + t * p.src_token_stride;
     float a = __fadd_rn(src[ia], p.mean[h * p.head_dim + ia]);
     float b = __fadd_rn(src[ib], p.mean[h * p.head_dim + ib]);
     if (p.rope_table) {

@@ -1,0 +1,83 @@
+#include "cuda/fp8_convert.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+namespace kvtc::cuda {
+
+namespace {
+
+__device__ __forceinline__ float load(const Fp8Source& s, int64_t i) {
+  return s.bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(s.data)[i]) : static_cast<const float*>(s.data)[i];
+}
+
+// Element (r, c) of the output's logical matrix.
+__device__ __forceinline__ int64_t source_index(const Fp8Source& s, int64_t r, int64_t c) {
+  return s.transposed ? c * s.ld + r : r * s.ld + c;
+}
+
+// Grid-stride over the source's outer rows: threads read along the stored rows (coalesced).
+__global__ void abs_max_kernel(Fp8Source s, float* scale) {
+  const int64_t outer = s.transposed ? s.components : s.rows;
+  const int64_t inner = s.transposed ? s.rows : s.components;
+  float m = 0.0f;
+  for (int64_t o = blockIdx.y; o < outer; o += gridDim.y)
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < inner; i += int64_t(gridDim.x) * blockDim.x)
+      m = fmaxf(m, fabsf(load(s, o * s.ld + i)));
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  // Non-negative floats order as their bit patterns do.
+  if ((threadIdx.x & 31) == 0 && m > 0.0f)
+    atomicMax(reinterpret_cast<unsigned int*>(scale + kFp8AmaxIndex), __float_as_uint(m));
+}
+
+constexpr int kTile = 32;
+
+// One 32 x 32 tile of the output per block of 32 x 8 threads, through shared memory, so that both the
+// source's reads and the output's writes run along contiguous memory whichever way the source lies.
+__global__ void to_e4m3_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t ld_out) {
+  __shared__ float tile[kTile][kTile + 1];  // [r][c]
+  const float amax = scale[kFp8AmaxIndex];
+  const float mul = amax > 0.0f ? kE4m3Max / amax : 1.0f;
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
+    scale[0] = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  const int64_t r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
+  for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
+    // Reads: threadIdx.x runs along the source's contiguous dimension.
+    const int64_t r = s.transposed ? r0 + threadIdx.x : r0 + k;
+    const int64_t c = s.transposed ? c0 + k : c0 + threadIdx.x;
+    const float x = (r < s.rows && c < s.components) ? load(s, source_index(s, r, c)) : 0.0f;
+    if (s.transposed)
+      tile[threadIdx.x][k] = x;
+    else
+      tile[k][threadIdx.x] = x;
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
+    const int64_t r = r0 + k, c = c0 + threadIdx.x;
+    if (r >= s.rows || c >= ld_out) continue;
+    const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[k][threadIdx.x] * mul, __NV_SATFINITE, __NV_E4M3);
+    out[r * ld_out + c] = c < s.components ? uint8_t(v) : uint8_t(0);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_abs_max(const Fp8Source& src, float* scale_dev, cudaStream_t stream) {
+  const int64_t outer = src.transposed ? src.components : src.rows;
+  const int64_t inner = src.transposed ? src.rows : src.components;
+  if (outer <= 0 || inner <= 0) return cudaSuccess;
+  const int threads = 256;
+  const dim3 grid(unsigned((inner + threads - 1) / threads < 8 ? (inner + threads - 1) / threads : 8),
+                  unsigned(outer < 4096 ? outer : 4096));
+  abs_max_kernel<<<grid, threads, 0, stream>>>(src, scale_dev);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_to_e4m3(const Fp8Source& src, float* scale_dev, uint8_t* out, int64_t ld_out, cudaStream_t stream) {
+  if (src.rows <= 0 || ld_out <= 0) return cudaSuccess;
+  const dim3 grid(unsigned((ld_out + kTile - 1) / kTile), unsigned((src.rows + kTile - 1) / kTile));
+  to_e4m3_kernel<<<grid, dim3(kTile, 8), 0, stream>>>(src, scale_dev, out, ld_out);
+  return cudaGetLastError();
+}
+
+}  // namespace kvtc::cuda
