@@ -55,16 +55,22 @@ void bind_cuda(nb::module_& m) {
     return std::make_pair(ok, why);
   });
   nb::class_<CudaRestorer>(m, "_CudaRestorer")
-      .def_static("create", [](const kvtc::Calibration& cal, uintptr_t stream) {
+      // fp8: the calibration's E4M3 basis as well (DeviceCalibration::Options::fp8).
+      .def_static("create", [](const kvtc::Calibration& cal, uintptr_t stream, bool fp8) {
+        kvtc::cuda::DeviceCalibration::Options o;
+        o.fp8 = fp8;
         nb::gil_scoped_release unlocked;
-        return new CudaRestorer{take(kvtc::cuda::DeviceCalibration::upload(cal, {}, stream_of(stream))), {}};
-      }, nb::rv_policy::take_ownership)
-      .def("decode", [](CudaRestorer& r, const std::vector<Bytes>& containers, uintptr_t stream) {
+        return new CudaRestorer{take(kvtc::cuda::DeviceCalibration::upload(cal, o, stream_of(stream))), {}};
+      }, "cal"_a, "stream"_a, "fp8"_a = false, nb::rv_policy::take_ownership)
+      // fp8: bf16 restores of this batch reconstruct in FP8 (BatchDecodeOptions::fp8_reconstruction).
+      .def("decode", [](CudaRestorer& r, const std::vector<Bytes>& containers, uintptr_t stream, bool fp8) {
         std::vector<kvtc::cuda::ContainerView> views;
         for (const Bytes& b : containers) views.emplace_back(b.data(), b.size());
+        kvtc::cuda::BatchDecodeOptions o;
+        o.fp8_reconstruction = fp8;
         nb::gil_scoped_release unlocked;
-        raise_if_error(r.dec.decode(r.dcal, views, {}, stream_of(stream)));
-      })
+        raise_if_error(r.dec.decode(r.dcal, views, o, stream_of(stream)));
+      }, "containers"_a, "stream"_a, "fp8"_a = false)
       .def("n_tokens", [](const CudaRestorer& r, int seq) { return r.dec.n_tokens(seq); })
       .def("n_layers", [](const CudaRestorer& r, int seq) { return r.dec.shape(seq).n_layers; })
       .def("restore_layer", [](CudaRestorer& r, int seq, int layer, CudaArray k, CudaArray v, uintptr_t stream) {

@@ -54,6 +54,26 @@ def test_gpu_restore_matches_cpu(case, ratio, codec):
     assert torch.equal(sel[0], k_gpu[2])
 
 
+@pytest.mark.parametrize("codec", [2, 3])
+def test_fp8_reconstruction(case, codec):
+    """FP8 reconstruction adds at most a tenth of the codec's own error energy, in each stream."""
+    cal, keys, values = case
+    data = kvtc.compress(cal, keys, values, 16, codec=codec)
+    k8, v8 = kvtc.decompress(cal, data, framework="torch", dtype=torch.bfloat16, device="cuda", fp8=True)
+    kb, vb = kvtc.decompress(cal, data, framework="torch", dtype=torch.bfloat16, device="cuda")
+    k32, v32 = kvtc.decompress(cal, data, framework="torch", dtype=torch.float32)
+    assert k8.is_cuda and k8.dtype == torch.bfloat16
+    for x8, xb, x32, orig in ((k8, kb, k32, keys), (v8, vb, v32, values)):
+        orig = torch.stack([o.float() for o in orig])
+        codec_err = float(((x32 - orig) ** 2).sum())
+        fp8_err = float(((x8.float().cpu() - orig) ** 2).sum())
+        assert fp8_err <= 1.1 * codec_err, (fp8_err, codec_err)
+        assert not torch.equal(x8, xb)  # the FP8 GEMM ran, not the bf16 one
+    assert torch.equal(k8[:, :, :4].cpu(), kb[:, :, :4].cpu())  # exact tokens stay exact
+    with pytest.raises(kvtc.InvalidArgumentError):  # FP8 writes bfloat16 only
+        kvtc.decompress(cal, data, framework="torch", dtype=torch.float32, device="cuda", fp8=True)
+
+
 def test_cuda_tensors_compress_to_host_bytes(case):
     cal, keys, values = case
     host = kvtc.compress(cal, keys, values, 16)

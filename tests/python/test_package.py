@@ -121,6 +121,15 @@ def test_decompress_like_and_layers(cal, cache):
     assert k16.dtype == torch.float16
 
 
+def test_fp8_is_refused_off_the_gpu_path(cal, cache):
+    """fp8=True never falls back to another precision: off the CUDA path it raises and says why."""
+    keys, values, _ = cache
+    data = kvtc.compress(cal, keys, values, RATIO)
+    for kwargs in ({}, {"framework": "torch"}, {"like": keys[0]}, {"framework": "torch", "dtype": torch.float32}):
+        with pytest.raises(kvtc.InvalidArgumentError, match="fp8=True reconstructs on the GPU"):
+            kvtc.decompress(cal, data, fp8=True, **kwargs)
+
+
 def test_report(cal, cache):
     keys, values, _ = cache
     rep = {}
