@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "core/backend.hpp"
-#include "core/container.hpp"
 #include "cuda/gpu_decoder.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "util/half.hpp"
 

@@ -28,13 +28,13 @@
 
 #include "bench_util.hpp"
 #include "core/chunk_codec.hpp"
-#include "core/container.hpp"
 #include "entropy/deflate.hpp"
 #include "entropy/rans_decode.hpp"
 #include "entropy/rans_decode_avx2.hpp"
 #include "entropy/rans_encode.hpp"
 #include "entropy/rans_reference.hpp"
 #include "entropy/rans_table.hpp"
+#include "format/container.hpp"
 
 #if KVTC_BENCH_HTSCODECS
 #include <htscodecs/rANS_static4x16.h>

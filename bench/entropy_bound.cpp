@@ -30,8 +30,8 @@
 
 #include "bench_util.hpp"
 #include "core/chunk_codec.hpp"
-#include "core/container.hpp"
 #include "entropy/deflate.hpp"
+#include "format/container.hpp"
 
 using namespace kvtc;
 

@@ -16,7 +16,7 @@
 
 #include "bench_util.hpp"
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
+#include "format/container.hpp"
 
 using namespace kvtc;
 

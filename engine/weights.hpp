@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "core/safetensors.hpp"
 #include "engine/gguf.hpp"
+#include "format/safetensors.hpp"
 #include "kvtc/status.hpp"
 
 namespace kvtc::engine {

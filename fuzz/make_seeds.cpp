@@ -6,6 +6,7 @@
 
 #include "core/calibration_data.hpp"
 #include "entropy/rans_encode.hpp"
+#include "format/calibration_file.hpp"
 #include "fuzz_common.hpp"
 
 namespace {

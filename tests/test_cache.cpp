@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "test_util.hpp"
 #include "util/file_io.hpp"
 #include "util/half.hpp"

@@ -11,6 +11,7 @@
 
 #include "core/calibrate.hpp"
 #include "core/calibration_data.hpp"
+#include "format/calibration_file.hpp"
 #include "test_util.hpp"
 
 namespace kvtc {

@@ -14,6 +14,7 @@
 #include "core/calibrate.hpp"
 #include "core/calibrate_ecsq.hpp"
 #include "core/calibration_data.hpp"
+#include "format/calibration_file.hpp"
 #include "test_util.hpp"
 
 namespace kvtc {

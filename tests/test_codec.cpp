@@ -5,8 +5,8 @@
 
 #include <cmath>
 
-#include "core/container.hpp"
 #include "core/reference_decoder.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 #include "util/half.hpp"

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <memory>
 
-#include "core/container.hpp"
 #include "core/ecsq.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 

@@ -10,11 +10,11 @@
 #include <cstring>
 #include <memory>
 
-#include "core/container.hpp"
 #include "core/ecsq.hpp"
 #include "core/reference_decoder.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "entropy/rans_reference.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 

@@ -8,8 +8,8 @@
 #include <random>
 #include <vector>
 
-#include "core/container.hpp"
 #include "cuda/container_assembly.hpp"
+#include "format/container.hpp"
 
 namespace kvtc {
 namespace {

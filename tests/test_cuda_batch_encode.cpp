@@ -15,11 +15,11 @@
 #include <string>
 #include <vector>
 
-#include "core/container.hpp"
 #include "core/reference_decoder.hpp"
 #include "core/token_vectors.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
+#include "format/container.hpp"
 #include "format/quant_rules.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "core/backend.hpp"
-#include "core/container.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 

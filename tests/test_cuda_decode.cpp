@@ -17,12 +17,12 @@
 
 #include "core/backend.hpp"
 #include "core/chunk_codec.hpp"
-#include "core/container.hpp"
 #include "core/reference_decoder.hpp"
 #include "core/token_vectors.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
 #include "entropy/deflate.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "core/container.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
+#include "format/container.hpp"
 
 namespace kvtc {
 namespace {

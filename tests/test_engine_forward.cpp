@@ -19,12 +19,12 @@
 #include <random>
 #include <nlohmann/json.hpp>
 
-#include "core/safetensors.hpp"
 #include "engine/cache_io.hpp"
 #include "engine/generate.hpp"
 #include "engine/model.hpp"
 #include "engine/token_stream.hpp"
 #include "engine/tokenizer.hpp"
+#include "format/safetensors.hpp"
 #include "test_util.hpp"
 #include "util/file_io.hpp"
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <random>
 
-#include "core/container.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 

@@ -13,9 +13,9 @@
 #include <memory>
 #include <random>
 
-#include "core/container.hpp"
 #include "core/reference_decoder.hpp"
 #include "cpu/cpu_backend.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
 

@@ -8,8 +8,8 @@
 
 #include "core/allocation.hpp"
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
 #include "core/token_vectors.hpp"
+#include "format/container.hpp"
 #include "kvtc/cache.hpp"
 #include "kvtc/kvtc.hpp"
 #include "temp_dir.hpp"

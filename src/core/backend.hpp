@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 
 namespace kvtc {

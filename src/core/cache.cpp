@@ -6,8 +6,8 @@
 #include <numbers>
 #include <set>
 
-#include "core/safetensors.hpp"
 #include "core/token_vectors.hpp"
+#include "format/safetensors.hpp"
 #include "util/file_io.hpp"
 #include "util/status_macros.hpp"
 

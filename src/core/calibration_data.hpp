@@ -1,4 +1,4 @@
-// What a calibration holds, and its file encoding (docs/CALIBRATION_FORMAT.md).
+// What a calibration holds; its file encoding is format/calibration_file.hpp (docs/CALIBRATION_FORMAT.md).
 #pragma once
 
 #include <cstdint>
@@ -37,11 +37,8 @@ struct CalibrationData {
 };
 
 // 64-bit identity of the shape, means and bases (not the allocations): a container records it, and
-// decoding with a calibration of another fingerprint is refused with kMismatch.
+// decoding with a calibration of another fingerprint is refused with kMismatch. Computed over the
+// calibration file's own encoding of those fields (format/calibration_file.cpp).
 uint64_t compute_fingerprint(const CalibrationData& data);
-
-Result<std::vector<uint8_t>> serialize_calibration(const CalibrationData& data);
-// Checks magic, version, every length against the input size, and the checksums; sets fingerprint.
-Result<CalibrationData> parse_calibration(const uint8_t* bytes, size_t size_bytes);
 
 }  // namespace kvtc

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/container.hpp"
+#include "format/container.hpp"
 
 namespace kvtc {
 

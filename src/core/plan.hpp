@@ -21,7 +21,7 @@
 #include <string>
 
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 
 namespace kvtc {

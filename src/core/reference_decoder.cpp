@@ -8,8 +8,8 @@
 #include <utility>
 
 #include "core/backend.hpp"
-#include "core/container.hpp"
 #include "entropy/rans_reference.hpp"
+#include "format/container.hpp"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 

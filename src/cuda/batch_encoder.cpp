@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "core/container.hpp"
 #include "cuda/cublas_common.hpp"
 #include "cuda/container_assembly.cuh"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
+#include "format/container.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::cuda {

@@ -13,11 +13,11 @@
 
 #include "core/backend.hpp"
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
 #include "cuda/cuda_common.hpp"
 #include "cuda/ecsq_device_level.hpp"
 #include "cuda/fp8_gemm.hpp"
 #include "cuda/restore_kernels.cuh"
+#include "format/container.hpp"
 
 namespace kvtc::cuda {
 

@@ -1,5 +1,5 @@
 // The container's fixed layout (docs/FORMAT.md sections 2-4), one definition for the host code that
-// writes and parses containers (core/container.cpp) and the device code that fills chunk tables in
+// writes and parses containers (format/container.cpp) and the device code that fills chunk tables in
 // place (cuda/container_assembly.hpp): magic, versions, sizes, the enums stored in it, and the byte
 // offsets of the preamble's and a chunk entry's fields. All integers are little-endian.
 #pragma once

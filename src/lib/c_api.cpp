@@ -7,7 +7,7 @@
 #include <string>
 
 #include "c_api_internal.hpp"
-#include "core/container.hpp"
+#include "format/container.hpp"
 
 namespace kvtc::capi {
 

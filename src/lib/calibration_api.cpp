@@ -1,6 +1,7 @@
 // Public Calibration, calibrate() and CalibrationBuilder over core/calibrate.
-#include "core/calibrate.hpp"
 #include "core/backend.hpp"
+#include "core/calibrate.hpp"
+#include "format/calibration_file.hpp"
 #include "kvtc/kvtc.hpp"
 #include "util/file_io.hpp"
 #include "util/status_macros.hpp"

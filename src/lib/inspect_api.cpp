@@ -5,7 +5,8 @@
 
 #include "core/calibrate.hpp"
 #include "core/calibration_data.hpp"
-#include "core/container.hpp"
+#include "format/calibration_file.hpp"
+#include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "util/status_macros.hpp"
 

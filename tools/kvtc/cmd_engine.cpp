@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "common.hpp"
-#include "core/safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "util/file_io.hpp"
 #include "engine/cache_io.hpp"
 #include "engine/generate.hpp"

@@ -1,7 +1,7 @@
 // The calibration file (docs/CALIBRATION_FORMAT.md): magic, version, then checksummed sections.
 // The parser treats its input as hostile: every count is checked against the bytes that remain
 // before anything is allocated, and every value against its meaning.
-#include "core/calibration_data.hpp"
+#include "format/calibration_file.hpp"
 
 #include <libdeflate.h>
 

@@ -1,4 +1,4 @@
-#include "core/container.hpp"
+#include "format/container.hpp"
 
 #include <libdeflate.h>
 
