@@ -89,7 +89,9 @@ struct BatchDecodeOptions {
   // fp32 accumulation) instead of bf16; mean, RoPE and the output stay as they were. Needs a
   // DeviceCalibration uploaded with Options::fp8 and a GPU with FP8 tensor cores (compute capability
   // 8.9+; restores return UNSUPPORTED otherwise). kF32 restores stay exact. The error it adds is
-  // measured per layer in bench/RESULTS.md ("FP8 reconstruction").
+  // measured per layer in bench/RESULTS.md ("FP8 reconstruction"). The E4M3 copies are part of
+  // workspace_bytes(); the first FP8 restore of a decoder also allocates cuBLASLt's 32 MiB workspace,
+  // outside the memory given to set_workspace.
   bool fp8_reconstruction = false;
   // Exact-token chunks (attention sinks and the recent window: the longest serial DEFLATE streams)
   // inflate on a second stream while coefficients are dequantised and layers reconstructed. decode()
