@@ -88,8 +88,8 @@ struct BatchDecodeOptions {
   // kept, else the bf16 ones), and kBF16 restores then run the reconstruction GEMM in FP8 (E4M3 inputs,
   // fp32 accumulation) instead of bf16; mean, RoPE and the output stay as they were. Needs a
   // DeviceCalibration uploaded with Options::fp8 and a GPU with FP8 tensor cores (compute capability
-  // 8.9+; restores return UNSUPPORTED otherwise). kF32 restores stay exact. The error it adds is
-  // measured per layer in bench/RESULTS.md ("FP8 reconstruction"). The E4M3 copies are part of
+  // 8.9+; elsewhere restores fail with UNSUPPORTED or a cuBLAS error). kF32 restores stay exact. The
+  // error it adds is measured per layer in bench/RESULTS.md ("FP8 reconstruction"). The E4M3 copies are part of
   // workspace_bytes(); the first FP8 restore of a decoder also allocates cuBLASLt's 32 MiB workspace,
   // outside the memory given to set_workspace.
   bool fp8_reconstruction = false;
