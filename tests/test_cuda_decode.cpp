@@ -267,53 +267,7 @@ TEST(CudaBatchApi, PagedLayoutEqualsContiguous) {
   ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
   cuda::BatchDecoder dec;
   ASSERT_TRUE(dec.decode(*dcal, {{enc->bytes.data(), enc->bytes.size()}}, {}, nullptr).is_ok());
-  const int H = shape.n_kv_heads, D = shape.head_dim, block = 16;
-  const int64_t T = dec.n_tokens(0), n_used = (T + block - 1) / block, n_blocks = n_used + 5;
-  std::vector<int32_t> table(static_cast<size_t>(n_blocks));
-  for (int64_t b = 0; b < n_blocks; ++b) table[size_t(b)] = int32_t(b);
-  std::mt19937 rng(5);
-  std::shuffle(table.begin(), table.end(), rng);
-  table.resize(size_t(n_used));  // 5 blocks stay outside the table
-  for (auto type : {cuda::ElementType::kF32, cuda::ElementType::kBF16}) {
-    const size_t eb = type == cuda::ElementType::kF32 ? 4 : 2;
-    const size_t layer_elems = size_t(H) * size_t(T) * size_t(D), paged_elems = size_t(n_blocks) * 2 * block * H * D;
-    void *k = nullptr, *v = nullptr, *paged = nullptr;
-    int32_t* table_dev = nullptr;
-    ASSERT_EQ(cudaMalloc(&k, layer_elems * eb), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&v, layer_elems * eb), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&paged, paged_elems * eb), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&table_dev, table.size() * 4), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(table_dev, table.data(), table.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    for (int l = 0; l < shape.n_layers; ++l) {
-      ASSERT_EQ(cudaMemset(paged, 0x7b, paged_elems * eb), cudaSuccess);
-      ASSERT_TRUE(dec.restore_layer(*dcal, 0, l, k, v, type, nullptr).is_ok());
-      ASSERT_TRUE(dec.restore_layer_paged(*dcal, 0, l, paged, table_dev, block, type, nullptr).is_ok());
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      std::vector<uint8_t> kh(layer_elems * eb), vh(layer_elems * eb), ph(paged_elems * eb);
-      ASSERT_EQ(cudaMemcpy(kh.data(), k, kh.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-      ASSERT_EQ(cudaMemcpy(vh.data(), v, vh.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-      ASSERT_EQ(cudaMemcpy(ph.data(), paged, ph.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-      std::vector<bool> written(paged_elems, false);
-      for (int kv = 0; kv < 2; ++kv)
-        for (int h = 0; h < H; ++h)
-          for (int64_t t = 0; t < T; ++t) {
-            const size_t src = (size_t(h) * size_t(T) + size_t(t)) * size_t(D);
-            const size_t dst = ((size_t(table[size_t(t / block)]) * 2 + size_t(kv)) * block + size_t(t % block)) * H * D +
-                               size_t(h) * D;
-            ASSERT_EQ(std::memcmp((kv == 0 ? kh : vh).data() + src * eb, ph.data() + dst * eb, size_t(D) * eb), 0)
-                << "layer " << l << (kv == 0 ? " keys" : " values") << " head " << h << " token " << t;
-            std::fill(written.begin() + int64_t(dst), written.begin() + int64_t(dst + size_t(D)), true);
-          }
-      for (size_t e = 0; e < paged_elems; ++e) {
-        if (written[e]) continue;
-        for (size_t b = 0; b < eb; ++b) ASSERT_EQ(ph[e * eb + b], 0x7b) << "element " << e << " written outside the table";
-      }
-    }
-    cudaFree(k);
-    cudaFree(v);
-    cudaFree(paged);
-    cudaFree(table_dev);
-  }
+  testing::expect_paged_equals_contiguous(dec, *dcal, shape, {cuda::ElementType::kF32, cuda::ElementType::kBF16});
 }
 
 

@@ -284,48 +284,12 @@ TEST(CudaFp8, PaddingAndPagedLayout) {
       const double fp8 = sq_diff(f8.k[size_t(l)], kc) + sq_diff(f8.v[size_t(l)], vc);
       EXPECT_LE(fp8 / codec, kMaxFp8Share) << "ratio " << ratio << " layer " << l;
     }
-    // Paged: block size 16, a reversed block table; element for element the contiguous restore.
+    // Paged against contiguous, both through FP8: byte for byte.
     cuda::BatchDecoder dec;
     cuda::BatchDecodeOptions bo;
     bo.fp8_reconstruction = true;
     ASSERT_TRUE(dec.decode(*dcal, {{blob.data(), blob.size()}}, bo, nullptr).is_ok());
-    const int block = 16, n_blocks = int((c.n_tokens + block - 1) / block);
-    std::vector<int32_t> table(static_cast<size_t>(n_blocks));
-    for (int b = 0; b < n_blocks; ++b) table[size_t(b)] = n_blocks - 1 - b;
-    const size_t layer_elems = size_t(n_blocks) * 2 * block * shape.n_kv_heads * shape.head_dim;
-    const size_t n = c.k[0].size();
-    void *paged = nullptr, *k = nullptr, *v = nullptr, *table_dev = nullptr;
-    ASSERT_EQ(cudaMalloc(&paged, layer_elems * 2), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&k, n * 2), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&v, n * 2), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&table_dev, table.size() * 4), cudaSuccess);
-    cudaMemcpy(table_dev, table.data(), table.size() * 4, cudaMemcpyHostToDevice);
-    for (int l = 0; l < shape.n_layers; ++l) {
-      ASSERT_TRUE(dec.restore_layer(*dcal, 0, l, k, v, cuda::ElementType::kBF16, nullptr).is_ok());
-      ASSERT_TRUE(dec.restore_layer_paged(*dcal, 0, l, paged, static_cast<int32_t*>(table_dev), block,
-                                          cuda::ElementType::kBF16, nullptr).is_ok());
-      std::vector<uint16_t> kh(n), vh(n), ph(layer_elems);
-      cudaMemcpy(kh.data(), k, n * 2, cudaMemcpyDeviceToHost);
-      cudaMemcpy(vh.data(), v, n * 2, cudaMemcpyDeviceToHost);
-      cudaMemcpy(ph.data(), paged, layer_elems * 2, cudaMemcpyDeviceToHost);
-      const int H = shape.n_kv_heads, D = shape.head_dim;
-      int mismatches = 0;
-      for (int h = 0; h < H; ++h)
-        for (int64_t t = 0; t < c.n_tokens; ++t)
-          for (int d = 0; d < D; ++d) {
-            const size_t blk = size_t(table[size_t(t / block)]);
-            for (int kv = 0; kv < 2; ++kv) {
-              const size_t po = (((blk * 2 + kv) * block + size_t(t % block)) * H + h) * D + d;
-              const size_t co = (size_t(h) * c.n_tokens + size_t(t)) * D + d;
-              mismatches += ph[po] != (kv == 0 ? kh : vh)[co];
-            }
-          }
-      EXPECT_EQ(mismatches, 0) << "layer " << l;
-    }
-    cudaFree(paged);
-    cudaFree(k);
-    cudaFree(v);
-    cudaFree(table_dev);
+    testing::expect_paged_equals_contiguous(dec, *dcal, shape, {cuda::ElementType::kBF16});
   }
 }
 
