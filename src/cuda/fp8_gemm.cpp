@@ -40,13 +40,16 @@ Status set_scales(cublasLtMatmulDesc_t op, const float* a_scale_dev, const float
 
 }  // namespace
 
+void Fp8Gemm::destroy(Plan& p) {
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.d) cublasLtMatrixLayoutDestroy(p.d);
+  if (p.op) cublasLtMatmulDescDestroy(p.op);
+  p = Plan{};
+}
+
 Fp8Gemm::~Fp8Gemm() {
-  for (auto& [shape, p] : plans_) {
-    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
-    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
-    if (p.d) cublasLtMatrixLayoutDestroy(p.d);
-    if (p.op) cublasLtMatmulDescDestroy(p.op);
-  }
+  for (auto& [shape, p] : plans_) destroy(p);
   if (handle_) cublasLtDestroy(handle_);
 }
 
@@ -59,10 +62,7 @@ Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_de
   Plan p;
   // Destroys what was made so far if a step fails.
   auto fail = [&p](Status st) -> Status {
-    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
-    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
-    if (p.d) cublasLtMatrixLayoutDestroy(p.d);
-    if (p.op) cublasLtMatmulDescDestroy(p.op);
+    destroy(p);
     return st;
   };
   Status st = cublas_status(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");

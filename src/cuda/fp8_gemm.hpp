@@ -47,6 +47,7 @@ class Fp8Gemm {
   // heuristic assumes 256 unless told, and its kernels refuse less-aligned pointers.
   using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
   Result<Plan*> plan(const Shape& shape, const float* a_scale_dev, const float* b_scale_dev);
+  static void destroy(Plan& p);  // its descriptors (those made so far)
 
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;
