@@ -12,10 +12,10 @@
 // Bytes: kvtc's coefficient chunks for the kept tokens plus a 4-byte index per kept token.
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <cstdio>
 
-#include "engine/kernels.hpp"
 #include "eval/eval_method.hpp"
+#include "eval/token_subset.hpp"
 #include "util/status_macros.hpp"
 
 namespace kvtc::engine {
@@ -26,24 +26,6 @@ namespace {
 
 constexpr double kIndexBytes = 4.0;
 constexpr double kMinKvtcRatio = 2.0;
-
-// Rotates every key row of `k` ([kv_heads][n][head_dim]) from position from[t] to position to[t].
-void move_rope(const ModelConfig& cfg, const std::vector<float>& inv_freq, const std::vector<int64_t>& from,
-               const std::vector<int64_t>& to, std::vector<float>* k) {
-  const int64_t n = int64_t(from.size());
-  const int half = cfg.head_dim / 2;
-  std::vector<float> c_from(size_t(n * half)), s_from(size_t(n * half)), c_to(size_t(n * half)), s_to(size_t(n * half));
-  rope_angles(from.data(), n, inv_freq.data(), half, c_from.data(), s_from.data());
-  rope_angles(to.data(), n, inv_freq.data(), half, c_to.data(), s_to.data());
-  for (auto& s : s_from) s = -s;  // the inverse rotation
-  const bool interleaved = cfg.rope.style == RopeStyle::kInterleaved;
-  for (int h = 0; h < cfg.n_kv_heads; ++h)
-    for (int64_t t = 0; t < n; ++t) {
-      float* row = k->data() + (int64_t(h) * n + t) * cfg.head_dim;
-      rope_rotate(row, &c_from[size_t(t * half)], &s_from[size_t(t * half)], half, interleaved);
-      rope_rotate(row, &c_to[size_t(t * half)], &s_to[size_t(t * half)], half, interleaved);
-    }
-}
 
 class EvictThenKvtc : public CacheMethod {
  public:
@@ -71,51 +53,10 @@ class EvictThenKvtc : public CacheMethod {
     const int64_t keep = std::clamp<int64_t>(std::llround(double(r.n()) / fraction_), 1, std::max<int64_t>(1, r.n()));
     if (r.n() == 0) return invalid_argument(name() + ": no tokens between the sinks and the window");
 
-    // Token scores: each head's scores as shares of that head's total, summed over heads and layers.
-    std::vector<double> score(size_t(r.n()), 0.0);
-    std::vector<float> head_score;
-    for (int l = 0; l < cfg.n_layers; ++l)
-      for (int h = 0; h < cfg.n_kv_heads; ++h) {
-        KVTC_RETURN_IF_ERROR(eviction_scores(kind_, cfg, *st, r, l, h, &head_score));
-        double sum = 0;
-        for (float s : head_score) sum += s;
-        if (sum > 0)
-          for (int64_t i = 0; i < r.n(); ++i) score[size_t(i)] += head_score[size_t(i)] / sum;
-      }
-    std::vector<int64_t> best(size_t(r.n()));
-    std::iota(best.begin(), best.end(), 0);
-    std::nth_element(best.begin(), best.begin() + keep, best.end(),
-                     [&](int64_t a, int64_t b) { return score[a] > score[b] || (score[a] == score[b] && a > b); });
-    best.resize(size_t(keep));
-    std::sort(best.begin(), best.end());
-    std::vector<int64_t> kept;  // indices into the state: sinks, kept tokens, window
-    for (int64_t i = 0; i < r.begin; ++i) kept.push_back(i);
-    for (int64_t i : best) kept.push_back(r.begin + i);
-    for (int64_t i = r.end; i < n; ++i) kept.push_back(i);
-    const int64_t m = int64_t(kept.size());
-
-    // The kept tokens at consecutive positions 0..m-1, in a state of their own.
-    std::vector<int64_t> true_pos(static_cast<size_t>(m)), seq_pos(static_cast<size_t>(m));
-    for (int64_t t = 0; t < m; ++t) {
-      true_pos[size_t(t)] = st->positions()[size_t(kept[size_t(t)])];
-      seq_pos[size_t(t)] = t;
-    }
-    const std::vector<float> inv_freq = cfg.rope_inv_freq();
-    const int hd = cfg.head_dim;
-    std::vector<std::vector<float>> k(size_t(cfg.n_layers)), v(size_t(cfg.n_layers));
-    for (int l = 0; l < cfg.n_layers; ++l) {
-      k[size_t(l)].resize(size_t(cfg.n_kv_heads) * m * hd);
-      v[size_t(l)].resize(k[size_t(l)].size());
-      for (int h = 0; h < cfg.n_kv_heads; ++h)
-        for (int64_t t = 0; t < m; ++t) {
-          const size_t dst = size_t((int64_t(h) * m + t) * hd), src = size_t(kept[size_t(t)] * hd);
-          std::copy_n(st->k(l, h) + src, hd, k[size_t(l)].begin() + dst);
-          std::copy_n(st->v(l, h) + src, hd, v[size_t(l)].begin() + dst);
-        }
-      move_rope(cfg, inv_freq, true_pos, seq_pos, &k[size_t(l)]);
-    }
-    KvState packed = model.new_state();
-    KVTC_RETURN_IF_ERROR(packed.assign(m, seq_pos, k, v));
+    std::vector<double> score;
+    KVTC_RETURN_IF_ERROR(token_scores(kind_, cfg, *st, r, &score));
+    std::vector<int64_t> best = top_tokens(score, keep);
+    for (auto& i : best) i += r.begin;
 
     // kvtc on the kept tokens, at the ratio that leaves room for their indices within the target.
     const double raw_per_token = raw_bytes_per_token(cfg);
@@ -124,18 +65,14 @@ class EvictThenKvtc : public CacheMethod {
     const double budget_bytes = res.raw_compressed_bytes / target_ratio - kIndexBytes * double(keep);
     const double kvtc_ratio =
         budget_bytes > 0 ? std::max(kMinKvtcRatio, double(keep) * raw_per_token / budget_bytes) : kMinKvtcRatio;
-    KVTC_ASSIGN_OR_RETURN(MethodResult coded, kvtc_->apply(model, &packed, kvtc_ratio));
+    KVTC_ASSIGN_OR_RETURN(MethodResult coded, code_tokens_apart(model, st, r, best, *kvtc_, kvtc_ratio));
 
-    // Back to the true positions.
-    for (int l = 0; l < cfg.n_layers; ++l)
-      for (int h = 0; h < cfg.n_kv_heads; ++h)
-        for (int64_t t = 0; t < m; ++t) {
-          const size_t dst = size_t((int64_t(h) * m + t) * hd);
-          std::copy_n(packed.k(l, h) + t * hd, hd, k[size_t(l)].begin() + dst);
-          std::copy_n(packed.v(l, h) + t * hd, hd, v[size_t(l)].begin() + dst);
-        }
-    for (auto& kl : k) move_rope(cfg, inv_freq, seq_pos, true_pos, &kl);
-    KVTC_RETURN_IF_ERROR(st->assign(m, true_pos, k, v));
+    // Then the rest are dropped: sinks, kept tokens and window stay at their true positions.
+    std::vector<int64_t> kept;
+    for (int64_t i = 0; i < r.begin; ++i) kept.push_back(i);
+    kept.insert(kept.end(), best.begin(), best.end());
+    for (int64_t i = r.end; i < n; ++i) kept.push_back(i);
+    KVTC_RETURN_IF_ERROR(st->retain(kept));
 
     res.stored_compressed_bytes = coded.stored_compressed_bytes + kIndexBytes * double(keep);
     res.stored_bytes = coded.stored_bytes + kIndexBytes * double(keep);

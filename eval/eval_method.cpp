@@ -6,7 +6,7 @@
 namespace kvtc::engine {
 
 // Defined in the method files (eval_quant.cpp, eval_gear.cpp, eval_evict.cpp, eval_lowrank.cpp, eval_kvtc.cpp,
-// eval_evict_kvtc.cpp).
+// eval_evict_kvtc.cpp, eval_adaptive_kvtc.cpp).
 std::unique_ptr<CacheMethod> make_int_blockwise(const MethodConfig& c, int bits);
 std::unique_ptr<CacheMethod> make_fp8(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_kivi(const MethodConfig& c);
@@ -17,6 +17,7 @@ std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_grou
 std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c, int codec);
 std::unique_ptr<CacheMethod> make_gear(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_evict_then_kvtc(const MethodConfig& c, EvictionScore kind, int fraction);
+std::unique_ptr<CacheMethod> make_adaptive_kvtc(const MethodConfig& c, bool snapkv_score, int gain);
 
 namespace {
 
@@ -38,12 +39,14 @@ class NoneMethod : public CacheMethod {
 
 std::vector<std::string> method_names() {
   return {"none", "kvtc", "kvtc3", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
-          "snapkv+kvtc/2", "snapkv+kvtc/4", "h2o+kvtc/2", "h2o+kvtc/4"};
+          "snapkv+kvtc/2", "snapkv+kvtc/4", "h2o+kvtc/2", "h2o+kvtc/4",
+          "kvtc3+tar-snapkv/2", "kvtc3+tar-snapkv/4", "kvtc3+tar-knorm/2", "kvtc3+tar-knorm/4"};
 }
 
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
   if (name == "none") return std::unique_ptr<CacheMethod>(new NoneMethod(config));
-  const bool with_kvtc = name == "kvtc" || name == "kvtc3" || name.find("+kvtc/") != std::string::npos;
+  const bool with_kvtc = name == "kvtc" || name == "kvtc3" || name.find("+kvtc/") != std::string::npos ||
+                         name.rfind("kvtc3+tar-", 0) == 0;
   if (with_kvtc && config.calibration == nullptr)
     return invalid_argument("method " + name + " needs a calibration (-c MODEL.kvtcal)");
   if (name == "kvtc") return make_kvtc(config, 2);
@@ -51,6 +54,9 @@ Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const 
   for (auto [prefix, kind] : {std::pair{"snapkv+kvtc/", EvictionScore::kSnapKv}, {"h2o+kvtc/", EvictionScore::kH2o}})
     for (int fraction : {2, 4})
       if (name == prefix + std::to_string(fraction)) return make_evict_then_kvtc(config, kind, fraction);
+  for (auto [prefix, snapkv] : {std::pair{"kvtc3+tar-snapkv/", true}, {"kvtc3+tar-knorm/", false}})
+    for (int gain : {2, 4})
+      if (name == prefix + std::to_string(gain)) return make_adaptive_kvtc(config, snapkv, gain);
   if (name == "kivi") return make_kivi(config);
   if (name == "int8") return make_int_blockwise(config, 8);
   if (name == "int4") return make_int_blockwise(config, 4);

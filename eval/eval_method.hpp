@@ -78,7 +78,9 @@ class CacheMethod {
   }
 };
 
-// Names: none, kvtc, kivi, int8, int4, fp8, gear, streamingllm, h2o, snapkv, svd, xkv.
+// Names: none, kvtc, kvtc3, kivi, int8, int4, fp8, gear, streamingllm, h2o, snapkv, svd, xkv, kvtc with
+// eviction (snapkv+kvtc/F, h2o+kvtc/F) and kvtc3 with token-adaptive rate (kvtc3+tar-SCORE/G); method_names()
+// lists them all.
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config);
 std::vector<std::string> method_names();
 
