@@ -103,8 +103,10 @@ __device__ bool build_table(const uint8_t* lengths, int n_syms, uint16_t* table,
   for (int l = 0; l < 16; ++l) cnt[l] = 0;
   for (int s = 0; s < n_syms; ++s) cnt[lengths[s]]++;
   cnt[0] = 0;
-#pragma unroll
-  for (int l = 0; l < 16; ++l) count[l] = cnt[l];
+  // Shared tables are written by lane 0 alone (or lane-strided): lanes never write the same address
+  // and are read only after the __syncwarp() at the end (compute-sanitizer racecheck clean).
+  if (lane == 0)
+    for (int l = 0; l < 16; ++l) count[l] = cnt[l];
   uint32_t used = 0;  // codespace used, in units of 2^-max_len
   for (int l = 1; l <= max_len; ++l) used = (used << 1) + cnt[l];
   const int size = 1 << table_bits;
@@ -126,8 +128,9 @@ __device__ bool build_table(const uint8_t* lengths, int n_syms, uint16_t* table,
   uint16_t offs[16];
   offs[1] = 0;
   for (int l = 1; l < 15; ++l) offs[l + 1] = uint16_t(offs[l] + cnt[l]);
-  for (int s = 0; s < n_syms; ++s)
-    if (lengths[s]) sorted[offs[lengths[s]]++] = uint16_t(s);
+  if (lane == 0)
+    for (int s = 0; s < n_syms; ++s)
+      if (lengths[s]) sorted[offs[lengths[s]]++] = uint16_t(s);
   for (int i = lane; i < size; i += 32) table[i] = 0;
   __syncwarp();
   int code = 0, idx = 0;
@@ -181,20 +184,24 @@ __device__ uint32_t read_dynamic_header(BitReader& br, Shared& sh) {
   if (!build_table(cl_lengths, 19, sh.lit_table, kCodeLenTableBits, 7, sh.lit_count, sh.lit_sorted))
     return kInflateBadCodeSet;
   const int total = hlit + hdist;
+  const bool writer = (threadIdx.x & 31) == 0;  // lane 0 writes the lengths; build_table syncs the warp
   int i = 0;
+  uint8_t prev = 0;  // the last length written, for repeat code 16 (lanes never read lengths[] back here)
   while (i < total) {
     if (br.overran()) return kInflateInputOverrun;
     const int sym = decode_symbol(br, sh.lit_table, kCodeLenTableBits, sh.lit_count, sh.lit_sorted);
     if (sym < 0) return kInflateBadCodeSet;
     if (sym < 16) {
-      sh.lengths[i++] = uint8_t(sym);
+      prev = uint8_t(sym);
+      if (writer) sh.lengths[i] = prev;
+      ++i;
       continue;
     }
     int rep;
     uint8_t value = 0;
     if (sym == 16) {
       if (i == 0) return kInflateBadCodeSet;
-      value = sh.lengths[i - 1];
+      value = prev;
       rep = 3 + int(br.take(2));
     } else if (sym == 17) {
       rep = 3 + int(br.take(3));
@@ -202,7 +209,9 @@ __device__ uint32_t read_dynamic_header(BitReader& br, Shared& sh) {
       rep = 11 + int(br.take(7));
     }
     // A repeat past the end is not an error (libdeflate ignores the excess).
-    for (int r = 0; r < rep && i < total; ++r) sh.lengths[i++] = value;
+    for (int r = 0; r < rep && i < total; ++r, ++i)
+      if (writer) sh.lengths[i] = value;
+    prev = value;
   }
   if (!build_table(sh.lengths + hlit, hdist, sh.dist_table, kDistTableBits, 15, sh.dist_count, sh.dist_sorted))
     return kInflateBadCodeSet;
@@ -212,11 +221,9 @@ __device__ uint32_t read_dynamic_header(BitReader& br, Shared& sh) {
 }
 
 __device__ void build_fixed_tables(Shared& sh) {
-  for (int i = 0; i < 144; ++i) sh.lengths[i] = 8;
-  for (int i = 144; i < 256; ++i) sh.lengths[i] = 9;
-  for (int i = 256; i < 280; ++i) sh.lengths[i] = 7;
-  for (int i = 280; i < 288; ++i) sh.lengths[i] = 8;
-  for (int i = 0; i < 32; ++i) sh.lengths[288 + i] = 5;
+  // Lane-strided: build_table's first __syncwarp() orders these writes before its reads.
+  for (int i = int(threadIdx.x & 31); i < 320; i += 32)
+    sh.lengths[i] = uint8_t(i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : i < 288 ? 8 : 5);
   build_table(sh.lengths, 288, sh.lit_table, kLitTableBits, 15, sh.lit_count, sh.lit_sorted);
   build_table(sh.lengths + 288, 32, sh.dist_table, kDistTableBits, 15, sh.dist_count, sh.dist_sorted);
 }
