@@ -34,16 +34,13 @@ void key_norm_scores(const ModelConfig& cfg, const KvState& st, const Compressed
   std::vector<double> norm(size_t(r.n()));
   for (int l = 0; l < cfg.n_layers; ++l)
     for (int h = 0; h < cfg.n_kv_heads; ++h) {
-      double sum = 0;
       for (int64_t i = 0; i < r.n(); ++i) {
         const float* row = st.k(l, h) + (r.begin + i) * cfg.head_dim;
         double s = 0;
         for (int d = 0; d < cfg.head_dim; ++d) s += double(row[d]) * row[d];
         norm[size_t(i)] = std::sqrt(s);
-        sum += norm[size_t(i)];
       }
-      if (sum > 0)
-        for (int64_t i = 0; i < r.n(); ++i) (*score)[size_t(i)] += norm[size_t(i)] / sum;
+      add_head_share(norm, score);
     }
 }
 

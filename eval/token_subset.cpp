@@ -38,10 +38,7 @@ Status token_scores(EvictionScore kind, const ModelConfig& cfg, const KvState& s
   for (int l = 0; l < cfg.n_layers; ++l)
     for (int h = 0; h < cfg.n_kv_heads; ++h) {
       KVTC_RETURN_IF_ERROR(eviction_scores(kind, cfg, st, r, l, h, &head_score));
-      double sum = 0;
-      for (float s : head_score) sum += s;
-      if (sum > 0)
-        for (int64_t i = 0; i < r.n(); ++i) (*score)[size_t(i)] += head_score[size_t(i)] / sum;
+      add_head_share(head_score, score);
     }
   return Status::ok();
 }

@@ -19,6 +19,16 @@ namespace kvtc::engine {
 Status token_scores(EvictionScore kind, const ModelConfig& config, const KvState& state, const CompressedRange& range,
                     std::vector<double>* score);
 
+// Adds one layer's and KV head's scores to the per-token totals as shares of that head's sum (nothing
+// where they sum to 0), so that every head weighs the same in token_scores and its kin.
+template <class T>
+void add_head_share(const std::vector<T>& head_score, std::vector<double>* score) {
+  double sum = 0;
+  for (T s : head_score) sum += s;
+  if (sum > 0)
+    for (size_t i = 0; i < score->size(); ++i) (*score)[i] += head_score[i] / sum;
+}
+
 // The `count` highest-scoring indices into `score`, ascending; of equal scores the later index wins.
 std::vector<int64_t> top_tokens(const std::vector<double>& score, int64_t count);
 
