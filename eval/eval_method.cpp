@@ -15,6 +15,7 @@ std::unique_ptr<CacheMethod> make_h2o(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_snapkv(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_svd(const MethodConfig& c, int layers_per_group);
 std::unique_ptr<CacheMethod> make_kvtc(const MethodConfig& c, int codec);
+std::unique_ptr<CacheMethod> make_kvtc_classes(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_gear(const MethodConfig& c);
 std::unique_ptr<CacheMethod> make_evict_then_kvtc(const MethodConfig& c, EvictionScore kind, int fraction);
 std::unique_ptr<CacheMethod> make_adaptive_kvtc(const MethodConfig& c, bool snapkv_score, int gain);
@@ -38,19 +39,20 @@ class NoneMethod : public CacheMethod {
 }  // namespace
 
 std::vector<std::string> method_names() {
-  return {"none", "kvtc", "kvtc3", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
+  return {"none", "kvtc", "kvtc3", "kvtc3+classes", "kivi", "int8", "int4", "fp8", "gear", "streamingllm", "h2o", "snapkv", "svd", "xkv",
           "snapkv+kvtc/2", "snapkv+kvtc/4", "h2o+kvtc/2", "h2o+kvtc/4",
           "kvtc3+tar-snapkv/2", "kvtc3+tar-snapkv/4", "kvtc3+tar-knorm/2", "kvtc3+tar-knorm/4"};
 }
 
 Result<std::unique_ptr<CacheMethod>> make_method(const std::string& name, const MethodConfig& config) {
   if (name == "none") return std::unique_ptr<CacheMethod>(new NoneMethod(config));
-  const bool with_kvtc = name == "kvtc" || name == "kvtc3" || name.find("+kvtc/") != std::string::npos ||
+  const bool with_kvtc = name == "kvtc" || name.rfind("kvtc3", 0) == 0 || name.find("+kvtc/") != std::string::npos ||
                          name.rfind("kvtc3+tar-", 0) == 0;
   if (with_kvtc && config.calibration == nullptr)
     return invalid_argument("method " + name + " needs a calibration (-c MODEL.kvtcal)");
   if (name == "kvtc") return make_kvtc(config, 2);
   if (name == "kvtc3") return make_kvtc(config, 3);
+  if (name == "kvtc3+classes") return make_kvtc_classes(config);
   for (auto [prefix, kind] : {std::pair{"snapkv+kvtc/", EvictionScore::kSnapKv}, {"h2o+kvtc/", EvictionScore::kH2o}})
     for (int fraction : {2, 4})
       if (name == prefix + std::to_string(fraction)) return make_evict_then_kvtc(config, kind, fraction);

@@ -4,6 +4,8 @@
 // models (test_util: small_calibration_with_ecsq), saved to a .kvtcal where the CLI reads one.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <array>
 #include <cstdio>
 #include <fstream>
@@ -241,6 +243,33 @@ TEST(CodecV3Surfaces, CliCompressCodec3) {
   ASSERT_EQ(run_cli("inspect --json " + out, &o, &e), 0) << e;
   EXPECT_EQ(json::parse(o)["streams"]["K"]["ecsq_level"], rep["ecsq_level"]["K"]);
   ASSERT_EQ(run_cli("decompress -c " + cal + " -o " + dir + "/back.safetensors " + out, &o, &e), 0) << e;
+}
+
+// --adaptive: token classes (format 4) scored from the cache's own queries; inspect names the high
+// class's level and the classes chunk; decompress restores it; codec 2 refuses it.
+TEST(CodecV3Surfaces, CliCompressAdaptive) {
+  const std::string dir = testing::temp_dir();
+  const std::string cal = dir + "/ecsq.kvtcal", out = dir + "/c4.kvtc", in = repo_data("small-test.safetensors");
+  ASSERT_TRUE(cal3().save(cal).is_ok());
+  std::string o, e;
+  ASSERT_EQ(run_cli("compress --codec 3 --adaptive -r 32 --json --no-error -c " + cal + " -o " + out + " " + in, &o, &e), 0)
+      << e;
+  const json rep = json::parse(o);
+  EXPECT_EQ(rep["n_high_rate_tokens"], std::llround(0.25 * rep["n_compressed_tokens"].get<double>()));
+  EXPECT_LT(rep["ecsq_level_high"]["K"].get<int>(), rep["ecsq_level"]["K"].get<int>());
+  EXPECT_GE(rep["ratio_compressed_tokens"].get<double>(), 32.0);
+  ASSERT_EQ(run_cli("inspect --json " + out, &o, &e), 0) << e;
+  const json ins = json::parse(o);
+  EXPECT_EQ(ins["format_version"], 4);
+  EXPECT_EQ(ins["streams"]["V"]["ecsq_level_high"], rep["ecsq_level_high"]["V"]);
+  int n_classes = 0;
+  for (const auto& c : ins["chunks"]) n_classes += c["kind"] == "classes";
+  EXPECT_EQ(n_classes, 1);
+  ASSERT_EQ(run_cli("inspect " + out, &o, &e), 0) << e;
+  EXPECT_NE(o.find("(high-rate tokens " + rep["ecsq_level_high"]["K"].dump() + ")"), std::string::npos) << o;
+  ASSERT_EQ(run_cli("decompress -c " + cal + " -o " + dir + "/back.safetensors " + out, &o, &e), 0) << e;
+  EXPECT_EQ(run_cli("compress --adaptive -r 32 -c " + cal + " -o " + out + " " + in, &o, &e), 1);
+  EXPECT_NE(e.find("codec 3"), std::string::npos) << e;
 }
 
 TEST(CodecV3Surfaces, CliCodec2AndErrors) {

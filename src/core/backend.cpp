@@ -45,9 +45,11 @@ Status check_container_matches(const CalibrationData& cal, const ContainerHeader
     if (a.ecsq_level >= model.levels.size())
       return corrupt("the container's " + where + " name ECSQ level " + std::to_string(a.ecsq_level) + " of " +
                      std::to_string(model.levels.size()));
-    if (a.ecsq_n_kept != model.levels[a.ecsq_level].n_kept())
-      return corrupt("the container's " + where + " keep " + std::to_string(a.ecsq_n_kept) + " components, their level " +
-                     std::to_string(model.levels[a.ecsq_level].n_kept()));
+    // ecsq_level_high <= ecsq_level (parse checked it); it equals ecsq_level without token classes.
+    const uint32_t n_kept = std::max(model.levels[a.ecsq_level].n_kept(), model.levels[a.ecsq_level_high].n_kept());
+    if (a.ecsq_n_kept != n_kept)
+      return corrupt("the container's " + where + " keep " + std::to_string(a.ecsq_n_kept) + " components, their levels " +
+                     std::to_string(n_kept));
   }
   return Status::ok();
 }

@@ -12,26 +12,32 @@
 
 namespace kvtc {
 
-uint64_t ecsq_chunk_symbols(const EcsqLevel& level, uint32_t c0, uint32_t c1, uint64_t n_tokens) {
-  uint64_t kept = 0;
-  for (uint32_t j = c0; j < c1 && j < level.cell.size(); ++j) kept += level.cell[j] != 0;
-  return kept * n_tokens;
+namespace {
+bool has_cell(const EcsqLevel* level, uint32_t j) { return level != nullptr && j < level->cell.size() && level->cell[j] != 0; }
+}  // namespace
+
+uint64_t ecsq_chunk_symbols(const EcsqLevel& level, const EcsqLevel* high, uint64_t n_low, uint64_t n_high,
+                            uint32_t c0, uint32_t c1) {
+  uint64_t n = 0;
+  for (uint32_t j = c0; j < c1; ++j) n += (has_cell(&level, j) ? n_low : 0) + (has_cell(high, j) ? n_high : 0);
+  return n;
 }
 
-std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, uint64_t n_tokens,
-                                                                 uint64_t max_symbols) {
+std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, const EcsqLevel* high,
+                                                                 uint64_t n_low, uint64_t n_high, uint64_t max_symbols) {
   std::vector<std::pair<uint32_t, uint32_t>> out;
-  const uint32_t n_kept = level.n_kept();
+  const uint32_t n_kept = std::max(level.n_kept(), high != nullptr ? high->n_kept() : 0u);
   uint32_t begin = 0;
   uint64_t symbols = 0;
   for (uint32_t j = 0; j < n_kept; ++j) {
-    if (level.cell[j] == 0) continue;
-    if (symbols > 0 && symbols + n_tokens > max_symbols) {
+    const uint64_t w = ecsq_chunk_symbols(level, high, n_low, n_high, j, j + 1);
+    if (w == 0) continue;
+    if (symbols > 0 && symbols + w > max_symbols) {
       out.push_back({begin, j});
       begin = j;
       symbols = 0;
     }
-    symbols += n_tokens;
+    symbols += w;
   }
   if (n_kept > 0) out.push_back({begin, n_kept});
   return out;
@@ -75,30 +81,40 @@ class BitReader {
 }  // namespace
 
 Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* coef, int64_t row_stride,
-                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out) {
-  if (level >= model.levels.size()) return invalid_argument("ECSQ encode: level " + std::to_string(level) + " out of range");
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out,
+                         const uint8_t* classes, uint32_t level_high) {
+  if (level >= model.levels.size() || (classes != nullptr && level_high >= model.levels.size()))
+    return invalid_argument("ECSQ encode: level " + std::to_string(level) + " out of range");
   const EcsqLevel& lv = model.levels[level];
-  if (c1 > lv.cell.size() || c0 > c1) return invalid_argument("ECSQ encode: component range out of range");
-  const uint64_t n_symbols = ecsq_chunk_symbols(lv, c0, c1, uint64_t(n_tokens));
+  const EcsqLevel* hv = classes != nullptr ? &model.levels[level_high] : nullptr;
+  if (c1 > model.n_components() || c0 > c1) return invalid_argument("ECSQ encode: component range out of range");
+  // Tokens by class, each in token order: class 1 first (section 10).
+  std::vector<int64_t> by_class[2];
+  for (int64_t t = 0; t < n_tokens; ++t) by_class[classes != nullptr && classes[t] ? 1 : 0].push_back(t);
+  const uint64_t n_symbols =
+      ecsq_chunk_symbols(lv, hv, by_class[0].size(), by_class[1].size(), c0, c1);
   if (n_symbols > kRansMaxChunkSymbols) return invalid_argument("ECSQ encode: too many symbols for one chunk");
   std::vector<uint8_t> symbols(static_cast<size_t>(n_symbols));
   std::vector<RansRun> runs;
   BitWriter raw;
   size_t i = 0;
   for (uint32_t j = c0; j < c1; ++j) {
-    if (lv.cell[j] == 0) continue;
-    const EcsqCell& cell = model.cells[j][lv.cell[j] - 1u];
-    const uint32_t escape = uint32_t(cell.table.alphabet_size() - 1);
-    runs.push_back({uint32_t(n_tokens), &cell.table});
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
-      if (s.symbol >= escape) {
-        symbols[i++] = uint8_t(escape);
-        raw.put(s.symbol, kEcsqEscapeBits);
-      } else {
-        symbols[i++] = uint8_t(s.symbol);
+    for (int cls = 1; cls >= 0; --cls) {
+      const EcsqLevel* l = cls == 1 ? hv : &lv;
+      if (!has_cell(l, j) || by_class[cls].empty()) continue;
+      const EcsqCell& cell = model.cells[j][l->cell[j] - 1u];
+      const uint32_t escape = uint32_t(cell.table.alphabet_size() - 1);
+      runs.push_back({uint32_t(by_class[cls].size()), &cell.table});
+      for (const int64_t t : by_class[cls]) {
+        const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
+        if (s.symbol >= escape) {
+          symbols[i++] = uint8_t(escape);
+          raw.put(s.symbol, kEcsqEscapeBits);
+        } else {
+          symbols[i++] = uint8_t(s.symbol);
+        }
+        raw.put(s.bits, s.n_bits);
       }
-      raw.put(s.bits, s.n_bits);
     }
   }
   KVTC_RETURN_IF_ERROR(rans_encode(symbols.data(), symbols.size(), runs.data(), runs.size(), n_lanes, out));
@@ -187,18 +203,41 @@ Result<EcsqDecodeLevel> EcsqDecodeLevel::build(const EcsqModel& model, uint32_t 
   return d;
 }
 
-uint64_t EcsqDecodeLevel::symbols(uint32_t c0, uint32_t c1, uint64_t n_tokens) const {
-  uint64_t kept = 0;
-  for (uint32_t j = c0; j < c1 && j < component_.size(); ++j) kept += component_[j].table >= 0;
-  return kept * n_tokens;
-}
+namespace {
+
+// One run of a chunk: component j's symbols of `count` tokens (tokens[i], or i itself where tokens is
+// null) at one level.
+struct DecodeRun {
+  uint32_t j;
+  const EcsqDecodeLevel* level;
+  const int64_t* tokens;
+  int64_t count;
+};
+
+}  // namespace
 
 Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, size_t chunk_bytes, uint32_t n_symbols,
-                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride) {
-  if (c1 > level.n_kept() || c0 > c1) return corrupt("ECSQ chunk: components beyond the level's kept ones");
-  if (level.symbols(c0, c1, uint64_t(n_tokens)) != n_symbols)
-    return corrupt("ECSQ chunk: " + std::to_string(n_symbols) + " symbols, the level needs " +
-                   std::to_string(level.symbols(c0, c1, uint64_t(n_tokens))));
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride,
+                         const EcsqDecodeLevel* high, const uint8_t* classes) {
+  if (high == nullptr) classes = nullptr;
+  const uint32_t n_kept = std::max(level.n_kept(), high != nullptr ? high->n_kept() : 0u);
+  if (c1 > n_kept || c0 > c1) return corrupt("ECSQ chunk: components beyond the level's kept ones");
+  std::vector<int64_t> by_class[2];
+  if (classes != nullptr)
+    for (int64_t t = 0; t < n_tokens; ++t) by_class[classes[t] ? 1 : 0].push_back(t);
+  std::vector<DecodeRun> plan;
+  uint64_t expected = 0;
+  for (uint32_t j = c0; j < c1; ++j) {
+    if (classes == nullptr) {
+      if (level.has_cell(j)) plan.push_back({j, &level, nullptr, n_tokens});
+      continue;
+    }
+    if (high->has_cell(j) && !by_class[1].empty()) plan.push_back({j, high, by_class[1].data(), int64_t(by_class[1].size())});
+    if (level.has_cell(j) && !by_class[0].empty()) plan.push_back({j, &level, by_class[0].data(), int64_t(by_class[0].size())});
+  }
+  for (const DecodeRun& r : plan) expected += uint64_t(r.count);
+  if (expected != n_symbols)
+    return corrupt("ECSQ chunk: " + std::to_string(n_symbols) + " symbols, the level needs " + std::to_string(expected));
   // The rANS chunk's size comes from its own header; the raw bits follow it.
   if (chunk_bytes < kRansChunkHeaderBytes) return corrupt("ECSQ chunk: truncated");
   uint32_t n_lanes = chunk[4], stream_bytes;
@@ -206,8 +245,8 @@ Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, siz
   const uint64_t rans_bytes = kRansChunkHeaderBytes + 4ull * n_lanes + stream_bytes;
   if (rans_bytes + 4 > chunk_bytes) return corrupt("ECSQ chunk: truncated before its raw bits");
   std::vector<RansDecodeRun> runs;
-  for (uint32_t j = c0; j < c1; ++j)
-    if (level.component(j).table >= 0) runs.push_back({uint32_t(n_tokens), &level.table(level.component(j).table)});
+  for (const DecodeRun& r : plan)
+    runs.push_back({uint32_t(r.count), &r.level->table(r.level->component(r.j).table)});
   std::vector<uint8_t> symbols(n_symbols);
   KVTC_RETURN_IF_ERROR(rans_decode(chunk, size_t(rans_bytes), runs.data(), runs.size(), symbols.data(), n_symbols));
   uint32_t n_raw;
@@ -220,12 +259,13 @@ Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, siz
   if (n_raw % 8 != 0 && (raw_data[raw_bytes - 1] >> (n_raw % 8)) != 0) return corrupt("ECSQ chunk: nonzero padding bits");
   BitReader raw(raw_data, n_raw);
   size_t i = 0;
-  for (uint32_t j = c0; j < c1; ++j) {
-    const EcsqDecodeLevel::Component& c = level.component(j);
-    if (c.table < 0) continue;
+  for (const DecodeRun& r : plan) {
+    const EcsqDecodeLevel::Component& c = r.level->component(r.j);
     const uint32_t escape = c.alphabet - 1;
-    const float* direct = level.values(c);
-    for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* direct = r.level->values(c);
+    const uint32_t j = r.j;
+    for (int64_t k = 0; k < r.count; ++k) {
+      const int64_t t = r.tokens != nullptr ? r.tokens[k] : k;
       uint32_t s = symbols[i++];
       if (s < c.n_direct) {
         coef[t * row_stride + j] = direct[s];

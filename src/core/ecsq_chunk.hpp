@@ -21,24 +21,38 @@
 
 namespace kvtc {
 
-// Symbols of a chunk of n_tokens tokens over components [c0, c1) at `level`: n_tokens per component
-// with a cell.
-uint64_t ecsq_chunk_symbols(const EcsqLevel& level, uint32_t c0, uint32_t c1, uint64_t n_tokens);
+// Token classes (format 4, section 10). With them, component j's symbols in a chunk are two runs: first
+// the block's class-1 tokens in token order, coded at the `high` level if it has a cell for j, then its
+// class-0 tokens at the base level if that has a cell for j. Without classes (high == nullptr) every
+// token is of class 0 and there is one run per component, as in format 3.
 
-// The component ranges of one token block, each chunk at most max_symbols symbols (max_symbols >= n_tokens):
-// the partition of [0, level.n_kept()) an encoder writes.
-std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, uint64_t n_tokens,
-                                                                 uint64_t max_symbols);
+// Symbols of a chunk over components [c0, c1): n_low per component where `level` has a cell and n_high
+// where `high` has one (nullptr: no classes, n_high must be 0).
+uint64_t ecsq_chunk_symbols(const EcsqLevel& level, const EcsqLevel* high, uint64_t n_low, uint64_t n_high,
+                            uint32_t c0, uint32_t c1);
+inline uint64_t ecsq_chunk_symbols(const EcsqLevel& level, uint32_t c0, uint32_t c1, uint64_t n_tokens) {
+  return ecsq_chunk_symbols(level, nullptr, n_tokens, 0, c0, c1);
+}
+
+// The component ranges of one token block, each chunk at most max_symbols symbols (max_symbols >= the
+// block's tokens): the partition of [0, n_kept) an encoder writes, n_kept the larger of the levels'.
+std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, const EcsqLevel* high,
+                                                                 uint64_t n_low, uint64_t n_high, uint64_t max_symbols);
+inline std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel& level, uint64_t n_tokens,
+                                                                        uint64_t max_symbols) {
+  return ecsq_split_components(level, nullptr, n_tokens, 0, max_symbols);
+}
 
 // Bytes a chunk adds beyond its symbols' code lengths and raw bits: the rANS header, the lane
 // states, the raw-bit count, and on average one byte of padding in each series.
 inline uint64_t ecsq_chunk_overhead_bytes(int n_lanes) { return kRansChunkHeaderBytes + 4u * uint64_t(n_lanes) + 4u + 2u; }
 
 // Encodes tokens [0, n_tokens) of coefficient rows coef[t * row_stride + j] (components [c0, c1)) into
-// one chunk (replacing out). INVALID_ARGUMENT for a level outside the model, too many symbols, or lanes
-// outside 1..64.
+// one chunk (replacing out). With `classes` (n_tokens bytes, 0 or 1), class-1 tokens are coded at
+// level_high. INVALID_ARGUMENT for a level outside the model, too many symbols, or lanes outside 1..64.
 Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* coef, int64_t row_stride,
-                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out);
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, int n_lanes, std::vector<uint8_t>& out,
+                         const uint8_t* classes = nullptr, uint32_t level_high = 0);
 
 // Rate control's estimate of a level's size on the data: the code lengths of the symbols of every
 // kept component (-log2 of their probability under the component's cell table, escapes' 8 bits and
@@ -67,7 +81,7 @@ class EcsqDecodeLevel {
  public:
   static Result<EcsqDecodeLevel> build(const EcsqModel& model, uint32_t level);
   uint32_t n_kept() const { return uint32_t(component_.size()); }
-  uint64_t symbols(uint32_t c0, uint32_t c1, uint64_t n_tokens) const;
+  bool has_cell(uint32_t j) const { return j < component_.size() && component_[j].table >= 0; }
 
   struct Component {
     int32_t table = -1;  // index into tables_, -1: dropped
@@ -92,7 +106,9 @@ class EcsqDecodeLevel {
 // the level) into coef[t * row_stride + j] for t < n_tokens, j in [c0, c1); components without a cell
 // are left as they are. CORRUPT for any inconsistency (rANS chunk, escapes naming a symbol the table
 // codes, raw bits left over or missing, nonzero padding); never reads outside the chunk.
+// With token classes, `high` decodes the class-1 tokens that `classes` (n_tokens bytes, 0 or 1) marks.
 Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, size_t chunk_bytes, uint32_t n_symbols,
-                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride);
+                         int64_t n_tokens, uint32_t c0, uint32_t c1, float* coef, int64_t row_stride,
+                         const EcsqDecodeLevel* high = nullptr, const uint8_t* classes = nullptr);
 
 }  // namespace kvtc

@@ -19,6 +19,11 @@ Status check_encode_options(const EncodeOptions& o) {
     return invalid_argument("chunk max bytes must be 256..64 MiB");
   if (o.codec != 2 && o.codec != 3) return invalid_argument("codec must be 2 or 3");
   if (o.rans_lanes < 1 || o.rans_lanes > 64) return invalid_argument("rANS lanes must be 1..64");
+  if (!o.token_importance.empty()) {
+    if (o.codec != 3) return invalid_argument("token importance (token-adaptive rate) needs codec 3");
+    if (!(o.high_rate_fraction > 0 && o.high_rate_fraction < 1)) return invalid_argument("high rate fraction must be in (0, 1)");
+    if (o.high_rate_levels < 1 || o.high_rate_levels > 256) return invalid_argument("high rate levels must be 1..256");
+  }
   return Status::ok();
 }
 

@@ -54,15 +54,39 @@ uint32_t read_u32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 
 // the reference rANS decoder, then the raw bits, then the reconstruction rule. Written from the spec's
 // text, not from ecsq.hpp / ecsq_chunk.cpp, so that a misreading there shows up as a disagreement.
 // Writes coefficient (t, j) to coef[(t - c0) * rank + j] for the chunk's tokens and components.
+// Section 10 (format 4): with token classes, token t (compressed-token index classes[t - c0]) of class 1
+// takes the level ecsq_level_high, and component j's symbols are those of the class-1 tokens in token
+// order, then those of the class-0 tokens, each only where its level has a cell for j.
 Status decode_ecsq_codes(const EcsqModel& model, const StreamAllocation& a, const ChunkEntry& c, const uint8_t* stored,
-                         int64_t c0, std::vector<double>& coef) {
-  const EcsqLevel& level = model.levels[a.ecsq_level];  // the level was checked against the model
-  // The symbols: n_tokens for each component of the range with a cell, one run per component.
+                         int64_t c0, const std::vector<uint8_t>& classes, std::vector<double>& coef) {
+  // The levels were checked against the model.
+  const EcsqLevel* level_of[2] = {&model.levels[a.ecsq_level], &model.levels[a.ecsq_level_high]};
+  // Each component's runs: (level, the chunk's tokens it codes).
+  struct Run {
+    uint32_t j;
+    const EcsqCell* cell;
+    std::vector<int64_t> tokens;  // offsets from c.token_begin
+  };
+  std::vector<Run> plan;
   std::vector<RansRun> runs;
-  for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j)
-    if (level.cell[j] != 0) runs.push_back({c.n_tokens, &model.cells[j][level.cell[j] - 1u].table});
-  const uint64_t n_symbols = uint64_t(runs.size()) * c.n_tokens;
-  if (c.raw_bytes < 1 || c.raw_bytes > 65536 || c.raw_bytes != n_symbols)
+  uint64_t n_symbols = 0;
+  for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j) {
+    for (int cls = 1; cls >= 0; --cls) {
+      if (cls == 1 && !a.token_classes()) continue;
+      const EcsqLevel& level = *level_of[cls];
+      if (j >= level.cell.size() || level.cell[j] == 0) continue;
+      Run r{j, &model.cells[j][level.cell[j] - 1u], {}};
+      for (int64_t k = 0; k < int64_t(c.n_tokens); ++k) {
+        const int token_class = a.token_classes() ? classes[size_t(int64_t(c.token_begin) + k - c0)] : 0;
+        if (token_class == cls) r.tokens.push_back(k);
+      }
+      if (r.tokens.empty()) continue;
+      runs.push_back({uint32_t(r.tokens.size()), &r.cell->table});
+      n_symbols += r.tokens.size();
+      plan.push_back(std::move(r));
+    }
+  }
+  if (c.raw_bytes > 65536 || c.raw_bytes != n_symbols || (n_symbols == 0 && !a.token_classes()))
     return corrupt("symbol count " + std::to_string(c.raw_bytes) + " where the level has " + std::to_string(n_symbols));
   // Chunk bytes: a rANS chunk of 12 + 4N + S bytes (N at offset 4, S at offset 8), u32 n_raw_bits, the bits.
   if (c.stored_bytes < 12) return corrupt("ECSQ chunk shorter than a rANS chunk header");
@@ -83,11 +107,11 @@ Status decode_ecsq_codes(const EcsqModel& model, const StreamAllocation& a, cons
     return true;
   };
   size_t i = 0;
-  for (uint32_t j = c.item_begin; j < c.item_begin + c.n_items; ++j) {
-    if (level.cell[j] == 0) continue;  // no cell: c_j stays 0
-    const EcsqCell& cell = model.cells[j][level.cell[j] - 1u];
+  for (const Run& r : plan) {  // a component without a cell at a token's level: its c_j stays 0
+    const uint32_t j = r.j;
+    const EcsqCell& cell = *r.cell;
     const uint32_t A = uint32_t(cell.table.freq.size());
-    for (int64_t k = 0; k < int64_t(c.n_tokens); ++k) {
+    for (const int64_t k : r.tokens) {
       uint32_t s = symbols[i++];
       if (s == A - 1) {  // the escape: 8 raw bits hold the signed symbol, which the table does not code
         if (!take(8, s)) return corrupt("ECSQ chunk: raw bits missing for an escape");
@@ -162,20 +186,32 @@ Result<KVCache> reference_decode(const CalibrationData& cal, const uint8_t* byte
   }
 
   // Section 5, in two passes: side chunks (scales), then codes and exact chunks.
+  // Section 10: one class per compressed token (format 4), read with the side chunks.
+  std::vector<uint8_t> classes;
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t ci = 0; ci < h.chunks.size(); ++ci) {
       const ChunkEntry& c = h.chunks[ci];
-      if ((pass == 0) != (c.kind == ChunkKind::kSide)) continue;
+      if ((pass == 0) != (c.kind == ChunkKind::kSide || c.kind == ChunkKind::kClasses)) continue;
       const std::string where = "chunk " + std::to_string(ci);
       const uint8_t* stored = bytes + pc.payload_offset + c.offset;
       if (crc32(0L, stored, uInt(c.stored_bytes)) != c.crc32) return checksum_mismatch(where + ": checksum mismatch");
       if (c.kind == ChunkKind::kCodes && h.streams[c.stream].ecsq()) {  // section 9 (parse checked coder 1)
         const EcsqModel& model = c.stream == 0 ? cal.key.ecsq : cal.value.ecsq;
-        KVTC_RETURN_IF_ERROR(decode_ecsq_codes(model, h.streams[c.stream], c, stored, c0, coef[c.stream]).with_context(where));
+        KVTC_RETURN_IF_ERROR(
+            decode_ecsq_codes(model, h.streams[c.stream], c, stored, c0, classes, coef[c.stream]).with_context(where));
         continue;
       }
       std::vector<uint8_t> raw;
       KVTC_RETURN_IF_ERROR(zlib_inflate(stored, c.stored_bytes, raw, c.raw_bytes).with_context(where));
+      if (c.kind == ChunkKind::kClasses) {  // bit t of byte t / 8, least significant first; padding bits 0
+        classes.assign(c.n_tokens, 0);
+        for (uint64_t t = 0; t < uint64_t(raw.size()) * 8; ++t) {
+          const uint8_t bit = (raw[t / 8] >> (t % 8)) & 1;
+          if (t < c.n_tokens) classes[t] = bit;
+          else if (bit) return corrupt(where + ": classes chunk has padding bits set");
+        }
+        continue;
+      }
       const StreamAllocation& a = h.streams[c.stream];
       const int64_t n = c.n_tokens;
       if (c.kind == ChunkKind::kSide) {

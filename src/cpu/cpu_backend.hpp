@@ -36,11 +36,14 @@ struct PendingChunk {
 };
 
 // Codec 3 for one stream (encoder_ecsq.cpp): rate control over the calibration's ECSQ levels so that
-// the stream's codes chunks take at most 2 * p * m / target_ratio bytes, then the chunks. Sets the
-// header's stream allocation and appends the chunks (token blocks of options.chunk_tokens).
+// the stream's codes chunks take at most 2 * p * m / target_ratio - reserved_bytes bytes, then the
+// chunks. With `classes` (m bytes, 0 or 1; format 4) class-1 tokens take a level options.high_rate_levels
+// finer than the rest. Sets the header's stream allocation and appends the chunks (token blocks of
+// options.chunk_tokens).
 Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, Stream stream, int64_t t0, int64_t m,
-                          const RopeTable& rope, const EncodeOptions& options, StreamAllocation& allocation,
-                          std::vector<PendingChunk>& chunks, StageTimes& times);
+                          const RopeTable& rope, const EncodeOptions& options, const uint8_t* classes,
+                          double reserved_bytes, StreamAllocation& allocation, std::vector<PendingChunk>& chunks,
+                          StageTimes& times);
 
 // Per-layer errors of a restored cache against the original, over the compressed tokens
 // [token_begin, token_end); attention errors when the original has q tensors.

@@ -10,6 +10,7 @@
 
 #include "core/chunk_codec.hpp"
 #include "core/ecsq_chunk.hpp"
+#include "core/token_classes.hpp"
 #include "core/rope.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "entropy/deflate.hpp"
@@ -70,17 +71,24 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
   const int64_t t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   for (int s = 0; s < 2; ++s) dec.coef[s].assign(size_t(m) * h.streams[s].n_kept(), 0.0f);
   // Codec 3: the decoding tables of each ECSQ stream's level, built once.
-  EcsqDecodeLevel ecsq[2];
+  // Format 4 adds the high class's level and the classes of the compressed tokens.
+  EcsqDecodeLevel ecsq[2], ecsq_high[2];
   for (int s = 0; s < 2; ++s)
     if (h.streams[s].ecsq()) {
-      KVTC_ASSIGN_OR_RETURN(ecsq[s], EcsqDecodeLevel::build(s == 0 ? cal.key.ecsq : cal.value.ecsq, h.streams[s].ecsq_level));
+      const EcsqModel& model = s == 0 ? cal.key.ecsq : cal.value.ecsq;
+      KVTC_ASSIGN_OR_RETURN(ecsq[s], EcsqDecodeLevel::build(model, h.streams[s].ecsq_level));
+      if (h.streams[s].token_classes()) {
+        KVTC_ASSIGN_OR_RETURN(ecsq_high[s], EcsqDecodeLevel::build(model, h.streams[s].ecsq_level_high));
+      }
     }
+  KVTC_ASSIGN_OR_RETURN(const std::vector<uint8_t> classes, read_token_classes(h, payload, opt.verify_checksums));
 
   // Side chunks first (codes need the scales of their block), grouped by (stream, token block).
   std::map<std::pair<int, uint32_t>, BlockSymbols> blocks;
   std::vector<size_t> side_idx, codes_idx, exact_idx;
   for (size_t i = 0; i < h.chunks.size(); ++i) {
     const ChunkEntry& c = h.chunks[i];
+    if (c.kind == ChunkKind::kClasses) continue;  // read above
     (c.kind == ChunkKind::kSide ? side_idx : c.kind == ChunkKind::kCodes ? codes_idx : exact_idx).push_back(i);
     if (c.kind != ChunkKind::kExact) blocks[{c.stream, c.token_begin}].n_tokens = c.n_tokens;
   }
@@ -112,9 +120,12 @@ Result<DecodedCoefficients> CpuBackend::decode_coefficients(const CalibrationDat
       if (opt.verify_checksums && crc32_of(stored, c.stored_bytes) != c.crc32)
         return checksum_mismatch("chunk " + std::to_string(i) + ": chunk checksum mismatch");
       const int64_t k = a.n_kept();
+      const bool by_class = a.token_classes();
       KVTC_RETURN_IF_ERROR(decode_ecsq_chunk(ecsq[c.stream], stored, c.stored_bytes, c.raw_bytes, c.n_tokens, c.item_begin,
                                              c.item_begin + c.n_items,
-                                             dec.coef[c.stream].data() + (int64_t(c.token_begin) - t0) * k, k)
+                                             dec.coef[c.stream].data() + (int64_t(c.token_begin) - t0) * k, k,
+                                             by_class ? &ecsq_high[c.stream] : nullptr,
+                                             by_class ? classes.data() + (int64_t(c.token_begin) - t0) : nullptr)
                                .with_context("chunk " + std::to_string(i)));
       add_times(seconds_since(d0), 0.0);
       return Status::ok();

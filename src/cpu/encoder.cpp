@@ -13,6 +13,7 @@
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "cpu/cpu_backend.hpp"
+#include "core/token_classes.hpp"
 #include "entropy/deflate.hpp"
 #include "util/half.hpp"
 #include "util/parallel.hpp"
@@ -133,11 +134,31 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
 
   RopeTable rope(cache.shape.rope, cache.shape.head_dim, cache.position_offset, std::max<int64_t>(cache.n_tokens, 1));
   // chunks[0..1]: each stream's coefficient chunks (codec 2: the plan's, filled in place; codec 3:
-  // appended by rate control); chunks[2]: the plan's exact chunks.
-  std::vector<PendingChunk> chunks[3];
+  // appended by rate control); chunks[2]: the token classes chunk, if any; chunks[3]: the plan's
+  // exact chunks.
+  std::vector<PendingChunk> chunks[4];
+  // Token classes (format 4): their chunk's bytes count against the budget, half to each stream.
+  std::vector<uint8_t> classes;
+  if (!opt.token_importance.empty()) {
+    if (int64_t(opt.token_importance.size()) != cache.n_tokens)
+      return invalid_argument("token importance has " + std::to_string(opt.token_importance.size()) +
+                              " values for a cache of " + std::to_string(cache.n_tokens) + " tokens");
+    if (m > 0) {
+      classes = choose_token_classes(opt.token_importance.data() + t0, m, opt.high_rate_fraction);
+      ChunkEntry e;
+      e.kind = ChunkKind::kClasses;
+      e.token_begin = uint32_t(t0);
+      e.n_tokens = uint32_t(m);
+      chunks[2].emplace_back();
+      KVTC_RETURN_IF_ERROR(make_chunk(e, pack_token_classes(classes), opt.deflate_level, chunks[2].back()));
+    }
+  }
+  const double class_bytes_per_stream = chunks[2].empty() ? 0.0 : double(chunks[2][0].stored.size()) / 2.0;
   for (int s = 0; s < 2; ++s) {
     if (opt.codec == 3) {
-      KVTC_RETURN_IF_ERROR(encode_stream_ecsq(cal, cache, Stream(s), t0, m, rope, opt, h.streams[s], chunks[s], times));
+      KVTC_RETURN_IF_ERROR(encode_stream_ecsq(cal, cache, Stream(s), t0, m, rope, opt,
+                                              classes.empty() ? nullptr : classes.data(), class_bytes_per_stream,
+                                              h.streams[s], chunks[s], times));
       if (opt.progress) opt.progress(0.45 * (s + 1), "compress");
       continue;
     }
@@ -202,11 +223,11 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   // Exact tokens: the plan's chunks (per stream, layer and segment, each at most chunk_max_bytes raw).
   auto e0 = Clock::now();
   const size_t n_exact = h.chunks.size() - plan.n_coef_chunks;
-  chunks[2].resize(n_exact);
+  chunks[3].resize(n_exact);
   KVTC_RETURN_IF_ERROR(parallel_for(int64_t(n_exact), opt.n_threads, [&](int64_t i) -> Status {
     const ChunkEntry& e = h.chunks[plan.n_coef_chunks + size_t(i)];
     return make_chunk(e, exact_raw(cache, Stream(e.stream), int(e.item_begin), e.token_begin, e.n_tokens),
-                      opt.deflate_level, chunks[2][size_t(i)]);
+                      opt.deflate_level, chunks[3][size_t(i)]);
   }));
   times.exact_s += seconds_since(e0);
   if (opt.progress) opt.progress(1.0, "compress");
@@ -215,17 +236,17 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   // Assemble: header, then chunks in table order.
   uint64_t offset = 0;
   int64_t coef_stored = 0;
-  for (int c = 0; c < 3; ++c)
+  for (int c = 0; c < 4; ++c)
     for (auto& pc : chunks[c]) {
       pc.entry.offset = offset;
       offset += pc.stored.size();
-      if (c < 2) coef_stored += int64_t(pc.stored.size());
+      if (c < 3) coef_stored += int64_t(pc.stored.size());  // the compressed tokens' bytes, classes included
       h.chunks.push_back(pc.entry);
     }
   EncodedCache out;
   out.bytes = serialize_container_header(h);
   out.bytes.reserve(out.bytes.size() + offset);
-  for (int c = 0; c < 3; ++c)
+  for (int c = 0; c < 4; ++c)
     for (auto& pc : chunks[c]) out.bytes.insert(out.bytes.end(), pc.stored.begin(), pc.stored.end());
 
   EncodeReport& r = out.report;
@@ -244,7 +265,11 @@ Result<EncodedCache> CpuBackend::encode_view(const CalibrationData& cal, const C
   r.deflate_gain = coef_stored > 0 ? double(r.nominal_payload_bytes) / double(coef_stored) : 0.0;
   r.bytes_per_token = r.n_tokens > 0 ? double(r.file_bytes) / double(r.n_tokens) : 0.0;
   r.codec = opt.codec;
-  for (int s = 0; s < 2; ++s) r.ecsq_level[s] = h.streams[s].ecsq() ? int(h.streams[s].ecsq_level) : -1;
+  for (int s = 0; s < 2; ++s) {
+    r.ecsq_level[s] = h.streams[s].ecsq() ? int(h.streams[s].ecsq_level) : -1;
+    r.ecsq_level_high[s] = h.streams[s].token_classes() ? int(h.streams[s].ecsq_level_high) : -1;
+  }
+  for (uint8_t c : classes) r.n_high_rate_tokens += c;
   times.total_s = seconds_since(start);
   r.seconds = times.total_s;
   if (times_out) *times_out = times;

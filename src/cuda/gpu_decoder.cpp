@@ -261,6 +261,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     seqs_[q].container = std::move(parsed).value();
     const ContainerHeader& h = seqs_[q].container.header;
     KVTC_RETURN_IF_ERROR(check_container_matches(cal, h).with_context("sequence " + std::to_string(q)));
+    if (h.token_classes())
+      return unsupported("sequence " + std::to_string(q) + ": token-adaptive rate (container format 4, token classes) "
+                         "is not decoded on the GPU yet; decode it on the CPU");
     payload_base[q] = payload_total;
     payload_total += containers[q].second - seqs_[q].container.payload_offset;
     raw_off[q].resize(h.chunks.size());

@@ -46,7 +46,7 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
   ByteWriter w(out);
   w.bytes(kContainerMagic.data(), kContainerMagic.size());
   const bool v3 = h.streams[0].ecsq() || h.streams[1].ecsq();
-  w.u32(v3 ? kContainerVersion : kGroupsContainerVersion);
+  w.u32(h.token_classes() ? kContainerVersion : v3 ? kEcsqContainerVersion : kGroupsContainerVersion);
   w.u32(0);  // header_bytes, patched below
   w.u32(uint32_t(h.shape.n_layers));
   w.u32(uint32_t(h.shape.n_kv_heads));
@@ -76,6 +76,7 @@ std::vector<uint8_t> serialize_container_header(const ContainerHeader& h) {
       w.u16(0);
       if (s.ecsq()) {
         w.u32(s.ecsq_level);
+        if (s.token_classes()) w.u32(s.ecsq_level_high);
         w.u32(s.ecsq_n_kept);
         w.u64(s.ecsq_fingerprint);
         continue;
@@ -173,7 +174,7 @@ Status check_coverage(const ContainerHeader& h) {
     std::vector<std::pair<uint64_t, uint64_t>> side;
     std::map<std::pair<uint64_t, uint64_t>, std::vector<std::pair<uint64_t, uint64_t>>> codes;
     for (const ChunkEntry& c : h.chunks) {
-      if (c.stream != s) continue;
+      if (c.stream != s || c.kind == ChunkKind::kClasses) continue;
       if (c.kind == ChunkKind::kExact) {
         if (c.item_begin >= uint32_t(h.shape.n_layers)) return corrupt(where + ": exact chunk layer out of range");
         exact[c.item_begin].push_back({c.token_begin, c.n_tokens});
@@ -218,6 +219,17 @@ Status check_coverage(const ContainerHeader& h) {
       return corrupt(where + ": unexpected codes chunks");
     }
   }
+  // Section 10: one classes chunk over all compressed tokens where a stream has token classes.
+  size_t n_classes = 0;
+  for (const ChunkEntry& c : h.chunks) {
+    if (c.kind != ChunkKind::kClasses) continue;
+    ++n_classes;
+    if (c.stream != 0 || c.item_begin != 0 || c.n_items != 0 || c.token_begin != c0 || uint64_t(c.n_tokens) != c1 - c0)
+      return corrupt("the classes chunk must cover the compressed tokens, in stream 0, with no items");
+  }
+  const size_t want = h.token_classes() && c1 > c0 ? 1 : 0;
+  if (n_classes != want)
+    return corrupt(std::to_string(n_classes) + " classes chunks where the streams' quantisers need " + std::to_string(want));
   return Status::ok();
 }
 
@@ -235,8 +247,15 @@ Result<uint64_t> expected_chunk_raw_bytes(const ContainerHeader& h, const ChunkE
       for (const Group& g : a.groups) values += uint64_t(side_bits_per_token(g.kind) / 16);
       return 2 * n * values;
     }
+    case ChunkKind::kClasses:
+      return (n + 7) / 8;
     case ChunkKind::kCodes: {
       if (uint64_t(c.item_begin) + c.n_items > a.n_kept()) return corrupt("codes chunk beyond kept components");
+      if (a.token_classes()) {  // each token has a symbol in a component where its class's level has a cell
+        if (c.raw_bytes > kRansMaxChunkSymbols || uint64_t(c.raw_bytes) > n * c.n_items)
+          return corrupt("ECSQ codes chunk of " + std::to_string(c.raw_bytes) + " symbols");
+        return uint64_t(c.raw_bytes);
+      }
       if (a.ecsq()) {
         if (c.raw_bytes < 1 || c.raw_bytes > kRansMaxChunkSymbols || uint64_t(c.raw_bytes) > n * c.n_items ||
             c.raw_bytes % n != 0)
@@ -338,15 +357,17 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
       r.u8();
       r.u16();
       if (!r.ok()) return corrupt("stream allocation truncated");
-      if (quantiser > 1) return corrupt("unknown quantiser " + std::to_string(quantiser));
+      if (quantiser > (version >= 4 ? 2 : 1)) return corrupt("unknown quantiser " + std::to_string(quantiser));
       a.quantiser = Quantiser(quantiser);
       if (a.ecsq()) {
         a.ecsq_level = r.u32();
+        a.ecsq_level_high = a.token_classes() ? r.u32() : a.ecsq_level;
         a.ecsq_n_kept = r.u32();
         a.ecsq_fingerprint = r.u64();
         if (!r.ok()) return corrupt("stream allocation truncated");
         if (a.basis_rank > p) return corrupt("basis rank exceeds the feature count");
         if (a.ecsq_n_kept > a.basis_rank) return corrupt("ECSQ stream keeps components beyond its basis rank");
+        if (a.ecsq_level_high > a.ecsq_level) return corrupt("the high class's ECSQ level is coarser than the base level");
         continue;
       }
     }
@@ -382,7 +403,7 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
     c.raw_bytes = r.u32();
     c.crc32 = r.u32();
     const std::string where = "chunk " + std::to_string(i);
-    if (kind > 2) return corrupt(where + ": unknown kind");
+    if (kind > (version >= 4 ? 3 : 2)) return corrupt(where + ": unknown kind");
     if (stream > 1) return corrupt(where + ": unknown stream");
     if (layout > 1 || (kind != 2 && layout != 0)) return corrupt(where + ": bad layout");
     c.kind = ChunkKind(kind);
@@ -397,7 +418,8 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
     }
     if (c.n_tokens == 0 || uint64_t(c.token_begin) + c.n_tokens > h.n_tokens) return corrupt(where + ": token range out of bounds");
     if (c.kind == ChunkKind::kExact && c.n_items != 1) return corrupt(where + ": exact chunk must hold one layer");
-    if (c.kind == ChunkKind::kSide && (c.item_begin != 0 || c.n_items != 0)) return corrupt(where + ": side chunk with items");
+    if ((c.kind == ChunkKind::kSide || c.kind == ChunkKind::kClasses) && (c.item_begin != 0 || c.n_items != 0))
+      return corrupt(where + ": side or classes chunk with items");
     if (c.kind == ChunkKind::kCodes && c.n_items == 0) return corrupt(where + ": empty codes chunk");
     if (c.offset != next_offset) return corrupt(where + ": not contiguous with the previous chunk");
     if (c.raw_bytes > kMaxChunkRawBytes) return corrupt(where + ": raw size too large");

@@ -38,10 +38,14 @@ struct StreamAllocation {
   std::vector<Group> groups;  // kGroups
   // kEcsq: the level of the calibration's ECSQ model (rate control's choice), the components it
   // keeps (1 + the last with a cell), and the model's fingerprint (ecsq_model_fingerprint).
+  // kEcsqClasses: ecsq_level codes the tokens of class 0, ecsq_level_high (<= ecsq_level: finer)
+  // those of class 1, and ecsq_n_kept is the larger of the two levels' n_kept.
   uint32_t ecsq_level = 0;
+  uint32_t ecsq_level_high = 0;
   uint32_t ecsq_n_kept = 0;
   uint64_t ecsq_fingerprint = 0;
-  bool ecsq() const { return quantiser == Quantiser::kEcsq; }
+  bool ecsq() const { return quantiser == Quantiser::kEcsq || quantiser == Quantiser::kEcsqClasses; }
+  bool token_classes() const { return quantiser == Quantiser::kEcsqClasses; }
   uint32_t n_kept() const {
     if (ecsq()) return ecsq_n_kept;
     return groups.empty() ? 0 : groups.back().first_component + groups.back().n_components;
@@ -50,7 +54,7 @@ struct StreamAllocation {
 };
 
 struct ContainerHeader {
-  uint32_t format_version = kContainerVersion;  // as read; written as 3 with an ECSQ stream, else 2
+  uint32_t format_version = kContainerVersion;  // as read; written as 4 with token classes, 3 with ECSQ, else 2
   ModelShape shape;
   DType dtype = DType::kBF16;
   int64_t position_offset = 0;
@@ -64,6 +68,7 @@ struct ContainerHeader {
   std::vector<ChunkEntry> chunks;
 
   uint64_t n_compressed_tokens() const { return n_tokens - n_head_exact - n_tail_exact; }
+  bool token_classes() const { return streams[0].token_classes() || streams[1].token_classes(); }
 };
 
 // Serialises preamble + header (with its CRC). `payload_bytes` is not needed: offsets are in chunks.

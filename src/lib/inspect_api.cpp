@@ -49,6 +49,7 @@ json allocation_json(const StreamAllocation& a, uint32_t format_version) {
   if (format_version >= 3) j["quantiser"] = a.ecsq() ? "ecsq" : "groups";
   if (a.ecsq()) {
     j["ecsq_level"] = a.ecsq_level;
+    if (a.token_classes()) j["ecsq_level_high"] = a.ecsq_level_high;  // format 4: the high class's level
     j["ecsq_n_kept"] = a.ecsq_n_kept;
     j["ecsq_fingerprint"] = hex64(a.ecsq_fingerprint);
   }
@@ -79,7 +80,7 @@ Result<json> inspect_container(const uint8_t* bytes, size_t size) {
   const uint64_t m = h.n_compressed_tokens();
   uint64_t coef_bytes = 0, exact_bytes = 0, bad = 0;
   json chunks = json::array();
-  const char* kinds[] = {"exact", "side", "codes"};
+  const char* kinds[] = {"exact", "side", "codes", "classes"};
   for (const ChunkEntry& c : h.chunks) {
     const bool ok = crc32_of(bytes + pc.payload_offset + c.offset, c.stored_bytes) == c.crc32;
     bad += !ok;

@@ -1,4 +1,5 @@
-// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--codec 2|3] [--json] [--device cpu|cuda]
+// kvtc compress -c MODEL.kvtcal -r 20 -o OUT.kvtc IN.safetensors [--codec 2|3] [--adaptive] [--json] [--device cpu|cuda]
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -28,6 +29,10 @@ nlohmann::json report_json(const EncodeReport& r, double target) {
           {"k_relative_mse", r.k_relative_mse}, {"v_relative_mse", r.v_relative_mse}, {"layers", layers},
           {"seconds", r.seconds}, {"codec", r.codec}};
   if (r.codec == 3) j["ecsq_level"] = {{"K", r.ecsq_level[0]}, {"V", r.ecsq_level[1]}};
+  if (r.n_high_rate_tokens > 0) {
+    j["ecsq_level_high"] = {{"K", r.ecsq_level_high[0]}, {"V", r.ecsq_level_high[1]}};
+    j["n_high_rate_tokens"] = r.n_high_rate_tokens;
+  }
   return j;
 }
 
@@ -39,6 +44,9 @@ void print_report(const EncodeReport& r, double target, const std::string& out) 
   if (r.codec == 3) {
     // Codec 3 has no fixed-width size before entropy coding: the target bounds the stored bytes.
     std::printf("  codec 3 (ECSQ + rANS), levels K %d V %d\n", r.ecsq_level[0], r.ecsq_level[1]);
+    if (r.n_high_rate_tokens > 0)
+      std::printf("  token-adaptive rate: %lld tokens at levels K %d V %d\n", static_cast<long long>(r.n_high_rate_tokens),
+                  r.ecsq_level_high[0], r.ecsq_level_high[1]);
     std::printf("  target %gx: compressed tokens %.2fx, whole file %.2fx, %.1f bytes/token\n", target,
                 r.ratio_compressed_tokens, r.ratio_file, r.bytes_per_token);
   } else {
@@ -66,7 +74,9 @@ void register_compress(CLI::App& app) {
     double ratio = 20;
     int level = 6, threads = 0, chunk_tokens = 256, codec = 2, rans_lanes = 32;
     int64_t chunk_bytes = 16 * 1024;
-    bool json = false, no_error = false, tf32 = false;
+    bool json = false, no_error = false, tf32 = false, adaptive = false;
+    double high_fraction = 0.25;
+    int high_levels = 32;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compress", "Compress a cache file into a .kvtc container");
@@ -80,6 +90,13 @@ void register_compress(CLI::App& app) {
                   "calibration with ECSQ models)")
       ->capture_default_str();
   cmd->add_option("--rans-lanes", args->rans_lanes, "Codec 3: interleaved rANS states per chunk, 1..64")
+      ->capture_default_str();
+  cmd->add_flag("--adaptive", args->adaptive,
+                "Codec 3: token-adaptive rate (format 4): the tokens the cache's last queries attend to most (SnapKV's "
+                "score; needs the q tensors that `kvtc dump` writes) get a finer level, the rest what is left");
+  cmd->add_option("--high-fraction", args->high_fraction, "With --adaptive: share of the compressed tokens favoured")
+      ->capture_default_str();
+  cmd->add_option("--high-levels", args->high_levels, "With --adaptive: how many levels finer (32: about 2x the bits)")
       ->capture_default_str();
   cmd->add_option("--level", args->level, "DEFLATE level 1..12 (codec 2)")->capture_default_str();
   cmd->add_option("--chunk-tokens", args->chunk_tokens, "Tokens per chunk")->capture_default_str();
@@ -109,6 +126,13 @@ void register_compress(CLI::App& app) {
     o.n_threads = args->threads;
     o.measure_error = !args->no_error;
     o.progress = progress_bar();
+    if (args->adaptive) {
+      const int64_t begin = std::min<int64_t>(cal.n_sink_tokens(), cache.n_tokens);
+      const int64_t end = std::max<int64_t>(begin, cache.n_tokens - cal.n_window_tokens());
+      o.token_importance = unwrap(attention_importance(cache, begin, end), args->input);
+      o.high_rate_fraction = args->high_fraction;
+      o.high_rate_levels = args->high_levels;
+    }
 #ifdef KVTC_WITH_CUDA
     EncodedCache enc =
         unwrap(args->device == "cuda"

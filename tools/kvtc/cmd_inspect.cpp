@@ -32,8 +32,10 @@ void print_human(const nlohmann::json& j) {
       const auto& a = j["streams"][st];
       if (a.value("quantiser", "groups") == "ecsq") {
         // ECSQ streams have no fixed bits per token: the level and model say how they were coded.
-        std::printf("  %s: ECSQ level %s, %s kept components of rank %s, model %s\n", st,
-                    a["ecsq_level"].dump().c_str(), a["ecsq_n_kept"].dump().c_str(), a["basis_rank"].dump().c_str(),
+        std::printf("  %s: ECSQ level %s%s, %s kept components of rank %s, model %s\n", st,
+                    a["ecsq_level"].dump().c_str(),
+                    a.contains("ecsq_level_high") ? (" (high-rate tokens " + a["ecsq_level_high"].dump() + ")").c_str() : "",
+                    a["ecsq_n_kept"].dump().c_str(), a["basis_rank"].dump().c_str(),
                     a["ecsq_fingerprint"].get<std::string>().c_str());
         continue;
       }
