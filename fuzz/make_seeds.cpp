@@ -119,6 +119,30 @@ int main(int argc, char** argv) {
       if (!write_bytes_atomic((out / "container" / ("seed-v3-" + std::to_string(v3++) + ".kvtc")).string(), enc->bytes).is_ok())
         return 1;
     }
+  // Format 4 seeds (token classes, docs/FORMAT.md section 10): a quarter and a half of the compressed
+  // tokens favoured, by an importance that rises and falls along the sequence.
+  int v4 = 0;
+  for (double fraction : {0.25, 0.5}) {
+    KVCache cache = fuzz::fuzz_cache(40, uint64_t(300 + v4));
+    EncodeOptions o;
+    o.codec = 3;
+    o.target_ratio = fraction == 0.25 ? 16.0 : 32.0;
+    o.chunk_tokens = 16;
+    o.rans_lanes = 4;
+    o.exact_head_tokens = 2;
+    o.exact_tail_tokens = 2;
+    o.measure_error = false;
+    o.high_rate_fraction = fraction;
+    o.high_rate_levels = fraction == 0.25 ? 32 : 8;
+    for (int64_t t = 0; t < cache.n_tokens; ++t) o.token_importance.push_back(float((t * 7) % 11));
+    auto enc = encode(cal, cache, o);
+    if (!enc.is_ok()) {
+      std::fprintf(stderr, "format 4 seed: %s\n", enc.status().to_string().c_str());
+      return 1;
+    }
+    if (!write_bytes_atomic((out / "container" / ("seed-v4-" + std::to_string(v4++) + ".kvtc")).string(), enc->bytes).is_ok())
+      return 1;
+  }
   // Calibration seeds: version 2 with the ECSQ sections (seed-1, models trimmed to two levels), and the
   // same calibration as version 1 wrote it (seed-0): without them, version byte 1.
   auto bytes = cal.serialize();
@@ -135,7 +159,7 @@ int main(int argc, char** argv) {
   if (!v1.is_ok()) return 1;
   (*v1)[8] = 1;
   if (!write_bytes_atomic((out / "calibration" / "seed-0.kvtcal").string(), *v1).is_ok()) return 1;
-  std::printf("wrote %d codec 2 and %d codec 3 container seeds, 2 calibration seeds and 5 rANS seeds to %s\n", i, v3,
+  std::printf("wrote %d codec 2, %d codec 3 and %d format 4 container seeds, 2 calibration seeds and 5 rANS seeds to %s\n", i, v3, v4,
               argv[1]);
   return 0;
 }
