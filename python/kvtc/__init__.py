@@ -244,7 +244,8 @@ class Calibration:
 def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, positions: int | None = None, *,
              exact_sinks: int | None = None, exact_window: int | None = None, metadata: dict | None = None,
              deflate_level: int = 6, n_threads: int = 0, report: dict | None = None, codec: int = 2,
-             rans_lanes: int = 32) -> bytes:
+             rans_lanes: int = 32, token_importance: Any = None, high_rate_fraction: float = 0.25,
+             high_rate_levels: int = 32) -> bytes:
     """Compresses a cache into a .kvtc container (bytes).
 
     ``keys``, ``values``: per-layer ``[kv_heads, tokens, head_dim]`` or stacked
@@ -259,14 +260,25 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
     recalibrate). ``rans_lanes``: codec 3's interleaved rANS states per chunk, 1..64. When ``report``
     is a dict, it receives the sizes, ratios and per-layer relative errors of this encode (which costs
     one extra decode), the codec, and for codec 3 each stream's ECSQ level (``ecsq_level``).
+    ``token_importance`` (codec 3): one number per token (a list, array or tensor; higher: attention
+    needs the token more, e.g. the attention the prefill's last queries paid it). The
+    ``high_rate_fraction`` most important compressed tokens are then coded ``high_rate_levels``
+    levels finer (32: about twice the bits) than the rest, at the same target (container format 4,
+    token classes); the report adds ``ecsq_level_high`` and ``n_high_rate_tokens``.
     """
     k = _host(_layers(keys, "keys"), "keys")
     v = _host(_layers(values, "values"), "values")
+    importance = None
+    if token_importance is not None:
+        if hasattr(token_importance, "tolist"):
+            token_importance = token_importance.tolist()
+        importance = [float(x) for x in token_importance]
     data, rep = _kvtc._encode(cal._core, k, v, float(ratio), int(positions or 0),
                               None if metadata is None else {str(a): str(b) for a, b in metadata.items()},
                               -1 if exact_sinks is None else int(exact_sinks),
                               -1 if exact_window is None else int(exact_window), int(deflate_level),
-                              int(n_threads), report is not None, int(codec), int(rans_lanes))
+                              int(n_threads), report is not None, int(codec), int(rans_lanes), importance,
+                              float(high_rate_fraction), int(high_rate_levels))
     if report is not None:
         report.clear()
         report.update(rep)

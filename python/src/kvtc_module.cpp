@@ -148,6 +148,13 @@ nb::dict report_dict(const kvtc::EncodeReport& r) {
     levels["V"] = r.ecsq_level[1];
     d["ecsq_level"] = levels;
   }
+  if (r.n_high_rate_tokens > 0) {
+    nb::dict high;
+    high["K"] = r.ecsq_level_high[0];
+    high["V"] = r.ecsq_level_high[1];
+    d["ecsq_level_high"] = high;
+    d["n_high_rate_tokens"] = r.n_high_rate_tokens;
+  }
   return d;
 }
 
@@ -292,7 +299,8 @@ NB_MODULE(_kvtc, m) {
                       double ratio, int64_t position_offset,
                       const std::optional<std::map<std::string, std::string>>& metadata, int exact_head_tokens,
                       int exact_tail_tokens, int deflate_level, int n_threads, bool measure_error, int codec,
-                      int rans_lanes) {
+                      int rans_lanes, const std::optional<std::vector<float>>& token_importance,
+                      double high_rate_fraction, int high_rate_levels) {
     const kvtc::CacheView view = make_view(cal, keys, values, position_offset, metadata);
     kvtc::EncodeOptions o;
     o.target_ratio = ratio;
@@ -303,6 +311,9 @@ NB_MODULE(_kvtc, m) {
     o.measure_error = measure_error;
     o.codec = codec;  // codec and rans_lanes are checked by the encoder
     o.rans_lanes = rans_lanes;
+    if (token_importance) o.token_importance = *token_importance;  // checked by the encoder
+    o.high_rate_fraction = high_rate_fraction;
+    o.high_rate_levels = high_rate_levels;
     kvtc::EncodedCache enc;
     {
       nb::gil_scoped_release unlocked;
@@ -312,7 +323,8 @@ NB_MODULE(_kvtc, m) {
                           report_dict(enc.report));
   }, "cal"_a, "keys"_a, "values"_a, "ratio"_a, "position_offset"_a, "metadata"_a.none(), "exact_head_tokens"_a,
      "exact_tail_tokens"_a, "deflate_level"_a, "n_threads"_a, "measure_error"_a, "codec"_a = 2,
-     "rans_lanes"_a = 32);
+     "rans_lanes"_a = 32, "token_importance"_a.none() = nb::none(), "high_rate_fraction"_a = 0.25,
+     "high_rate_levels"_a = 32);
 
   nb::class_<kvtc::Decoder>(m, "Decoder")
       .def_static("open", [](const kvtc::Calibration& cal, const Bytes& data, int n_threads) {

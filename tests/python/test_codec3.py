@@ -107,3 +107,28 @@ def test_cli_codec_flags(kvtc_cli, cli_cal, cli_cal_no_ecsq, files, tmp_path):
 def test_cli_help_lists_codec(kvtc_cli):
     r = subprocess.run([str(kvtc_cli), "compress", "--help"], capture_output=True, text=True, check=True)
     assert "--codec" in r.stdout and "--rans-lanes" in r.stdout
+
+
+def test_codec_3_with_token_importance(cal, cache):
+    """Token classes (format 4): the most important quarter at a finer level, at the same target."""
+    keys, values = cache
+    n = keys[0].shape[1]
+    importance = [float((t * 37) % 101) for t in range(n)]
+    rep = {}
+    data = kvtc.compress(cal, keys, values, 32, codec=3, token_importance=importance, report=rep)
+    info = kvtc.inspect(data)
+    assert info["format_version"] == 4
+    assert rep["n_high_rate_tokens"] == round(0.25 * rep["n_compressed_tokens"])
+    assert rep["ratio_compressed_tokens"] >= 32
+    for s in ("K", "V"):
+        assert info["streams"][s]["ecsq_level_high"] == rep["ecsq_level_high"][s] < rep["ecsq_level"][s]
+    assert [c["kind"] for c in info["chunks"]].count("classes") == 1
+    k, v = kvtc.decompress(cal, data, dtype="float32")
+    assert len(k) == len(keys) and tuple(v[0].shape) == tuple(values[0].shape)
+    # The same importance as a tensor gives the same bytes; wrong lengths and codec 2 are refused.
+    import torch
+    assert kvtc.compress(cal, keys, values, 32, codec=3, token_importance=torch.tensor(importance)) == data
+    with pytest.raises(kvtc.InvalidArgumentError, match="token importance has"):
+        kvtc.compress(cal, keys, values, 32, codec=3, token_importance=importance[:-1])
+    with pytest.raises(kvtc.InvalidArgumentError, match="needs codec 3"):
+        kvtc.compress(cal, keys, values, 32, codec=2, token_importance=importance)
