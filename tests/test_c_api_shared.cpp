@@ -241,6 +241,12 @@ TEST_F(CApiShared, ParamsDefaults) {
   EXPECT_EQ(p.reserved0, 0);
   EXPECT_EQ(p.codec, 2);
   EXPECT_EQ(p.rans_lanes, 32);
+  EXPECT_EQ(p.token_importance, nullptr);
+  EXPECT_EQ(p.high_rate_fraction, 0.25);
+  EXPECT_EQ(p.high_rate_levels, 32);
+  EXPECT_EQ(p.reserved1, 0);
+  // Format 4's fields start past the struct before them.
+  EXPECT_GE(offsetof(kvtc_compress_params, token_importance), offsetof(kvtc_compress_params, rans_lanes) + sizeof(int32_t));
   // Fields added with codec 3 start past the older struct's sizeof, never in its tail padding.
   EXPECT_GE(offsetof(kvtc_compress_params, codec), offsetof(kvtc_compress_params, measure_error) + sizeof(int32_t));
   EXPECT_EQ(offsetof(kvtc_compress_params, codec) % alignof(kvtc_compress_params), 0u);
@@ -292,6 +298,24 @@ TEST_F(CApiShared, ParamsStructSize) {
   std::memcpy(&version, out + 8, 4);
   EXPECT_EQ(version, 3u);
   kvtc_buffer_free(out);
+  // With token importance (format 4's fields inside struct_size): a version 4 container; a caller whose
+  // struct ends before them keeps format 3 whatever lies past it.
+  std::vector<float> importance(size_t(m.view.n_tokens));
+  for (size_t t = 0; t < importance.size(); ++t) importance[t] = float((t * 37) % 101);
+  old.token_importance = importance.data();
+  ASSERT_EQ(kvtc_compress_view(cal_, &m.view, &old, &out, &out_size, nullptr), KVTC_OK) << kvtc_last_error();
+  std::memcpy(&version, out + 8, 4);
+  EXPECT_EQ(version, 4u);
+  kvtc_buffer_free(out);
+  old.struct_size = offsetof(kvtc_compress_params, token_importance);
+  ASSERT_EQ(kvtc_compress_view(cal_, &m.view, &old, &out, &out_size, nullptr), KVTC_OK) << kvtc_last_error();
+  std::memcpy(&version, out + 8, 4);
+  EXPECT_EQ(version, 3u);
+  kvtc_buffer_free(out);
+  old.struct_size = sizeof old;
+  old.high_rate_levels = 0;
+  EXPECT_EQ(kvtc_compress_view(cal_, &m.view, &old, &out, &out_size, nullptr), KVTC_INVALID_ARGUMENT);
+  old.token_importance = nullptr;
   // Inside struct_size the invalid value counts.
   p.struct_size = sizeof p;
   uint8_t* buf = nullptr;

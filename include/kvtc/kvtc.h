@@ -140,6 +140,14 @@ typedef struct kvtc_compress_params {
                                 calibration's models (format 3, CPU only; a calibration without them fails with
                                 KVTC_INVALID_ARGUMENT). Default 2 */
   int32_t rans_lanes;        /* codec 3: interleaved rANS states per chunk, 1..64. Default 32 */
+  /* Added with container format 4 (token classes, docs/FORMAT.md section 10), past the sizeof before. */
+  const float* token_importance; /* codec 3: NULL, or one value per token of the view (higher: attention
+                                    needs it more); the high_rate_fraction most important compressed tokens
+                                    are coded high_rate_levels ECSQ levels finer than the rest, at the same
+                                    target (format 4). Read during the call only. Default NULL */
+  double high_rate_fraction;     /* (0, 1). Default 0.25 */
+  int32_t high_rate_levels;      /* 1..256 (32: about twice the bits). Default 32 */
+  int32_t reserved1;             /* unused; kvtc_compress_params_init sets it to 0 */
   /* Later versions append fields past sizeof of this one (never into its tail padding). */
 } kvtc_compress_params;
 

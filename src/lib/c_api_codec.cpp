@@ -49,7 +49,8 @@ void put_field(void* dst, size_t n, size_t offset, const T& value) {
   if (offset + sizeof(T) <= n) std::memcpy(static_cast<char*>(dst) + offset, &value, sizeof(T));
 }
 
-Status read_params(const kvtc_compress_params* p, EncodeOptions* o) {
+// n_tokens: the view's, for token_importance.
+Status read_params(const kvtc_compress_params* p, int64_t n_tokens, EncodeOptions* o) {
   kvtc_compress_params c;
   kvtc_compress_params_init(&c);
   if (p != nullptr) {
@@ -67,6 +68,9 @@ Status read_params(const kvtc_compress_params* p, EncodeOptions* o) {
     // Not reserved0: it lies inside an older caller's struct_size as uninitialised tail padding.
     KVTC_TAKE(codec);
     KVTC_TAKE(rans_lanes);
+    KVTC_TAKE(token_importance);
+    KVTC_TAKE(high_rate_fraction);
+    KVTC_TAKE(high_rate_levels);
 #undef KVTC_TAKE
   }
   if (c.exact_head_tokens < -1 || c.exact_tail_tokens < -1)
@@ -81,6 +85,9 @@ Status read_params(const kvtc_compress_params* p, EncodeOptions* o) {
   o->measure_error = c.measure_error != 0;
   o->codec = c.codec;            // both checked by the encoder
   o->rans_lanes = c.rans_lanes;
+  if (c.token_importance != nullptr && n_tokens > 0) o->token_importance.assign(c.token_importance, c.token_importance + n_tokens);
+  o->high_rate_fraction = c.high_rate_fraction;  // checked by the encoder when importance is given
+  o->high_rate_levels = c.high_rate_levels;
   return Status::ok();
 }
 
@@ -152,7 +159,8 @@ Status build_view(const Calibration& cal, const kvtc_cache_view* cv, CacheView* 
 Result<std::vector<uint8_t>> compress(const kvtc_calibration* cal, const kvtc_cache_view* view,
                                       const kvtc_compress_params* params, kvtc_compress_report* report_out) {
   EncodeOptions o;
-  KVTC_RETURN_IF_ERROR(read_params(params, &o));
+  if (view->n_tokens < 0) return invalid_argument("kvtc_cache_view.n_tokens must be >= 0");
+  KVTC_RETURN_IF_ERROR(read_params(params, view->n_tokens, &o));
   if (report_out != nullptr)
     KVTC_RETURN_IF_ERROR(
         check_struct_size(report_out, sizeof(kvtc_compress_report), sizeof(size_t), "kvtc_compress_report"));
@@ -187,6 +195,10 @@ void kvtc_compress_params_init(kvtc_compress_params* params) {
   params->measure_error = 0;
   params->codec = d.codec;
   params->rans_lanes = d.rans_lanes;
+  params->token_importance = nullptr;
+  params->high_rate_fraction = d.high_rate_fraction;
+  params->high_rate_levels = d.high_rate_levels;
+  params->reserved1 = 0;
 }
 
 kvtc_status kvtc_compress_view(const kvtc_calibration* cal, const kvtc_cache_view* view,
