@@ -9,6 +9,10 @@
 // within ~1% of the code lengths, so rarely), the next coarser level is coded, until one fits; the
 // last level drops everything (0 bytes), so the target always holds. Projection is to the components
 // of the finest level the search may take: 16 levels (half an octave) finer than the prediction.
+//
+// Token classes (format 4): the tokens the caller marked take the level high_rate_levels finer than the
+// base level; the search runs over base levels as above, each estimate the sum of both classes' code
+// lengths, and the class map's bytes (reserved_bytes) come off the budget.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -100,8 +104,10 @@ Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, St
     for (int64_t t = 0; t < m; ++t)
       class_rows[classes[t]].insert(class_rows[classes[t]].end(), coef.begin() + t * k, coef.begin() + (t + 1) * k);
   const bool split = classes != nullptr;
-  EcsqRateModel rate(model, split ? class_rows[0].data() : coef.data(), k, split ? int64_t(class_rows[0].size()) / std::max<int64_t>(k, 1) : m);
-  EcsqRateModel rate_high(model, class_rows[1].data(), k, split ? int64_t(class_rows[1].size()) / std::max<int64_t>(k, 1) : 0);
+  const int64_t row_floats = std::max<int64_t>(k, 1);  // k = 0: no rows, and no bits either way
+  EcsqRateModel rate(model, split ? class_rows[0].data() : coef.data(), k,
+                     split ? int64_t(class_rows[0].size()) / row_floats : m);
+  EcsqRateModel rate_high(model, class_rows[1].data(), k, int64_t(class_rows[1].size()) / row_floats);
   auto estimate_bytes = [&](uint32_t level) -> Result<double> {
     const double chunks_overhead = double(chunk_jobs(model.levels[level], high_level(level), classes, m, block).size() *
                                           ecsq_chunk_overhead_bytes(opt.rans_lanes));
