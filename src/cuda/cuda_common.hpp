@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "kvtc/status.hpp"
 
@@ -95,6 +96,15 @@ class DeviceBuffer {
   size_t bytes_ = 0;
   bool external_ = false;
 };
+
+// Sizes `buf` for v (growing it) and copies v into it, asynchronously on `stream`.
+template <typename T>
+Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
+  Status st = buf.reserve(v.size() * sizeof(T));
+  if (!st.is_ok()) return st;
+  if (!v.empty()) KVTC_CUDA_RETURN(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+  return Status::ok();
+}
 
 // Whether a CUDA device is usable here; `why` says why not.
 bool device_available(std::string* why);

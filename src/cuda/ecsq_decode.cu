@@ -78,18 +78,28 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   const uint32_t n_words = stream_bytes / 2;
   const uint32_t halves = (n_lanes + 31) / 32;
   // Cursors of the thread's rANS lanes `lane` (h = 0) and `lane + 32` (h = 1): symbol i = round + l
-  // of the chunk is token t[h] of its k[h]-th component with a cell. They advance by n_lanes a round,
-  // dividing only when they cross into another component, and the component's descriptor is loaded
-  // only when k changes (every n_tokens / n_lanes rounds), so a round's dependent loads are the
-  // table slot, the symbol entry and the word.
+  // of the chunk is token t[h] of its k[h]-th component with a cell (with token classes: offset t[h]
+  // in run k[h]). They advance by n_lanes a round, dividing only when they cross into another
+  // component, and the component's descriptor is loaded only when k changes (every n_tokens / n_lanes
+  // rounds), so a round's dependent loads are the table slot, the symbol entry and the word.
+  const bool by_runs = job.runs != nullptr;  // warp-uniform
   uint32_t t[2], k[2], loaded[2];
   EcsqDeviceComponent cells[2];
+  const uint8_t* slots[2] = {job.slots, job.slots};
+  const uint32_t* entries[2] = {job.entries, job.entries};
+  uint32_t run_rows[2] = {0, 0}, run_len[2] = {0, 0};
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const uint32_t l = uint32_t(h) * 32 + lane;
-    k[h] = l / job.n_tokens;
-    t[h] = l - k[h] * job.n_tokens;
     loaded[h] = 0xffffffffu;
+    if (by_runs) {
+      k[h] = 0;
+      t[h] = l;
+      while (k[h] < job.n_runs && t[h] >= job.runs[k[h]].n_symbols) t[h] -= job.runs[k[h]++].n_symbols;
+    } else {
+      k[h] = l / job.n_tokens;
+      t[h] = l - k[h] * job.n_tokens;
+    }
   }
   uint32_t pos = 0;     // next word
   uint64_t at_bit = 0;  // next raw bit
@@ -104,13 +114,22 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
       bool need = false;
       if (active) {  // step 1-2 of the spec with symbol i's table
         if (loaded[h] != k[h]) {
-          cells[h] = job.cells[job.first_cell + k[h]];
+          if (by_runs) {  // i < n and the runs cover n symbols (checked by the host): k[h] < n_runs
+            const EcsqDecodeRun& r = job.runs[k[h]];
+            cells[h] = *r.cell;
+            slots[h] = r.slots;
+            entries[h] = r.entries;
+            run_rows[h] = r.rows_begin;
+            run_len[h] = r.n_symbols;
+          } else {
+            cells[h] = job.cells[job.first_cell + k[h]];
+          }
           loaded[h] = k[h];
         }
         const EcsqDeviceComponent& cell = cells[h];
         const uint32_t slot = x & ((1u << cell.prob_bits) - 1u);
-        s = job.slots[cell.slot_offset + slot];
-        const uint32_t e = job.entries[cell.entry_offset + s];
+        s = slots[h][cell.slot_offset + slot];
+        const uint32_t e = entries[h][cell.entry_offset + s];
         x = (e >> 16) * (x >> cell.prob_bits) + slot - (e & 0xffffu);
         need = x < kRansStateLow;
       }
@@ -154,14 +173,18 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         if (from + nbits > n_raw) overrun = true;
         else bucket = read_bits(raw, from, nbits);
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
-        const uint64_t idx = uint64_t(job.row0 + t[h]) * job.token_stride + uint64_t(cell.component) * job.component_stride;
+        const uint32_t row = by_runs ? job.rows[run_rows[h] + t[h]] : t[h];
+        const uint64_t idx = uint64_t(job.row0 + row) * job.token_stride + uint64_t(cell.component) * job.component_stride;
         if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
         if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
       }
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
       t[h] += n_lanes;  // symbol i + n_lanes
-      if (t[h] >= job.n_tokens) {
+      if (by_runs) {
+        if (t[h] < run_len[h] && loaded[h] == k[h]) continue;  // still inside the loaded run
+        while (k[h] < job.n_runs && t[h] >= job.runs[k[h]].n_symbols) t[h] -= job.runs[k[h]++].n_symbols;
+      } else if (t[h] >= job.n_tokens) {
         const uint32_t q = t[h] / job.n_tokens;
         k[h] += q;
         t[h] -= q * job.n_tokens;

@@ -25,6 +25,16 @@ struct EcsqDeviceComponent {
   uint8_t pad = 0;
 };
 
+// A run of a chunk with token classes (format 4, docs/FORMAT.md section 10): n_symbols symbols of one
+// component with one level's cell, for the block tokens rows[rows_begin ..] of the job.
+struct EcsqDecodeRun {
+  const EcsqDeviceComponent* cell = nullptr;  // the component's cell at the run's level (device)
+  const uint8_t* slots = nullptr;             // that level's slot tables (device)
+  const uint32_t* entries = nullptr;          // that level's symbol entries (device)
+  uint32_t n_symbols = 0;                     // >= 1
+  uint32_t rows_begin = 0;
+};
+
 // One codes chunk of an ECSQ stream.
 struct EcsqDecodeJob {
   const uint8_t* chunk = nullptr;                // stored bytes (device)
@@ -43,6 +53,12 @@ struct EcsqDecodeJob {
   // component_stride M) makes a warp's 32 consecutive symbols, which are consecutive tokens of one
   // component, one contiguous store; token-major ([M][n_kept]) scatters them n_kept apart.
   uint32_t token_stride = 0, component_stride = 0;
+  // Token classes (format 4): the chunk's runs in order (cells, slots, entries and first_cell unused),
+  // and its tokens' offsets from row0 in run order (class 1, then class 0). Null without classes:
+  // then one run per component with a cell, n_tokens symbols each, in token order.
+  const EcsqDecodeRun* runs = nullptr;
+  const uint32_t* rows = nullptr;
+  uint32_t n_runs = 0;
 };
 
 enum EcsqDecodeStatus : uint32_t {

@@ -1,5 +1,8 @@
 #include "cuda/gpu_decoder.hpp"
 
+#include "core/token_classes.hpp"
+#include "cuda/ecsq_class_runs.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -7,7 +10,9 @@
 #include <string>
 #include <tuple>
 
+#include "core/token_classes.hpp"
 #include "cuda/cublas_common.hpp"
+#include "cuda/ecsq_class_runs.hpp"
 #include "cuda/ecsq_decode.cuh"
 #include "cuda/fp8_convert.cuh"
 #include "cuda/restore_kernels.cuh"
@@ -18,13 +23,6 @@
 namespace kvtc::cuda {
 
 namespace {
-
-template <typename T>
-Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
-  KVTC_RETURN_IF_ERROR(buf.reserve(v.size() * sizeof(T)));
-  if (!v.empty()) KVTC_CUDA_RETURN(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
-  return Status::ok();
-}
 
 // Copies v into a buffer already sized for it (decode() sizes every buffer before its first copy).
 template <typename T>
@@ -92,70 +90,6 @@ double event_seconds(cudaEvent_t a, cudaEvent_t b) {
 }
 
 }  // namespace
-
-Status GpuCalibration::upload(const CalibrationData& cal, bool f32, bool bf16, int64_t max_rows, cudaStream_t stream) {
-  shape = cal.shape;
-  fingerprint = cal.fingerprint;
-  ecsq_levels = std::make_shared<EcsqLevelCache>();
-  has_f32 = f32;
-  has_bf16 = bf16;
-  const int64_t p = cal.shape.n_features();
-  for (int s = 0; s < 2; ++s) {
-    const PcaBasis& pca = s == 0 ? cal.key.pca : cal.value.pca;
-    if (int64_t(pca.mean.size()) != p || int64_t(pca.components.size()) != pca.rank * p)
-      return invalid_argument("calibration basis has the wrong size");
-    rank[s] = pca.rank;
-    rows[s] = max_rows < 0 ? pca.rank : std::min(max_rows, pca.rank);
-    KVTC_RETURN_IF_ERROR(upload_vector(mean[s], pca.mean, stream));
-    const size_t n = size_t(rows[s] * p);
-    if (f32) {
-      KVTC_RETURN_IF_ERROR(basis_f32[s].reserve(n * sizeof(float)));
-      KVTC_CUDA_RETURN(cudaMemcpyAsync(basis_f32[s].get(), pca.components.data(), n * sizeof(float),
-                                       cudaMemcpyHostToDevice, stream));
-    }
-    if (bf16) {
-      std::vector<uint16_t> h(n);
-      for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(pca.components[i]);
-      KVTC_RETURN_IF_ERROR(upload_vector(basis_bf16[s], h, stream));
-      KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // h is freed on return
-    }
-  }
-  KVTC_RETURN_IF_ERROR(upload_vector(inv_freq, cal.shape.rope.inv_freq(cal.shape.head_dim), stream));
-  KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
-  has_fp8 = false;
-  return Status::ok();
-}
-
-Status GpuCalibration::upload_fp8(const CalibrationData& cal, cudaStream_t stream) {
-  if (cal.fingerprint != fingerprint) return invalid_argument("upload_fp8 needs the calibration upload() was given");
-  const int64_t p = shape.n_features();
-  for (int s = 0; s < 2; ++s) {
-    const PcaBasis& pca = s == 0 ? cal.key.pca : cal.value.pca;
-    rows_fp8[s] = fp8_padded(rows[s]);
-    DeviceBuffer staged;  // the fp32 rows, where upload() kept none
-    const float* src = basis_f32[s].as<float>();
-    if (!has_f32) {
-      KVTC_RETURN_IF_ERROR(staged.reserve(size_t(rows[s] * p) * sizeof(float)));
-      KVTC_CUDA_RETURN(cudaMemcpyAsync(staged.get(), pca.components.data(), size_t(rows[s] * p) * sizeof(float),
-                                       cudaMemcpyHostToDevice, stream));
-      src = staged.as<float>();
-    }
-    KVTC_RETURN_IF_ERROR(basis_fp8[s].reserve(size_t(p * rows_fp8[s])));
-    KVTC_RETURN_IF_ERROR(fp8_scale[s].reserve(kFp8ScaleFloats * sizeof(float)));
-    KVTC_CUDA_RETURN(cudaMemsetAsync(fp8_scale[s].get(), 0, kFp8ScaleFloats * sizeof(float), stream));
-    Fp8Source fs;  // the basis is [rows][p]: the copy is its transpose, [p][rows_fp8]
-    fs.data = src;
-    fs.transposed = true;
-    fs.ld = p;
-    fs.rows = p;
-    fs.components = rows[s];
-    KVTC_CUDA_RETURN(launch_abs_max(fs, fp8_scale[s].as<float>(), stream));
-    KVTC_CUDA_RETURN(launch_to_e4m3(fs, fp8_scale[s].as<float>(), basis_fp8[s].as<uint8_t>(), rows_fp8[s], stream));
-    KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));  // staged is freed on return
-  }
-  has_fp8 = true;
-  return Status::ok();
-}
 
 GpuBatchDecoder::~GpuBatchDecoder() {
   if (side_) cudaStreamSynchronize(side_);
@@ -261,9 +195,6 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     seqs_[q].container = std::move(parsed).value();
     const ContainerHeader& h = seqs_[q].container.header;
     KVTC_RETURN_IF_ERROR(check_container_matches(cal, h).with_context("sequence " + std::to_string(q)));
-    if (h.token_classes())
-      return unsupported("sequence " + std::to_string(q) + ": token-adaptive rate (container format 4, token classes) "
-                         "is not decoded on the GPU yet; decode it on the CPU");
     payload_base[q] = payload_total;
     payload_total += containers[q].second - seqs_[q].container.payload_offset;
     raw_off[q].resize(h.chunks.size());
@@ -321,6 +252,13 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   // Dequantise and exact-conversion jobs; coefficient, component-table and exact buffers.
   std::vector<DequantJob> djobs_f32, djobs_bf16;
   std::vector<EcsqDecodeJob> ecsq_jobs;
+  // Format 4 (token classes): the runs and token rows of its chunks; jobs hold offsets into these until
+  // their buffers exist. Sized by bounds known without the levels (2 runs per component, a row per
+  // token), so that planning a workspace counts the same bytes.
+  std::vector<EcsqDecodeRun> class_runs;
+  std::vector<uint32_t> class_rows;
+  std::vector<std::pair<size_t, size_t>> job_first_run;  // (job, its first run in class_runs)
+  size_t class_runs_bound = 0, class_rows_bound = 0;
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
@@ -347,12 +285,24 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     if (options.want_fp8) KVTC_RETURN_IF_ERROR(alloc(seq.fp8_scale, 2 * kFp8ScaleFloats * sizeof(float)));
     // Codec 3 streams: their level's tables on the device (not needed to plan a workspace).
     const EcsqDeviceLevel* level[2] = {nullptr, nullptr};
+    const EcsqDeviceLevel* level_high[2] = {nullptr, nullptr};
     for (int s = 0; s < 2 && !plan_only_; ++s)
       if (h.streams[s].ecsq()) {
-        auto lv = gcal.ecsq_levels->get(s == 0 ? cal.key.ecsq : cal.value.ecsq, s, h.streams[s].ecsq_level, stream);
+        const EcsqModel& model = s == 0 ? cal.key.ecsq : cal.value.ecsq;
+        auto lv = gcal.ecsq_levels->get(model, s, h.streams[s].ecsq_level, stream);
         if (!lv.is_ok()) return lv.status().with_context("sequence " + std::to_string(q));
         level[s] = *lv;
+        if (!h.streams[s].token_classes()) continue;
+        auto hv = gcal.ecsq_levels->get(model, s, h.streams[s].ecsq_level_high, stream);
+        if (!hv.is_ok()) return hv.status().with_context("sequence " + std::to_string(q));
+        level_high[s] = *hv;
       }
+    std::vector<uint8_t> classes;  // the class map, read on the host (format 4)
+    if (h.token_classes() && !plan_only_) {
+      auto cls = read_token_classes(h, containers[q].first + seq.container.payload_offset, verify_checksums);
+      if (!cls.is_ok()) return cls.status().with_context("sequence " + std::to_string(q));
+      classes = std::move(cls).value();
+    }
     std::map<std::pair<int, uint32_t>, size_t> side_of;
     for (size_t i = 0; i < h.chunks.size(); ++i)
       if (h.chunks[i].kind == ChunkKind::kSide) side_of[{h.chunks[i].stream, h.chunks[i].token_begin}] = i;
@@ -388,6 +338,11 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       if (c.kind != ChunkKind::kCodes) continue;
       if (c.coder == ChunkCoder::kEcsqRans) {
         ecsq_job_chunk.push_back({uint32_t(q), uint32_t(i)});
+        const bool by_class = h.streams[c.stream].token_classes();
+        if (by_class) {
+          class_runs_bound += 2 * size_t(c.n_items);
+          class_rows_bound += c.n_tokens;
+        }
         if (plan_only_) {
           ecsq_jobs.emplace_back();
           continue;
@@ -395,11 +350,22 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         const EcsqDeviceLevel& lv = *level[c.stream];
         const uint32_t c1 = c.item_begin + c.n_items;
         const std::string where = "sequence " + std::to_string(q) + " chunk " + std::to_string(i);
-        if (c1 > lv.n_kept || c.n_tokens == 0) return corrupt(where + ": components beyond the ECSQ level's kept ones");
-        if (uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens != c.raw_bytes)
-          return corrupt(where + ": " + std::to_string(c.raw_bytes) + " symbols, the ECSQ level needs " +
-                         std::to_string(uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens));
         EcsqDecodeJob e;
+        if (by_class) {
+          job_first_run.push_back({ecsq_jobs.size(), class_runs.size()});  // pointers once allocated
+          auto n = append_class_runs(lv, *level_high[c.stream], classes.data() + (c.token_begin - h.n_head_exact),
+                                     c.n_tokens, c.item_begin, c1, class_runs, class_rows);
+          if (!n.is_ok()) return n.status().with_context(where);
+          if (*n != c.raw_bytes)
+            return corrupt(where + ": " + std::to_string(c.raw_bytes) + " symbols, the class map and levels need " +
+                           std::to_string(*n));
+          e.n_runs = uint32_t(class_runs.size() - job_first_run.back().second);
+        } else {
+          if (c1 > lv.n_kept || c.n_tokens == 0) return corrupt(where + ": components beyond the ECSQ level's kept ones");
+          if (uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens != c.raw_bytes)
+            return corrupt(where + ": " + std::to_string(c.raw_bytes) + " symbols, the ECSQ level needs " +
+                           std::to_string(uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens));
+        }
         e.chunk = payload_.as<uint8_t>() + payload_base[q] + c.offset;
         e.cells = lv.cells_dev.as<EcsqDeviceComponent>();
         e.slots = lv.slots_dev.as<uint8_t>();
@@ -451,6 +417,12 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(alloc(inflate_jobs_, ijobs.size() * sizeof(InflateJob)));
   KVTC_RETURN_IF_ERROR(alloc(dequant_jobs_, djobs.size() * sizeof(DequantJob)));
   KVTC_RETURN_IF_ERROR(alloc(ecsq_jobs_, ecsq_jobs.size() * sizeof(EcsqDecodeJob)));
+  KVTC_RETURN_IF_ERROR(alloc(class_runs_, class_runs_bound * sizeof(EcsqDecodeRun)));
+  KVTC_RETURN_IF_ERROR(alloc(class_rows_, class_rows_bound * sizeof(uint32_t)));
+  for (const auto& [job, first_run] : job_first_run) {
+    ecsq_jobs[job].runs = class_runs_.as<EcsqDecodeRun>() + first_run;
+    ecsq_jobs[job].rows = class_rows_.as<uint32_t>();
+  }
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
   if (plan_only_) return Status::ok();
@@ -468,6 +440,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(copy_to(inflate_jobs_, ijobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(dequant_jobs_, djobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(ecsq_jobs_, ecsq_jobs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(class_runs_, class_runs, stream));
+  KVTC_RETURN_IF_ERROR(copy_to(class_rows_, class_rows, stream));
   KVTC_RETURN_IF_ERROR(copy_to(exact_jobs_, ejobs, stream));
   for (size_t q = 0; q < seqs_.size(); ++q)
     for (int s = 0; s < 2; ++s) KVTC_RETURN_IF_ERROR(copy_to(seqs_[q].comps[s], comp_tables[2 * q + size_t(s)], stream));

@@ -24,14 +24,6 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 uint64_t align16(uint64_t x) { return (x + 15) & ~uint64_t(15); }
 
-template <typename T>
-Status upload_vector(DeviceBuffer& buf, const std::vector<T>& v, cudaStream_t stream) {
-  KVTC_RETURN_IF_ERROR(buf.reserve(v.size() * sizeof(T)));
-  if (!v.empty())
-    KVTC_CUDA_RETURN(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
-  return Status::ok();
-}
-
 // Device time per stage: pairs of CUDA events, summed after the final synchronisation.
 class StageClock {
  public:
