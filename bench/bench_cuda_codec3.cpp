@@ -6,7 +6,8 @@
 //
 //   kvtc_bench_cuda_codec3 CAL1[,CAL2...] TEST1[,TEST2...] [ratios, default 8,16,32] [copies, default 64] [reps, default 7]
 //
-// One JSON object per (test cache, ratio, codec) on stdout: compressed codes bytes, symbols, GPU
+// One JSON object per (test cache, ratio, codec, and codec 3 with token classes where the cache has
+// queries to score tokens with) on stdout: compressed codes bytes, symbols, GPU
 // entropy-stage seconds (median of reps) and GB/s of stored codes in, CPU decode seconds (all cores),
 // and the bf16 restore of one decoded container's layers (reconstruction GEMMs and epilogues).
 #include <cuda_runtime.h>
@@ -76,12 +77,23 @@ int run(int argc, char** argv) {
   for (const std::string& path : test_paths) {
     auto cache = read_cache(path);
     if (!cache.is_ok()) return fail(cache.status(), path.c_str());
+    // Format 4 (codec 3 with token classes) where the cache has queries to score its tokens with.
+    std::vector<float> importance;
+    if (cache->n_query > 0) {
+      const int64_t a = std::min<int64_t>(cd.n_sink_tokens, cache->n_tokens);
+      auto imp = attention_importance(*cache, a, std::max<int64_t>(a, cache->n_tokens - cd.n_window_tokens));
+      if (!imp.is_ok()) return fail(imp.status(), "importance");
+      importance = std::move(imp).value();
+    }
     for (double ratio : ratios)
-      for (int codec : {2, 3}) {
+      for (int variant : {2, 3, 4}) {
+        if (variant == 4 && importance.empty()) continue;
+        const int codec = variant == 4 ? 3 : variant;
         EncodeOptions eo;
         eo.codec = codec;
         eo.target_ratio = ratio;
         eo.measure_error = false;
+        if (variant == 4) eo.token_importance = importance;
         auto enc = encode(*cal, *cache, eo);
         if (!enc.is_ok()) return fail(enc.status(), "encode");
         const std::vector<uint8_t>& bytes = enc->bytes;
@@ -168,12 +180,12 @@ int run(int argc, char** argv) {
         }
         const double gpu = median(stage_s);
         std::printf(
-            "{\"cache\": \"%s\", \"ratio\": %g, \"codec\": %d, \"file_bytes\": %zu, \"codes_stored_bytes\": %.0f, "
+            "{\"cache\": \"%s\", \"ratio\": %g, \"codec\": %d, \"token_classes\": %s, \"file_bytes\": %zu, \"codes_stored_bytes\": %.0f, "
             "\"symbols\": %.0f, \"coef_match_cpu\": %s, \"copies\": %d, \"gpu_entropy_dequant_s\": %.6f, "
             "\"gpu_codes_GBps\": %.2f, \"gpu_Gsym_per_s\": %.2f, \"gpu_decode_wall_s\": %.6f, "
             "\"cpu_decode_coefficients_s\": %.6f, \"cpu_codes_GBps\": %.3f, \"kept\": [%lld, %lld], "
             "\"restore_bf16_s\": %.6f, \"restore_TFLOPs\": %.1f}\n",
-            path.c_str(), ratio, codec, bytes.size(), codes_stored, symbols, match ? "true" : "false", copies, gpu,
+            path.c_str(), ratio, codec, variant == 4 ? "true" : "false", bytes.size(), codes_stored, symbols, match ? "true" : "false", copies, gpu,
             codes_stored * copies / gpu * 1e-9, symbols * copies / gpu * 1e-9, median(wall_s), median(cpu_s),
             codes_stored / median(cpu_s) * 1e-9, static_cast<long long>(dec.sequence(0).n_kept[0]),
             static_cast<long long>(dec.sequence(0).n_kept[1]), median(restore_s), gemm_flop / median(restore_s) * 1e-12);
