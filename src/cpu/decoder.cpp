@@ -10,8 +10,8 @@
 
 #include "core/chunk_codec.hpp"
 #include "core/ecsq_chunk.hpp"
-#include "core/token_classes.hpp"
 #include "core/rope.hpp"
+#include "core/token_classes.hpp"
 #include "cpu/cpu_backend.hpp"
 #include "entropy/deflate.hpp"
 #include "util/half.hpp"
