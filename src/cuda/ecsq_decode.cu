@@ -78,24 +78,35 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   const uint32_t n_words = stream_bytes / 2;
   const uint32_t halves = (n_lanes + 31) / 32;
   // Cursors of the thread's rANS lanes `lane` (h = 0) and `lane + 32` (h = 1): symbol i = round + l
-  // of the chunk is token t[h] of its k[h]-th component with a cell (with token classes: offset t[h]
-  // in run k[h]). They advance by n_lanes a round, dividing only when they cross into another
-  // component, and the component's descriptor is loaded only when k changes (every n_tokens / n_lanes
-  // rounds), so a round's dependent loads are the table slot, the symbol entry and the word.
-  const bool by_runs = job.runs != nullptr;  // warp-uniform
+  // of the chunk is token t[h] of its k[h]-th component with a cell. They advance by n_lanes a round,
+  // dividing only when they cross into another component, and the component's descriptor is loaded
+  // only when k changes (every n_tokens / n_lanes rounds), so a round's dependent loads are the table
+  // slot, the symbol entry and the word. With token classes k[h] = 2 j + (1 - class) walks the runs
+  // of the chunk's components j (run_length: 0 where the class's level has no cell for j).
+  const bool by_class = job.rows != nullptr;  // warp-uniform
   uint32_t t[2], k[2], loaded[2];
   EcsqDeviceComponent cells[2];
   const uint8_t* slots[2] = {job.slots, job.slots};
   const uint32_t* entries[2] = {job.entries, job.entries};
-  uint32_t run_rows[2] = {0, 0}, run_len[2] = {0, 0};
+  uint32_t run_rows[2] = {0, 0}, run_len[2] = {0, 0};  // run_len[h]: run_length(k[h]) once walked
+  const uint32_t k_end = 2 * job.c1;
+  auto run_length = [&](uint32_t kk) -> uint32_t {
+    const uint32_t j = kk >> 1;
+    if ((kk & 1u) == 0)  // class 1 at the high level
+      return j < job.high_n_kept && job.high_cells_before[j + 1] > job.high_cells_before[j] ? job.n_high : 0u;
+    return j < job.n_kept && job.cells_before[j + 1] > job.cells_before[j] ? job.n_tokens - job.n_high : 0u;
+  };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const uint32_t l = uint32_t(h) * 32 + lane;
     loaded[h] = 0xffffffffu;
-    if (by_runs) {
-      k[h] = 0;
+    if (by_class) {
+      k[h] = 2 * job.c0;
       t[h] = l;
-      while (k[h] < job.n_runs && t[h] >= job.runs[k[h]].n_symbols) t[h] -= job.runs[k[h]++].n_symbols;
+      while (k[h] < k_end && t[h] >= (run_len[h] = run_length(k[h]))) {
+        t[h] -= run_len[h];
+        ++k[h];
+      }
     } else {
       k[h] = l / job.n_tokens;
       t[h] = l - k[h] * job.n_tokens;
@@ -114,13 +125,19 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
       bool need = false;
       if (active) {  // step 1-2 of the spec with symbol i's table
         if (loaded[h] != k[h]) {
-          if (by_runs) {  // i < n and the runs cover n symbols (checked by the host): k[h] < n_runs
-            const EcsqDecodeRun& r = job.runs[k[h]];
-            cells[h] = *r.cell;
-            slots[h] = r.slots;
-            entries[h] = r.entries;
-            run_rows[h] = r.rows_begin;
-            run_len[h] = r.n_symbols;
+          if (by_class) {  // i < n and the runs hold n symbols (checked by the host): k[h] < k_end
+            const uint32_t j = k[h] >> 1;
+            if ((k[h] & 1u) == 0) {
+              cells[h] = job.high_cells[job.high_cells_before[j]];
+              slots[h] = job.high_slots;
+              entries[h] = job.high_entries;
+              run_rows[h] = 0;
+            } else {
+              cells[h] = job.cells[job.cells_before[j]];
+              slots[h] = job.slots;
+              entries[h] = job.entries;
+              run_rows[h] = job.n_high;
+            }
           } else {
             cells[h] = job.cells[job.first_cell + k[h]];
           }
@@ -173,7 +190,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         if (from + nbits > n_raw) overrun = true;
         else bucket = read_bits(raw, from, nbits);
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
-        const uint32_t row = by_runs ? job.rows[run_rows[h] + t[h]] : t[h];
+        const uint32_t row = by_class ? job.rows[run_rows[h] + t[h]] : t[h];
         const uint64_t idx = uint64_t(job.row0 + row) * job.token_stride + uint64_t(cell.component) * job.component_stride;
         if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
         if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -181,9 +198,11 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
       t[h] += n_lanes;  // symbol i + n_lanes
-      if (by_runs) {
-        if (t[h] < run_len[h] && loaded[h] == k[h]) continue;  // still inside the loaded run
-        while (k[h] < job.n_runs && t[h] >= job.runs[k[h]].n_symbols) t[h] -= job.runs[k[h]++].n_symbols;
+      if (by_class) {
+        while (k[h] < k_end && t[h] >= run_len[h]) {  // run_len[h] is k[h]'s: cross into the next runs
+          t[h] -= run_len[h];
+          if (++k[h] < k_end) run_len[h] = run_length(k[h]);
+        }
       } else if (t[h] >= job.n_tokens) {
         const uint32_t q = t[h] / job.n_tokens;
         k[h] += q;

@@ -25,16 +25,6 @@ struct EcsqDeviceComponent {
   uint8_t pad = 0;
 };
 
-// A run of a chunk with token classes (format 4, docs/FORMAT.md section 10): n_symbols symbols of one
-// component with one level's cell, for the block tokens rows[rows_begin ..] of the job.
-struct EcsqDecodeRun {
-  const EcsqDeviceComponent* cell = nullptr;  // the component's cell at the run's level (device)
-  const uint8_t* slots = nullptr;             // that level's slot tables (device)
-  const uint32_t* entries = nullptr;          // that level's symbol entries (device)
-  uint32_t n_symbols = 0;                     // >= 1
-  uint32_t rows_begin = 0;
-};
-
 // One codes chunk of an ECSQ stream.
 struct EcsqDecodeJob {
   const uint8_t* chunk = nullptr;                // stored bytes (device)
@@ -53,12 +43,20 @@ struct EcsqDecodeJob {
   // component_stride M) makes a warp's 32 consecutive symbols, which are consecutive tokens of one
   // component, one contiguous store; token-major ([M][n_kept]) scatters them n_kept apart.
   uint32_t token_stride = 0, component_stride = 0;
-  // Token classes (format 4): the chunk's runs in order (cells, slots, entries and first_cell unused),
-  // and its tokens' offsets from row0 in run order (class 1, then class 0). Null without classes:
-  // then one run per component with a cell, n_tokens symbols each, in token order.
-  const EcsqDecodeRun* runs = nullptr;
+  // Token classes (format 4, docs/FORMAT.md section 10): rows != null. The chunk's components are
+  // [c0, c1); for each, a run of its n_high class-1 tokens at the high level (high_cells / slots /
+  // entries) if that level has a cell there, then a run of its n_tokens - n_high class-0 tokens at the
+  // base level (cells / slots / entries; first_cell unused). A level has a cell for component j when
+  // j < its n_kept and cells_before[j + 1] > cells_before[j] (the level's count of components with a
+  // cell before j, [n_kept + 1]); that cell is cells[cells_before[j]]. rows: the block's token offsets
+  // from row0, class-1 tokens first, each class in token order.
   const uint32_t* rows = nullptr;
-  uint32_t n_runs = 0;
+  const uint32_t* cells_before = nullptr;
+  const EcsqDeviceComponent* high_cells = nullptr;
+  const uint8_t* high_slots = nullptr;
+  const uint32_t* high_entries = nullptr;
+  const uint32_t* high_cells_before = nullptr;
+  uint32_t c0 = 0, c1 = 0, n_kept = 0, high_n_kept = 0, n_high = 0;
 };
 
 enum EcsqDecodeStatus : uint32_t {

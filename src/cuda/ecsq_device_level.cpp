@@ -52,6 +52,7 @@ Result<const EcsqDeviceLevel*> EcsqLevelCache::get(const EcsqModel& model, int s
   KVTC_RETURN_IF_ERROR(upload(lv->cells_dev, lv->cells.data(), lv->cells.size() * sizeof(EcsqDeviceComponent)));
   KVTC_RETURN_IF_ERROR(upload(lv->slots_dev, lv->slots.data(), lv->slots.size()));
   KVTC_RETURN_IF_ERROR(upload(lv->entries_dev, lv->entries.data(), lv->entries.size() * sizeof(uint32_t)));
+  KVTC_RETURN_IF_ERROR(upload(lv->cells_before_dev, lv->cells_before.data(), lv->cells_before.size() * sizeof(uint32_t)));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
   lv->cells = {};  // on the device now
   lv->slots = {};

@@ -26,6 +26,7 @@ struct EcsqDeviceLevel {
   std::vector<uint8_t> slots;              // each cell's 2^prob_bits slot -> symbol bytes
   std::vector<uint32_t> entries;           // each cell's alphabet of freq << 16 | cum
   DeviceBuffer cells_dev, slots_dev, entries_dev;
+  DeviceBuffer cells_before_dev;           // cells_before on the device (token classes walk it)
 
   // Cells of components [c0, c1) (c0 <= c1 <= n_kept).
   uint32_t cells_in(uint32_t c0, uint32_t c1) const { return cells_before[c1] - cells_before[c0]; }

@@ -1,8 +1,5 @@
 #include "cuda/gpu_decoder.hpp"
 
-#include "core/token_classes.hpp"
-#include "cuda/ecsq_class_runs.hpp"
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -12,7 +9,7 @@
 
 #include "core/token_classes.hpp"
 #include "cuda/cublas_common.hpp"
-#include "cuda/ecsq_class_runs.hpp"
+#include "cuda/ecsq_classes.hpp"
 #include "cuda/ecsq_decode.cuh"
 #include "cuda/fp8_convert.cuh"
 #include "cuda/restore_kernels.cuh"
@@ -252,13 +249,12 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   // Dequantise and exact-conversion jobs; coefficient, component-table and exact buffers.
   std::vector<DequantJob> djobs_f32, djobs_bf16;
   std::vector<EcsqDecodeJob> ecsq_jobs;
-  // Format 4 (token classes): the runs and token rows of its chunks; jobs hold offsets into these until
-  // their buffers exist. Sized by bounds known without the levels (2 runs per component, a row per
-  // token), so that planning a workspace counts the same bytes.
-  std::vector<EcsqDecodeRun> class_runs;
+  // Format 4 (token classes): each token block's rows (class-1 tokens first), shared by the block's
+  // chunks; jobs hold offsets into class_rows until its buffer exists. Sized by a bound known without
+  // the levels (a row per compressed token and stream), so that planning a workspace counts the same.
   std::vector<uint32_t> class_rows;
-  std::vector<std::pair<size_t, size_t>> job_first_run;  // (job, its first run in class_runs)
-  size_t class_runs_bound = 0, class_rows_bound = 0;
+  std::vector<std::pair<size_t, size_t>> job_rows;  // (job, its block's first row in class_rows)
+  size_t class_rows_bound = 0;
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
@@ -298,6 +294,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         level_high[s] = *hv;
       }
     std::vector<uint8_t> classes;  // the class map, read on the host (format 4)
+    std::map<std::pair<int, uint32_t>, std::pair<size_t, uint32_t>> block_rows;  // (stream, token_begin) -> (row offset, n_high)
+    if (h.token_classes()) class_rows_bound += 2 * size_t(h.n_compressed_tokens());
     if (h.token_classes() && !plan_only_) {
       auto cls = read_token_classes(h, containers[q].first + seq.container.payload_offset, verify_checksums);
       if (!cls.is_ok()) return cls.status().with_context("sequence " + std::to_string(q));
@@ -339,10 +337,6 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
       if (c.coder == ChunkCoder::kEcsqRans) {
         ecsq_job_chunk.push_back({uint32_t(q), uint32_t(i)});
         const bool by_class = h.streams[c.stream].token_classes();
-        if (by_class) {
-          class_runs_bound += 2 * size_t(c.n_items);
-          class_rows_bound += c.n_tokens;
-        }
         if (plan_only_) {
           ecsq_jobs.emplace_back();
           continue;
@@ -352,14 +346,28 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         const std::string where = "sequence " + std::to_string(q) + " chunk " + std::to_string(i);
         EcsqDecodeJob e;
         if (by_class) {
-          job_first_run.push_back({ecsq_jobs.size(), class_runs.size()});  // pointers once allocated
-          auto n = append_class_runs(lv, *level_high[c.stream], classes.data() + (c.token_begin - h.n_head_exact),
-                                     c.n_tokens, c.item_begin, c1, class_runs, class_rows);
-          if (!n.is_ok()) return n.status().with_context(where);
-          if (*n != c.raw_bytes)
+          const EcsqDeviceLevel& hv = *level_high[c.stream];
+          if (c1 > std::max(lv.n_kept, hv.n_kept)) return corrupt(where + ": components beyond the ECSQ levels' kept ones");
+          auto [it, fresh] = block_rows.try_emplace({c.stream, c.token_begin}, class_rows.size(), 0u);
+          if (fresh)
+            it->second.second =
+                append_block_rows(classes.data() + (c.token_begin - h.n_head_exact), c.n_tokens, class_rows);
+          const uint32_t n_high = it->second.second;
+          const uint64_t n = class_chunk_symbols(lv, hv, c.item_begin, c1, c.n_tokens - n_high, n_high);
+          if (n != c.raw_bytes)
             return corrupt(where + ": " + std::to_string(c.raw_bytes) + " symbols, the class map and levels need " +
-                           std::to_string(*n));
-          e.n_runs = uint32_t(class_runs.size() - job_first_run.back().second);
+                           std::to_string(n));
+          job_rows.push_back({ecsq_jobs.size(), it->second.first});  // a pointer once allocated
+          e.cells_before = lv.cells_before_dev.as<uint32_t>();
+          e.high_cells = hv.cells_dev.as<EcsqDeviceComponent>();
+          e.high_slots = hv.slots_dev.as<uint8_t>();
+          e.high_entries = hv.entries_dev.as<uint32_t>();
+          e.high_cells_before = hv.cells_before_dev.as<uint32_t>();
+          e.c0 = c.item_begin;
+          e.c1 = c1;
+          e.n_kept = lv.n_kept;
+          e.high_n_kept = hv.n_kept;
+          e.n_high = n_high;
         } else {
           if (c1 > lv.n_kept || c.n_tokens == 0) return corrupt(where + ": components beyond the ECSQ level's kept ones");
           if (uint64_t(lv.cells_in(c.item_begin, c1)) * c.n_tokens != c.raw_bytes)
@@ -417,12 +425,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(alloc(inflate_jobs_, ijobs.size() * sizeof(InflateJob)));
   KVTC_RETURN_IF_ERROR(alloc(dequant_jobs_, djobs.size() * sizeof(DequantJob)));
   KVTC_RETURN_IF_ERROR(alloc(ecsq_jobs_, ecsq_jobs.size() * sizeof(EcsqDecodeJob)));
-  KVTC_RETURN_IF_ERROR(alloc(class_runs_, class_runs_bound * sizeof(EcsqDecodeRun)));
   KVTC_RETURN_IF_ERROR(alloc(class_rows_, class_rows_bound * sizeof(uint32_t)));
-  for (const auto& [job, first_run] : job_first_run) {
-    ecsq_jobs[job].runs = class_runs_.as<EcsqDecodeRun>() + first_run;
-    ecsq_jobs[job].rows = class_rows_.as<uint32_t>();
-  }
+  for (const auto& [job, first_row] : job_rows) ecsq_jobs[job].rows = class_rows_.as<uint32_t>() + first_row;
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
   if (plan_only_) return Status::ok();
@@ -440,7 +444,6 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(copy_to(inflate_jobs_, ijobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(dequant_jobs_, djobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(ecsq_jobs_, ecsq_jobs, stream));
-  KVTC_RETURN_IF_ERROR(copy_to(class_runs_, class_runs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(class_rows_, class_rows, stream));
   KVTC_RETURN_IF_ERROR(copy_to(exact_jobs_, ejobs, stream));
   for (size_t q = 0; q < seqs_.size(); ++q)

@@ -162,7 +162,7 @@ class GpuBatchDecoder {
   bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;
   DeviceBuffer payload_, raw_, inflate_jobs_, status_, dequant_jobs_, ecsq_jobs_, exact_jobs_, tmp_;
-  DeviceBuffer class_runs_, class_rows_;  // format 4: EcsqDecodeRun and token rows of the codec 3 jobs
+  DeviceBuffer class_rows_;  // format 4: the token rows of each block with classes (class-1 tokens first)
 };
 
 }  // namespace kvtc::cuda
