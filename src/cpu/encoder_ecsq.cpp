@@ -35,6 +35,7 @@ constexpr uint32_t kSearchLevelsFiner = 16;
 struct ChunkJob {
   int64_t b0, n;
   uint32_t c0, c1;
+  uint64_t n_high;  // the block's class-1 tokens (0 without classes)
 };
 
 // The chunks of a level (and, with token classes, the high class's level `high` for the tokens that
@@ -48,7 +49,7 @@ std::vector<ChunkJob> chunk_jobs(const EcsqLevel& level, const EcsqLevel* high, 
     if (classes != nullptr)
       for (int64_t t = b0; t < b0 + n; ++t) n_high += classes[t];
     for (const auto& [c0, c1] : ecsq_split_components(level, high, uint64_t(n) - n_high, n_high, kRansMaxChunkSymbols))
-      jobs.push_back({b0, n, c0, c1});
+      jobs.push_back({b0, n, c0, c1, n_high});
   }
   return jobs;
 }
@@ -179,10 +180,8 @@ Status encode_stream_ecsq(const CalibrationData& cal, const CacheView& cache, St
       e.n_tokens = uint32_t(j.n);
       e.item_begin = j.c0;
       e.n_items = j.c1 - j.c0;
-      uint64_t n_high = 0;
-      for (int64_t t = 0; block_classes != nullptr && t < j.n; ++t) n_high += block_classes[t];
-      e.raw_bytes =
-          uint32_t(ecsq_chunk_symbols(model.levels[level], high_level(level), uint64_t(j.n) - n_high, n_high, j.c0, j.c1));
+      e.raw_bytes = uint32_t(
+          ecsq_chunk_symbols(model.levels[level], high_level(level), uint64_t(j.n) - j.n_high, j.n_high, j.c0, j.c1));
       e.stored_bytes = uint32_t(pc.stored.size());
       e.crc32 = crc32_of(pc.stored.data(), pc.stored.size());
       std::lock_guard<std::mutex> lock(time_mu);
