@@ -19,20 +19,6 @@ const Calibration& calibration() {
   return cal;
 }
 
-double relative_mse(const KVCache& a, const KVCache& b, bool keys, int64_t t0, int64_t t1) {
-  double num = 0, den = 0;
-  for (int l = 0; l < a.shape.n_layers; ++l)
-    for (int h = 0; h < a.shape.n_kv_heads; ++h)
-      for (int64_t t = t0; t < t1; ++t)
-        for (int d = 0; d < a.shape.head_dim; ++d) {
-          const double x = keys ? a.k_row(l, h, t)[d] : a.v_row(l, h, t)[d];
-          const double y = keys ? b.k_row(l, h, t)[d] : b.v_row(l, h, t)[d];
-          num += (x - y) * (x - y);
-          den += x * x;
-        }
-  return num / den;
-}
-
 class CodecV3AtRatio : public ::testing::TestWithParam<double> {};
 
 TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
@@ -73,8 +59,8 @@ TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
   auto dec = decode(calibration(), enc->bytes.data(), enc->bytes.size());
   ASSERT_TRUE(dec.is_ok()) << dec.status().to_string();
   const int64_t t0 = 4, t1 = cache.n_tokens - 128;
-  EXPECT_NEAR(relative_mse(cache, *dec, true, t0, t1), r.k_relative_mse, 1e-9 + 1e-6 * r.k_relative_mse);
-  EXPECT_NEAR(relative_mse(cache, *dec, false, t0, t1), r.v_relative_mse, 1e-9 + 1e-6 * r.v_relative_mse);
+  EXPECT_NEAR(testing::squared_error(cache, *dec, true, t0, t1).relative(), r.k_relative_mse, 1e-9 + 1e-6 * r.k_relative_mse);
+  EXPECT_NEAR(testing::squared_error(cache, *dec, false, t0, t1).relative(), r.v_relative_mse, 1e-9 + 1e-6 * r.v_relative_mse);
   EXPECT_LT(r.k_relative_mse, 0.25);
   EXPECT_LT(r.v_relative_mse, 0.35);
   // Exact tokens bit for bit.

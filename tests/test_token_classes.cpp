@@ -77,18 +77,11 @@ TEST(TokenClasses, AttentionImportanceGivesEveryHeadTheSameWeightOverTheRange) {
   EXPECT_EQ(attention_importance(cache, 0, cache.n_tokens + 1).status().code(), StatusCode::kInvalidArgument);
 }
 
+// Relative squared error of token t over keys and values together.
 double relative_error(const KVCache& a, const KVCache& b, int64_t t) {
-  double num = 0, den = 0;
-  for (int l = 0; l < a.shape.n_layers; ++l)
-    for (int h = 0; h < a.shape.n_kv_heads; ++h)
-      for (int d = 0; d < a.shape.head_dim; ++d)
-        for (bool keys : {true, false}) {
-          const double x = keys ? a.k_row(l, h, t)[d] : a.v_row(l, h, t)[d];
-          const double y = keys ? b.k_row(l, h, t)[d] : b.v_row(l, h, t)[d];
-          num += (x - y) * (x - y);
-          den += x * x;
-        }
-  return num / den;
+  const testing::SquaredError k = testing::squared_error(a, b, true, t, t + 1);
+  const testing::SquaredError v = testing::squared_error(a, b, false, t, t + 1);
+  return (k.error + v.error) / (k.norm + v.norm);
 }
 
 class TokenClassesAtRatio : public ::testing::TestWithParam<double> {};

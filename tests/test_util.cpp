@@ -212,6 +212,20 @@ const CalibrationData& small_calibration_with_ecsq() {
   return data;
 }
 
+SquaredError squared_error(const KVCache& a, const KVCache& b, bool keys, int64_t t0, int64_t t1) {
+  SquaredError e;
+  for (int l = 0; l < a.shape.n_layers; ++l)
+    for (int h = 0; h < a.shape.n_kv_heads; ++h)
+      for (int64_t t = t0; t < t1; ++t)
+        for (int d = 0; d < a.shape.head_dim; ++d) {
+          const double x = keys ? a.k_row(l, h, t)[d] : a.v_row(l, h, t)[d];
+          const double y = keys ? b.k_row(l, h, t)[d] : b.v_row(l, h, t)[d];
+          e.error += (x - y) * (x - y);
+          e.norm += x * x;
+        }
+  return e;
+}
+
 OutlierCase outlier_case(int64_t n_tokens, uint64_t seed) {
   ModelShape shape;
   shape.n_layers = 2;

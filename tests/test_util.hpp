@@ -60,6 +60,15 @@ CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink,
 // calibrate() learns by default (one cache: folds are its two halves). Computed once per process.
 const CalibrationData& small_calibration_with_ecsq();
 
+// Squared error of a restored cache `b` against the original `a` over tokens [t0, t1) of one stream
+// (keys or values), every layer and head, and the squared norm of `a` there: what the encoder's
+// relative MSE reports (error / norm).
+struct SquaredError {
+  double error = 0, norm = 0;
+  double relative() const { return error / norm; }
+};
+SquaredError squared_error(const KVCache& a, const KVCache& b, bool keys, int64_t t0, int64_t t1);
+
 // Coefficients of tokens [t0, t0 + n) of a cache in a stream's basis, [n][rank] (RoPE removed from keys,
 // mean subtracted), in double precision: what tests learn ECSQ models from.
 std::vector<float> project_tokens(const KVCache& cache, const StreamCalibration& sc, Stream stream, int64_t t0,
