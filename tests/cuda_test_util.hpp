@@ -100,6 +100,19 @@ inline void expect_batch_matches_cpu(cuda::BatchDecoder& dec, const cuda::Device
   }
 }
 
+// Uploads `cal`, decodes `blobs` as one batch through the public API (default options), and holds every
+// sequence to the CPU decoder as expect_batch_matches_cpu does.
+inline void expect_batch_decode_matches_cpu(const Calibration& cal, const std::vector<std::vector<uint8_t>>& blobs) {
+  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  cuda::BatchDecoder dec;
+  std::vector<cuda::ContainerView> views;
+  for (auto& b : blobs) views.push_back({b.data(), b.size()});
+  ASSERT_TRUE(dec.decode(*dcal, views, cuda::BatchDecodeOptions{}, nullptr).is_ok());
+  ASSERT_EQ(dec.n_sequences(), int(blobs.size()));
+  expect_batch_matches_cpu(dec, *dcal, cal.data(), blobs);
+}
+
 // vLLM's paged layout against the contiguous one, for sequence 0 of a decoded batch: every layer is
 // restored both ways (for each type), through a shuffled block table of 16-token blocks with 5 blocks
 // left outside it; each token's row must be byte-identical, and the blocks outside the table untouched.

@@ -135,14 +135,7 @@ TEST(CudaTokenClasses, MixedBatchWithFormatThree) {
     blobs.push_back(enc->bytes);
   }
   blobs.push_back(encode4(*cal_data, small_test(), 32.0, 16, imp, 0.5, 16));
-  auto dcal = cuda::DeviceCalibration::upload(cal, {}, nullptr);
-  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
-  cuda::BatchDecoder dec;
-  std::vector<cuda::ContainerView> views;
-  for (auto& b : blobs) views.push_back({b.data(), b.size()});
-  ASSERT_TRUE(dec.decode(*dcal, views, cuda::BatchDecodeOptions{}, nullptr).is_ok());
-  ASSERT_EQ(dec.n_sequences(), 3);
-  testing::expect_batch_matches_cpu(dec, *dcal, *cal_data, blobs);
+  testing::expect_batch_decode_matches_cpu(cal, blobs);
 }
 
 }  // namespace
