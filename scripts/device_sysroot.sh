@@ -2,7 +2,7 @@
 # at it. The GPU machine's image lacks the Debian dev packages, so $PYSYS (default .pysys/ in the
 # checkout, in .gitignore; carry it) holds sysroot.tar.xz, made on the development machine by
 # scripts/make_device_sysroot.sh (its header lists what it holds): libdeflate, zlib, OpenBLAS, LAPACKE,
-# nlohmann-json, hiredis, GoogleTest, Google Benchmark, a pkg-config binary, and the Python build's
+# nlohmann-json, CLI11, hiredis, GoogleTest, Google Benchmark, a pkg-config binary, and the Python build's
 # wheels. Every $PYSYS/*.tar.xz is unpacked into one sysroot, $S; the pkg-config binary needs
 # libpkgconf from it, hence LD_LIBRARY_PATH first.
 PYSYS=${PYSYS:-$PWD/.pysys}

@@ -6,7 +6,7 @@
 #   scripts/make_device_sysroot.sh            # about 15 MB; carry .pysys in every device call
 # Holds, laid out as under /usr (include/, lib/x86_64-linux-gnu/ with pkgconfig/ and cmake/):
 #   libdeflate, zlib, OpenBLAS (pthread: libblas, liblapack, libopenblas, cblas.h) and LAPACKE with
-#   libgfortran and libquadmath, nlohmann-json, hiredis, GoogleTest (static) and Google Benchmark;
+#   libgfortran and libquadmath, nlohmann-json, CLI11, hiredis, GoogleTest (static) and Google Benchmark;
 #   the pkg-config binary (pkgconf, with libpkgconf) at the top; and wheels/ with scikit-build-core,
 #   pathspec, packaging and nanobind at requirements.txt's pins (scripts/device_build_python_cuda.sh).
 set -euo pipefail
@@ -15,7 +15,7 @@ arch=x86_64-linux-gnu
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkgs="libdeflate-dev libdeflate0 zlib1g-dev liblapacke-dev liblapacke libtmglib3 nlohmann-json3-dev libhiredis-dev
-      libhiredis0.14 libgtest-dev libbenchmark-dev libbenchmark1debian libopenblas-pthread-dev"
+      libhiredis0.14 libgtest-dev libbenchmark-dev libbenchmark1debian libopenblas-pthread-dev libcli11-dev"
 for p in $pkgs; do
   dpkg -L "$p" | while read -r f; do
     case "$f" in /usr/lib/$arch/openblas-pthread/*) continue ;; esac  # the generic names below instead

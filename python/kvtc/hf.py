@@ -73,12 +73,16 @@ def save_cache(past_key_values, path: str | os.PathLike, cal: kvtc.Calibration, 
 
 
 def load_cache(path: str | os.PathLike, cal: kvtc.Calibration, *, dtype: torch.dtype | None = None,
-               device: torch.device | str | None = None, config=None) -> DynamicCache:
-    """Restores a .kvtc file as a ``DynamicCache`` (batch 1), in ``dtype`` (default: the container's)
-    on ``device`` (default: CPU). Pass the model's ``config`` for models whose cache layers it shapes."""
+               device: torch.device | str | None = None, config=None, fp8: bool = False) -> DynamicCache:
+    """Restores a .kvtc file as a ``DynamicCache`` (batch 1), in ``dtype`` (default: the container's;
+    bfloat16 with ``fp8``) on ``device`` (default: CPU). Pass the model's ``config`` for models whose
+    cache layers it shapes. ``fp8=True`` reconstructs on FP8 tensor cores, as :func:`kvtc.decompress`
+    says: a CUDA ``device`` and bfloat16 output only; elsewhere it raises InvalidArgumentError."""
     with open(path, "rb") as f:
         data = f.read()
-    k, v = kvtc.decompress(cal, data, framework="torch", dtype=dtype, device=device)
+    if fp8 and dtype is None:
+        dtype = torch.bfloat16
+    k, v = kvtc.decompress(cal, data, framework="torch", dtype=dtype, device=device, fp8=fp8)
     cache = DynamicCache(config=config)
     for layer in range(k.shape[0]):
         cache.update(k[layer][None], v[layer][None], layer)

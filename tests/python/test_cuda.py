@@ -74,6 +74,22 @@ def test_fp8_reconstruction(case, codec):
         kvtc.decompress(cal, data, framework="torch", dtype=torch.float32, device="cuda", fp8=True)
 
 
+def test_load_cache_fp8(case, tmp_path):
+    """kvtc.hf.load_cache(fp8=True) gives decompress's FP8 restore as a bfloat16 DynamicCache on the GPU."""
+    import kvtc.hf
+
+    cal, keys, values = case
+    data = kvtc.compress(cal, keys, values, 16, codec=3)
+    path = tmp_path / "c.kvtc"
+    path.write_bytes(data)
+    k8, v8 = kvtc.decompress(cal, data, framework="torch", dtype=torch.bfloat16, device="cuda", fp8=True)
+    cache = kvtc.hf.load_cache(path, cal, device="cuda", fp8=True)
+    assert cache.get_seq_length() == keys[0].shape[1]
+    for l in range(cal.n_layers):
+        assert cache.layers[l].keys.dtype == torch.bfloat16 and cache.layers[l].keys.is_cuda
+        assert torch.equal(cache.layers[l].keys[0], k8[l]) and torch.equal(cache.layers[l].values[0], v8[l])
+
+
 def test_cuda_tensors_compress_to_host_bytes(case):
     cal, keys, values = case
     host = kvtc.compress(cal, keys, values, 16)

@@ -130,6 +130,20 @@ def test_fp8_is_refused_off_the_gpu_path(cal, cache):
             kvtc.decompress(cal, data, fp8=True, **kwargs)
 
 
+def test_load_cache_fp8_is_refused_off_the_gpu_path(cal, cache, tmp_path):
+    """kvtc.hf.load_cache(fp8=True) on the host raises like decompress, and restores nothing."""
+    import kvtc.hf
+
+    keys, values, _ = cache
+    path = tmp_path / "c.kvtc"
+    path.write_bytes(kvtc.compress(cal, keys, values, RATIO))
+    for kwargs in ({}, {"device": "cpu"}, {"dtype": torch.bfloat16}):
+        with pytest.raises(kvtc.InvalidArgumentError, match="fp8=True reconstructs on the GPU"):
+            kvtc.hf.load_cache(path, cal, fp8=True, **kwargs)
+    restored = kvtc.hf.load_cache(path, cal)  # without fp8 the host path restores it
+    assert restored.get_seq_length() == keys[0].shape[1]
+
+
 def test_report(cal, cache):
     keys, values, _ = cache
     rep = {}

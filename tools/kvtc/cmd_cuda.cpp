@@ -1,8 +1,9 @@
-// kvtc bench --device cuda|cpu -c MODEL.kvtcal IN.kvtc [--repeat N] [--batch B] [--fp32] [--overlap-exact]
+// kvtc bench --device cuda|cpu -c MODEL.kvtcal IN.kvtc [--repeat N] [--batch B] [--fp32 | --fp8] [--overlap-exact]
 //
-// Times restoring a compressed cache: on the GPU, decode (inflate + dequantise, B copies of the
-// container in one batch) and reconstruction of every layer into device memory; on the CPU, the
-// library's Decoder and a restore_layer loop. Prints one JSON object.
+// Times restoring a compressed cache: on the GPU, decode (entropy decode + dequantise, B copies of the
+// container in one batch) and reconstruction of every layer into device memory, in bf16 (default), fp32,
+// or bf16 output reconstructed on FP8 tensor cores (--fp8: Hopper or newer); on the CPU, the library's
+// Decoder and a restore_layer loop. Prints one JSON object.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,7 +22,7 @@ void register_cuda_commands(CLI::App& app) {
   struct Args {
     std::string cal, input, device = "cuda";
     int repeat = 5, batch = 1, threads = 0;
-    bool fp32 = false, overlap_exact = false;
+    bool fp32 = false, fp8 = false, overlap_exact = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "Time restoring a .kvtc container (GPU or CPU)");
@@ -30,7 +31,9 @@ void register_cuda_commands(CLI::App& app) {
   cmd->add_option("--device", args->device, "cuda or cpu")->check(CLI::IsMember({"cuda", "cpu"}))->capture_default_str();
   cmd->add_option("--repeat", args->repeat, "Timed repetitions (after one warm-up)")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_option("--batch", args->batch, "GPU: copies of the container decoded together")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_flag("--fp32", args->fp32, "GPU: fp32 reconstruction instead of bf16");
+  auto* fp32 = cmd->add_flag("--fp32", args->fp32, "GPU: fp32 reconstruction instead of bf16");
+  cmd->add_flag("--fp8", args->fp8, "GPU: reconstruct on FP8 (E4M3) tensor cores, bf16 output (compute capability 8.9+)")
+      ->excludes(fp32);
   cmd->add_flag("--overlap-exact", args->overlap_exact, "GPU: inflate exact-token chunks on a second stream");
   cmd->add_option("-j,--threads", args->threads, "CPU: worker threads (0: all cores)")->capture_default_str();
   cmd->callback([args] {
@@ -62,16 +65,18 @@ void register_cuda_commands(CLI::App& app) {
     cuda::DeviceCalibration::Options dopt;
     dopt.fp32 = args->fp32;
     dopt.bf16 = !args->fp32;
+    dopt.fp8 = args->fp8;
     cuda::DeviceCalibration dcal = unwrap(cuda::DeviceCalibration::upload(cal, dopt, nullptr), "uploading the calibration");
     std::vector<cuda::ContainerView> views(size_t(args->batch), {bytes.data(), bytes.size()});
     const cuda::RestoreTiming t =
-        unwrap(cuda::time_restore(dcal, views, args->repeat, args->fp32, args->overlap_exact), args->input);
+        unwrap(cuda::time_restore(dcal, views, args->repeat, args->fp32, args->overlap_exact, args->fp8), args->input);
     std::printf(
-        "{\"device\":\"cuda\",\"repeat\":%d,\"batch\":%d,\"raw_bytes\":%.0f,\"file_bytes\":%.0f,\"decode_wall_s\":%.6f,"
+        "{\"device\":\"cuda\",\"precision\":\"%s\",\"repeat\":%d,\"batch\":%d,\"raw_bytes\":%.0f,\"file_bytes\":%.0f,"
+        "\"decode_wall_s\":%.6f,"
         "\"upload_s\":%.6f,\"inflate_s\":%.6f,\"dequantize_s\":%.6f,\"exact_s\":%.6f,\"restore_s\":%.6f,"
         "\"first_layer_s\":%.6f,\"total_wall_s\":%.6f,\"restore_GBps\":%.1f}\n",
-        t.repeat, args->batch, t.raw_bytes, t.file_bytes, t.decode_wall_s, t.upload_s, t.inflate_s, t.dequantize_s,
-        t.exact_s, t.restore_s, t.first_layer_s, t.total_wall_s, t.raw_bytes / t.total_wall_s * 1e-9);
+        args->fp32 ? "fp32" : args->fp8 ? "fp8" : "bf16", t.repeat, args->batch, t.raw_bytes, t.file_bytes,
+        t.decode_wall_s, t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.restore_s, t.first_layer_s, t.total_wall_s, t.raw_bytes / t.total_wall_s * 1e-9);
 #else
     fail(unsupported("this kvtc was built without the CUDA backend (configure with -DKVTC_CUDA=ON)"), "bench --device cuda");
 #endif
