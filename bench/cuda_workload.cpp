@@ -8,6 +8,7 @@
 #include <cmath>
 #include <random>
 
+#include "core/ecsq.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
 #include "util/half.hpp"
@@ -167,7 +168,7 @@ struct FastNormal {
 
 // Builds the synthetic calibration and cache of one shape (see the file comment).
 Workload make_workload(const std::string& name, int L, int H, int D, int64_t T, const std::vector<double>* spectrum,
-                       uint64_t seed) {
+                       uint64_t seed, bool learn_ecsq, int64_t ecsq_samples) {
   const auto t_start = Clock::now();
   Workload w;
   w.name = name;
@@ -230,6 +231,16 @@ Workload make_workload(const std::string& name, int L, int H, int D, int64_t T, 
     alloc.budget_bits_per_token = budget_bits_for_ratio(p, 20.0);
     sc.allocations = {alloc};
     sc.pca.variance.assign(size_t(kept), 1.0);
+    if (learn_ecsq) {
+      // Own random stream, so that the cache below is the same with or without the models.
+      FastNormal ne{0x6a09e667f3bcc909ull ^ (seed * 2 + uint64_t(s))};
+      std::vector<float> samples(size_t(ecsq_samples * kept));
+      for (int64_t t = 0; t < ecsq_samples; ++t)
+        for (int64_t j = 0; j < kept; ++j) samples[size_t(t * kept + j)] = sigma[size_t(j)] * ne();
+      auto model = learn_ecsq_model(samples.data(), ecsq_samples, kept, p, EcsqLearnOptions{});
+      OK(model.status());
+      sc.ecsq = std::move(model).value();
+    }
     // x = mean + C V on the GPU (fp32), tokens in chunks.
     const int64_t chunk = 1024;
     std::vector<float> ch(size_t(chunk * kept)), xh(size_t(chunk * p));

@@ -4,7 +4,8 @@
 // The caches are synthetic: x = mean + C V with a dense orthonormal basis V (a Kronecker product of
 // two random orthogonal matrices) and coefficients C drawn with the reference model's PCA spectrum
 // shape (eigenvalues of data/small-calib.safetensors, resampled to p features). The allocation is a
-// fixed 20x pattern (see allocation_20x).
+// fixed 20x pattern (see allocation_20x); codec 3's ECSQ models, when asked for, are learnt from more
+// draws of the same coefficients.
 #pragma once
 
 #include <chrono>
@@ -59,7 +60,10 @@ struct Workload {
   KVCache cache;
 };
 // The synthetic calibration (20x allocation) and cache of one shape: L layers x H KV heads x D, T tokens.
+// learn_ecsq: the calibration also gets codec 3's ECSQ models, learnt from `ecsq_samples` fresh draws of
+// the same coefficient distribution (unseen data, as calibration's out-of-fold statistics are); the cache
+// is the same either way.
 Workload make_workload(const std::string& name, int L, int H, int D, int64_t T, const std::vector<double>* spectrum,
-                       uint64_t seed);
+                       uint64_t seed, bool learn_ecsq = false, int64_t ecsq_samples = 4096);
 
 }  // namespace kvtc::bench
