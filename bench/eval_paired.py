@@ -5,7 +5,7 @@ usage: bench/eval_paired.py REPORT.json [--a kvtc3] [--b kvtc] [--pairs 8:8,8.6:
 
 `kvtc eval` pairs each method with the uncompressed model only. This pairs method A at one target
 with method B at another over the trials both scored (the same prompts), per task: top-1 agreement
-(points) and KL divergence from the uncompressed model (nats per token), each as A - B with the
+(points) and KL divergence from the uncompressed model (nats per token; fidelity tasks only), each as A - B with the
 eval's interval for mean-scored tasks, mean +- 1.96 sd / sqrt(n) of the per-trial differences. A pair
 `8.6:8` compares A at 8.6x with B at 8x, e.g. two codecs at equal stored size where one of them
 overshoots its target. One markdown row per (task, pair) with both achieved ratios.
@@ -23,6 +23,8 @@ def find(rows, task, method, target):
 
 
 def paired(a, b, key):
+    if any(key not in t for t in a["trials"] + b["trials"]):
+        return None  # e.g. KL on a task scored by retrieval only
     bt = {t["trial"]: t[key] for t in b["trials"]}
     diffs = [t[key] - bt[t["trial"]] for t in a["trials"] if t["trial"] in bt]
     n = len(diffs)
@@ -59,9 +61,11 @@ def main():
             s, k = paired(a, b, "score"), paired(a, b, "kl")
             if s is None:
                 continue
+            kl = (f"{a['kl']:.4f} / {b['kl']:.4f} | {signed(k[0], 4)} [{signed(k[1], 4)}, {signed(k[2], 4)}]"
+                  if k is not None else "- | -")
             print(f"| {t} | {ta:g}x / {tb:g}x | {a['achieved_ratio']:.2f}x / {b['achieved_ratio']:.2f}x | "
                   f"{a['score']:.2f} / {b['score']:.2f} | {signed(s[0], 2)} [{signed(s[1], 2)}, {signed(s[2], 2)}] | "
-                  f"{a['kl']:.4f} / {b['kl']:.4f} | {signed(k[0], 4)} [{signed(k[1], 4)}, {signed(k[2], 4)}] | {s[3]} |")
+                  f"{kl} | {s[3]} |")
 
 
 if __name__ == "__main__":
