@@ -19,6 +19,28 @@ if(NOT KVTC_CUDA STREQUAL "OFF")
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
+    if(NOT TARGET CUDA::cublas)
+      # A toolkit without cuBLAS (nvcc alone, as on the CPU machines): take cuBLAS from the PyPI wheel
+      # nvidia-cublas (requirements.txt) in .venv, or from KVTC_CUBLAS_ROOT (a folder with include/
+      # and lib/), so that every GPU target still compiles and links; its tests then skip for want of
+      # a device. The toolkit's own cuBLAS, where there is one, always wins.
+      file(GLOB _kvtc_cublas_wheel "${PROJECT_SOURCE_DIR}/.venv/lib/python3*/site-packages/nvidia/cu13")
+      set(KVTC_CUBLAS_ROOT "${_kvtc_cublas_wheel}" CACHE PATH "cuBLAS (include/, lib/) when the CUDA toolkit has none")
+      find_path(KVTC_CUBLAS_INCLUDE_DIR cublas_v2.h PATHS "${KVTC_CUBLAS_ROOT}/include" NO_DEFAULT_PATH)
+      find_library(KVTC_CUBLAS_LIBRARY NAMES cublas libcublas.so.13 PATHS "${KVTC_CUBLAS_ROOT}/lib" NO_DEFAULT_PATH)
+      find_library(KVTC_CUBLASLT_LIBRARY NAMES cublasLt libcublasLt.so.13 PATHS "${KVTC_CUBLAS_ROOT}/lib" NO_DEFAULT_PATH)
+      if(KVTC_CUBLAS_INCLUDE_DIR AND KVTC_CUBLAS_LIBRARY AND KVTC_CUBLASLT_LIBRARY)
+        if(NOT TARGET CUDA::cublasLt)
+          add_library(CUDA::cublasLt SHARED IMPORTED)
+          set_target_properties(CUDA::cublasLt PROPERTIES IMPORTED_LOCATION "${KVTC_CUBLASLT_LIBRARY}"
+            INTERFACE_INCLUDE_DIRECTORIES "${KVTC_CUBLAS_INCLUDE_DIR}" INTERFACE_LINK_LIBRARIES CUDA::cudart)
+        endif()
+        add_library(CUDA::cublas SHARED IMPORTED)
+        set_target_properties(CUDA::cublas PROPERTIES IMPORTED_LOCATION "${KVTC_CUBLAS_LIBRARY}"
+          INTERFACE_INCLUDE_DIRECTORIES "${KVTC_CUBLAS_INCLUDE_DIR}" INTERFACE_LINK_LIBRARIES "CUDA::cudart;CUDA::cublasLt")
+        message(STATUS "kvtc: cuBLAS from ${KVTC_CUBLAS_ROOT} (the toolkit has none)")
+      endif()
+    endif()
     if(TARGET CUDA::cublas)
       set(KVTC_HAVE_CUDA ON)
     elseif(KVTC_CUDA STREQUAL "ON")
