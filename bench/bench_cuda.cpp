@@ -1,6 +1,7 @@
 // CUDA backend benchmark: GPU decode + layer restore throughput per stage, against this run's own
 // floors (device copy bandwidth, cuBLAS bf16 GEMM rate), for the reference model's shape and for
-// Mistral NeMo 12B's shape. Prints one JSON object per measurement and a table at the end.
+// Mistral NeMo 12B's shape (and Llama 3 8B's in ttft mode). Prints one JSON object per measurement and
+// a table at the end.
 //
 // The caches and calibrations are synthetic (cuda_workload.hpp); containers are written by the CPU encoder.
 #include <cublas_v2.h>
@@ -312,7 +313,8 @@ int main(int argc, char** argv) {
   }
   const int64_t tokens = argc > 1 ? std::atoll(argv[1]) : 8192;
   // Second argument: "all" (default), "ref-only", or "ttft": the encoder's defaults with deferred
-  // statuses for both shapes and both codecs (the time-to-first-token rows) and nothing else.
+  // statuses for every shape (reference, NeMo 12B, Llama 3 8B) and both codecs (the time-to-first-token
+  // rows) and nothing else.
   const std::string mode = argc > 2 ? argv[2] : "all";
   if (mode != "all" && mode != "ref-only" && mode != "ttft") {
     std::fprintf(stderr, "usage: kvtc_bench_cuda [tokens] [all|ref-only|ttft]\n");
@@ -358,6 +360,11 @@ int main(int argc, char** argv) {
     }
     rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/false, /*defer_status=*/true));
     rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, false, true, /*codec=*/3));
+  }
+  if (ttft) {  // Llama 3 8B's shape: 32 layers x 8 KV heads x 128 (the second shape)
+    const Workload l3 =
+        make_workload("llama3-8b 32x8x128", 32, 8, 128, tokens, &spectrum[0], 3, /*learn_ecsq=*/true, /*ecsq_samples=*/2048);
+    for (int codec : {2, 3}) rows.push_back(run_workload(l3, floors, 256, 16 << 10, 5, 1, false, true, codec));
   }
   std::printf("\n%-44s %8s %9s %9s %9s %9s %9s %9s %9s %9s %7s\n", "case (times in ms)", "ratio", "inflate", "dequant",
               "exact||", "restore", "rst fp8", "wall", "wall fp8", "floor", "x floor");

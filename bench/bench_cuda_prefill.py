@@ -1,8 +1,8 @@
 """Prefill baseline for the CUDA restore benchmark (bench/RESULTS.md, "CUDA backend (H200)").
 
 Times the prefill of an 8K-token prompt with PyTorch (eager, bf16, scaled_dot_product_attention with a
-causal mask, GQA) for two Llama-architecture shapes with random weights (prefill cost does not depend
-on weight values): the reference model kvtc-ref-26m and Mistral NeMo 12B. The time covers every
+causal mask, GQA) for three Llama-architecture shapes with random weights (prefill cost does not depend
+on weight values): the reference model kvtc-ref-26m, Mistral NeMo 12B and Llama 3 8B. The time covers every
 layer's K/V and the last position's logits, i.e. what restoring a compressed cache replaces.
 Prints one JSON object per shape.
 """
@@ -16,6 +16,8 @@ SHAPES = {
     "ref 8x2x128": dict(layers=8, hidden=512, heads=4, kv_heads=2, head_dim=128, inter=1408, vocab=4096, theta=1e5),
     "nemo 40x8x128": dict(layers=40, hidden=5120, heads=32, kv_heads=8, head_dim=128, inter=14336, vocab=131072,
                           theta=1e6),
+    "llama3-8b 32x8x128": dict(layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, inter=14336,
+                               vocab=128256, theta=5e5),
 }
 
 
