@@ -99,7 +99,7 @@ def _host(layers: list, name: str) -> list:
     for i, a in enumerate(layers):
         if _is_torch(a):
             if a.device.type != "cpu":
-                # Compression runs on the host (the GPU encoder is not bound, docs/PYTHON.md): copy first.
+                # The host encoder reads host memory (compress(device="cuda") encodes on the GPU): copy first.
                 a = a.detach().to("cpu")
             out.append(a.detach())
         else:
@@ -245,7 +245,7 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
              exact_sinks: int | None = None, exact_window: int | None = None, metadata: dict | None = None,
              deflate_level: int = 6, n_threads: int = 0, report: dict | None = None, codec: int = 2,
              rans_lanes: int = 32, token_importance: Any = None, high_rate_fraction: float = 0.25,
-             high_rate_levels: int = 32) -> bytes:
+             high_rate_levels: int = 32, device: str | None = None) -> bytes:
     """Compresses a cache into a .kvtc container (bytes).
 
     ``keys``, ``values``: per-layer ``[kv_heads, tokens, head_dim]`` or stacked
@@ -265,7 +265,19 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
     ``high_rate_fraction`` most important compressed tokens are then coded ``high_rate_levels``
     levels finer (32: about twice the bits) than the rest, at the same target (container format 4,
     token classes); the report adds ``ecsq_level_high`` and ``n_high_rate_tokens``.
+    ``device``: None or "cpu" encodes on the host (CUDA tensors are copied there first); "cuda" encodes
+    torch tensors on their CUDA device with the CUDA backend (:func:`cuda_available`; codec 2 only, no
+    ``token_importance``, ``report`` or ``n_threads``): projection, quantisation, DEFLATE and the
+    container all on the GPU, and only the container comes back. Its codes match the host encoder's up
+    to fp32 rounding near quantisation boundaries (docs/CUDA.md), and its DEFLATE streams differ, so
+    its bytes are not the host's; any decoder restores them.
     """
+    if device is not None and str(device) != "cpu":
+        if codec != 2 or token_importance is not None or report is not None or n_threads:
+            raise UnsupportedError("compress(device='cuda') writes codec 2 without token_importance, report or "
+                                   "n_threads; leave device unset for the host encoder")
+        return _cuda_compress(cal, _layers(keys, "keys"), _layers(values, "values"), str(device), float(ratio),
+                              int(positions or 0), metadata, exact_sinks, exact_window, int(deflate_level))
     k = _host(_layers(keys, "keys"), "keys")
     v = _host(_layers(values, "values"), "values")
     importance = None
@@ -286,15 +298,16 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
 
 
 def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: int, ratio: float = 20.0, *,
-                   deflate_level: int = 6, n_threads: int = 0, codec: int = 2, rans_lanes: int = 32) -> bytes:
+                   deflate_level: int = 6, n_threads: int = 0, codec: int = 2, rans_lanes: int = 32,
+                   device: str | None = None) -> bytes:
     """Compresses tokens ``[start, end)`` of a sequence as one block, at their true positions.
 
     ``keys`` and ``values`` hold the sequence from position 0 (at least ``end`` tokens); the block is
     read through views, not copied. No token of a block is kept exact except the sinks of the block
     that holds position 0, so a block compressed once stays valid for every later request that shares
     the prefix (serving engines cache prefixes in such blocks). Restore it with :func:`decompress` or
-    into the sequence's own tensors with :func:`decompress_into`. ``codec``, ``rans_lanes``: as
-    :func:`compress`.
+    into the sequence's own tensors with :func:`decompress_into`. ``codec``, ``rans_lanes``, ``device``:
+    as :func:`compress` (on the GPU the block's tokens are first copied to contiguous tensors there).
     """
     if not 0 <= start < end:
         raise InvalidArgumentError(f"block [{start}, {end}) is empty or negative")
@@ -303,7 +316,8 @@ def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: in
     if k and k[0].shape[1] != end - start:
         raise InvalidArgumentError(f"block [{start}, {end}) runs past the {start + k[0].shape[1]} tokens given")
     return compress(cal, k, v, ratio, positions=start, exact_sinks=None if start == 0 else 0, exact_window=0,
-                    deflate_level=deflate_level, n_threads=n_threads, codec=codec, rans_lanes=rans_lanes)
+                    deflate_level=deflate_level, n_threads=n_threads, codec=codec, rans_lanes=rans_lanes,
+                    device=device)
 
 
 def _torch_dtype(name: str):
@@ -381,7 +395,7 @@ def cuda_available() -> bool:
     return hasattr(_kvtc, "_cuda_available") and _kvtc._cuda_available()[0]
 
 
-_cuda_lock = threading.Lock()  # creates the per-calibration CUDA restorers
+_cuda_lock = threading.Lock()  # creates the per-calibration CUDA restorers and compressors
 
 
 def _cuda_decompress(cal, data, layers, framework, dtype, device, fp8=False):
@@ -428,6 +442,47 @@ def _cuda_decompress(cal, data, layers, framework, dtype, device, fp8=False):
             finally:
                 last[0] = torch.cuda.current_stream(dev).record_event()
     return k, v
+
+
+def _cuda_compress(cal, k_layers, v_layers, device, ratio, positions, metadata, exact_sinks, exact_window,
+                   deflate_level):
+    """compress(device="cuda"): one sequence through the CUDA backend's batch encoder."""
+    if not cuda_available():
+        raise UnsupportedError("compress(device='cuda') needs a kvtc build with the CUDA backend and a usable "
+                               "device (kvtc.cuda_available() is False)")
+    import torch
+
+    if not all(_is_torch(a) and a.is_cuda for a in (*k_layers, *v_layers)):
+        raise InvalidArgumentError("compress(device='cuda') takes torch tensors on a CUDA device")
+    dev = k_layers[0].device
+    if "cuda:" in device and torch.device(device) != dev:
+        raise InvalidArgumentError(f"device={device!r} but the cache is on {dev}")
+    if any(a.device != dev for a in (*k_layers, *v_layers)):
+        raise InvalidArgumentError("compress(device='cuda'): every layer must be on one device")
+    k = [a.detach().contiguous() for a in k_layers]
+    v = [a.detach().contiguous() for a in v_layers]
+    args = (k, v, ratio, positions, None if metadata is None else {str(a): str(b) for a, b in metadata.items()},
+            -1 if exact_sinks is None else int(exact_sinks), -1 if exact_window is None else int(exact_window),
+            deflate_level)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        with _cuda_lock:
+            holder = getattr(cal, "_cuda_compressor", None)
+            if holder is None or holder[0] != dev:
+                # device, encoder, its lock, its workspace tensor (grown as caches need)
+                holder = [dev, _kvtc._CudaCompressor.create(cal._core, stream), threading.Lock(), None]
+                setattr(cal, "_cuda_compressor", holder)
+        _, enc, lock, _ = holder
+        with lock:  # one encode at a time per calibration: they share the workspace
+            ws_bytes, bound = enc.plan(*args)
+            if holder[3] is None or holder[3].numel() < ws_bytes:
+                holder[3] = torch.empty(max(int(ws_bytes), 1), dtype=torch.uint8, device=dev)
+            ws = holder[3]
+            out = torch.empty(int(bound), dtype=torch.uint8, device=dev)
+            size = torch.zeros(1, dtype=torch.int64, device=dev)
+            enc.encode(*args, ws.data_ptr(), ws.numel(), out.data_ptr(), size.data_ptr(), stream)
+            n = int(size.item())
+            return out[:n].cpu().numpy().tobytes()
 
 
 def decompress_into(cal: Calibration, data: bytes, keys: Any, values: Any, *, token_offset: int | None = None,

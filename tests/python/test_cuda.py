@@ -1,6 +1,7 @@
 """The CUDA path of the package (a build with the CUDA backend and a GPU; skipped elsewhere, saying why):
 containers of codec 2 and 3 restored by the CUDA backend straight into torch CUDA tensors agree with the
-CPU decoder, and CUDA tensors compress to the bytes their host copies give."""
+CPU decoder; CUDA tensors compress to the bytes their host copies give, and with device="cuda" on the
+GPU to containers of the host encoder's size and error."""
 from __future__ import annotations
 
 import threading
@@ -95,6 +96,47 @@ def test_cuda_tensors_compress_to_host_bytes(case):
     host = kvtc.compress(cal, keys, values, 16)
     dev = kvtc.compress(cal, [k.cuda() for k in keys], [v.cuda() for v in values], 16)
     assert dev == host
+
+
+def test_compress_on_gpu(case):
+    """compress(device="cuda") encodes CUDA tensors on the GPU: a codec 2 container of the same size and
+    error as the host encoder's, restorable by the CPU decoder, exact tokens bit for bit, blocks too."""
+    cal, keys, values = case
+    kd, vd = [k.cuda() for k in keys], [v.cuda() for v in values]
+    n = keys[0].shape[1]
+    original = (torch.stack(keys).float(), torch.stack(values).float())
+    for ratio in (8, 16):
+        host = kvtc.compress(cal, keys, values, ratio)
+        gpu = kvtc.compress(cal, kd, vd, ratio, device="cuda")
+        assert gpu != host  # the GPU's own DEFLATE streams
+        ih, ig = kvtc.inspect(host), kvtc.inspect(gpu)
+        assert ig["format_version"] == ih["format_version"] == 2
+        assert ig["n_tokens"] == n and ig["calibration_fingerprint"] == ih["calibration_fingerprint"]
+        assert ig["metadata"] == ih["metadata"] and ig["n_head_exact"] == 4 and ig["n_tail_exact"] == 128
+        assert abs(len(gpu) - len(host)) <= 0.1 * len(host), (len(gpu), len(host))  # Huffman-only DEFLATE
+        rh = kvtc.decompress(cal, host, framework="torch", dtype=torch.float32)
+        rg = kvtc.decompress(cal, gpu, framework="torch", dtype=torch.float32)
+        for stream in range(2):
+            eh = float((rh[stream] - original[stream]).norm() / original[stream].norm())
+            eg = float((rg[stream] - original[stream]).norm() / original[stream].norm())
+            assert 0 < eg <= 1.02 * eh, (ratio, stream, eg, eh)  # codes differ only by rounding
+            for t in (slice(0, 4), slice(n - 128, n)):  # sinks and window: the input's bits
+                assert torch.equal(rg[stream][:, :, t], original[stream][:, :, t])
+    # A block [256, n) in block mode: its true positions, nothing exact but nothing lost either.
+    blk = kvtc.compress_block(cal, kd, vd, 256, n, 16, device="cuda")
+    info = kvtc.inspect(blk)
+    assert info["n_tokens"] == n - 256 and info["position_offset"] == 256 and info["n_head_exact"] == 0
+    kb, _ = kvtc.decompress(cal, blk, framework="torch", dtype=torch.float32)
+    kh, _ = kvtc.decompress(cal, kvtc.compress_block(cal, keys, values, 256, n, 16), framework="torch",
+                            dtype=torch.float32)
+    ref = original[0][:, :, 256:]
+    assert float((kb - ref).norm() / ref.norm()) <= 1.02 * float((kh - ref).norm() / ref.norm())
+    # Stacked [layers, heads, tokens, dim] input on the GPU, and the refusals.
+    assert len(kvtc.compress(cal, torch.stack(kd), torch.stack(vd), 16, device="cuda")) > 0
+    with pytest.raises(kvtc.InvalidArgumentError, match="torch tensors on a CUDA device"):
+        kvtc.compress(cal, keys, values, 16, device="cuda")
+    with pytest.raises(kvtc.MismatchError):
+        kvtc.compress(cal, kd[:-1], vd[:-1], 16, device="cuda")
 
 
 def test_corrupt_container_on_gpu(case):

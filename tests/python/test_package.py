@@ -144,6 +144,22 @@ def test_load_cache_fp8_is_refused_off_the_gpu_path(cal, cache, tmp_path):
     assert restored.get_seq_length() == keys[0].shape[1]
 
 
+def test_compress_on_the_gpu_never_falls_back_to_the_host(cal, cache):
+    """compress(device="cuda") refuses what the GPU encoder cannot do, and says so, instead of quietly
+    running the host encoder."""
+    keys, values, _ = cache
+    for kwargs in ({"codec": 3}, {"report": {}}, {"n_threads": 2}, {"token_importance": [1.0] * keys[0].shape[1]}):
+        with pytest.raises(kvtc.UnsupportedError, match="writes codec 2 without"):
+            kvtc.compress(cal, keys, values, RATIO, device="cuda", **kwargs)
+    if kvtc.cuda_available():  # a GPU build on a GPU: host tensors are refused
+        with pytest.raises(kvtc.InvalidArgumentError, match="torch tensors on a CUDA device"):
+            kvtc.compress(cal, keys, values, RATIO, device="cuda")
+    else:
+        with pytest.raises(kvtc.UnsupportedError, match="cuda_available"):
+            kvtc.compress(cal, keys, values, RATIO, device="cuda")
+    assert kvtc.compress(cal, keys, values, RATIO, device="cpu") == kvtc.compress(cal, keys, values, RATIO)
+
+
 def test_report(cal, cache):
     keys, values, _ = cache
     rep = {}
