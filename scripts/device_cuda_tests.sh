@@ -13,7 +13,8 @@ B=${B:-/tmp/build-gpu}; t0=$(date +%s)
 TESTS=$(ls tests/test_cuda_*.cpp | xargs -n1 basename | sed 's/\.cpp$//' | tr '\n' ' ')
 cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DKVTC_CUDA=ON -DKVTC_BUILD_ENGINE=OFF -DKVTC_BUILD_CLI=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90-real -DCMAKE_PREFIX_PATH=$S > $OUT/gpu_build.log 2>&1 &&
-  cmake --build $B -j"$(nproc)" --target $TESTS kvtc_bench_store_gpu kvtc_bench_cuda_codec3 kvtc_bench_cuda kvtc_cli >> $OUT/gpu_build.log 2>&1
+  cmake --build $B -j"$(nproc)" --target $TESTS kvtc_bench_store_gpu kvtc_bench_cuda_codec3 kvtc_bench_cuda kvtc_bench_cuda_encode \
+    kvtc_cli >> $OUT/gpu_build.log 2>&1
 rc=$?; echo "C++ build rc $rc in $(( $(date +%s) - t0 )) s"
 [ $rc = 0 ] || { grep -E "error|Error" $OUT/gpu_build.log | head -20; tail -20 $OUT/gpu_build.log; exit 1; }
 fails=0

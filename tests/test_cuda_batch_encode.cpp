@@ -2,7 +2,8 @@
 // Oracle: encode_on_gpu of the same cache (same chunks, same GPU DEFLATE) gives identical bytes. Every
 // container parses, decodes with kvtc::decode and the reference decoder (exact tokens bit for bit);
 // paged and contiguous views of one cache give identical containers; workspace_bytes is exact enough
-// (one byte less: OUT_OF_MEMORY); bad views and calibrations give statuses. Skips without a GPU.
+// (one byte less: OUT_OF_MEMORY); bad views and calibrations give statuses; the bf16 projection keeps the
+// fp32 projection's error on a real cache. Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -307,6 +308,106 @@ TEST(CudaBatchEncodeErrors, BadViewsAndCalibrations) {
   // And the good batch still encodes.
   ASSERT_TRUE(enc.encode(*dcal, views, eo, out, {0}, sizes, nullptr).is_ok());
   EXPECT_TRUE(enc.status().is_ok());
+}
+
+// The bf16 projection (BatchEncoder only) on a real cache of the reference model at 8x and 20x: a
+// restored error within 2% of the fp32 projection's in each stream, exact tokens bit for bit, paged
+// equal to contiguous, every container decodable by the CPU decoder; encode_on_gpu, and a calibration
+// uploaded without its bf16 basis, refuse it.
+TEST(CudaBatchEncodeBf16, RealCacheKeepsTheError) {
+  SKIP_WITHOUT_DEVICE();
+  auto cache = read_cache(testing::repo_data("small-test.safetensors"));
+  ASSERT_TRUE(cache.is_ok()) << cache.status().to_string();
+  CalibrateOptions co;
+  co.ratios = {8, 20};
+  auto cal = calibrate({testing::repo_data("small-calib.safetensors")}, co);
+  ASSERT_TRUE(cal.is_ok()) << cal.status().to_string();
+  auto dcal = cuda::DeviceCalibration::upload(*cal, {}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  Dev dev;
+  const std::vector<DeviceCacheView> views = {contiguous_view(*cache, dev), paged_view(*cache, dev, 16, 3)};
+  const int64_t T = cache->n_tokens, n_sink = cal->data().n_sink_tokens, t1 = T - cal->data().n_window_tokens;
+  for (double ratio : {8.0, 20.0}) {
+    SCOPED_TRACE("ratio " + std::to_string(ratio));
+    EncodeOptions eo;
+    eo.target_ratio = ratio;
+    eo.measure_error = false;
+    auto ws = cuda::BatchEncoder::workspace_bytes(*dcal, views, eo);
+    auto bounds = cuda::BatchEncoder::container_bound_bytes(*dcal, views, eo);
+    ASSERT_TRUE(ws.is_ok() && bounds.is_ok());
+    const std::vector<uint64_t> offsets = {0, (*bounds)[0]};
+    auto* out = static_cast<uint8_t*>(dev.alloc((*bounds)[0] + (*bounds)[1]));
+    auto* sizes = static_cast<uint64_t*>(dev.alloc(16));
+    void* wsp = dev.alloc(*ws);
+    ASSERT_TRUE(out && sizes && wsp);
+    cuda::BatchEncoder enc;
+    ASSERT_TRUE(enc.set_workspace(wsp, *ws).is_ok());
+    auto run = [&](cuda::EncodeProjection projection) {
+      enc.set_projection(projection);
+      std::vector<std::vector<uint8_t>> got(2);
+      const Status st = enc.encode(*dcal, views, eo, out, offsets, sizes, nullptr);
+      EXPECT_TRUE(st.is_ok()) << st.to_string();
+      EXPECT_TRUE(enc.status().is_ok());
+      uint64_t sz[2] = {0, 0};
+      EXPECT_EQ(cudaMemcpy(sz, sizes, 16, cudaMemcpyDeviceToHost), cudaSuccess);
+      for (int i = 0; i < 2; ++i) {
+        got[size_t(i)].resize(sz[i]);
+        EXPECT_EQ(cudaMemcpy(got[size_t(i)].data(), out + offsets[size_t(i)], sz[i], cudaMemcpyDeviceToHost), cudaSuccess);
+      }
+      return got;
+    };
+    const auto f32 = run(cuda::EncodeProjection::kFp32);
+    const auto bf = run(cuda::EncodeProjection::kBf16);
+    ASSERT_FALSE(bf[0].empty());
+    EXPECT_TRUE(bf[0] == bf[1]) << "paged and contiguous views differ under the bf16 projection";
+    auto df = decode(*cal, f32[0].data(), f32[0].size());
+    auto db = decode(*cal, bf[0].data(), bf[0].size());
+    ASSERT_TRUE(df.is_ok() && db.is_ok()) << db.status().to_string();
+    double err_f[2] = {0, 0}, err_b[2] = {0, 0}, energy[2] = {0, 0};
+    for (int l = 0; l < cache->shape.n_layers; ++l)
+      for (int h = 0; h < cache->shape.n_kv_heads; ++h)
+        for (int64_t t = 0; t < T; ++t)
+          for (int s = 0; s < 2; ++s) {
+            const float* want = s == 0 ? cache->k_row(l, h, t) : cache->v_row(l, h, t);
+            const float* a = s == 0 ? df->k_row(l, h, t) : df->v_row(l, h, t);
+            const float* b = s == 0 ? db->k_row(l, h, t) : db->v_row(l, h, t);
+            if (t < n_sink || t >= t1) {  // exact tokens: the input's bits
+              ASSERT_EQ(0, std::memcmp(want, b, cache->shape.head_dim * sizeof(float))) << l << " " << t;
+              continue;
+            }
+            for (int d = 0; d < cache->shape.head_dim; ++d) {
+              err_f[s] += (double(a[d]) - want[d]) * (double(a[d]) - want[d]);
+              err_b[s] += (double(b[d]) - want[d]) * (double(b[d]) - want[d]);
+              energy[s] += double(want[d]) * want[d];
+            }
+          }
+    for (int s = 0; s < 2; ++s) {
+      std::printf("  ratio %.0f %s: relative MSE fp32 projection %.5f, bf16 %.5f (x%.4f); files %zu / %zu bytes\n", ratio,
+                  s == 0 ? "keys" : "values", err_f[s] / energy[s], err_b[s] / energy[s], err_b[s] / err_f[s],
+                  f32[0].size(), bf[0].size());
+      EXPECT_GT(err_b[s], 0.0);
+      EXPECT_LE(err_b[s], 1.02 * err_f[s]) << (s == 0 ? "keys" : "values");
+    }
+  }
+  // encode_on_gpu has no bf16 projection; without the bf16 basis BatchEncoder refuses it.
+  EncodeOptions eo;
+  eo.measure_error = false;
+  EXPECT_EQ(cuda::encode_on_gpu(*cal, *cache, eo, cuda::EncodeProjection::kBf16).status().code(),
+            StatusCode::kUnsupported);
+  cuda::DeviceCalibration::Options no_bf16;
+  no_bf16.bf16 = false;
+  auto dcal32 = cuda::DeviceCalibration::upload(*cal, no_bf16, nullptr);
+  ASSERT_TRUE(dcal32.is_ok());
+  auto ws = cuda::BatchEncoder::workspace_bytes(*dcal32, {views[0]}, eo);
+  auto bounds = cuda::BatchEncoder::container_bound_bytes(*dcal32, {views[0]}, eo);
+  ASSERT_TRUE(ws.is_ok() && bounds.is_ok());
+  void* wsp = dev.alloc(*ws);
+  auto* out = static_cast<uint8_t*>(dev.alloc((*bounds)[0]));
+  auto* sizes = static_cast<uint64_t*>(dev.alloc(8));
+  cuda::BatchEncoder enc;
+  ASSERT_TRUE(enc.set_workspace(wsp, *ws).is_ok());
+  enc.set_projection(cuda::EncodeProjection::kBf16);
+  EXPECT_EQ(enc.encode(*dcal32, {views[0]}, eo, out, {0}, sizes, nullptr).code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -205,8 +205,11 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
 // projection: kFp32 (the default) keeps codes within the CPU encoder's up to last-bit rounding;
 // kTf32 runs the projection GEMM on TF32 tensor cores (inputs rounded to 10-bit mantissas, fp32
 // accumulation), about 9x faster, with the same restored error (measured within 1% on the reference
-// caches) but codes that may differ from the CPU's by one level.
-enum class EncodeProjection { kFp32, kTf32 };
+// caches) but codes that may differ from the CPU's by one level. kBf16 (BatchEncoder only;
+// encode_on_gpu refuses it with UNSUPPORTED): the gathered vectors are rounded to bf16 and multiplied
+// with the calibration's bf16 basis (DeviceCalibration::Options::bf16) on bf16 tensor cores, fp32
+// accumulation: twice TF32's rate, the restored error measured in tests/test_cuda_batch_encode.cpp.
+enum class EncodeProjection { kFp32, kTf32, kBf16 };
 Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options,
                                    EncodeProjection projection = EncodeProjection::kFp32);
 
@@ -271,7 +274,8 @@ class BatchEncoder {
   // cuBLAS handle (the only device allocation). Waits for the previous batch.
   Status set_workspace(void* workspace_dev, size_t bytes);
   // The projection's math mode for the next encodes (as encode_on_gpu's; kFp32 by default): both give
-  // byte-identical containers for the same mode.
+  // byte-identical containers for kFp32 and kTf32. kBf16 is this encoder's alone and needs dcal's bf16
+  // basis (encode() returns INVALID_ARGUMENT without it).
   void set_projection(EncodeProjection projection);
   Status encode(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views, const EncodeOptions& options,
                 uint8_t* out_dev, const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, void* cuda_stream);

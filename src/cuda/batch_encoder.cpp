@@ -364,8 +364,13 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<DeviceCacheView>& views, const EncodeOptions& opt, uint8_t* out_dev,
                                const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, cudaStream_t stream) {
   if (workspace_ == nullptr || !handle_) return invalid_argument("BatchEncoder: call set_workspace first");
-  KVTC_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-                                     "cublasSetMathMode"));
+  const bool bf16 = projection_ == EncodeProjection::kBf16;
+  if (bf16 && (!gcal.basis_bf16[0].get() || !gcal.basis_bf16[1].get()))
+    return invalid_argument("BatchEncoder: the bf16 projection needs the calibration's bf16 basis "
+                            "(DeviceCalibration::Options::bf16)");
+  KVTC_RETURN_IF_ERROR(cublas_status(
+      cublasSetMathMode(handle_, projection_ == EncodeProjection::kTf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+      "cublasSetMathMode"));
   std::vector<SeqPlan> plans;
   KVTC_RETURN_IF_ERROR(plan_all(gcal, cal, views, opt, &plans));
   if (out_dev == nullptr || sizes_dev == nullptr) return invalid_argument("null output pointer");
@@ -418,17 +423,29 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
         g.src = d.src[s];
         g.rope = s == 0 ? d.rope + size_t(b0) * (v.shape.head_dim / 2) : nullptr;
         g.mean = gcal.mean[s].as<float>();
-        g.x = B.x;
+        if (bf16) {
+          g.x_bf16 = reinterpret_cast<uint16_t*>(B.x);  // half of the fp32 slab's room
+        } else {
+          g.x = B.x;
+        }
         g.token0 = P.t0 + b0;
         g.n = n;
         g.n_layers = v.shape.n_layers;
         g.rope_style = int(v.shape.rope.style);
         KVTC_CUDA_RETURN(launch_gather_view(g, stream));
         // coef (column-major m x k, ld m) rows b0.. = X^T (p x n, ld p)^T * basis (p x k, ld p): GpuEncoder's call.
-        KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(P.k[s]), int(p), &one, B.x, int(p),
-                        gcal.basis_f32[s].as<float>(), int(p), &zero, B.coef + b0, int(m)),
-            "cublasSgemm"));
+        if (bf16) {
+          KVTC_RETURN_IF_ERROR(cublas_status(
+              cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(P.k[s]), int(p), &one, B.x, CUDA_R_16BF,
+                           int(p), gcal.basis_bf16[s].get(), CUDA_R_16BF, int(p), &zero, B.coef + b0, CUDA_R_32F,
+                           int(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx (bf16 projection)"));
+        } else {
+          KVTC_RETURN_IF_ERROR(cublas_status(
+              cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(P.k[s]), int(p), &one, B.x, int(p),
+                          gcal.basis_f32[s].as<float>(), int(p), &zero, B.coef + b0, int(m)),
+              "cublasSgemm"));
+        }
       }
       KVTC_CUDA_RETURN(launch_quantize(B.coef, m, d.qgroups[s], int(P.qgroups[s].size()), B.sym[s], B.side[s], stream));
     }

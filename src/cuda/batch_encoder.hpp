@@ -38,13 +38,15 @@ class GpuBatchEncoder {
                 const EncodeOptions& options, uint8_t* out_dev, const std::vector<uint64_t>& out_offsets,
                 uint64_t* sizes_dev, cudaStream_t stream);
   Status status();
-  void set_tf32(bool tf32) { tf32_ = tf32; }
+  void set_projection(EncodeProjection projection) { projection_ = projection; }
 
  private:
   Status wait_previous();
 
   cublasHandle_t handle_ = nullptr;
-  bool tf32_ = false;  // projection math mode (as GpuEncoder's probe.tf32)
+  // kFp32 / kTf32: cuBLAS SGEMM in that math mode (as GpuEncoder's probe.tf32); kBf16: gather writes
+  // bf16 rows and cublasGemmEx multiplies them with the calibration's bf16 basis, fp32 accumulation.
+  EncodeProjection projection_ = EncodeProjection::kFp32;
   uint8_t* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   uint8_t* pinned_ = nullptr;  // the table blob, host side

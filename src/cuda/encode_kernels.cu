@@ -2,6 +2,8 @@
 // projection GEMM and DEFLATE dominate the encode; these kernels are memory-bound passes.
 #include "cuda/encode_kernels.cuh"
 
+#include <cuda_bf16.h>
+
 namespace kvtc::cuda {
 
 namespace {
@@ -18,8 +20,9 @@ int blocks_for(int64_t items, int threads) {
 // The tail both gather kernels share, once the pair (a, b) of features ia, ib is read: the inverse RoPE
 // rotation with rope[k] when rope is set (RopeTable::apply(inverse): s' = -s; a' = a c - b s';
 // b' = a s' + b c), then the mean subtracted. mean and row point at the layer-head's first feature.
-__device__ inline void unrope_centre_pair(float a, float b, const float2* rope, int64_t k, const float* mean, float* row,
-                                          int ia, int ib) {
+// Returns the pair's two centred values (features ia, ib).
+__device__ inline float2 unrope_centre_pair(float a, float b, const float2* rope, int64_t k, const float* mean, int ia,
+                                            int ib) {
   if (rope != nullptr) {
     const float2 cs = rope[k];
     const float sj = -cs.y;
@@ -28,8 +31,7 @@ __device__ inline void unrope_centre_pair(float a, float b, const float2* rope, 
     a = ra;
     b = rb;
   }
-  row[ia] = f_sub(a, mean[ia]);
-  row[ib] = f_sub(b, mean[ib]);
+  return make_float2(f_sub(a, mean[ia]), f_sub(b, mean[ib]));
 }
 
 // One thread per (token, layer-head, RoPE pair): both features of the pair, so that the rotation reads
@@ -50,7 +52,10 @@ __global__ void gather_kernel(GatherParams p) {
     const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
     const float* src = p.cache + (lh * p.cache_tokens + p.token0 + t) * p.head_dim;
     const int64_t col = lh * p.head_dim;
-    unrope_centre_pair(src[ia], src[ib], p.rope, t * half + i, p.mean + col, p.x + t * n_features + col, ia, ib);
+    const float2 r = unrope_centre_pair(src[ia], src[ib], p.rope, t * half + i, p.mean + col, ia, ib);
+    float* row = p.x + t * n_features + col;
+    row[ia] = r.x;
+    row[ib] = r.y;
   }
 }
 
@@ -121,7 +126,16 @@ __global__ void gather_view_kernel(GatherViewParams p) {
     const float a = bits_value(source_bits(p.src, l, h, token, ia), p.src.dtype);
     const float b = bits_value(source_bits(p.src, l, h, token, ib), p.src.dtype);
     const int64_t col = lh * D;
-    unrope_centre_pair(a, b, p.rope, t * half + i, p.mean + col, p.x + t * n_features + col, ia, ib);
+    const float2 r = unrope_centre_pair(a, b, p.rope, t * half + i, p.mean + col, ia, ib);
+    if (p.x_bf16 != nullptr) {  // the bf16 projection's operand: rounded to nearest even
+      __nv_bfloat16* row = reinterpret_cast<__nv_bfloat16*>(p.x_bf16) + t * n_features + col;
+      row[ia] = __float2bfloat16_rn(r.x);
+      row[ib] = __float2bfloat16_rn(r.y);
+    } else {
+      float* row = p.x + t * n_features + col;
+      row[ia] = r.x;
+      row[ib] = r.y;
+    }
   }
 }
 

@@ -76,12 +76,14 @@ struct CacheSource {
 };
 
 // launch_gather's rows (same arithmetic, bit for bit), read from a CacheSource of any dtype and
-// layout instead of an fp32 copy: x[t][(l * H + h) * D + d] for tokens token0 + t, t < n.
+// layout instead of an fp32 copy: x[t][(l * H + h) * D + d] for tokens token0 + t, t < n. With x_bf16
+// set, the rows go there instead, rounded to bf16 (nearest even): the bf16 projection's operand.
 struct GatherViewParams {
   CacheSource src;
   const float2* rope = nullptr;  // [n][head_dim / 2], or null
   const float* mean = nullptr;   // [p]
   float* x = nullptr;            // [n][p]
+  uint16_t* x_bf16 = nullptr;    // [n][p] bf16 bits, instead of x
   int64_t token0 = 0;
   int64_t n = 0;
   int n_layers = 0;

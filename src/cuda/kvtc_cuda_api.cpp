@@ -118,6 +118,8 @@ Result<KVCache> decode_on_gpu(const Calibration& cal, const uint8_t* bytes, size
 
 Result<EncodedCache> encode_on_gpu(const Calibration& cal, const KVCache& cache, const EncodeOptions& options,
                                    EncodeProjection projection) {
+  if (projection == EncodeProjection::kBf16)
+    return unsupported("encode_on_gpu: the bf16 projection is BatchEncoder's (device-resident caches); use kFp32 or kTf32");
   auto backend = make_cuda_backend();
   CudaEncodeProbe probe;
   probe.tf32 = projection == EncodeProjection::kTf32;
@@ -166,7 +168,7 @@ Status BatchEncoder::set_workspace(void* workspace_dev, size_t bytes) {
   return impl_->enc.set_workspace(workspace_dev, bytes);
 }
 
-void BatchEncoder::set_projection(EncodeProjection projection) { impl_->enc.set_tf32(projection == EncodeProjection::kTf32); }
+void BatchEncoder::set_projection(EncodeProjection projection) { impl_->enc.set_projection(projection); }
 
 Status BatchEncoder::encode(const DeviceCalibration& dcal, const std::vector<DeviceCacheView>& views,
                             const EncodeOptions& options, uint8_t* out_dev, const std::vector<uint64_t>& out_offsets,
