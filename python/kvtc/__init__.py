@@ -245,7 +245,7 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
              exact_sinks: int | None = None, exact_window: int | None = None, metadata: dict | None = None,
              deflate_level: int = 6, n_threads: int = 0, report: dict | None = None, codec: int = 2,
              rans_lanes: int = 32, token_importance: Any = None, high_rate_fraction: float = 0.25,
-             high_rate_levels: int = 32, device: str | None = None) -> bytes:
+             high_rate_levels: int = 32, device: str | None = None, projection: str = "fp32") -> bytes:
     """Compresses a cache into a .kvtc container (bytes).
 
     ``keys``, ``values``: per-layer ``[kv_heads, tokens, head_dim]`` or stacked
@@ -270,14 +270,21 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
     ``token_importance``, ``report`` or ``n_threads``): projection, quantisation, DEFLATE and the
     container all on the GPU, and only the container comes back. Its codes match the host encoder's up
     to fp32 rounding near quantisation boundaries (docs/CUDA.md), and its DEFLATE streams differ, so
-    its bytes are not the host's; any decoder restores them.
+    its bytes are not the host's; any decoder restores them. ``projection`` (device="cuda" only): "fp32"
+    (the default), "tf32" (TF32 tensor cores) or "bf16" (the cache rounded to bf16, bf16 tensor cores,
+    fp32 accumulation): faster projections with the same restored error within about 2%, codes that
+    may differ from the host's by a level.
     """
     if device is not None and str(device) != "cpu":
         if codec != 2 or token_importance is not None or report is not None or n_threads:
             raise UnsupportedError("compress(device='cuda') writes codec 2 without token_importance, report or "
                                    "n_threads; leave device unset for the host encoder")
         return _cuda_compress(cal, _layers(keys, "keys"), _layers(values, "values"), str(device), float(ratio),
-                              int(positions or 0), metadata, exact_sinks, exact_window, int(deflate_level))
+                              int(positions or 0), metadata, exact_sinks, exact_window, int(deflate_level),
+                              str(projection))
+    if projection != "fp32":
+        raise InvalidArgumentError(f"projection={projection!r} is for compress(device='cuda'); the host encoder "
+                                   "projects in fp32")
     k = _host(_layers(keys, "keys"), "keys")
     v = _host(_layers(values, "values"), "values")
     importance = None
@@ -445,7 +452,7 @@ def _cuda_decompress(cal, data, layers, framework, dtype, device, fp8=False):
 
 
 def _cuda_compress(cal, k_layers, v_layers, device, ratio, positions, metadata, exact_sinks, exact_window,
-                   deflate_level):
+                   deflate_level, projection):
     """compress(device="cuda"): one sequence through the CUDA backend's batch encoder."""
     if not cuda_available():
         raise UnsupportedError("compress(device='cuda') needs a kvtc build with the CUDA backend and a usable "
@@ -480,7 +487,7 @@ def _cuda_compress(cal, k_layers, v_layers, device, ratio, positions, metadata, 
             ws = holder[3]
             out = torch.empty(int(bound), dtype=torch.uint8, device=dev)
             size = torch.zeros(1, dtype=torch.int64, device=dev)
-            enc.encode(*args, ws.data_ptr(), ws.numel(), out.data_ptr(), size.data_ptr(), stream)
+            enc.encode(*args, projection, ws.data_ptr(), ws.numel(), out.data_ptr(), size.data_ptr(), stream)
             n = int(size.item())
             return out[:n].cpu().numpy().tobytes()
 

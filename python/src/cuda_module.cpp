@@ -53,7 +53,7 @@ kvtc::cuda::ElementType element_type(const CudaArray& a, const kvtc::ModelShape&
   throw StatusError{kvtc::unsupported(std::string(what) + ": the CUDA restore writes bfloat16 or float32")};
 }
 
-// A calibration on the device (fp32 bases only, what the encoder reads) and a batch encoder, used one
+// A calibration on the device (fp32 and bf16 bases, what the projections read) and a batch encoder, used one
 // sequence at a time; workspace_dev is the caller's (a torch tensor), set again only when it moves.
 struct CudaCompressor {
   kvtc::cuda::DeviceCalibration dcal;
@@ -165,11 +165,10 @@ void bind_cuda(nb::module_& m) {
   // for it (raising the encoder's status), and leaves the container in out_dev (room for `bound` bytes)
   // and its size, a uint64, at size_dev.
   nb::class_<CudaCompressor>(m, "_CudaCompressor")
+      // The fp32 bases (the fp32 and TF32 projections) and the bf16 ones (the bf16 projection).
       .def_static("create", [](const kvtc::Calibration& cal, uintptr_t stream) {
-        kvtc::cuda::DeviceCalibration::Options o;
-        o.bf16 = false;  // the encoder projects with the fp32 bases
         nb::gil_scoped_release unlocked;
-        return new CudaCompressor{take(kvtc::cuda::DeviceCalibration::upload(cal, o, stream_of(stream))), {}};
+        return new CudaCompressor{take(kvtc::cuda::DeviceCalibration::upload(cal, {}, stream_of(stream))), {}};
       }, "cal"_a, "stream"_a, nb::rv_policy::take_ownership)
       .def("plan", [](const CudaCompressor& c, const std::vector<CudaArray>& keys, const std::vector<CudaArray>& values,
                       double ratio, int64_t position_offset,
@@ -185,10 +184,17 @@ void bind_cuda(nb::module_& m) {
       .def("encode", [](CudaCompressor& c, const std::vector<CudaArray>& keys, const std::vector<CudaArray>& values,
                         double ratio, int64_t position_offset,
                         const std::optional<std::map<std::string, std::string>>& metadata, int exact_head_tokens,
-                        int exact_tail_tokens, int deflate_level, uintptr_t workspace_dev, size_t workspace_bytes,
-                        uintptr_t out_dev, uintptr_t size_dev, uintptr_t stream) {
+                        int exact_tail_tokens, int deflate_level, const std::string& projection,
+                        uintptr_t workspace_dev, size_t workspace_bytes, uintptr_t out_dev, uintptr_t size_dev,
+                        uintptr_t stream) {
         const auto view = device_view(c.dcal.calibration(), keys, values, position_offset, metadata);
         const auto o = encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level);
+        if (projection != "fp32" && projection != "tf32" && projection != "bf16")
+          throw StatusError{kvtc::invalid_argument("projection must be \"fp32\", \"tf32\" or \"bf16\", not \"" +
+                                                   projection + "\"")};
+        c.enc.set_projection(projection == "fp32"   ? kvtc::cuda::EncodeProjection::kFp32
+                             : projection == "tf32" ? kvtc::cuda::EncodeProjection::kTf32
+                                                    : kvtc::cuda::EncodeProjection::kBf16);
         nb::gil_scoped_release unlocked;
         void* ws = reinterpret_cast<void*>(workspace_dev);
         if (ws != c.workspace_dev || workspace_bytes != c.workspace_bytes) {
@@ -200,8 +206,8 @@ void bind_cuda(nb::module_& m) {
                                     reinterpret_cast<uint64_t*>(size_dev), stream_of(stream)));
         raise_if_error(c.enc.status());
       }, "keys"_a, "values"_a, "ratio"_a, "position_offset"_a, "metadata"_a.none(), "exact_head_tokens"_a,
-         "exact_tail_tokens"_a, "deflate_level"_a, "workspace_dev"_a, "workspace_bytes"_a, "out_dev"_a,
-         "size_dev"_a, "stream"_a);
+         "exact_tail_tokens"_a, "deflate_level"_a, "projection"_a, "workspace_dev"_a, "workspace_bytes"_a,
+         "out_dev"_a, "size_dev"_a, "stream"_a);
 }
 
 }  // namespace kvtc_py

@@ -123,6 +123,17 @@ def test_compress_on_gpu(case):
             assert 0 < eg <= 1.02 * eh, (ratio, stream, eg, eh)  # codes differ only by rounding
             for t in (slice(0, 4), slice(n - 128, n)):  # sinks and window: the input's bits
                 assert torch.equal(rg[stream][:, :, t], original[stream][:, :, t])
+    # The faster projections: the fp32 projection's error within 2% (TF32 and bf16 tensor cores).
+    fp32 = kvtc.decompress(cal, kvtc.compress(cal, kd, vd, 16, device="cuda"), framework="torch", dtype=torch.float32)
+    for projection in ("tf32", "bf16"):
+        got = kvtc.decompress(cal, kvtc.compress(cal, kd, vd, 16, device="cuda", projection=projection),
+                              framework="torch", dtype=torch.float32)
+        for stream in range(2):
+            ef = float((fp32[stream] - original[stream]).norm())
+            eg = float((got[stream] - original[stream]).norm())
+            assert eg <= 1.01 * ef, (projection, stream, eg, ef)  # norms: 1.01 is about 2% in energy
+    with pytest.raises(kvtc.InvalidArgumentError, match="projection"):
+        kvtc.compress(cal, kd, vd, 16, device="cuda", projection="fp8")
     # A block [256, n) in block mode: its true positions, nothing exact but nothing lost either.
     blk = kvtc.compress_block(cal, kd, vd, 256, n, 16, device="cuda")
     info = kvtc.inspect(blk)

@@ -158,6 +158,8 @@ def test_compress_on_the_gpu_never_falls_back_to_the_host(cal, cache):
         with pytest.raises(kvtc.UnsupportedError, match="cuda_available"):
             kvtc.compress(cal, keys, values, RATIO, device="cuda")
     assert kvtc.compress(cal, keys, values, RATIO, device="cpu") == kvtc.compress(cal, keys, values, RATIO)
+    with pytest.raises(kvtc.InvalidArgumentError, match="for compress.device='cuda'"):
+        kvtc.compress(cal, keys, values, RATIO, projection="bf16")
 
 
 def test_report(cal, cache):
