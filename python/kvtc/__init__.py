@@ -306,15 +306,16 @@ def compress(cal: Calibration, keys: Any, values: Any, ratio: float = 20.0, posi
 
 def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: int, ratio: float = 20.0, *,
                    deflate_level: int = 6, n_threads: int = 0, codec: int = 2, rans_lanes: int = 32,
-                   device: str | None = None) -> bytes:
+                   device: str | None = None, projection: str = "fp32") -> bytes:
     """Compresses tokens ``[start, end)`` of a sequence as one block, at their true positions.
 
     ``keys`` and ``values`` hold the sequence from position 0 (at least ``end`` tokens); the block is
     read through views, not copied. No token of a block is kept exact except the sinks of the block
     that holds position 0, so a block compressed once stays valid for every later request that shares
     the prefix (serving engines cache prefixes in such blocks). Restore it with :func:`decompress` or
-    into the sequence's own tensors with :func:`decompress_into`. ``codec``, ``rans_lanes``, ``device``:
-    as :func:`compress` (on the GPU the block's tokens are first copied to contiguous tensors there).
+    into the sequence's own tensors with :func:`decompress_into`. ``codec``, ``rans_lanes``, ``device``,
+    ``projection``: as :func:`compress` (on the GPU the block's tokens are first copied to contiguous
+    tensors there).
     """
     if not 0 <= start < end:
         raise InvalidArgumentError(f"block [{start}, {end}) is empty or negative")
@@ -324,7 +325,7 @@ def compress_block(cal: Calibration, keys: Any, values: Any, start: int, end: in
         raise InvalidArgumentError(f"block [{start}, {end}) runs past the {start + k[0].shape[1]} tokens given")
     return compress(cal, k, v, ratio, positions=start, exact_sinks=None if start == 0 else 0, exact_window=0,
                     deflate_level=deflate_level, n_threads=n_threads, codec=codec, rans_lanes=rans_lanes,
-                    device=device)
+                    device=device, projection=projection)
 
 
 def _torch_dtype(name: str):
