@@ -365,14 +365,16 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, cudaStream_t stream) {
   if (workspace_ == nullptr || !handle_) return invalid_argument("BatchEncoder: call set_workspace first");
   const bool bf16 = projection_ == EncodeProjection::kBf16;
-  if (bf16 && (!gcal.basis_bf16[0].get() || !gcal.basis_bf16[1].get()))
-    return invalid_argument("BatchEncoder: the bf16 projection needs the calibration's bf16 basis "
-                            "(DeviceCalibration::Options::bf16)");
   KVTC_RETURN_IF_ERROR(cublas_status(
       cublasSetMathMode(handle_, projection_ == EncodeProjection::kTf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
       "cublasSetMathMode"));
   std::vector<SeqPlan> plans;
   KVTC_RETURN_IF_ERROR(plan_all(gcal, cal, views, opt, &plans));
+  for (const SeqPlan& sp : plans)
+    for (int s = 0; s < 2; ++s)
+      if (bf16 && sp.plan.m > 0 && sp.plan.k[s] > 0 && !gcal.basis_bf16[s].get())
+        return invalid_argument("BatchEncoder: the bf16 projection needs the calibration's bf16 basis "
+                                "(DeviceCalibration::Options::bf16)");
   if (out_dev == nullptr || sizes_dev == nullptr) return invalid_argument("null output pointer");
   if (out_offsets.size() != views.size()) return invalid_argument("out_offsets must hold one offset per sequence");
   Carver carver;
