@@ -4,8 +4,11 @@
 
 #include <nanobind/nanobind.h>
 
+#include <map>
+#include <string>
 #include <utility>
 
+#include "kvtc/cache.hpp"
 #include "kvtc/status.hpp"
 
 namespace kvtc_py {
@@ -21,6 +24,21 @@ template <typename T>
 T take(kvtc::Result<T>&& r) {
   if (!r.is_ok()) throw StatusError{r.status()};
   return std::move(r).value();
+}
+
+// The metadata a cache file written by kvtc carries for a cache of this shape (KVCache::sync_metadata):
+// what a container keeps when the caller gives none, on the host and the GPU path alike.
+inline std::map<std::string, std::string> cache_file_metadata(const kvtc::ModelShape& shape, kvtc::DType dtype,
+                                                              int64_t n_tokens, int64_t position_offset,
+                                                              const std::string& model_name) {
+  kvtc::KVCache meta;
+  meta.shape = shape;
+  meta.dtype = dtype;
+  meta.n_tokens = n_tokens;
+  meta.position_offset = position_offset;
+  meta.model_name = model_name;
+  meta.sync_metadata();
+  return std::move(meta.metadata);
 }
 
 // kvtc._kvtc.Store: the block store (store_module.cpp).

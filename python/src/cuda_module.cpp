@@ -19,7 +19,6 @@
 #include <vector>
 
 #include "binding.hpp"
-#include "kvtc/cache.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 
 namespace nb = nanobind;
@@ -39,12 +38,17 @@ struct CudaRestorer {
   kvtc::cuda::BatchDecoder dec;
 };
 
-kvtc::cuda::ElementType element_type(const CudaArray& a, const kvtc::ModelShape& s, int64_t n_tokens,
-                                     const char* what) {
+// One layer's keys or values: [kv_heads, n_tokens, head_dim] (contiguous: CudaArray is c_contig).
+void check_layer_shape(const CudaArray& a, const kvtc::ModelShape& s, int64_t n_tokens, const std::string& what) {
   if (a.ndim() != 3 || int64_t(a.shape(0)) != s.n_kv_heads || int64_t(a.shape(1)) != n_tokens ||
       int64_t(a.shape(2)) != s.head_dim)
-    throw StatusError{kvtc::mismatch(std::string(what) + ": expected a contiguous [" + std::to_string(s.n_kv_heads) +
-                                     ", " + std::to_string(n_tokens) + ", " + std::to_string(s.head_dim) + "] tensor")};
+    throw StatusError{kvtc::mismatch(what + ": expected a contiguous [" + std::to_string(s.n_kv_heads) + ", " +
+                                     std::to_string(n_tokens) + ", " + std::to_string(s.head_dim) + "] tensor")};
+}
+
+kvtc::cuda::ElementType element_type(const CudaArray& a, const kvtc::ModelShape& s, int64_t n_tokens,
+                                     const char* what) {
+  check_layer_shape(a, s, n_tokens, what);
   const auto t = a.dtype();
   if (t.lanes == 1 && t.bits == 16 && t.code == uint8_t(nb::dlpack::dtype_code::Bfloat))
     return kvtc::cuda::ElementType::kBF16;
@@ -86,29 +90,14 @@ kvtc::cuda::DeviceCacheView device_view(const kvtc::Calibration& cal, const std:
   v.n_tokens = keys[0].ndim() == 3 ? int64_t(keys[0].shape(1)) : 0;
   v.position_offset = position_offset;
   for (size_t l = 0; l < keys.size(); ++l) {
-    for (const CudaArray* a : {&keys[l], &values[l]}) {
-      if (a->ndim() != 3 || int64_t(a->shape(0)) != s.n_kv_heads || int64_t(a->shape(1)) != v.n_tokens ||
-          int64_t(a->shape(2)) != s.head_dim)
-        throw StatusError{kvtc::mismatch("layer " + std::to_string(l) + ": expected contiguous [" +
-                                         std::to_string(s.n_kv_heads) + ", " + std::to_string(v.n_tokens) + ", " +
-                                         std::to_string(s.head_dim) + "] tensors")};
-      if (cache_dtype(*a) != v.dtype) throw StatusError{kvtc::invalid_argument("keys and values differ in dtype")};
-    }
+    check_layer_shape(keys[l], s, v.n_tokens, "keys of layer " + std::to_string(l));
+    check_layer_shape(values[l], s, v.n_tokens, "values of layer " + std::to_string(l));
+    if (cache_dtype(keys[l]) != v.dtype || cache_dtype(values[l]) != v.dtype)
+      throw StatusError{kvtc::invalid_argument("keys and values differ in dtype")};
     v.k_layers.push_back(keys[l].data());
     v.v_layers.push_back(values[l].data());
   }
-  if (metadata) {
-    v.metadata = *metadata;
-  } else {
-    kvtc::KVCache meta;
-    meta.shape = s;
-    meta.dtype = v.dtype;
-    meta.n_tokens = v.n_tokens;
-    meta.position_offset = position_offset;
-    meta.model_name = cal.model_name();
-    meta.sync_metadata();
-    v.metadata = std::move(meta.metadata);
-  }
+  v.metadata = metadata ? *metadata : cache_file_metadata(s, v.dtype, v.n_tokens, position_offset, cal.model_name());
   return v;
 }
 

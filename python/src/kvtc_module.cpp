@@ -99,15 +99,8 @@ kvtc::CacheView make_view(const kvtc::Calibration& cal, const std::vector<InArra
     auto it = metadata->find("model");
     v.model_name = it != metadata->end() ? it->second : cal.model_name();
   } else {
-    kvtc::KVCache meta;
-    meta.shape = v.shape;
-    meta.dtype = v.dtype;
-    meta.n_tokens = v.n_tokens;
-    meta.position_offset = position_offset;
-    meta.model_name = cal.model_name();
-    meta.sync_metadata();
-    v.model_name = meta.model_name;
-    v.metadata = std::move(meta.metadata);
+    v.model_name = cal.model_name();
+    v.metadata = kvtc_py::cache_file_metadata(v.shape, v.dtype, v.n_tokens, position_offset, v.model_name);
   }
   return v;
 }
