@@ -9,7 +9,8 @@
 // sequence per encode, the encoder's default options. Times: one warm-up, then the median of 5 runs of
 // encode() + status() on the host clock (the whole call, host planning included). Prints one JSON
 // object per measurement and a table at the end. The restored error of the bf16 projection is a test's
-// (tests/test_cuda_batch_encode.cpp, RealCacheKeepsTheError), not measured here.
+// (tests/test_cuda_batch_encode.cpp, RealCacheKeepsTheError), not measured here. A second table splits
+// each row into BatchEncoder's stages (BatchEncodeTimes: host planning, then device stages by CUDA events).
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -31,6 +32,7 @@ using namespace bench;
 struct EncodeRow {
   std::string name, projection;
   double raw_bytes = 0, file_bytes = 0, wall_s = 0, floor_bytes_s = 0, floor_gemm_s = 0;
+  cuda::BatchEncodeTimes stages;  // medians over the timed runs, stage by stage
 };
 
 const char* projection_name(cuda::EncodeProjection p) {
@@ -81,13 +83,17 @@ std::vector<EncodeRow> measure(const Workload& w, const Floors& floors) {
   std::vector<EncodeRow> rows;
   for (auto p : {cuda::EncodeProjection::kFp32, cuda::EncodeProjection::kTf32, cuda::EncodeProjection::kBf16}) {
     enc.set_projection(p);
-    std::vector<double> t;
+    std::vector<double> t, st[7];
     uint64_t size = 0;
     for (int rep = 0; rep < 6; ++rep) {
       const auto t0 = Clock::now();
       OK(enc.encode(*dcal, views, eo, static_cast<uint8_t*>(out), {0}, static_cast<uint64_t*>(size_dev), stream));
       OK(enc.status());
-      if (rep > 0) t.push_back(since(t0));
+      if (rep == 0) continue;
+      t.push_back(since(t0));
+      const cuda::BatchEncodeTimes x = enc.last_times();
+      const double v[7] = {x.host_s, x.upload_s, x.project_s, x.exact_s, x.entropy_s, x.assemble_s, x.total_s};
+      for (int i = 0; i < 7; ++i) st[i].push_back(v[i]);
     }
     CK(cudaMemcpy(&size, size_dev, 8, cudaMemcpyDeviceToHost));
     if (flops == 0) {
@@ -107,13 +113,17 @@ std::vector<EncodeRow> measure(const Workload& w, const Floors& floors) {
     r.raw_bytes = raw;
     r.file_bytes = double(size);
     r.wall_s = median(t);
+    r.stages = {median(st[0]), median(st[1]), median(st[2]), median(st[3]), median(st[4]), median(st[5]), median(st[6])};
     r.floor_bytes_s = raw / floors.copy_bytes_per_s;
     r.floor_gemm_s = flops / floors.bf16_flops;
     std::printf("{\"batch_encode\":\"%s\",\"projection\":\"%s\",\"tokens\":%lld,\"kept_k_plus_v\":%lld,\"raw_bytes\":%.0f,"
                 "\"file_bytes\":%.0f,\"ratio\":%.2f,\"wall_ms\":%.3f,\"floor_bytes_ms\":%.3f,\"floor_gemm_ms\":%.3f,"
-                "\"GBps_raw\":%.1f}\n",
+                "\"GBps_raw\":%.1f,\"host_ms\":%.3f,\"upload_ms\":%.3f,\"project_ms\":%.3f,\"exact_ms\":%.3f,"
+                "\"entropy_ms\":%.3f,\"assemble_ms\":%.3f,\"device_ms\":%.3f}\n",
                 r.name.c_str(), r.projection.c_str(), (long long)c.n_tokens, (long long)kept, raw, r.file_bytes,
-                raw / r.file_bytes, r.wall_s * 1e3, r.floor_bytes_s * 1e3, r.floor_gemm_s * 1e3, raw / r.wall_s * 1e-9);
+                raw / r.file_bytes, r.wall_s * 1e3, r.floor_bytes_s * 1e3, r.floor_gemm_s * 1e3, raw / r.wall_s * 1e-9,
+                r.stages.host_s * 1e3, r.stages.upload_s * 1e3, r.stages.project_s * 1e3, r.stages.exact_s * 1e3,
+                r.stages.entropy_s * 1e3, r.stages.assemble_s * 1e3, r.stages.total_s * 1e3);
     std::fflush(stdout);
     rows.push_back(r);
   }
@@ -154,6 +164,15 @@ int main(int argc, char** argv) {
     std::printf("%-22s %-5s %8.2f %10.3f %12.3f %12.3f %8.2f\n", r.name.c_str(), r.projection.c_str(),
                 r.raw_bytes / r.file_bytes, r.wall_s * 1e3, r.floor_bytes_s * 1e3, r.floor_gemm_s * 1e3,
                 r.wall_s / floor_s);
+  }
+  std::printf("\nStages (medians, ms; host on the host clock, the rest CUDA events)\n");
+  std::printf("%-22s %-5s %8s %8s %9s %8s %9s %9s %9s\n", "case", "proj", "host", "upload", "project", "exact",
+              "entropy", "assemble", "device");
+  for (const EncodeRow& r : rows) {
+    const cuda::BatchEncodeTimes& x = r.stages;
+    std::printf("%-22s %-5s %8.3f %8.3f %9.3f %8.3f %9.3f %9.3f %9.3f\n", r.name.c_str(), r.projection.c_str(),
+                x.host_s * 1e3, x.upload_s * 1e3, x.project_s * 1e3, x.exact_s * 1e3, x.entropy_s * 1e3,
+                x.assemble_s * 1e3, x.total_s * 1e3);
   }
   return 0;
 }

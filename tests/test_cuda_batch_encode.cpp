@@ -186,6 +186,15 @@ TEST_P(CudaBatchEncode, MatchesEncodeOnGpuAndDecodes) {
   ASSERT_TRUE(st.is_ok()) << st.to_string();
   const Status done = enc.status();
   ASSERT_TRUE(done.is_ok()) << done.to_string();
+  // The stage times a bench reads: every stage measured, and together no more than the whole.
+  const cuda::BatchEncodeTimes tm = enc.last_times();
+  EXPECT_GT(tm.host_s, 0.0);
+  EXPECT_GT(tm.project_s, 0.0);
+  EXPECT_GT(tm.entropy_s, 0.0);
+  EXPECT_GT(tm.assemble_s, 0.0);
+  EXPECT_GE(tm.upload_s, 0.0);
+  EXPECT_GE(tm.exact_s, 0.0);
+  EXPECT_NEAR(tm.upload_s + tm.project_s + tm.exact_s + tm.entropy_s + tm.assemble_s, tm.total_s, 1e-4);
 
   std::vector<uint8_t> all(total);
   std::vector<uint64_t> sz(views.size());

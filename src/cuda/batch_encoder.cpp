@@ -1,6 +1,7 @@
 #include "cuda/batch_encoder.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -315,6 +316,8 @@ GpuBatchEncoder::~GpuBatchEncoder() {
     cudaEventDestroy(done_);
   }
   if (uploaded_) cudaEventDestroy(uploaded_);
+  for (cudaEvent_t e : stage_)
+    if (e) cudaEventDestroy(e);
   if (handle_) cublasDestroy(handle_);
   if (pinned_) cudaFreeHost(pinned_);
   if (pinned_status_) cudaFreeHost(pinned_status_);
@@ -355,6 +358,8 @@ Status GpuBatchEncoder::set_workspace(void* dev, size_t bytes) {
     KVTC_RETURN_IF_ERROR(cublas_status(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
   }
   if (!done_) KVTC_CUDA_RETURN(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  for (cudaEvent_t& e : stage_)
+    if (!e) KVTC_CUDA_RETURN(cudaEventCreate(&e));
   workspace_ = static_cast<uint8_t*>(dev);
   workspace_bytes_ = dev != nullptr ? bytes : 0;
   return Status::ok();
@@ -364,6 +369,7 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
                                const std::vector<DeviceCacheView>& views, const EncodeOptions& opt, uint8_t* out_dev,
                                const std::vector<uint64_t>& out_offsets, uint64_t* sizes_dev, cudaStream_t stream) {
   if (workspace_ == nullptr || !handle_) return invalid_argument("BatchEncoder: call set_workspace first");
+  const auto host_start = std::chrono::steady_clock::now();
   const bool bf16 = projection_ == EncodeProjection::kBf16;
   KVTC_RETURN_IF_ERROR(cublas_status(
       cublasSetMathMode(handle_, projection_ == EncodeProjection::kTf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
@@ -407,9 +413,12 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
   n_sequences_ = int(views.size());
 
   // ---- Device work, all on `stream`.
+  host_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
   KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, done_, 0));  // the previous batch's workspace use
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[0], stream));
   KVTC_CUDA_RETURN(cudaMemcpyAsync(B.blob.dev, pinned_, blob_bytes, cudaMemcpyHostToDevice, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(uploaded_, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[1], stream));
   KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
   const float one = 1.0f, zero = 0.0f;
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -453,7 +462,9 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
     }
     KVTC_CUDA_RETURN(launch_pack(d.pack, d.n_pack, d.spans, stream));
   }
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[2], stream));
   KVTC_CUDA_RETURN(launch_pack_exact(B.exact, B.n_exact, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[3], stream));
   const size_t N = size_t(B.n_chunks), ND = size_t(B.n_dense);
   DeflateResults primary{B.results, B.results + N, B.results + 2 * N};
   DeflateResults dense{B.dense_results, B.dense_results + ND, B.dense_results + 2 * ND};
@@ -461,9 +472,11 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
   KVTC_CUDA_RETURN(launch_dense_gate(B.gates, int(ND), primary, B.dense_deflate, stream));
   KVTC_CUDA_RETURN(launch_deflate_encode(B.dense_deflate, int(ND), B.dense_results, B.dense_results + ND,
                                          B.dense_results + 2 * ND, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[4], stream));
   KVTC_CUDA_RETURN(launch_assemble(B.assembly, int(views.size()), primary, dense, stream));
   KVTC_CUDA_RETURN(cudaMemcpyAsync(pinned_status_, B.statuses, views.size() * sizeof(uint32_t),
                                    cudaMemcpyDeviceToHost, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(stage_[5], stream));
   KVTC_CUDA_RETURN(cudaEventRecord(done_, stream));
   pending_ = true;
   return Status::ok();
@@ -473,6 +486,13 @@ Status GpuBatchEncoder::status() {
   if (!pending_) return Status::ok();
   pending_ = false;
   KVTC_CUDA_RETURN(cudaEventSynchronize(done_));
+  auto seconds = [&](int a, int b) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, stage_[a], stage_[b]);
+    return double(ms) * 1e-3;
+  };
+  times_ = BatchEncodeTimes{host_s_,     seconds(0, 1), seconds(1, 2), seconds(2, 3),
+                            seconds(3, 4), seconds(4, 5), seconds(0, 5)};
   for (int i = 0; i < n_sequences_; ++i) {
     const uint32_t st = pinned_status_[i];
     if (st == kAssemblyOk) continue;

@@ -38,6 +38,8 @@ class GpuBatchEncoder {
                 const EncodeOptions& options, uint8_t* out_dev, const std::vector<uint64_t>& out_offsets,
                 uint64_t* sizes_dev, cudaStream_t stream);
   Status status();
+  // The last batch's stages (kvtc/kvtc_cuda.hpp); computed by status().
+  BatchEncodeTimes last_times() const { return times_; }
   void set_projection(EncodeProjection projection) { projection_ = projection; }
 
  private:
@@ -55,6 +57,12 @@ class GpuBatchEncoder {
   size_t pinned_status_n_ = 0;
   cudaEvent_t done_ = nullptr;      // recorded after the last batch's work
   cudaEvent_t uploaded_ = nullptr;  // recorded after the last batch's table upload
+  // Stage boundaries of the last batch (timing events): start, uploaded, projected, exact packed,
+  // entropy-coded, assembled.
+  static constexpr int kStageEvents = 6;
+  cudaEvent_t stage_[kStageEvents] = {};
+  double host_s_ = 0;
+  BatchEncodeTimes times_;
   bool pending_ = false;
   int n_sequences_ = 0;
 };

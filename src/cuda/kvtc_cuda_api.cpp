@@ -179,6 +179,8 @@ Status BatchEncoder::encode(const DeviceCalibration& dcal, const std::vector<Dev
 
 Status BatchEncoder::status() { return impl_->enc.status(); }
 
+BatchEncodeTimes BatchEncoder::last_times() const { return impl_->enc.last_times(); }
+
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
                                    int repeat, bool fp32, bool overlap_exact, bool fp8) {
   using Clock = std::chrono::steady_clock;
