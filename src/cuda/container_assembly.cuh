@@ -37,8 +37,9 @@ struct AssemblyJob {
   uint32_t* status_out = nullptr;   // AssemblyStatus
 };
 
-// One block per job: template copied to out, chunk table patched, header CRC, payload copied, size
-// and status written. Asynchronous on `stream`.
+// One block per job: template copied to out, chunk table patched, header CRC, size and status
+// written; then a second launch copies every job's payload with many blocks per job. Asynchronous on
+// `stream`.
 cudaError_t launch_assemble(const AssemblyJob* jobs, int n_jobs, DeflateResults primary, DeflateResults dense,
                             cudaStream_t stream);
 
