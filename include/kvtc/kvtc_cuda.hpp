@@ -235,6 +235,15 @@ struct DeviceCacheView {
   int block_size = 0;
 };
 
+// Where the last BatchEncoder::encode spent its time: host_s on the host clock, from encode()'s start to
+// its first device call (planning, header templates, job tables); the rest device time between CUDA
+// events, in seconds. project_s covers every sequence's gather, projection GEMM, quantisation and
+// packing; entropy_s both DEFLATE launches and the dense gate; assemble_s the containers' assembly and
+// the statuses' copy to the host.
+struct BatchEncodeTimes {
+  double host_s = 0, upload_s = 0, project_s = 0, exact_s = 0, entropy_s = 0, assemble_s = 0, total_s = 0;
+};
+
 // Encodes many device caches per call into complete containers in device memory: what encode_on_gpu
 // gives for the same cache values and options, byte for byte (same chunks, same GPU DEFLATE; the host
 // plans the header and chunk table as a template, the device fills offsets, stored sizes, CRCs, the
@@ -256,15 +265,6 @@ struct DeviceCacheView {
 // workspace: OUT_OF_MEMORY) are returned by encode() before anything is queued. Consecutive batches
 // on one encoder are ordered on the device (a batch waits for the previous one's workspace).
 // Threading: one BatchEncoder per host thread. Options as for encode_on_gpu (measure_error is ignored).
-// Where the last BatchEncoder::encode spent its time: host_s on the host clock, from encode()'s start to
-// its first device call (planning, header templates, job tables); the rest device time between CUDA
-// events, in seconds. project_s covers every sequence's gather, projection GEMM, quantisation and
-// packing; entropy_s both DEFLATE launches and the dense gate; assemble_s the containers' assembly and
-// the statuses' copy to the host.
-struct BatchEncodeTimes {
-  double host_s = 0, upload_s = 0, project_s = 0, exact_s = 0, entropy_s = 0, assemble_s = 0, total_s = 0;
-};
-
 class BatchEncoder {
  public:
   BatchEncoder();

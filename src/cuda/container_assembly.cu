@@ -1,6 +1,6 @@
 // Container assembly kernels. Simple on purpose: thread 0 of a sequence's block walks its chunk table
 // (a prefix sum over the stored sizes) and computes the header CRC; then a second launch copies the
-// chunks, many blocks per sequence (one block copying a whole 82 MB payload took about 150 ms).
+// chunks, many blocks per sequence (one block copying a whole 82 MB payload took about 120 ms on an H100).
 #include "cuda/container_assembly.cuh"
 
 namespace kvtc::cuda {
