@@ -5,9 +5,9 @@ One layer and stream of the restore, as src/cuda/gpu_decoder.cpp calls cuBLAS: p
 column-major product c_h[D x m] = basis_h[D x kept] * coef, fp32 output, batched over the heads. Codec
 2's coefficients are token-major ([m][kept]: coef is kept x m column-major, "NN"); codec 3's are
 component-major ([kept][m]: coef is the transpose of an m x kept matrix, "NT"). Both are timed here
-through PyTorch's cuBLAS bf16 batched GEMM with the same strides (bf16 output here, fp32 there), for the NeMo 12B and Llama 3 8B
-restores of kvtc_bench_cuda (8192 tokens minus the 132 exact ones; kept components per stream from
-that run's codec 3 rows), with the layer's whole restore (every head, both streams, all layers)
+through PyTorch's cuBLAS bf16 batched GEMM with the same strides (bf16 output here, fp32 there), for
+the NeMo 12B and Llama 3 8B restores of kvtc_bench_cuda (8192 tokens minus the 132 exact ones; kept
+components per stream from that run's codec 3 rows), with the layer's whole restore (every head, both streams, all layers)
 extrapolated from one layer. Prints one JSON object per case.
 
   python3 bench/bench_restore_gemm_layout.py [tokens]
@@ -40,7 +40,6 @@ def main():
     m = tokens - 132
     dev = torch.device("cuda")
     for name, layers, heads, d, kept in CASES:
-        p = layers * heads * d
         # The basis of one layer's heads: rows of D features, as [heads][kept][D] row-major = each head's
         # D x kept column-major block (the calibration's [kept][p] slice at this layer).
         basis = torch.randn(heads, kept, d, device=dev, dtype=torch.bfloat16)

@@ -8,7 +8,8 @@ Each point is a cell's paired difference from the uncompressed model on that cel
 its 95% interval as an error bar (`kvtc eval` computes both), at the ratio the method achieved over
 the compressed tokens. Reports may hold different methods over different trials (runs that
 `kvtc eval-merge` cannot pool because they share trials); where two reports hold the same task,
-method and target (for a fixed setting: the same achieved ratio), the one with more trials is drawn. One panel per task, log-2 ratio axis.
+method and target (for a fixed setting: the same achieved ratio), the one with more trials is drawn.
+One panel per task, log-2 ratio axis.
 """
 import argparse
 import json
