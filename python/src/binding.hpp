@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "kvtc/cache.hpp"
+#include "kvtc/kvtc.hpp"
 #include "kvtc/status.hpp"
 
 namespace kvtc_py {
@@ -39,6 +40,19 @@ inline std::map<std::string, std::string> cache_file_metadata(const kvtc::ModelS
   meta.model_name = model_name;
   meta.sync_metadata();
   return std::move(meta.metadata);
+}
+
+// The encode options every Python compress sets from its arguments, on the host and the GPU path alike
+// (each adds its own: threads, codec, token classes on the host).
+inline kvtc::EncodeOptions encode_options(double ratio, int exact_head_tokens, int exact_tail_tokens,
+                                          int deflate_level, bool measure_error) {
+  kvtc::EncodeOptions o;
+  o.target_ratio = ratio;
+  o.exact_head_tokens = exact_head_tokens;
+  o.exact_tail_tokens = exact_tail_tokens;
+  o.deflate_level = deflate_level;
+  o.measure_error = measure_error;
+  return o;
 }
 
 // kvtc._kvtc.Store: the block store (store_module.cpp).

@@ -101,16 +101,6 @@ kvtc::cuda::DeviceCacheView device_view(const kvtc::Calibration& cal, const std:
   return v;
 }
 
-kvtc::EncodeOptions encode_options(double ratio, int exact_head_tokens, int exact_tail_tokens, int deflate_level) {
-  kvtc::EncodeOptions o;
-  o.target_ratio = ratio;
-  o.exact_head_tokens = exact_head_tokens;
-  o.exact_tail_tokens = exact_tail_tokens;
-  o.deflate_level = deflate_level;
-  o.measure_error = false;
-  return o;  // codec 2: the only codec the GPU encoder writes
-}
-
 }  // namespace
 
 void bind_cuda(nb::module_& m) {
@@ -164,7 +154,8 @@ void bind_cuda(nb::module_& m) {
                       const std::optional<std::map<std::string, std::string>>& metadata, int exact_head_tokens,
                       int exact_tail_tokens, int deflate_level) {
         const auto view = device_view(c.dcal.calibration(), keys, values, position_offset, metadata);
-        const auto o = encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level);
+        // codec 2, the only codec the GPU encoder writes; no error report on the device
+        const auto o = encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level, false);
         const size_t ws = take(kvtc::cuda::BatchEncoder::workspace_bytes(c.dcal, {view}, o));
         const uint64_t bound = take(kvtc::cuda::BatchEncoder::container_bound_bytes(c.dcal, {view}, o)).at(0);
         return std::make_pair(ws, bound);
@@ -177,7 +168,8 @@ void bind_cuda(nb::module_& m) {
                         uintptr_t workspace_dev, size_t workspace_bytes, uintptr_t out_dev, uintptr_t size_dev,
                         uintptr_t stream) {
         const auto view = device_view(c.dcal.calibration(), keys, values, position_offset, metadata);
-        const auto o = encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level);
+        // codec 2, the only codec the GPU encoder writes; no error report on the device
+        const auto o = encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level, false);
         if (projection != "fp32" && projection != "tf32" && projection != "bf16")
           throw StatusError{kvtc::invalid_argument("projection must be \"fp32\", \"tf32\" or \"bf16\", not \"" +
                                                    projection + "\"")};

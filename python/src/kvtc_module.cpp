@@ -295,13 +295,9 @@ NB_MODULE(_kvtc, m) {
                       int rans_lanes, const std::optional<std::vector<float>>& token_importance,
                       double high_rate_fraction, int high_rate_levels) {
     const kvtc::CacheView view = make_view(cal, keys, values, position_offset, metadata);
-    kvtc::EncodeOptions o;
-    o.target_ratio = ratio;
-    o.exact_head_tokens = exact_head_tokens;
-    o.exact_tail_tokens = exact_tail_tokens;
-    o.deflate_level = deflate_level;
+    kvtc::EncodeOptions o =
+        kvtc_py::encode_options(ratio, exact_head_tokens, exact_tail_tokens, deflate_level, measure_error);
     o.n_threads = n_threads;
-    o.measure_error = measure_error;
     o.codec = codec;  // codec and rans_lanes are checked by the encoder
     o.rans_lanes = rans_lanes;
     if (token_importance) o.token_importance = *token_importance;  // checked by the encoder
