@@ -111,6 +111,7 @@ struct BatchDecodeOptions {
 struct BatchDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
   double host_s = 0, wait_s = 0;
+  double fp8_s = 0;  // the E4M3 copies of fp8_reconstruction, after dequantize_s
 };
 
 // A host-memory container: pointer and size in bytes.

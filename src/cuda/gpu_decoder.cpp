@@ -478,8 +478,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
   KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), int(ecsq_jobs.size()), verify_checksums, ecsq_status, stream));
-  if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
+  if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[4], stream));
   // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
   cudaStream_t xs = stream;
   if (overlap_exact) {
@@ -554,11 +555,12 @@ Status GpuBatchDecoder::check_coefficients() {
   last_times_.upload_s = event_seconds(ev[0], ev[1]);
   last_times_.inflate_s = event_seconds(ev[1], ev[2]);
   last_times_.dequantize_s = event_seconds(ev[2], ev[3]);
+  last_times_.fp8_s = event_seconds(ev[3], ev[4]);
   if (!overlapped) {
     KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
     last_times_.exact_s = event_seconds(exact_begin_, exact_done_);
   }
-  last_times_.total_s = event_seconds(ev[0], overlapped ? ev[3] : exact_done_);
+  last_times_.total_s = event_seconds(ev[0], overlapped ? ev[4] : exact_done_);
   for (size_t k = 0; k < (overlapped ? exact_jobs_begin_ : n_inflate_jobs_); ++k) {
     if (st[k] == kInflateOk) continue;
     const std::string where = "sequence " + std::to_string(job_chunk_[k].first) + " chunk " + std::to_string(job_chunk_[k].second);
@@ -686,14 +688,16 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D]
-  // ([m][H][D] for FP8).
+  // The fp32 contiguous path reconstructs in place in the output, one GEMM per head ([H][T][D]). The
+  // others reconstruct into tmp_, token-major [m][H][D], with one GEMM over the layer's H * D features:
+  // an M of H * D instead of D keeps cuBLAS's large tiles busy whichever way the coefficients lie.
   const bool in_place = !bf16 && out[0].block_table == nullptr;
   const size_t tmp_bytes = size_t(m) * H * D * sizeof(float);
   if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
     if (use_arena_) return internal_error("restore scratch missing from the workspace");
     KVTC_RETURN_IF_ERROR(tmp_.reserve(tmp_bytes));  // sequences loaded by load_host
   }
+  const int HD = H * D;
   for (int s = 0; s < 2; ++s) {
     const int64_t kept = seq.n_kept[s];
     if (m > 0) {
@@ -703,45 +707,50 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
       ep.rope_style = int(h.shape.rope.style);
       ep.n_heads = H;
       ep.head_dim = D;
-      ep.src_token_stride = fp8 ? int64_t(H) * D : D;
+      ep.src_token_stride = in_place ? D : HD;
       ep.rows = m;
       ep.out = out[s];
       ep.t_offset = t0;
       float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
-      const int64_t c_head_stride = in_place ? T * D : m * D;
-      // Column-major for cuBLAS: c[D x m] = basis[D x kept] * coef, coef being kept x m (token-major,
-      // ld kept) or the transpose of an m x kept matrix (component-major, ld m).
+      // Column-major for cuBLAS: c = basis * coef with basis the layer's (H*D) x kept slice of the
+      // calibration's [kept][p] rows (ld p), coef kept x m: token-major (ld kept, OP_N) or the transpose
+      // of an m x kept matrix (component-major, ld m, OP_T).
       const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
       const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
       if (kept > 0 && fp8) {
-        // Column-major: c[(H*D) x m] = basis_fp8[kept_fp8 x H*D]^T * coef_fp8[kept_fp8 x m], one GEMM
-        // for every head of the layer; c is token-major [m][H][D].
+        // c[(H*D) x m] = basis_fp8[kept_fp8 x H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs).
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
-        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(int64_t(H) * D, m, seq.kept_fp8[s],
-                                           gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s], gcal.rows_fp8[s],
-                                           gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
-                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, int64_t(H) * D,
-                                           stream));
-      } else if (kept > 0 && !bf16) {
+        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(HD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
+                                           gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
+                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, HD, stream));
+      } else if (kept > 0 && in_place) {
+        // Per head h: c_h[D x m] = basis_h[D x kept] * coef, written at head stride T * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
             cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
                                       gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
-                                      coef_ld, 0, &zero, c, D, c_head_stride, H),
+                                      coef_ld, 0, &zero, c, D, T * D, H),
             "cublasSgemmStridedBatched"));
+      } else if (kept > 0 && !bf16) {
+        if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
+        KVTC_RETURN_IF_ERROR(cublas_status(
+            cublasSgemm(handle_, CUBLAS_OP_N, coef_op, HD, int(m), int(kept), &one, gcal.basis_f32[s].as<float>() + col0,
+                        int(p), seq.coef_f32[s].as<float>(), coef_ld, &zero, c, HD),
+            "cublasSgemm"));
       } else if (kept > 0) {
         if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
-                                       gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
-                                       seq.coef_bf16[s].get(), CUDA_R_16BF, coef_ld, 0, &zero, c, CUDA_R_32F, D,
-                                       c_head_stride, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            "cublasGemmStridedBatchedEx"));
+            cublasGemmEx(handle_, CUBLAS_OP_N, coef_op, HD, int(m), int(kept), &one, gcal.basis_bf16[s].as<uint16_t>() + col0,
+                         CUDA_R_16BF, int(p), seq.coef_bf16[s].get(), CUDA_R_16BF, coef_ld, &zero, c, CUDA_R_32F, HD,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx (bf16 restore)"));
+      } else if (in_place) {
+        KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
       } else {
-        KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(c_head_stride) * 4, 0, size_t(m) * D * 4, H, stream));
+        KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, tmp_bytes, stream));
       }
       ep.src = c;
-      ep.src_head_stride = fp8 ? D : c_head_stride;
+      ep.src_head_stride = in_place ? T * D : D;
       KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
     // Exact rows come from the exact chunks, which may still be inflating on the side stream.

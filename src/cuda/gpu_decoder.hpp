@@ -75,11 +75,12 @@ struct GpuSequence {
 
 // Per-stage device times of the last decode, from CUDA events (seconds). Codec 3 codes chunks decode
 // (rANS, raw bits and dequantisation in one kernel) in the dequantize stage; inflate is then exact chunks.
+// fp8_s: the E4M3 copies (want_fp8), after the dequantize stage.
 // host_s: host clock from decode()'s start to its first device call (parsing, checks, job tables);
 // wait_s: host clock of its final synchronisation.
 struct GpuDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
-  double host_s = 0, wait_s = 0;
+  double host_s = 0, wait_s = 0, fp8_s = 0;
 };
 
 struct GpuDecodeOptions {
@@ -152,7 +153,7 @@ class GpuBatchDecoder {
   Fp8Gemm fp8_gemm_;
   cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes
   cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
-  cudaEvent_t coef_done_ = nullptr, stage_events_[4] = {};
+  cudaEvent_t coef_done_ = nullptr, stage_events_[5] = {};
   bool exact_recorded_ = false, exact_pending_ = false, coef_pending_ = false;
   size_t exact_jobs_begin_ = 0, n_inflate_jobs_ = 0, n_dequant_jobs_ = 0, n_ecsq_jobs_ = 0;
   std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;       // (sequence, chunk) of each inflate job

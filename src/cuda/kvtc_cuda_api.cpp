@@ -281,7 +281,7 @@ int64_t BatchDecoder::n_tokens(int seq) const { return int64_t(impl_->dec.sequen
 
 BatchDecodeTimes BatchDecoder::last_times() const {
   const GpuDecodeTimes& t = impl_->times;
-  return {t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.total_s, t.host_s, t.wait_s};
+  return {t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.total_s, t.host_s, t.wait_s, t.fp8_s};
 }
 
 Status BatchDecoder::restore_layer(const DeviceCalibration& dcal, int seq, int layer, void* k_dev, void* v_dev,
