@@ -100,8 +100,11 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
   if (key != cached_key || !cached) {
     cached.reset();
     auto t0 = Clock::now();
-    auto e = make_cpu_backend()->encode(*cal_data, w.cache, eo, nullptr);
+    StageTimes st;
+    auto e = make_cpu_backend()->encode(*cal_data, w.cache, eo, &st);
     OK(e.status());
+    std::fprintf(stderr, "CPU encode stages (s): gather %.2f transform %.2f quantize %.2f entropy %.2f exact %.2f total %.2f\n",
+                 st.gather_s, st.transform_s, st.quantize_s, st.deflate_s, st.exact_s, st.total_s);
     cached = std::move(e).value();
     cached_key = key;
     cached_encode_s = since(t0);
