@@ -44,6 +44,11 @@ struct Row {
   double bf16_rel_err = -1;
   double restore_fp8_s = 0, first_layer_fp8_s = 0, total_wall_fp8_s = 0, fp8_rel_err = -1;  // FP8 reconstruction
   double dequant_fp8_s = 0, fp8_convert_s = 0, inflate_fp8_s = 0;  // the FP8 runs' decode stages
+  struct Grouped {
+    int layers_per_gemm;
+    double restore_s, total_wall_s, first_layer_s;
+  };
+  std::vector<Grouped> grouped;  // FP8 restores with several layers per GEMM
 };
 
 // Compress on the GPU (CudaBackend::encode, the path of encode_on_gpu) of the workload's host cache:
@@ -210,6 +215,22 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       cv8.push_back(rep.t.fp8_s);
       inf8.push_back(rep.t.inflate_s);
     }
+    // Several layers per GEMM (BatchDecodeOptions::layers_per_gemm): the same FP8 restores
+    // (tests/test_cuda_fp8.cpp checks that they agree with one layer per GEMM).
+    for (int group : {4, 8}) {
+      if (group > L) continue;
+      cuda::BatchDecodeOptions g8 = f8;
+      g8.layers_per_gemm = group;
+      std::vector<double> rest_g, wall_g, first_g;
+      for (int i = 0; i < reps + 1; ++i) {
+        const Rep rep = run_once(g8);
+        if (i == 0) continue;
+        rest_g.push_back(rep.restore_all_s);
+        wall_g.push_back(rep.total_s);
+        first_g.push_back(rep.first_layer_s);
+      }
+      r.grouped.push_back({group, median(rest_g), median(wall_g), median(first_g)});
+    }
     r.dequant_fp8_s = median(dq8);
     r.fp8_convert_s = median(cv8);
     r.inflate_fp8_s = median(inf8);
@@ -308,6 +329,10 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       r.floor_s, r.floor_bytes_s, r.floor_gemm_s, r.coef_inflated_bytes / r.inflate_s * gb, r.raw_bytes / r.inflate_s * gb,
       r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s, r.restore_fp8_s, r.first_layer_fp8_s, r.total_wall_fp8_s, r.fp8_rel_err,
       r.inflate_fp8_s, r.dequant_fp8_s, r.fp8_convert_s);
+  for (const Row::Grouped& g : r.grouped)
+    std::printf("{\"case\":\"%s\",\"fp8_layers_per_gemm\":%d,\"restore_all_fp8_s\":%.6f,\"total_wall_fp8_s\":%.6f,"
+                "\"first_layer_fp8_s\":%.6f}\n",
+                r.name.c_str(), g.layers_per_gemm, g.restore_s, g.total_wall_s, g.first_layer_s);
   std::fflush(stdout);
   return r;
 }

@@ -258,7 +258,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
-  size_t tmp_bytes = 0;  // restore scratch: fp32 [H][M][D] of the longest sequence
+  size_t tmp_bytes = 0;  // restore scratch: fp32 [M][G][H][D] of the longest sequence, G layers per GEMM
+  if (options.layers_per_gemm < 1) return invalid_argument("layers_per_gemm must be at least 1");
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
@@ -268,7 +269,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     }
     const int64_t m = int64_t(h.n_compressed_tokens());
     KVTC_RETURN_IF_ERROR(alloc(seq.rope, rope_table_bytes(h)));
-    tmp_bytes = std::max(tmp_bytes, size_t(m) * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
+    const size_t group = size_t(std::min(options.layers_per_gemm, std::max(h.shape.n_layers, 1)));
+    tmp_bytes = std::max(tmp_bytes, size_t(m) * group * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
       seq.coef_by_component[s] = h.streams[s].ecsq();
@@ -429,6 +431,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   for (const auto& [job, first_row] : job_rows) ecsq_jobs[job].rows = class_rows_.as<uint32_t>() + first_row;
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
+  layers_per_gemm_ = options.layers_per_gemm;
   if (plan_only_) return Status::ok();
   const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
 
@@ -650,7 +653,34 @@ Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index,
     out[s].n_heads = h.shape.n_kv_heads;
     out[s].head_dim = h.shape.head_dim;
   }
-  return restore_layer_to(gcal, seq_index, layer, out, stream);
+  return restore_group_to(gcal, seq_index, layer, 1, out, stream, nullptr);
+}
+
+Status GpuBatchDecoder::restore_layers(const GpuCalibration& gcal, int seq_index, int first_layer, int n_layers,
+                                       void* const* k_layers, void* const* v_layers, OutType type, cudaStream_t stream,
+                                       const cudaEvent_t* events) {
+  if (seq_index < 0 || seq_index >= n_sequences()) return invalid_argument("sequence index out of range");
+  const ContainerHeader& h = seqs_[size_t(seq_index)].container.header;
+  if (first_layer < 0 || n_layers < 0 || first_layer + n_layers > h.shape.n_layers)
+    return invalid_argument("layers out of range");
+  // fp32 contiguous restores reconstruct in place, one layer at a time.
+  const int group = type == OutType::kBF16 ? layers_per_gemm_ : 1;
+  std::vector<DstLayout> out;
+  for (int l0 = first_layer; l0 < first_layer + n_layers; l0 += group) {
+    const int n = std::min(group, first_layer + n_layers - l0);
+    out.assign(size_t(2 * n), DstLayout{});
+    for (int i = 0; i < 2 * n; ++i) {
+      DstLayout& o = out[size_t(i)];
+      o.base = (i % 2 == 0 ? k_layers : v_layers)[l0 - first_layer + i / 2];
+      o.bf16 = type == OutType::kBF16;
+      o.head_stride = int64_t(h.n_tokens) * h.shape.head_dim;
+      o.n_heads = h.shape.n_kv_heads;
+      o.head_dim = h.shape.head_dim;
+    }
+    KVTC_RETURN_IF_ERROR(restore_group_to(gcal, seq_index, l0, n, out.data(), stream,
+                                          events != nullptr ? events + (l0 - first_layer) : nullptr));
+  }
+  return Status::ok();
 }
 
 Status GpuBatchDecoder::restore_layer_paged(const GpuCalibration& gcal, int seq_index, int layer, void* layer_cache,
@@ -670,14 +700,15 @@ Status GpuBatchDecoder::restore_layer_paged(const GpuCalibration& gcal, int seq_
     out[s].n_heads = h.shape.n_kv_heads;
     out[s].head_dim = h.shape.head_dim;
   }
-  return restore_layer_to(gcal, seq_index, layer, out, stream);
+  return restore_group_to(gcal, seq_index, layer, 1, out, stream, nullptr);
 }
 
-Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_index, int layer, const DstLayout out[2],
-                                         cudaStream_t stream) {
+Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_index, int layer, int n_group,
+                                         const DstLayout* out, cudaStream_t stream, const cudaEvent_t* events) {
   const GpuSequence& seq = seqs_[size_t(seq_index)];
   const ContainerHeader& h = seq.container.header;
-  if (layer < 0 || layer >= h.shape.n_layers) return invalid_argument("layer " + std::to_string(layer) + " out of range");
+  if (layer < 0 || n_group < 1 || layer + n_group > h.shape.n_layers)
+    return invalid_argument("layer " + std::to_string(layer) + " out of range");
   const bool bf16 = out[0].bf16;
   // FP8 reconstruction: bf16 restores of a batch decoded with E4M3 coefficients.
   const bool fp8 = bf16 && seq.has_fp8 && gcal.has_fp8;
@@ -688,41 +719,34 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // The fp32 contiguous path reconstructs in place in the output, one GEMM per head ([H][T][D]). The
-  // others reconstruct into tmp_, token-major [m][H][D], with one GEMM over the layer's H * D features:
-  // an M of H * D instead of D keeps cuBLAS's large tiles busy whichever way the coefficients lie.
+  // The fp32 contiguous path reconstructs in place in the output, one GEMM per head ([H][T][D]), one
+  // layer at a time. The others reconstruct into tmp_, token-major [m][G][H][D] for a group of G layers,
+  // with one GEMM over their G * H * D features: an M of H * D or more instead of D keeps cuBLAS's large
+  // tiles busy whichever way the coefficients lie, and more layers per GEMM run nearer the peak rate.
   const bool in_place = !bf16 && out[0].block_table == nullptr;
-  const size_t tmp_bytes = size_t(m) * H * D * sizeof(float);
+  if (in_place && n_group > 1) return invalid_argument("fp32 contiguous restores take one layer at a time");
+  const int HD = H * D;
+  const int64_t GHD = int64_t(n_group) * HD;
+  const size_t tmp_bytes = size_t(m) * size_t(GHD) * sizeof(float);
   if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
     if (use_arena_) return internal_error("restore scratch missing from the workspace");
     KVTC_RETURN_IF_ERROR(tmp_.reserve(tmp_bytes));  // sequences loaded by load_host
   }
-  const int HD = H * D;
   for (int s = 0; s < 2; ++s) {
     const int64_t kept = seq.n_kept[s];
+    float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
     if (m > 0) {
-      EpilogueParams ep;
-      ep.mean = gcal.mean[s].as<float>() + col0;
-      ep.rope_table = s == 0 ? seq.rope.as<float2>() : nullptr;
-      ep.rope_style = int(h.shape.rope.style);
-      ep.n_heads = H;
-      ep.head_dim = D;
-      ep.src_token_stride = in_place ? D : HD;
-      ep.rows = m;
-      ep.out = out[s];
-      ep.t_offset = t0;
-      float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
-      // Column-major for cuBLAS: c = basis * coef with basis the layer's (H*D) x kept slice of the
+      // Column-major for cuBLAS: c = basis * coef with basis the group's (G*H*D) x kept slice of the
       // calibration's [kept][p] rows (ld p), coef kept x m: token-major (ld kept, OP_N) or the transpose
       // of an m x kept matrix (component-major, ld m, OP_T).
       const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
       const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
       if (kept > 0 && fp8) {
-        // c[(H*D) x m] = basis_fp8[kept_fp8 x H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs).
+        // c[(G*H*D) x m] = basis_fp8[kept_fp8 x G*H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs).
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
-        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(HD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
+        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
                                            gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
-                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, HD, stream));
+                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, stream));
       } else if (kept > 0 && in_place) {
         // Per head h: c_h[D x m] = basis_h[D x kept] * coef, written at head stride T * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
@@ -734,33 +758,51 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
       } else if (kept > 0 && !bf16) {
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasSgemm(handle_, CUBLAS_OP_N, coef_op, HD, int(m), int(kept), &one, gcal.basis_f32[s].as<float>() + col0,
-                        int(p), seq.coef_f32[s].as<float>(), coef_ld, &zero, c, HD),
+            cublasSgemm(handle_, CUBLAS_OP_N, coef_op, int(GHD), int(m), int(kept), &one,
+                        gcal.basis_f32[s].as<float>() + col0, int(p), seq.coef_f32[s].as<float>(), coef_ld, &zero, c,
+                        int(GHD)),
             "cublasSgemm"));
       } else if (kept > 0) {
         if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasGemmEx(handle_, CUBLAS_OP_N, coef_op, HD, int(m), int(kept), &one, gcal.basis_bf16[s].as<uint16_t>() + col0,
-                         CUDA_R_16BF, int(p), seq.coef_bf16[s].get(), CUDA_R_16BF, coef_ld, &zero, c, CUDA_R_32F, HD,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            cublasGemmEx(handle_, CUBLAS_OP_N, coef_op, int(GHD), int(m), int(kept), &one,
+                         gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), seq.coef_bf16[s].get(),
+                         CUDA_R_16BF, coef_ld, &zero, c, CUDA_R_32F, int(GHD), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
             "cublasGemmEx (bf16 restore)"));
       } else if (in_place) {
         KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
       } else {
         KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, tmp_bytes, stream));
       }
-      ep.src = c;
-      ep.src_head_stride = in_place ? T * D : D;
-      KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
     // Exact rows come from the exact chunks, which may still be inflating on the side stream.
     if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
     const float* exact = seq.exact.as<float>();
-    const int64_t head_off = seq.exact_offset[s][0][size_t(layer)], tail_off = seq.exact_offset[s][1][size_t(layer)];
-    if (h.n_head_exact > 0 && head_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, out[s], 0, stream));
-    if (h.n_tail_exact > 0 && tail_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, h.n_tail_exact, out[s], T - h.n_tail_exact, stream));
+    for (int g = 0; g < n_group; ++g) {
+      const int l = layer + g;
+      const DstLayout& dst = out[2 * g + s];
+      if (m > 0) {
+        EpilogueParams ep;
+        ep.mean = gcal.mean[s].as<float>() + int64_t(l) * HD;
+        ep.rope_table = s == 0 ? seq.rope.as<float2>() : nullptr;
+        ep.rope_style = int(h.shape.rope.style);
+        ep.n_heads = H;
+        ep.head_dim = D;
+        ep.src = in_place ? c : c + int64_t(g) * HD;
+        ep.src_token_stride = in_place ? D : GHD;
+        ep.src_head_stride = in_place ? T * D : D;
+        ep.rows = m;
+        ep.out = dst;
+        ep.t_offset = t0;
+        KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
+      }
+      const int64_t head_off = seq.exact_offset[s][0][size_t(l)], tail_off = seq.exact_offset[s][1][size_t(l)];
+      if (h.n_head_exact > 0 && head_off >= 0)
+        KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, dst, 0, stream));
+      if (h.n_tail_exact > 0 && tail_off >= 0)
+        KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, h.n_tail_exact, dst, T - h.n_tail_exact, stream));
+      if (s == 1 && events != nullptr && events[g] != nullptr) KVTC_CUDA_RETURN(cudaEventRecord(events[g], stream));
+    }
   }
   return Status::ok();
 }

@@ -90,6 +90,9 @@ struct GpuDecodeOptions {
   bool want_fp8 = false;
   bool overlap_exact = false;              // exact chunks on a second stream; exact_status() reports them
   bool defer_status = false;               // no host synchronisation: status() waits and reports
+  // restore_layers reconstructs up to this many consecutive layers with one GEMM (the restore scratch
+  // grows to match); 1: one GEMM per layer and stream.
+  int layers_per_gemm = 1;
 };
 
 class GpuBatchDecoder {
@@ -138,6 +141,13 @@ class GpuBatchDecoder {
   Status restore_layer_paged(const GpuCalibration& gcal, int seq, int layer, void* layer_cache, const int32_t* block_table,
                              int block_size, OutType type, cudaStream_t stream);
 
+  // Layers [first_layer, first_layer + n_layers) of sequence `seq` into k_layers[i] / v_layers[i]
+  // (contiguous, as restore_layer), in order, with one GEMM per stream for every group of up to
+  // layers_per_gemm layers (the decode's option); after layer first_layer + i, records events[i] where
+  // events and events[i] are not null. A group's layers all become ready when its GEMMs end.
+  Status restore_layers(const GpuCalibration& gcal, int seq, int first_layer, int n_layers, void* const* k_layers,
+                        void* const* v_layers, OutType type, cudaStream_t stream, const cudaEvent_t* events);
+
   int n_sequences() const { return int(seqs_.size()); }
   const GpuSequence& sequence(int i) const { return seqs_[size_t(i)]; }
 
@@ -147,7 +157,10 @@ class GpuBatchDecoder {
   Status check_coefficients();
   Status convert_to_fp8(bool from_f32, cudaStream_t stream);
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
-  Status restore_layer_to(const GpuCalibration& gcal, int seq, int layer, const DstLayout out[2], cudaStream_t stream);
+  // Layers [layer0, layer0 + n) into out[2 * i + s] (layer layer0 + i, stream s), one GEMM per stream
+  // for all n (n > 1 needs a bf16 or paged destination); events as restore_layers.
+  Status restore_group_to(const GpuCalibration& gcal, int seq, int layer0, int n, const DstLayout* out,
+                          cudaStream_t stream, const cudaEvent_t* events);
 
   cublasHandle_t handle_ = nullptr;
   Fp8Gemm fp8_gemm_;
@@ -159,6 +172,7 @@ class GpuBatchDecoder {
   std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;       // (sequence, chunk) of each inflate job
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk_;  // and of each codec 3 codes chunk
   GpuDecodeTimes last_times_;
+  int layers_per_gemm_ = 1;  // the last decode's option
   Arena arena_;
   bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;
