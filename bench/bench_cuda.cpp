@@ -356,10 +356,13 @@ int main(int argc, char** argv) {
   // "ttft3": the ttft rows of codec 3 alone, each with and without overlap_exact (the CPU encodes of
   // codec 2 at these shapes take most of a ttft run).
   if (mode != "all" && mode != "ref-only" && mode != "ttft" && mode != "ttft3") {
-    std::fprintf(stderr, "usage: kvtc_bench_cuda [tokens] [all|ref-only|ttft|ttft3]\n");
+    std::fprintf(stderr, "usage: kvtc_bench_cuda [tokens] [all|ref-only|ttft|ttft3] [nemo|llama3]\n");
     return 2;
   }
-  const bool nemo = mode != "ref-only", codec3_only = mode == "ttft3", ttft = mode == "ttft" || codec3_only;
+  // Third argument (ttft modes): "nemo" or "llama3" times that shape alone (default: both).
+  const std::string only = argc > 3 ? argv[3] : "";
+  const bool codec3_only = mode == "ttft3", ttft = mode == "ttft" || codec3_only;
+  const bool nemo = mode != "ref-only" && only != "llama3", llama3 = ttft && only != "nemo";
   const std::vector<int> ttft_codecs = codec3_only ? std::vector<int>{3} : std::vector<int>{2, 3};
   // The ttft rows of one workload: codec 2 and 3 without overlap, or codec 3 without and with it.
   auto ttft_rows = [&](const Workload& w, const Floors& floors, std::vector<Row>& rows) {
@@ -410,7 +413,7 @@ int main(int argc, char** argv) {
       rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, false, true, /*codec=*/3));
     }
   }
-  if (ttft) {  // Llama 3 8B's shape: 32 layers x 8 KV heads x 128 (the second shape)
+  if (llama3) {  // Llama 3 8B's shape: 32 layers x 8 KV heads x 128 (the second shape)
     const Workload l3 =
         make_workload("llama3-8b 32x8x128", 32, 8, 128, tokens, &spectrum[0], 3, /*learn_ecsq=*/true, /*ecsq_samples=*/2048);
     ttft_rows(l3, floors, rows);
