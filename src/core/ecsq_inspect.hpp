@@ -1,6 +1,7 @@
 // A codec 3 container's codes chunks as rANS symbol streams: for each chunk, the runs of tables it was
 // coded with and its symbols, decoded by the CPU's rANS decoder, with the chunk's own rANS bytes. For
-// tests and benches of other rANS coders on real codes (the GPU encoder must write those bytes again).
+// tests and benches of other rANS coders on real codes: an encoder given these symbols and runs must
+// write the stored bytes again (tests/test_codec_v3.cpp holds rans_encode to that).
 #pragma once
 
 #include <cstddef>
