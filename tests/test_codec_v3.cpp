@@ -7,6 +7,8 @@
 #include <memory>
 
 #include "core/ecsq.hpp"
+#include "core/ecsq_inspect.hpp"
+#include "entropy/rans_encode.hpp"
 #include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
 #include "test_util.hpp"
@@ -74,6 +76,43 @@ TEST_P(CodecV3AtRatio, StoredBytesMeetTheTargetAndDecodeMatchesTheReport) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ratios, CodecV3AtRatio, ::testing::Values(4.0, 8.0, 16.0, 20.0, 32.0, 64.0));
+
+// ecsq_container_rans_chunks (what the GPU encoder's tests and bench take as real codes): every codes
+// chunk's symbols, coded again by the CPU's rANS encoder with the runs it gives, are the stored bytes.
+TEST(CodecV3, CodesChunksDecodeToSymbolsThatCodeBackToTheirBytes) {
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
+  for (int lanes : {7, 32, 64}) {
+    EncodeOptions o;
+    o.codec = 3;
+    o.target_ratio = 16;
+    o.rans_lanes = lanes;
+    auto enc = encode(calibration(), cache, o);
+    ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+    auto chunks = ecsq_container_rans_chunks(calibration().data(), enc->bytes.data(), enc->bytes.size());
+    ASSERT_TRUE(chunks.is_ok()) << chunks.status().to_string();
+    ASSERT_GT(chunks->size(), 2u);
+    for (const EcsqChunkRans& c : *chunks) {
+      EXPECT_EQ(c.n_lanes, lanes);
+      std::vector<uint8_t> again;
+      ASSERT_TRUE(rans_encode(c.symbols.data(), c.symbols.size(), c.runs.data(), c.runs.size(), c.n_lanes, again).is_ok());
+      EXPECT_EQ(again, c.rans_bytes) << "chunk " << c.chunk_index;
+    }
+  }
+  // A flipped bit in a lane state: the symbols no longer decode to the final state, CORRUPT.
+  EncodeOptions o;
+  o.codec = 3;
+  o.target_ratio = 16;
+  auto enc = encode(calibration(), cache, o);
+  ASSERT_TRUE(enc.is_ok());
+  auto chunks = ecsq_container_rans_chunks(calibration().data(), enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(chunks.is_ok());
+  auto parsed = parse_container(enc->bytes.data(), enc->bytes.size());
+  ASSERT_TRUE(parsed.is_ok());
+  const ChunkEntry& first = parsed->header.chunks[chunks->front().chunk_index];
+  std::vector<uint8_t> bad = enc->bytes;
+  bad[parsed->payload_offset + first.offset + kRansChunkHeaderBytes + 1] ^= 0x40;
+  EXPECT_EQ(ecsq_container_rans_chunks(calibration().data(), bad.data(), bad.size()).status().code(), StatusCode::kCorrupt);
+}
 
 TEST(CodecV3, ErrorFallsAsTheRatioFalls) {
   const KVCache& cache = testing::repo_cache("small-test.safetensors");

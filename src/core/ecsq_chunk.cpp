@@ -43,6 +43,19 @@ std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel
   return out;
 }
 
+std::vector<RansRun> ecsq_chunk_runs(const EcsqModel& model, const EcsqLevel& level, const EcsqLevel* high,
+                                     uint64_t n_low, uint64_t n_high, uint32_t c0, uint32_t c1) {
+  std::vector<RansRun> runs;
+  for (uint32_t j = c0; j < c1; ++j)
+    for (int cls = 1; cls >= 0; --cls) {
+      const EcsqLevel* l = cls == 1 ? high : &level;
+      const uint64_t n = cls == 1 ? n_high : n_low;
+      if (!has_cell(l, j) || n == 0) continue;
+      runs.push_back({uint32_t(n), &model.cells[j][l->cell[j] - 1u].table});
+    }
+  return runs;
+}
+
 namespace {
 
 class BitWriter {
@@ -95,7 +108,7 @@ Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* co
       ecsq_chunk_symbols(lv, hv, by_class[0].size(), by_class[1].size(), c0, c1);
   if (n_symbols > kRansMaxChunkSymbols) return invalid_argument("ECSQ encode: too many symbols for one chunk");
   std::vector<uint8_t> symbols(static_cast<size_t>(n_symbols));
-  std::vector<RansRun> runs;
+  const std::vector<RansRun> runs = ecsq_chunk_runs(model, lv, hv, by_class[0].size(), by_class[1].size(), c0, c1);
   BitWriter raw;
   size_t i = 0;
   for (uint32_t j = c0; j < c1; ++j) {
@@ -104,7 +117,6 @@ Status encode_ecsq_chunk(const EcsqModel& model, uint32_t level, const float* co
       if (!has_cell(l, j) || by_class[cls].empty()) continue;
       const EcsqCell& cell = model.cells[j][l->cell[j] - 1u];
       const uint32_t escape = uint32_t(cell.table.alphabet_size() - 1);
-      runs.push_back({uint32_t(by_class[cls].size()), &cell.table});
       for (const int64_t t : by_class[cls]) {
         const EcsqSymbol s = ecsq_symbol(ecsq_quantize(coef[t * row_stride + j], cell.step));
         if (s.symbol >= escape) {

@@ -47,6 +47,13 @@ inline std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const Ec
 // states, the raw-bit count, and on average one byte of padding in each series.
 inline uint64_t ecsq_chunk_overhead_bytes(int n_lanes) { return kRansChunkHeaderBytes + 4u * uint64_t(n_lanes) + 4u + 2u; }
 
+// The rANS runs of a chunk over components [c0, c1) with n_low class-0 and n_high class-1 tokens
+// (high == nullptr: no classes, n_high 0): for each component in order, its class-1 run at `high`'s
+// cell, then its class-0 run at `level`'s, each where the level has a cell and the class has tokens.
+// The tables are the model's cells' (model.cells), so the model must outlive the runs.
+std::vector<RansRun> ecsq_chunk_runs(const EcsqModel& model, const EcsqLevel& level, const EcsqLevel* high,
+                                     uint64_t n_low, uint64_t n_high, uint32_t c0, uint32_t c1);
+
 // Encodes tokens [0, n_tokens) of coefficient rows coef[t * row_stride + j] (components [c0, c1)) into
 // one chunk (replacing out). With `classes` (n_tokens bytes, 0 or 1), class-1 tokens are coded at
 // level_high. INVALID_ARGUMENT for a level outside the model, too many symbols, or lanes outside 1..64.
