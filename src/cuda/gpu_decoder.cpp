@@ -167,6 +167,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   const auto host_start = std::chrono::steady_clock::now();
   const bool want_f32 = options.want_f32, want_bf16 = options.want_bf16, overlap_exact = options.overlap_exact;
   const bool verify_checksums = options.verify_checksums;
+  if (options.layers_per_gemm < 1) return invalid_argument("layers_per_gemm must be at least 1");
   if (!plan_only_) {
     KVTC_RETURN_IF_ERROR(ensure_handle());
     // The previous batch's kernels finish before this one's reuse its buffers (a device-side wait);
@@ -259,7 +260,6 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
   size_t tmp_bytes = 0;  // restore scratch: fp32 [M][G][H][D] of the longest sequence, G layers per GEMM
-  if (options.layers_per_gemm < 1) return invalid_argument("layers_per_gemm must be at least 1");
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
@@ -719,12 +719,13 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // The fp32 contiguous path reconstructs in place in the output, one GEMM per head ([H][T][D]), one
-  // layer at a time. The others reconstruct into tmp_, token-major [m][G][H][D] for a group of G layers,
+  // bf16 (and FP8) restores reconstruct into tmp_, token-major [m][G][H][D] for a group of G layers,
   // with one GEMM over their G * H * D features: an M of H * D or more instead of D keeps cuBLAS's large
   // tiles busy whichever way the coefficients lie, and more layers per GEMM run nearer the peak rate.
+  // fp32 restores keep one GEMM per head, so that the paged and contiguous layouts get the same bits:
+  // in place for contiguous outputs, into tmp_ [H][m][D] for paged ones.
   const bool in_place = !bf16 && out[0].block_table == nullptr;
-  if (in_place && n_group > 1) return invalid_argument("fp32 contiguous restores take one layer at a time");
+  if (!bf16 && n_group > 1) return invalid_argument("fp32 restores take one layer at a time");
   const int HD = H * D;
   const int64_t GHD = int64_t(n_group) * HD;
   const size_t tmp_bytes = size_t(m) * size_t(GHD) * sizeof(float);
@@ -747,21 +748,14 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
         KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
                                            gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
                                            seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, stream));
-      } else if (kept > 0 && in_place) {
-        // Per head h: c_h[D x m] = basis_h[D x kept] * coef, written at head stride T * D.
+      } else if (kept > 0 && !bf16) {
+        // Per head h: c_h[D x m] = basis_h[D x kept] * coef, at head stride T * D (in place) or m * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
             cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
                                       gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
-                                      coef_ld, 0, &zero, c, D, T * D, H),
+                                      coef_ld, 0, &zero, c, D, in_place ? T * D : m * D, H),
             "cublasSgemmStridedBatched"));
-      } else if (kept > 0 && !bf16) {
-        if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
-        KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasSgemm(handle_, CUBLAS_OP_N, coef_op, int(GHD), int(m), int(kept), &one,
-                        gcal.basis_f32[s].as<float>() + col0, int(p), seq.coef_f32[s].as<float>(), coef_ld, &zero, c,
-                        int(GHD)),
-            "cublasSgemm"));
       } else if (kept > 0) {
         if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
@@ -771,12 +765,10 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
             "cublasGemmEx (bf16 restore)"));
       } else if (in_place) {
         KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
-      } else {
+      } else {  // [H][m][D] or [m][G][H][D]: the same bytes
         KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, tmp_bytes, stream));
       }
     }
-    // Exact rows come from the exact chunks, which may still be inflating on the side stream.
-    if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
     const float* exact = seq.exact.as<float>();
     for (int g = 0; g < n_group; ++g) {
       const int l = layer + g;
@@ -788,14 +780,16 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
         ep.rope_style = int(h.shape.rope.style);
         ep.n_heads = H;
         ep.head_dim = D;
-        ep.src = in_place ? c : c + int64_t(g) * HD;
-        ep.src_token_stride = in_place ? D : GHD;
-        ep.src_head_stride = in_place ? T * D : D;
+        ep.src = bf16 ? c + int64_t(g) * HD : c;
+        ep.src_token_stride = bf16 ? GHD : D;
+        ep.src_head_stride = bf16 ? D : in_place ? T * D : m * D;
         ep.rows = m;
         ep.out = dst;
         ep.t_offset = t0;
         KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
       }
+      // Exact rows come from the exact chunks, which may still be inflating on the side stream.
+      if (g == 0 && exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
       const int64_t head_off = seq.exact_offset[s][0][size_t(l)], tail_off = seq.exact_offset[s][1][size_t(l)];
       if (h.n_head_exact > 0 && head_off >= 0)
         KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, dst, 0, stream));

@@ -41,7 +41,10 @@ __global__ void rans_encode_kernel(const RansEncodeJob* jobs, int n_jobs, uint32
   bool err = false;
   for (uint32_t round = (n + N - 1) / N; round-- > 0;) {
     const uint32_t base = round * N;
-    for (int half = N > 32 ? 1 : 0; half >= 0; --half) {
+    // Unrolled with constant bounds, so that x[] and run[] stay in registers; the skip is warp-uniform.
+#pragma unroll
+    for (int half = 1; half >= 0; --half) {
+      if (half == 1 && N <= 32) continue;
       const uint32_t lane = uint32_t(half) * 32 + t, i = base + lane;
       const bool active = lane < N && i < n;
       uint32_t f = 1, cum = 0, pb = 1;
@@ -79,6 +82,7 @@ __global__ void rans_encode_kernel(const RansEncodeJob* jobs, int n_jobs, uint32
   const uint32_t header = uint32_t(kRansChunkHeaderBytes) + 4u * N, stream_bytes = 2u * n_words;
   const uint32_t offset = job.capacity_bytes - stream_bytes - header;
   uint8_t* const h = job.out + offset;
+#pragma unroll
   for (int half = 0; half < 2; ++half) {
     const uint32_t lane = uint32_t(half) * 32 + t;
     if (lane < N) put_le32(h + kRansChunkHeaderBytes + 4 * lane, x[half]);
