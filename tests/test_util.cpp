@@ -11,9 +11,11 @@
 #include <stdexcept>
 
 #include "core/ecsq.hpp"
+#include "core/ecsq_inspect.hpp"
 #include "core/reference_decoder.hpp"
 #include "core/rope.hpp"
 #include "core/token_vectors.hpp"
+#include "entropy/rans_encode.hpp"
 #include "kvtc/kvtc.hpp"
 #include "util/half.hpp"
 
@@ -312,6 +314,27 @@ std::vector<uint8_t> with_header(const std::vector<uint8_t>& full, size_t payloa
   std::vector<uint8_t> bytes = serialize_container_header(header);
   bytes.insert(bytes.end(), full.begin() + long(payload_offset), full.end());
   return bytes;
+}
+
+int64_t expect_codes_chunks_reencode(const CalibrationData& cal, const std::vector<uint8_t>& container,
+                                     int expected_lanes) {
+  auto chunks = ecsq_container_rans_chunks(cal, container.data(), container.size());
+  auto parsed = parse_container(container.data(), container.size());
+  EXPECT_TRUE(chunks.is_ok()) << chunks.status().to_string();
+  EXPECT_TRUE(parsed.is_ok()) << parsed.status().to_string();
+  if (!chunks.is_ok() || !parsed.is_ok()) return -1;
+  EXPECT_GT(chunks->size(), 2u);
+  int64_t more_runs = 0;
+  for (const EcsqChunkRans& c : *chunks) {
+    if (expected_lanes > 0) {
+      EXPECT_EQ(c.n_lanes, expected_lanes);
+    }
+    more_runs += c.runs.size() > size_t(parsed->header.chunks[c.chunk_index].n_items);
+    std::vector<uint8_t> again;
+    EXPECT_TRUE(rans_encode(c.symbols.data(), c.symbols.size(), c.runs.data(), c.runs.size(), c.n_lanes, again).is_ok());
+    EXPECT_EQ(again, c.rans_bytes) << "chunk " << c.chunk_index;
+  }
+  return more_runs;
 }
 
 }  // namespace kvtc::testing

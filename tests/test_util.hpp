@@ -103,4 +103,10 @@ void expect_truncations_rejected(const std::vector<uint8_t>& full,
 std::vector<uint8_t> with_header(const std::vector<uint8_t>& full, size_t payload_offset,
                                  const ContainerHeader& header);
 
+// Every codec 3 codes chunk of `container` (core/ecsq_inspect.hpp) coded again by the CPU's rans_encode
+// from its decoded symbols and runs gives its stored rANS bytes; returns how many chunks have more
+// runs than components (format 4's class-1 runs), -1 if the chunks could not be read.
+int64_t expect_codes_chunks_reencode(const CalibrationData& cal, const std::vector<uint8_t>& container,
+                                     int expected_lanes = 0);
+
 }  // namespace kvtc::testing
