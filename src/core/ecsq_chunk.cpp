@@ -43,6 +43,15 @@ std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel
   return out;
 }
 
+Result<uint64_t> ecsq_chunk_rans_bytes(const uint8_t* chunk, size_t chunk_bytes) {
+  if (chunk_bytes < kRansChunkHeaderBytes) return corrupt("ECSQ chunk: truncated");
+  uint32_t stream_bytes;
+  std::memcpy(&stream_bytes, chunk + 8, 4);
+  const uint64_t rans_bytes = kRansChunkHeaderBytes + 4ull * chunk[4] + stream_bytes;
+  if (rans_bytes + 4 > chunk_bytes) return corrupt("ECSQ chunk: truncated before its raw bits");
+  return rans_bytes;
+}
+
 std::vector<RansRun> ecsq_chunk_runs(const EcsqModel& model, const EcsqLevel& level, const EcsqLevel* high,
                                      uint64_t n_low, uint64_t n_high, uint32_t c0, uint32_t c1) {
   std::vector<RansRun> runs;
@@ -251,11 +260,7 @@ Status decode_ecsq_chunk(const EcsqDecodeLevel& level, const uint8_t* chunk, siz
   if (expected != n_symbols)
     return corrupt("ECSQ chunk: " + std::to_string(n_symbols) + " symbols, the level needs " + std::to_string(expected));
   // The rANS chunk's size comes from its own header; the raw bits follow it.
-  if (chunk_bytes < kRansChunkHeaderBytes) return corrupt("ECSQ chunk: truncated");
-  uint32_t n_lanes = chunk[4], stream_bytes;
-  std::memcpy(&stream_bytes, chunk + 8, 4);
-  const uint64_t rans_bytes = kRansChunkHeaderBytes + 4ull * n_lanes + stream_bytes;
-  if (rans_bytes + 4 > chunk_bytes) return corrupt("ECSQ chunk: truncated before its raw bits");
+  KVTC_ASSIGN_OR_RETURN(const uint64_t rans_bytes, ecsq_chunk_rans_bytes(chunk, chunk_bytes));
   std::vector<RansDecodeRun> runs;
   for (const DecodeRun& r : plan)
     runs.push_back({uint32_t(r.count), &r.level->table(r.level->component(r.j).table)});

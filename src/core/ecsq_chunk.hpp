@@ -47,6 +47,11 @@ inline std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const Ec
 // states, the raw-bit count, and on average one byte of padding in each series.
 inline uint64_t ecsq_chunk_overhead_bytes(int n_lanes) { return kRansChunkHeaderBytes + 4u * uint64_t(n_lanes) + 4u + 2u; }
 
+// The size of the rANS chunk at the front of a stored codes chunk, from that rANS chunk's header (its
+// lanes and stream bytes; the header's other fields are rans_decode's to check). CORRUPT if the stored
+// bytes end before that header, or before the raw-bit count that follows the rANS chunk.
+Result<uint64_t> ecsq_chunk_rans_bytes(const uint8_t* chunk, size_t chunk_bytes);
+
 // The rANS runs of a chunk over components [c0, c1) with n_low class-0 and n_high class-1 tokens
 // (high == nullptr: no classes, n_high 0): for each component in order, its class-1 run at `high`'s
 // cell, then its class-0 run at `level`'s, each where the level has a cell and the class has tokens.

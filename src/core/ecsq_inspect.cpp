@@ -1,6 +1,5 @@
 #include "core/ecsq_inspect.hpp"
 
-#include <cstring>
 #include <map>
 #include <string>
 
@@ -43,11 +42,9 @@ Result<std::vector<EcsqChunkRans>> ecsq_container_rans_chunks(const CalibrationD
     const uint8_t* stored = payload + c.offset;
     // The rANS chunk is the front of the stored bytes (the raw bits follow): its size from its header,
     // then the header's own checks on exactly those bytes.
-    if (c.stored_bytes < kRansChunkHeaderBytes) return corrupt(where + ": shorter than a rANS header");
-    uint32_t stream_bytes = 0;
-    std::memcpy(&stream_bytes, stored + 8, 4);  // little-endian, as every kvtc target
-    const size_t rans_bytes = kRansChunkHeaderBytes + 4 * size_t(stored[4]) + stream_bytes;
-    if (rans_bytes > c.stored_bytes) return corrupt(where + ": the rANS chunk runs past the stored bytes");
+    const Result<uint64_t> front = ecsq_chunk_rans_bytes(stored, c.stored_bytes);
+    if (!front.is_ok()) return front.status().with_context(where);
+    const size_t rans_bytes = size_t(*front);
     const Result<RansChunkInfo> parsed = parse_rans_chunk_header(stored, rans_bytes);
     if (!parsed.is_ok()) return parsed.status().with_context(where);
     const RansChunkInfo info = *parsed;
