@@ -43,6 +43,12 @@ struct Row {
   double floor_s = 0, floor_bytes_s = 0, floor_gemm_s = 0;
   double bf16_rel_err = -1;
   double restore_fp8_s = 0, first_layer_fp8_s = 0, total_wall_fp8_s = 0, fp8_rel_err = -1;  // FP8 reconstruction
+  double dequant_fp8_s = 0, fp8_convert_s = 0, inflate_fp8_s = 0;  // the FP8 runs' decode stages
+  struct Grouped {
+    int layers_per_gemm;
+    double restore_s, total_wall_s, first_layer_s;
+  };
+  std::vector<Grouped> grouped;  // FP8 restores with several layers per GEMM
 };
 
 // Compress on the GPU (CudaBackend::encode, the path of encode_on_gpu) of the workload's host cache:
@@ -99,8 +105,11 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
   if (key != cached_key || !cached) {
     cached.reset();
     auto t0 = Clock::now();
-    auto e = make_cpu_backend()->encode(*cal_data, w.cache, eo, nullptr);
+    StageTimes st;
+    auto e = make_cpu_backend()->encode(*cal_data, w.cache, eo, &st);
     OK(e.status());
+    std::fprintf(stderr, "CPU encode stages (s): gather %.2f transform %.2f quantize %.2f entropy %.2f exact %.2f total %.2f\n",
+                 st.gather_s, st.transform_s, st.quantize_s, st.deflate_s, st.exact_s, st.total_s);
     cached = std::move(e).value();
     cached_key = key;
     cached_encode_s = since(t0);
@@ -195,14 +204,36 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
   {
     cuda::BatchDecodeOptions f8 = bo;
     f8.fp8_reconstruction = true;
-    std::vector<double> rest8, first8, wall8;
+    std::vector<double> rest8, first8, wall8, dq8, cv8, inf8;
     for (int i = 0; i < reps + 1; ++i) {
       const Rep rep = run_once(f8);
       if (i == 0) continue;
       rest8.push_back(rep.restore_all_s);
       first8.push_back(rep.first_layer_s);
       wall8.push_back(rep.total_s);
+      dq8.push_back(rep.t.dequantize_s);
+      cv8.push_back(rep.t.fp8_s);
+      inf8.push_back(rep.t.inflate_s);
     }
+    // Several layers per GEMM (BatchDecodeOptions::layers_per_gemm): the same FP8 restores
+    // (tests/test_cuda_fp8.cpp checks that they agree with one layer per GEMM).
+    for (int group : {4, 8}) {
+      if (group > L) continue;
+      cuda::BatchDecodeOptions g8 = f8;
+      g8.layers_per_gemm = group;
+      std::vector<double> rest_g, wall_g, first_g;
+      for (int i = 0; i < reps + 1; ++i) {
+        const Rep rep = run_once(g8);
+        if (i == 0) continue;
+        rest_g.push_back(rep.restore_all_s);
+        wall_g.push_back(rep.total_s);
+        first_g.push_back(rep.first_layer_s);
+      }
+      r.grouped.push_back({group, median(rest_g), median(wall_g), median(first_g)});
+    }
+    r.dequant_fp8_s = median(dq8);
+    r.fp8_convert_s = median(cv8);
+    r.inflate_fp8_s = median(inf8);
     r.restore_fp8_s = median(rest8);
     r.first_layer_fp8_s = median(first8);
     r.total_wall_fp8_s = median(wall8);
@@ -291,11 +322,17 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       "\"total_wall_s\":%.6f,\"floor_s\":%.6f,\"floor_bytes_s\":%.6f,\"floor_gemm_s\":%.6f,"
       "\"coef_inflate_GBps_inflated\":%.1f,\"inflate_GBps_raw_cache\":%.1f,\"bf16_rel_l2_err_layer0_keys\":%.3g,"
       "\"coef_inflate_nocrc_s\":%.6f,\"decode_host_s\":%.6f,\"decode_wait_s\":%.6f,\"restore_all_fp8_s\":%.6f,"
-      "\"first_layer_fp8_s\":%.6f,\"total_wall_fp8_s\":%.6f,\"fp8_rel_l2_err_layer0_keys\":%.3g}\n",
+      "\"first_layer_fp8_s\":%.6f,\"total_wall_fp8_s\":%.6f,\"fp8_rel_l2_err_layer0_keys\":%.3g,"
+      "\"fp8_run_inflate_s\":%.6f,\"fp8_run_dequantize_s\":%.6f,\"fp8_run_e4m3_copy_s\":%.6f}\n",
       r.name.c_str(), r.raw_bytes, r.file_bytes, r.raw_bytes / r.file_bytes, r.inflated_bytes, r.encode_cpu_s, r.upload_s,
       r.inflate_s, r.dequant_s, r.exact_s, r.decode_s, r.decode_wall_s, r.restore_s, r.first_layer_s, r.total_wall_s,
       r.floor_s, r.floor_bytes_s, r.floor_gemm_s, r.coef_inflated_bytes / r.inflate_s * gb, r.raw_bytes / r.inflate_s * gb,
-      r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s, r.restore_fp8_s, r.first_layer_fp8_s, r.total_wall_fp8_s, r.fp8_rel_err);
+      r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s, r.restore_fp8_s, r.first_layer_fp8_s, r.total_wall_fp8_s, r.fp8_rel_err,
+      r.inflate_fp8_s, r.dequant_fp8_s, r.fp8_convert_s);
+  for (const Row::Grouped& g : r.grouped)
+    std::printf("{\"case\":\"%s\",\"fp8_layers_per_gemm\":%d,\"restore_all_fp8_s\":%.6f,\"total_wall_fp8_s\":%.6f,"
+                "\"first_layer_fp8_s\":%.6f}\n",
+                r.name.c_str(), g.layers_per_gemm, g.restore_s, g.total_wall_s, g.first_layer_s);
   std::fflush(stdout);
   return r;
 }
@@ -316,11 +353,22 @@ int main(int argc, char** argv) {
   // statuses for every shape (reference, NeMo 12B, Llama 3 8B) and both codecs (the time-to-first-token
   // rows) and nothing else.
   const std::string mode = argc > 2 ? argv[2] : "all";
-  if (mode != "all" && mode != "ref-only" && mode != "ttft") {
-    std::fprintf(stderr, "usage: kvtc_bench_cuda [tokens] [all|ref-only|ttft]\n");
+  // "ttft3": the ttft rows of codec 3 alone, each with and without overlap_exact (the CPU encodes of
+  // codec 2 at these shapes take most of a ttft run).
+  if (mode != "all" && mode != "ref-only" && mode != "ttft" && mode != "ttft3") {
+    std::fprintf(stderr, "usage: kvtc_bench_cuda [tokens] [all|ref-only|ttft|ttft3] [nemo|llama3]\n");
     return 2;
   }
-  const bool nemo = mode != "ref-only", ttft = mode == "ttft";
+  // Third argument (ttft modes): "nemo" or "llama3" times that shape alone (default: both).
+  const std::string only = argc > 3 ? argv[3] : "";
+  const bool codec3_only = mode == "ttft3", ttft = mode == "ttft" || codec3_only;
+  const bool nemo = mode != "ref-only" && only != "llama3", llama3 = ttft && only != "nemo";
+  const std::vector<int> ttft_codecs = codec3_only ? std::vector<int>{3} : std::vector<int>{2, 3};
+  // The ttft rows of one workload: codec 2 and 3 without overlap, or codec 3 without and with it.
+  auto ttft_rows = [&](const Workload& w, const Floors& floors, std::vector<Row>& rows) {
+    for (int codec : ttft_codecs) rows.push_back(run_workload(w, floors, 256, 16 << 10, 5, 1, false, true, codec));
+    if (codec3_only) rows.push_back(run_workload(w, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/true, true, 3));
+  };
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   std::printf("{\"device\":\"%s\",\"sms\":%d,\"l2_bytes\":%d,\"tokens\":%lld}\n", prop.name, prop.multiProcessorCount,
@@ -340,7 +388,7 @@ int main(int argc, char** argv) {
   {
     const Workload ref = make_workload("ref 8x2x128", 8, 2, 128, tokens, &spectrum[0], 1, /*learn_ecsq=*/true);
     if (ttft) {
-      for (int codec : {2, 3}) rows.push_back(run_workload(ref, floors, 256, 16 << 10, 5, 1, false, true, codec));
+      ttft_rows(ref, floors, rows);
     } else {
       rows.push_back(run_workload(ref, floors, 256, 16 << 10, 5, 1));  // the encoder's defaults
       rows.push_back(run_workload(ref, floors, 64, 16 << 10, 5, 1));
@@ -358,13 +406,17 @@ int main(int argc, char** argv) {
       rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1));
       rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/true));
     }
-    rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/false, /*defer_status=*/true));
-    rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, false, true, /*codec=*/3));
+    if (ttft) {
+      ttft_rows(big, floors, rows);
+    } else {
+      rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, /*overlap_exact=*/false, /*defer_status=*/true));
+      rows.push_back(run_workload(big, floors, 256, 16 << 10, 5, 1, false, true, /*codec=*/3));
+    }
   }
-  if (ttft) {  // Llama 3 8B's shape: 32 layers x 8 KV heads x 128 (the second shape)
+  if (llama3) {  // Llama 3 8B's shape: 32 layers x 8 KV heads x 128 (the second shape)
     const Workload l3 =
         make_workload("llama3-8b 32x8x128", 32, 8, 128, tokens, &spectrum[0], 3, /*learn_ecsq=*/true, /*ecsq_samples=*/2048);
-    for (int codec : {2, 3}) rows.push_back(run_workload(l3, floors, 256, 16 << 10, 5, 1, false, true, codec));
+    ttft_rows(l3, floors, rows);
   }
   std::printf("\n%-44s %8s %9s %9s %9s %9s %9s %9s %9s %9s %7s\n", "case (times in ms)", "ratio", "inflate", "dequant",
               "exact||", "restore", "rst fp8", "wall", "wall fp8", "floor", "x floor");

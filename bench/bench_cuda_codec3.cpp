@@ -7,7 +7,8 @@
 //   kvtc_bench_cuda_codec3 CAL1[,CAL2...] TEST1[,TEST2...] [ratios, default 8,16,32] [copies, default 64] [reps, default 7]
 //
 // One JSON object per (test cache, ratio, codec, and codec 3 with token classes where the cache has
-// queries to score tokens with) on stdout: compressed codes bytes, symbols, GPU
+// queries to score tokens with) on stdout, and for codec 3 one more with the GPU rANS encoder
+// (src/cuda/rans_encode.cu) re-encoding the same chunks' symbols: compressed codes bytes, symbols, GPU
 // entropy-stage seconds (median of reps) and GB/s of stored codes in, CPU decode seconds (all cores),
 // and the bf16 restore of one decoded container's layers (reconstruction GEMMs and epilogues).
 #include <cuda_runtime.h>
@@ -21,6 +22,9 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "core/ecsq_inspect.hpp"
+#include "cuda/rans_batch_encoder.hpp"
+#include "entropy/rans_encode.hpp"
 #include "cuda/gpu_decoder.hpp"
 #include "format/container.hpp"
 #include "kvtc/kvtc.hpp"
@@ -177,6 +181,58 @@ int run(int argc, char** argv) {
           auto d = cpu->decode_coefficients(cd, bytes.data(), bytes.size(), DecodeOptions{}, nullptr);
           if (!d.is_ok()) return fail(d.status(), "CPU decode");
           cpu_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());
+        }
+        // Codec 3's entropy stage the other way: the GPU rANS encoder on the same chunks' symbols (`copies`
+        // copies in one launch), checked byte for byte against the stored rANS chunks, and the CPU's
+        // rans_encode of one copy on one core.
+        double enc_gpu_s = 0, enc_cpu_s = 0, enc_symbols = 0, enc_out_bytes = 0;
+        bool enc_match = true;
+        if (codec == 3) {
+          auto chunks = ecsq_container_rans_chunks(cd, bytes.data(), bytes.size());
+          if (!chunks.is_ok()) return fail(chunks.status(), "rANS chunks");
+          std::vector<cuda::RansChunkInput> in;
+          for (int q = 0; q < copies; ++q)
+            for (const EcsqChunkRans& c : *chunks)
+              in.push_back({c.symbols.data(), uint32_t(c.symbols.size()), c.runs.data(), uint32_t(c.runs.size()), c.n_lanes});
+          cuda::RansBatchEncoder renc;
+          if (Status s = renc.upload(in, stream); !s.is_ok()) return fail(s, "rANS upload");
+          std::vector<double> enc_s;
+          cudaEvent_t a, b;
+          cudaEventCreate(&a);
+          cudaEventCreate(&b);
+          for (int r = 0; r < reps + 1; ++r) {
+            cudaEventRecord(a, stream);
+            if (Status s = renc.encode(stream); !s.is_ok()) return fail(s, "rANS encode");
+            cudaEventRecord(b, stream);
+            cudaEventSynchronize(b);
+            float ms = 0;
+            cudaEventElapsedTime(&ms, a, b);
+            if (r > 0) enc_s.push_back(ms * 1e-3);
+          }
+          cudaEventDestroy(a);
+          cudaEventDestroy(b);
+          std::vector<std::vector<uint8_t>> got;
+          if (Status s = renc.download(&got, stream); !s.is_ok()) return fail(s, "rANS download");
+          for (size_t i = 0; i < got.size(); ++i) {
+            const EcsqChunkRans& c = (*chunks)[i % chunks->size()];
+            enc_match = enc_match && got[i] == c.rans_bytes;
+            enc_out_bytes += double(got[i].size());
+          }
+          enc_symbols = double(renc.n_symbols());
+          enc_gpu_s = median(enc_s);
+          const auto c0 = std::chrono::steady_clock::now();
+          std::vector<uint8_t> out;
+          for (const EcsqChunkRans& c : *chunks)
+            if (Status s = rans_encode(c.symbols.data(), c.symbols.size(), c.runs.data(), c.runs.size(), c.n_lanes, out);
+                !s.is_ok())
+              return fail(s, "CPU rans_encode");
+          enc_cpu_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+          std::printf("{\"cache\": \"%s\", \"ratio\": %g, \"token_classes\": %s, \"rans_encode_chunks\": %zu, "
+                      "\"symbols\": %.0f, \"gpu_rans_encode_s\": %.6f, \"gpu_encode_Gsym_per_s\": %.2f, "
+                      "\"gpu_encode_GBps_out\": %.2f, \"encode_matches_stored\": %s, \"cpu_rans_encode_one_core_Gsym_per_s\": %.3f}\n",
+                      path.c_str(), ratio, variant == 4 ? "true" : "false", in.size(), enc_symbols, enc_gpu_s,
+                      enc_symbols / enc_gpu_s * 1e-9, enc_out_bytes / enc_gpu_s * 1e-9, enc_match ? "true" : "false",
+                      enc_symbols / copies / enc_cpu_s * 1e-9);
         }
         const double gpu = median(stage_s);
         std::printf(

@@ -180,13 +180,24 @@ struct Restored {
   std::vector<std::vector<float>> k, v;
 };
 
+// workspace: decode into caller memory of workspace_bytes (what serving code does).
 Restored restore(const cuda::DeviceCalibration& dcal, const std::vector<uint8_t>& blob, bool fp8, bool keep_fp32,
-                 cuda::ElementType type) {
+                 cuda::ElementType type, int layers_per_gemm = 1, bool workspace = false) {
   cuda::BatchDecoder dec;
   cuda::BatchDecodeOptions bo;
   bo.fp8_reconstruction = fp8;
   bo.keep_fp32 = keep_fp32;
+  bo.layers_per_gemm = layers_per_gemm;
   Restored r;
+  cuda::DeviceBuffer ws;
+  if (workspace) {
+    auto bytes = cuda::BatchDecoder::workspace_bytes(dcal, {{blob.data(), blob.size()}}, bo);
+    EXPECT_TRUE(bytes.is_ok()) << bytes.status().to_string();
+    if (!bytes.is_ok() || !ws.reserve(*bytes).is_ok() || !dec.set_workspace(ws.get(), *bytes).is_ok()) {
+      ADD_FAILURE() << "workspace";
+      return r;
+    }
+  }
   const Status st = dec.decode(dcal, {{blob.data(), blob.size()}}, bo, nullptr);
   EXPECT_TRUE(st.is_ok()) << st.to_string();
   if (!st.is_ok()) return r;
@@ -251,6 +262,41 @@ TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
     // The figures for bench/RESULTS.md.
     std::printf("[fp8] %s: FP8 adds %.2f%% of the codec's error energy (worst layer %.2f%%); bf16 adds %.3f%%\n",
                 name.c_str(), 100 * sum_fp8 / sum_codec, 100 * worst, 100 * sum_bf16 / sum_codec);
+  }
+}
+
+// restore_all with several layers per GEMM (BatchDecodeOptions::layers_per_gemm) gives what one layer
+// per GEMM gives, up to the GEMM's summation order (one bf16 rounding step of the largest value), in
+// bf16 and FP8, for codec 2 and codec 3 (token- and component-major coefficients), groups that divide
+// the layers and one that does not, from a workspace sized by workspace_bytes; fp32 restores ignore it.
+TEST(CudaFp8, LayersPerGemmMatchesOneLayerPerGemm) {
+  SKIP_WITHOUT_DEVICE();
+  const auto cal_data = std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq());
+  const Calibration cal(cal_data);
+  const KVCache& cache = testing::repo_cache("small-test.safetensors");
+  cuda::DeviceCalibration::Options o;
+  o.fp8 = true;
+  auto dcal = cuda::DeviceCalibration::upload(cal, o, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  ASSERT_GT(cache.shape.n_layers, 3);
+  for (int codec : {2, 3}) {
+    const std::vector<uint8_t> blob = encode_with(*cal_data, cache, codec, 16);
+    for (bool fp8 : {false, true}) {
+      const Restored one = restore(*dcal, blob, fp8, false, cuda::ElementType::kBF16);
+      for (int group : {3, cache.shape.n_layers}) {
+        SCOPED_TRACE("codec " + std::to_string(codec) + (fp8 ? " FP8" : " bf16") + ", " + std::to_string(group) +
+                     " layers per GEMM");
+        const Restored grouped = restore(*dcal, blob, fp8, false, cuda::ElementType::kBF16, group, true);
+        ASSERT_EQ(grouped.k.size(), one.k.size());
+        for (size_t l = 0; l < one.k.size(); ++l) {
+          EXPECT_LE(max_rel_diff(grouped.k[l], one.k[l]), 1.0 / 128) << "layer " << l;
+          EXPECT_LE(max_rel_diff(grouped.v[l], one.v[l]), 1.0 / 128) << "layer " << l;
+        }
+      }
+    }
+    const Restored f32 = restore(*dcal, blob, false, true, cuda::ElementType::kF32);
+    const Restored f32_grouped = restore(*dcal, blob, false, true, cuda::ElementType::kF32, 4);
+    for (size_t l = 0; l < f32.k.size(); ++l) EXPECT_EQ(f32.k[l], f32_grouped.k[l]) << "fp32 layer " << l;
   }
 }
 

@@ -102,6 +102,12 @@ struct BatchDecodeOptions {
   // status() waits for them and reports. Restores may be queued at once; their results are valid only
   // if status() then returns OK.
   bool defer_status = false;
+  // restore_all reconstructs up to this many consecutive layers of a bf16 restore with one GEMM per
+  // stream: larger GEMMs run nearer the tensor cores' peak rate, but a group's layers all become ready
+  // when its GEMMs end (layer_events say so), and the restore scratch in workspace_bytes grows by this
+  // factor (m x layers_per_gemm x n_kv_heads x head_dim fp32). restore_layer and restore_layer_paged
+  // always take one layer. bench/RESULTS.md ("CUDA backend") measures the trade.
+  int layers_per_gemm = 1;
 };
 
 // Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock
@@ -111,6 +117,7 @@ struct BatchDecodeOptions {
 struct BatchDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
   double host_s = 0, wait_s = 0;
+  double fp8_s = 0;  // the E4M3 copies of fp8_reconstruction, after dequantize_s
 };
 
 // A host-memory container: pointer and size in bytes.
@@ -167,7 +174,8 @@ class BatchDecoder {
                              const int32_t* block_table_dev, int block_size, ElementType type, void* cuda_stream);
   // All layers in order, layer 0 first; after layer l, records layer_events[l] (a cudaEvent_t; null
   // entries or a null array: none), so that attention on layer l can wait on it while later layers
-  // are still being reconstructed.
+  // are still being reconstructed. With BatchDecodeOptions::layers_per_gemm > 1 (bf16 restores),
+  // layers are reconstructed and become ready in groups of that many.
   Status restore_all(const DeviceCalibration& dcal, int seq, void* const* k_layers, void* const* v_layers,
                      ElementType type, void* cuda_stream, void* const* layer_events);
 

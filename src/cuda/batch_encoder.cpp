@@ -10,6 +10,7 @@
 #include "cuda/container_assembly.cuh"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
+#include "cuda/restore_kernels.cuh"
 #include "format/container.hpp"
 #include "util/status_macros.hpp"
 
@@ -124,7 +125,7 @@ struct Blob {
 struct SeqDev {
   uint8_t *raw = nullptr, *stored = nullptr, *dense_raw = nullptr, *dense_stored = nullptr;
   AssemblyCopy* copies = nullptr;
-  const float2* rope = nullptr;
+  float2* rope = nullptr;  // [m][head_dim / 2], written on the device (launch_rope_table)
   const QuantGroup* qgroups[2] = {nullptr, nullptr};
   const CodesSpan* spans = nullptr;
   const PackJob* pack = nullptr;
@@ -161,6 +162,8 @@ Status build_batch(const std::vector<SeqPlan>& plans, const std::vector<DeviceCa
     KVTC_RETURN_IF_ERROR(carver.take(sp.dense_raw_total, &d.dense_raw));
     KVTC_RETURN_IF_ERROR(carver.take(sp.dense_stored_total, &d.dense_stored));
     KVTC_RETURN_IF_ERROR(carver.take(P.chunks.size() * sizeof(AssemblyCopy), &d.copies));
+    if (P.needs_rope())
+      KVTC_RETURN_IF_ERROR(carver.take(size_t(P.m) * size_t(views[i].shape.head_dim / 2) * sizeof(float2), &d.rope));
     n_chunks += P.chunks.size();
     n_dense += sp.dense_chunks.size();
     const size_t m = size_t(P.m), p = size_t(views[i].shape.n_features());
@@ -201,7 +204,6 @@ Status build_batch(const std::vector<SeqPlan>& plans, const std::vector<DeviceCa
     const DeviceCacheView& v = views[i];
     SeqDev& d = B->seq[i];
     headers[i] = blob.put(sp.header);
-    d.rope = blob.put(P.rope);
     for (int s = 0; s < 2; ++s) d.qgroups[s] = blob.put(P.qgroups[s]);
     d.spans = blob.put(P.spans);
     const bool paged = !v.paged_layers.empty();
@@ -419,6 +421,12 @@ Status GpuBatchEncoder::encode(const GpuCalibration& gcal, const CalibrationData
   KVTC_CUDA_RETURN(cudaMemcpyAsync(B.blob.dev, pinned_, blob_bytes, cudaMemcpyHostToDevice, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(uploaded_, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(stage_[1], stream));
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const EncodePlan& P = plans[i].plan;
+    if (P.needs_rope())
+      KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), views[i].shape.head_dim / 2, P.rope_first_position,
+                                         P.m, B.seq[i].rope, stream));
+  }
   KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
   const float one = 1.0f, zero = 0.0f;
   for (size_t i = 0; i < plans.size(); ++i) {

@@ -65,9 +65,47 @@ KVTC_HD inline bool chunk_table_pos(uint64_t header_size, uint32_t n_chunks, uin
   return true;
 }
 
+// What chunk i of a sequence stores: its primary stream, or the dense one where that was made and is
+// smaller (GpuEncoder's rule). Returns kAssemblyOk, or kAssemblyDeflateFailed for a failed job.
+struct ChunkChoice {
+  const uint8_t* src = nullptr;
+  uint32_t stored_bytes = 0, crc = 0;
+  bool dense = false;
+};
+KVTC_HD inline uint32_t choose_chunk(const AssemblyChunk& c, uint32_t primary_job, DeflateResults primary,
+                                     DeflateResults dense, ChunkChoice* out) {
+  if (primary.status[primary_job] != kEncodeOk) return kAssemblyDeflateFailed;
+  *out = ChunkChoice{c.stored, primary.bytes[primary_job], primary.crc[primary_job], false};
+  if (c.dense_stored != nullptr && out->stored_bytes > c.dense_raw_bytes) {  // the dense stream was made
+    const uint32_t d = c.dense_index;
+    if (dense.status[d] != kEncodeOk) return kAssemblyDeflateFailed;
+    if (dense.bytes[d] < out->stored_bytes) *out = ChunkChoice{c.dense_stored, dense.bytes[d], dense.crc[d], true};
+  }
+  return kAssemblyOk;
+}
+
+// Writes chunk i's entry (the table starts at table_pos in header) at payload offset `offset`, and its
+// copy (header_size: where the payload starts).
+KVTC_HD inline void write_chunk_entry(uint8_t* header, uint64_t header_size, uint64_t table_pos, uint32_t i,
+                                      const AssemblyChunk& c, const ChunkChoice& ch, uint64_t offset,
+                                      AssemblyCopy* copies) {
+  uint8_t* e = header + table_pos + uint64_t(i) * kChunkEntryBytes;
+  if (ch.dense) {
+    e[chunk_entry::kLayout] = uint8_t(CodesLayout::kDense);
+    put_le32(e + chunk_entry::kRawBytes, c.dense_raw_bytes);
+  }
+  put_le64(e + chunk_entry::kOffset, offset);
+  put_le32(e + chunk_entry::kStoredBytes, ch.stored_bytes);
+  put_le32(e + chunk_entry::kCrc32, ch.crc);
+  copies[i].src = ch.src;
+  copies[i].dst_offset = header_size + offset;
+  copies[i].n_bytes = ch.stored_bytes;
+}
+
 // Fills the chunk entries of `header` (a template copy, header_size bytes) for chunks[0, n_chunks)
 // whose results are primary[first_job + i] and dense[chunks[i].dense_index], writes copies[i] and the
-// total container size; returns an AssemblyStatus. Does not write the header CRC.
+// total container size; returns an AssemblyStatus. Does not write the header CRC. The serial form of
+// what assemble_kernel does with a block's threads (the host test's oracle).
 KVTC_HD inline uint32_t patch_chunk_table(uint8_t* header, uint64_t header_size, const AssemblyChunk* chunks,
                                           uint32_t n_chunks, uint32_t first_job, DeflateResults primary,
                                           DeflateResults dense, AssemblyCopy* copies, uint64_t* total_bytes) {
@@ -76,30 +114,11 @@ KVTC_HD inline uint32_t patch_chunk_table(uint8_t* header, uint64_t header_size,
   if (!chunk_table_pos(header_size, n_chunks, &pos)) return kAssemblyBadTemplate;
   uint64_t offset = 0;
   for (uint32_t i = 0; i < n_chunks; ++i) {
-    const AssemblyChunk& c = chunks[i];
-    const uint32_t j = first_job + i;
-    if (primary.status[j] != kEncodeOk) return kAssemblyDeflateFailed;
-    const uint8_t* src = c.stored;
-    uint32_t stored = primary.bytes[j], crc = primary.crc[j];
-    uint8_t* e = header + pos + uint64_t(i) * kChunkEntryBytes;
-    if (c.dense_stored != nullptr && stored > c.dense_raw_bytes) {  // the dense stream was made
-      const uint32_t d = c.dense_index;
-      if (dense.status[d] != kEncodeOk) return kAssemblyDeflateFailed;
-      if (dense.bytes[d] < stored) {
-        src = c.dense_stored;
-        stored = dense.bytes[d];
-        crc = dense.crc[d];
-        e[chunk_entry::kLayout] = uint8_t(CodesLayout::kDense);
-        put_le32(e + chunk_entry::kRawBytes, c.dense_raw_bytes);
-      }
-    }
-    put_le64(e + chunk_entry::kOffset, offset);
-    put_le32(e + chunk_entry::kStoredBytes, stored);
-    put_le32(e + chunk_entry::kCrc32, crc);
-    copies[i].src = src;
-    copies[i].dst_offset = header_size + offset;
-    copies[i].n_bytes = stored;
-    offset += stored;
+    ChunkChoice ch;
+    const uint32_t st = choose_chunk(chunks[i], first_job + i, primary, dense, &ch);
+    if (st != kAssemblyOk) return st;
+    write_chunk_entry(header, header_size, pos, i, chunks[i], ch, offset, copies);
+    offset += ch.stored_bytes;
   }
   *total_bytes = header_size + offset;
   return kAssemblyOk;

@@ -16,7 +16,9 @@ __device__ __forceinline__ int64_t source_index(const Fp8Source& s, int64_t r, i
   return s.transposed ? c * s.ld + r : r * s.ld + c;
 }
 
-// Grid-stride over the source's outer rows: threads read along the stored rows (coalesced).
+// Grid-stride over the source's outer rows: threads read along the stored rows (coalesced). The block
+// reduces its maximum through shared memory and makes one atomic: with one per warp, tens of thousands
+// of atomics on one address queued at L2.
 __global__ void abs_max_kernel(Fp8Source s, float* scale) {
   const int64_t outer = s.transposed ? s.components : s.rows;
   const int64_t inner = s.transposed ? s.rows : s.components;
@@ -25,9 +27,15 @@ __global__ void abs_max_kernel(Fp8Source s, float* scale) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < inner; i += int64_t(gridDim.x) * blockDim.x)
       m = fmaxf(m, fabsf(load(s, o * s.ld + i)));
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  __shared__ float warp_max[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  if (warp != 0) return;
+  m = lane < n_warps ? warp_max[lane] : 0.0f;
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
   // Non-negative floats order as their bit patterns do.
-  if ((threadIdx.x & 31) == 0 && m > 0.0f)
-    atomicMax(reinterpret_cast<unsigned int*>(scale + kFp8AmaxIndex), __float_as_uint(m));
+  if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int*>(scale + kFp8AmaxIndex), __float_as_uint(m));
 }
 
 constexpr int kTile = 32;
@@ -52,11 +60,19 @@ __global__ void to_e4m3_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t 
       tile[k][threadIdx.x] = x;
   }
   __syncthreads();
-  for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
-    const int64_t r = r0 + k, c = c0 + threadIdx.x;
+  // Writes: four consecutive components per thread as one 32-bit store (ld_out is a multiple of 16 and
+  // c0 of 32, so every store is aligned and ends within the row); 8 threads per row of the tile.
+  const int tid = threadIdx.y * kTile + threadIdx.x;
+  for (int i = tid; i < kTile * kTile / 4; i += kTile * blockDim.y) {
+    const int k = i / (kTile / 4), c4 = (i % (kTile / 4)) * 4;
+    const int64_t r = r0 + k, c = c0 + c4;
     if (r >= s.rows || c >= ld_out) continue;
-    const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[k][threadIdx.x] * mul, __NV_SATFINITE, __NV_E4M3);
-    out[r * ld_out + c] = c < s.components ? uint8_t(v) : uint8_t(0);
+    uint32_t word = 0;
+    for (int j = 0; j < 4; ++j) {
+      const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[k][c4 + j] * mul, __NV_SATFINITE, __NV_E4M3);
+      if (c + j < s.components) word |= uint32_t(uint8_t(v)) << (8 * j);
+    }
+    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = word;
   }
 }
 
@@ -75,6 +91,7 @@ cudaError_t launch_abs_max(const Fp8Source& src, float* scale_dev, cudaStream_t 
 
 cudaError_t launch_to_e4m3(const Fp8Source& src, float* scale_dev, uint8_t* out, int64_t ld_out, cudaStream_t stream) {
   if (src.rows <= 0 || ld_out <= 0) return cudaSuccess;
+  if (ld_out % 4 != 0 || reinterpret_cast<uintptr_t>(out) % 4 != 0) return cudaErrorInvalidValue;  // 32-bit stores
   const dim3 grid(unsigned((ld_out + kTile - 1) / kTile), unsigned((src.rows + kTile - 1) / kTile));
   to_e4m3_kernel<<<grid, dim3(kTile, 8), 0, stream>>>(src, scale_dev, out, ld_out);
   return cudaGetLastError();

@@ -167,6 +167,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   const auto host_start = std::chrono::steady_clock::now();
   const bool want_f32 = options.want_f32, want_bf16 = options.want_bf16, overlap_exact = options.overlap_exact;
   const bool verify_checksums = options.verify_checksums;
+  if (options.layers_per_gemm < 1) return invalid_argument("layers_per_gemm must be at least 1");
   if (!plan_only_) {
     KVTC_RETURN_IF_ERROR(ensure_handle());
     // The previous batch's kernels finish before this one's reuse its buffers (a device-side wait);
@@ -258,7 +259,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
-  size_t tmp_bytes = 0;  // restore scratch: fp32 [H][M][D] of the longest sequence
+  size_t tmp_bytes = 0;  // restore scratch: fp32 [M][G][H][D] of the longest sequence, G layers per GEMM
   for (size_t q = 0; q < seqs_.size(); ++q) {
     GpuSequence& seq = seqs_[q];
     const ContainerHeader& h = seq.container.header;
@@ -268,7 +269,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     }
     const int64_t m = int64_t(h.n_compressed_tokens());
     KVTC_RETURN_IF_ERROR(alloc(seq.rope, rope_table_bytes(h)));
-    tmp_bytes = std::max(tmp_bytes, size_t(m) * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
+    const size_t group = size_t(std::min(options.layers_per_gemm, std::max(h.shape.n_layers, 1)));
+    tmp_bytes = std::max(tmp_bytes, size_t(m) * group * h.shape.n_kv_heads * h.shape.head_dim * sizeof(float));
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
       seq.coef_by_component[s] = h.streams[s].ecsq();
@@ -429,6 +431,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   for (const auto& [job, first_row] : job_rows) ecsq_jobs[job].rows = class_rows_.as<uint32_t>() + first_row;
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
+  layers_per_gemm_ = options.layers_per_gemm;
   if (plan_only_) return Status::ok();
   const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
 
@@ -478,8 +481,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
   KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), int(ecsq_jobs.size()), verify_checksums, ecsq_status, stream));
-  if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
+  if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
+  KVTC_CUDA_RETURN(cudaEventRecord(ev[4], stream));
   // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
   cudaStream_t xs = stream;
   if (overlap_exact) {
@@ -554,11 +558,12 @@ Status GpuBatchDecoder::check_coefficients() {
   last_times_.upload_s = event_seconds(ev[0], ev[1]);
   last_times_.inflate_s = event_seconds(ev[1], ev[2]);
   last_times_.dequantize_s = event_seconds(ev[2], ev[3]);
+  last_times_.fp8_s = event_seconds(ev[3], ev[4]);
   if (!overlapped) {
     KVTC_CUDA_RETURN(cudaEventSynchronize(exact_done_));
     last_times_.exact_s = event_seconds(exact_begin_, exact_done_);
   }
-  last_times_.total_s = event_seconds(ev[0], overlapped ? ev[3] : exact_done_);
+  last_times_.total_s = event_seconds(ev[0], overlapped ? ev[4] : exact_done_);
   for (size_t k = 0; k < (overlapped ? exact_jobs_begin_ : n_inflate_jobs_); ++k) {
     if (st[k] == kInflateOk) continue;
     const std::string where = "sequence " + std::to_string(job_chunk_[k].first) + " chunk " + std::to_string(job_chunk_[k].second);
@@ -648,7 +653,34 @@ Status GpuBatchDecoder::restore_layer(const GpuCalibration& gcal, int seq_index,
     out[s].n_heads = h.shape.n_kv_heads;
     out[s].head_dim = h.shape.head_dim;
   }
-  return restore_layer_to(gcal, seq_index, layer, out, stream);
+  return restore_group_to(gcal, seq_index, layer, 1, out, stream, nullptr);
+}
+
+Status GpuBatchDecoder::restore_layers(const GpuCalibration& gcal, int seq_index, int first_layer, int n_layers,
+                                       void* const* k_layers, void* const* v_layers, OutType type, cudaStream_t stream,
+                                       const cudaEvent_t* events) {
+  if (seq_index < 0 || seq_index >= n_sequences()) return invalid_argument("sequence index out of range");
+  const ContainerHeader& h = seqs_[size_t(seq_index)].container.header;
+  if (first_layer < 0 || n_layers < 0 || first_layer + n_layers > h.shape.n_layers)
+    return invalid_argument("layers out of range");
+  // fp32 contiguous restores reconstruct in place, one layer at a time.
+  const int group = type == OutType::kBF16 ? layers_per_gemm_ : 1;
+  std::vector<DstLayout> out;
+  for (int l0 = first_layer; l0 < first_layer + n_layers; l0 += group) {
+    const int n = std::min(group, first_layer + n_layers - l0);
+    out.assign(size_t(2 * n), DstLayout{});
+    for (int i = 0; i < 2 * n; ++i) {
+      DstLayout& o = out[size_t(i)];
+      o.base = (i % 2 == 0 ? k_layers : v_layers)[l0 - first_layer + i / 2];
+      o.bf16 = type == OutType::kBF16;
+      o.head_stride = int64_t(h.n_tokens) * h.shape.head_dim;
+      o.n_heads = h.shape.n_kv_heads;
+      o.head_dim = h.shape.head_dim;
+    }
+    KVTC_RETURN_IF_ERROR(restore_group_to(gcal, seq_index, l0, n, out.data(), stream,
+                                          events != nullptr ? events + (l0 - first_layer) : nullptr));
+  }
+  return Status::ok();
 }
 
 Status GpuBatchDecoder::restore_layer_paged(const GpuCalibration& gcal, int seq_index, int layer, void* layer_cache,
@@ -668,14 +700,15 @@ Status GpuBatchDecoder::restore_layer_paged(const GpuCalibration& gcal, int seq_
     out[s].n_heads = h.shape.n_kv_heads;
     out[s].head_dim = h.shape.head_dim;
   }
-  return restore_layer_to(gcal, seq_index, layer, out, stream);
+  return restore_group_to(gcal, seq_index, layer, 1, out, stream, nullptr);
 }
 
-Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_index, int layer, const DstLayout out[2],
-                                         cudaStream_t stream) {
+Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_index, int layer, int n_group,
+                                         const DstLayout* out, cudaStream_t stream, const cudaEvent_t* events) {
   const GpuSequence& seq = seqs_[size_t(seq_index)];
   const ContainerHeader& h = seq.container.header;
-  if (layer < 0 || layer >= h.shape.n_layers) return invalid_argument("layer " + std::to_string(layer) + " out of range");
+  if (layer < 0 || n_group < 1 || layer + n_group > h.shape.n_layers)
+    return invalid_argument("layer " + std::to_string(layer) + " out of range");
   const bool bf16 = out[0].bf16;
   // FP8 reconstruction: bf16 restores of a batch decoded with E4M3 coefficients.
   const bool fp8 = bf16 && seq.has_fp8 && gcal.has_fp8;
@@ -686,72 +719,84 @@ Status GpuBatchDecoder::restore_layer_to(const GpuCalibration& gcal, int seq_ind
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // The fp32 contiguous path reconstructs in place in the output; the others go through tmp_ [H][m][D]
-  // ([m][H][D] for FP8).
+  // bf16 (and FP8) restores reconstruct into tmp_, token-major [m][G][H][D] for a group of G layers,
+  // with one GEMM over their G * H * D features: an M of H * D or more instead of D keeps cuBLAS's large
+  // tiles busy whichever way the coefficients lie, and more layers per GEMM run nearer the peak rate.
+  // fp32 restores keep one GEMM per head, so that the paged and contiguous layouts get the same bits:
+  // in place for contiguous outputs, into tmp_ [H][m][D] for paged ones.
   const bool in_place = !bf16 && out[0].block_table == nullptr;
-  const size_t tmp_bytes = size_t(m) * H * D * sizeof(float);
+  if (!bf16 && n_group > 1) return invalid_argument("fp32 restores take one layer at a time");
+  const int HD = H * D;
+  const int64_t GHD = int64_t(n_group) * HD;
+  const size_t tmp_bytes = size_t(m) * size_t(GHD) * sizeof(float);
   if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
     if (use_arena_) return internal_error("restore scratch missing from the workspace");
     KVTC_RETURN_IF_ERROR(tmp_.reserve(tmp_bytes));  // sequences loaded by load_host
   }
   for (int s = 0; s < 2; ++s) {
     const int64_t kept = seq.n_kept[s];
+    float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
     if (m > 0) {
-      EpilogueParams ep;
-      ep.mean = gcal.mean[s].as<float>() + col0;
-      ep.rope_table = s == 0 ? seq.rope.as<float2>() : nullptr;
-      ep.rope_style = int(h.shape.rope.style);
-      ep.n_heads = H;
-      ep.head_dim = D;
-      ep.src_token_stride = fp8 ? int64_t(H) * D : D;
-      ep.rows = m;
-      ep.out = out[s];
-      ep.t_offset = t0;
-      float* c = in_place ? static_cast<float*>(out[s].base) + t0 * D : tmp_.as<float>();
-      const int64_t c_head_stride = in_place ? T * D : m * D;
-      // Column-major for cuBLAS: c[D x m] = basis[D x kept] * coef, coef being kept x m (token-major,
-      // ld kept) or the transpose of an m x kept matrix (component-major, ld m).
+      // Column-major for cuBLAS: c = basis * coef with basis the group's (G*H*D) x kept slice of the
+      // calibration's [kept][p] rows (ld p), coef kept x m: token-major (ld kept, OP_N) or the transpose
+      // of an m x kept matrix (component-major, ld m, OP_T).
       const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
       const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
       if (kept > 0 && fp8) {
-        // Column-major: c[(H*D) x m] = basis_fp8[kept_fp8 x H*D]^T * coef_fp8[kept_fp8 x m], one GEMM
-        // for every head of the layer; c is token-major [m][H][D].
+        // c[(G*H*D) x m] = basis_fp8[kept_fp8 x G*H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs).
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
-        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(int64_t(H) * D, m, seq.kept_fp8[s],
-                                           gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s], gcal.rows_fp8[s],
-                                           gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
-                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, int64_t(H) * D,
-                                           stream));
+        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
+                                           gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
+                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, stream));
       } else if (kept > 0 && !bf16) {
+        // Per head h: c_h[D x m] = basis_h[D x kept] * coef, at head stride T * D (in place) or m * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
             cublasSgemmStridedBatched(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
                                       gcal.basis_f32[s].as<float>() + col0, int(p), D, seq.coef_f32[s].as<float>(),
-                                      coef_ld, 0, &zero, c, D, c_head_stride, H),
+                                      coef_ld, 0, &zero, c, D, in_place ? T * D : m * D, H),
             "cublasSgemmStridedBatched"));
       } else if (kept > 0) {
         if (!seq.coef_bf16[s].get()) return invalid_argument("no bf16 coefficients decoded");
         KVTC_RETURN_IF_ERROR(cublas_status(
-            cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_N, coef_op, D, int(m), int(kept), &one,
-                                       gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), D,
-                                       seq.coef_bf16[s].get(), CUDA_R_16BF, coef_ld, 0, &zero, c, CUDA_R_32F, D,
-                                       c_head_stride, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            "cublasGemmStridedBatchedEx"));
-      } else {
-        KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(c_head_stride) * 4, 0, size_t(m) * D * 4, H, stream));
+            cublasGemmEx(handle_, CUBLAS_OP_N, coef_op, int(GHD), int(m), int(kept), &one,
+                         gcal.basis_bf16[s].as<uint16_t>() + col0, CUDA_R_16BF, int(p), seq.coef_bf16[s].get(),
+                         CUDA_R_16BF, coef_ld, &zero, c, CUDA_R_32F, int(GHD), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx (bf16 restore)"));
+      } else if (in_place) {
+        KVTC_CUDA_RETURN(cudaMemset2DAsync(c, size_t(T) * D * 4, 0, size_t(m) * D * 4, H, stream));
+      } else {  // [H][m][D] or [m][G][H][D]: the same bytes
+        KVTC_CUDA_RETURN(cudaMemsetAsync(c, 0, tmp_bytes, stream));
       }
-      ep.src = c;
-      ep.src_head_stride = fp8 ? D : c_head_stride;
-      KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
     }
-    // Exact rows come from the exact chunks, which may still be inflating on the side stream.
-    if (exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
     const float* exact = seq.exact.as<float>();
-    const int64_t head_off = seq.exact_offset[s][0][size_t(layer)], tail_off = seq.exact_offset[s][1][size_t(layer)];
-    if (h.n_head_exact > 0 && head_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, out[s], 0, stream));
-    if (h.n_tail_exact > 0 && tail_off >= 0)
-      KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, h.n_tail_exact, out[s], T - h.n_tail_exact, stream));
+    for (int g = 0; g < n_group; ++g) {
+      const int l = layer + g;
+      const DstLayout& dst = out[2 * g + s];
+      if (m > 0) {
+        EpilogueParams ep;
+        ep.mean = gcal.mean[s].as<float>() + int64_t(l) * HD;
+        ep.rope_table = s == 0 ? seq.rope.as<float2>() : nullptr;
+        ep.rope_style = int(h.shape.rope.style);
+        ep.n_heads = H;
+        ep.head_dim = D;
+        ep.src = bf16 ? c + int64_t(g) * HD : c;
+        ep.src_token_stride = bf16 ? GHD : D;
+        ep.src_head_stride = bf16 ? D : in_place ? T * D : m * D;
+        ep.rows = m;
+        ep.out = dst;
+        ep.t_offset = t0;
+        KVTC_CUDA_RETURN(launch_epilogue(ep, stream));
+      }
+      // Exact rows come from the exact chunks, which may still be inflating on the side stream.
+      if (g == 0 && exact_recorded_) KVTC_CUDA_RETURN(cudaStreamWaitEvent(stream, exact_done_, 0));
+      const int64_t head_off = seq.exact_offset[s][0][size_t(l)], tail_off = seq.exact_offset[s][1][size_t(l)];
+      if (h.n_head_exact > 0 && head_off >= 0)
+        KVTC_CUDA_RETURN(launch_exact_scatter(exact + head_off, h.n_head_exact, dst, 0, stream));
+      if (h.n_tail_exact > 0 && tail_off >= 0)
+        KVTC_CUDA_RETURN(launch_exact_scatter(exact + tail_off, h.n_tail_exact, dst, T - h.n_tail_exact, stream));
+      if (s == 1 && events != nullptr && events[g] != nullptr) KVTC_CUDA_RETURN(cudaEventRecord(events[g], stream));
+    }
   }
   return Status::ok();
 }

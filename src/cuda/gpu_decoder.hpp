@@ -75,11 +75,12 @@ struct GpuSequence {
 
 // Per-stage device times of the last decode, from CUDA events (seconds). Codec 3 codes chunks decode
 // (rANS, raw bits and dequantisation in one kernel) in the dequantize stage; inflate is then exact chunks.
+// fp8_s: the E4M3 copies (want_fp8), after the dequantize stage.
 // host_s: host clock from decode()'s start to its first device call (parsing, checks, job tables);
 // wait_s: host clock of its final synchronisation.
 struct GpuDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
-  double host_s = 0, wait_s = 0;
+  double host_s = 0, wait_s = 0, fp8_s = 0;
 };
 
 struct GpuDecodeOptions {
@@ -89,6 +90,9 @@ struct GpuDecodeOptions {
   bool want_fp8 = false;
   bool overlap_exact = false;              // exact chunks on a second stream; exact_status() reports them
   bool defer_status = false;               // no host synchronisation: status() waits and reports
+  // restore_layers reconstructs up to this many consecutive layers with one GEMM (the restore scratch
+  // grows to match); 1: one GEMM per layer and stream.
+  int layers_per_gemm = 1;
 };
 
 class GpuBatchDecoder {
@@ -137,6 +141,13 @@ class GpuBatchDecoder {
   Status restore_layer_paged(const GpuCalibration& gcal, int seq, int layer, void* layer_cache, const int32_t* block_table,
                              int block_size, OutType type, cudaStream_t stream);
 
+  // Layers [first_layer, first_layer + n_layers) of sequence `seq` into k_layers[i] / v_layers[i]
+  // (contiguous, as restore_layer), in order, with one GEMM per stream for every group of up to
+  // layers_per_gemm layers (the decode's option); after layer first_layer + i, records events[i] where
+  // events and events[i] are not null. A group's layers all become ready when its GEMMs end.
+  Status restore_layers(const GpuCalibration& gcal, int seq, int first_layer, int n_layers, void* const* k_layers,
+                        void* const* v_layers, OutType type, cudaStream_t stream, const cudaEvent_t* events);
+
   int n_sequences() const { return int(seqs_.size()); }
   const GpuSequence& sequence(int i) const { return seqs_[size_t(i)]; }
 
@@ -146,18 +157,22 @@ class GpuBatchDecoder {
   Status check_coefficients();
   Status convert_to_fp8(bool from_f32, cudaStream_t stream);
   Status prepare_sequence(const GpuCalibration& gcal, GpuSequence& seq, cudaStream_t stream);
-  Status restore_layer_to(const GpuCalibration& gcal, int seq, int layer, const DstLayout out[2], cudaStream_t stream);
+  // Layers [layer0, layer0 + n) into out[2 * i + s] (layer layer0 + i, stream s), one GEMM per stream
+  // for all n (n > 1 needs a bf16 or paged destination); events as restore_layers.
+  Status restore_group_to(const GpuCalibration& gcal, int seq, int layer0, int n, const DstLayout* out,
+                          cudaStream_t stream, const cudaEvent_t* events);
 
   cublasHandle_t handle_ = nullptr;
   Fp8Gemm fp8_gemm_;
   cudaStream_t side_ = nullptr;  // exact chunks of overlapped decodes
   cudaEvent_t payload_ready_ = nullptr, exact_begin_ = nullptr, exact_done_ = nullptr;
-  cudaEvent_t coef_done_ = nullptr, stage_events_[4] = {};
+  cudaEvent_t coef_done_ = nullptr, stage_events_[5] = {};
   bool exact_recorded_ = false, exact_pending_ = false, coef_pending_ = false;
   size_t exact_jobs_begin_ = 0, n_inflate_jobs_ = 0, n_dequant_jobs_ = 0, n_ecsq_jobs_ = 0;
   std::vector<std::pair<uint32_t, uint32_t>> job_chunk_;       // (sequence, chunk) of each inflate job
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk_;  // and of each codec 3 codes chunk
   GpuDecodeTimes last_times_;
+  int layers_per_gemm_ = 1;  // the last decode's option
   Arena arena_;
   bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
-#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,6 +12,7 @@
 #include "cuda/cublas_common.hpp"
 #include "cuda/deflate_encode.cuh"
 #include "cuda/encode_kernels.cuh"
+#include "cuda/restore_kernels.cuh"
 #include "util/status_macros.hpp"
 
 namespace kvtc::cuda {
@@ -155,7 +155,6 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
   P.t0 = cp.t0;
   P.m = cp.m;
   const int64_t m = P.m;
-  const int D = shape.head_dim;
 
   std::vector<ChunkPlan>& chunks = P.chunks;
   std::vector<CodesSpan>& spans = P.spans;
@@ -211,21 +210,9 @@ Status plan_encode(const CalibrationData& cal, const int64_t device_rows[2], con
     c.stored_off = P.stored_total;
     P.stored_total += align16(deflate_encode_bound(c.entry.raw_bytes));
   }
-  // RoPE table of the compressed tokens' positions: RopeTable's numbers exactly (angles in double,
-  // cos and sin rounded to fp32 once), computed here with the same code.
-  std::vector<float2>& rope_host = P.rope;
-  if (m > 0 && k[0] > 0) {
-    const int half = D / 2;
-    const std::vector<double> inv_freq = shape.rope.inv_freq(2 * half);
-    rope_host.resize(size_t(m) * half);
-    for (int64_t t = 0; t < m; ++t) {
-      const double position = double(position_offset + P.t0 + t);
-      for (int i = 0; i < half; ++i) {
-        const double angle = position * inv_freq[size_t(i)];
-        rope_host[size_t(t) * half + i] = make_float2(float(std::cos(angle)), float(std::sin(angle)));
-      }
-    }
-  }
+  // The RoPE table is the device's (EncodePlan::rope_first_position): on the host its double-precision
+  // sin and cos cost about 20 ms per 8K tokens of a 128-wide head, more than the rest of the plan.
+  P.rope_first_position = position_offset + P.t0;
 
   return Status::ok();
 }
@@ -266,7 +253,6 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
   const uint32_t* side_rows = plan.side_rows;
   const size_t n_coef_chunks = plan.n_coef_chunks;
   const uint64_t raw_total = plan.raw_total, stored_total = plan.stored_total;
-  const std::vector<float2>& rope_host = plan.rope;
   bool project[2] = {false, false};
   for (int s = 0; s < 2; ++s) {
     if (m == 0 || k[s] == 0) continue;
@@ -309,7 +295,6 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
       KVTC_CUDA_RETURN(cudaMemcpyAsync(cache_[s].as<float>() + size_t(l) * layer_elems, src.data(),
                                        layer_elems * sizeof(float), cudaMemcpyHostToDevice, stream));
     }
-  KVTC_RETURN_IF_ERROR(upload_vector(rope_, rope_host, stream));
   for (int s = 0; s < 2; ++s) {
     KVTC_RETURN_IF_ERROR(upload_vector(groups_[s], qgroups[s], stream));
     if (m > 0 && k[s] > 0 && !project[s]) KVTC_RETURN_IF_ERROR(upload_vector(coef_[s], probe.coef_in[s], stream));
@@ -320,6 +305,11 @@ Status GpuEncoder::encode(const GpuCalibration& gcal, const CalibrationData& cal
                                       results_, stream, &djobs));
   KVTC_RETURN_IF_ERROR(clock.end(stream));
 
+  if (plan.needs_rope()) {  // after every upload (see above)
+    KVTC_RETURN_IF_ERROR(rope_.reserve(size_t(m) * size_t(D / 2) * sizeof(float2)));
+    KVTC_CUDA_RETURN(launch_rope_table(gcal.inv_freq.as<double>(), D / 2, plan.rope_first_position, m,
+                                       rope_.as<float2>(), stream));
+  }
   KVTC_RETURN_IF_ERROR(cublas_status(cublasSetStream(handle_, stream), "cublasSetStream"));
   const float one = 1.0f, zero = 0.0f;
   for (int s = 0; s < 2; ++s) {

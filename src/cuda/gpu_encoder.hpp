@@ -66,7 +66,10 @@ struct EncodePlan {
   uint32_t side_rows[2] = {0, 0};
   int64_t t0 = 0, m = 0;                // first compressed token, compressed tokens
   uint64_t raw_total = 0, stored_total = 0;
-  std::vector<float2> rope;             // [m][head_dim / 2] when m > 0 and keys keep components
+  // The compressed tokens' RoPE table is computed on the device (launch_rope_table, the decoder's
+  // kernel) from this first position: [m][head_dim / 2] float2 when m > 0 and keys keep components.
+  int64_t rope_first_position = 0;
+  bool needs_rope() const { return m > 0 && k[0] > 0; }
 };
 
 // Every encoder's option checks (core/plan.hpp) and codec 2 only (UNSUPPORTED otherwise); the shape against

@@ -63,6 +63,7 @@ GpuDecodeOptions gpu_options(const BatchDecodeOptions& o) {
   g.overlap_exact = o.overlap_exact;
   g.defer_status = o.defer_status;
   g.want_fp8 = o.fp8_reconstruction;
+  g.layers_per_gemm = o.layers_per_gemm;
   return g;
 }
 }  // namespace
@@ -281,7 +282,7 @@ int64_t BatchDecoder::n_tokens(int seq) const { return int64_t(impl_->dec.sequen
 
 BatchDecodeTimes BatchDecoder::last_times() const {
   const GpuDecodeTimes& t = impl_->times;
-  return {t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.total_s, t.host_s, t.wait_s};
+  return {t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.total_s, t.host_s, t.wait_s, t.fp8_s};
 }
 
 Status BatchDecoder::restore_layer(const DeviceCalibration& dcal, int seq, int layer, void* k_dev, void* v_dev,
@@ -303,12 +304,12 @@ Status BatchDecoder::restore_all(const DeviceCalibration& dcal, int seq, void* c
                                  ElementType type, void* cuda_stream, void* const* layer_events) {
   if (seq < 0 || seq >= n_sequences()) return invalid_argument("sequence index out of range");
   const int n_layers = impl_->dec.sequence(seq).container.header.shape.n_layers;
-  for (int l = 0; l < n_layers; ++l) {
-    KVTC_RETURN_IF_ERROR(restore_layer(dcal, seq, l, k_layers[l], v_layers[l], type, cuda_stream));
-    if (layer_events && layer_events[l])
-      KVTC_CUDA_RETURN(cudaEventRecord(static_cast<cudaEvent_t>(layer_events[l]), static_cast<cudaStream_t>(cuda_stream)));
-  }
-  return Status::ok();
+  std::vector<cudaEvent_t> events;
+  if (layer_events)
+    for (int l = 0; l < n_layers; ++l) events.push_back(static_cast<cudaEvent_t>(layer_events[l]));
+  return impl_->dec.restore_layers(dcal.impl().gcal, seq, 0, n_layers, k_layers, v_layers,
+                                   type == ElementType::kBF16 ? OutType::kBF16 : OutType::kF32,
+                                   static_cast<cudaStream_t>(cuda_stream), layer_events ? events.data() : nullptr);
 }
 
 }  // namespace kvtc::cuda
