@@ -46,9 +46,10 @@ struct Row {
   double dequant_fp8_s = 0, fp8_convert_s = 0, inflate_fp8_s = 0;  // the FP8 runs' decode stages
   struct Grouped {
     int layers_per_gemm;
+    bool fast_accum;
     double restore_s, total_wall_s, first_layer_s;
   };
-  std::vector<Grouped> grouped;  // FP8 restores with several layers per GEMM
+  std::vector<Grouped> grouped;  // FP8 restores with several layers per GEMM, or fast accumulation
 };
 
 // Compress on the GPU (CudaBackend::encode, the path of encode_on_gpu) of the workload's host cache:
@@ -215,12 +216,14 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       cv8.push_back(rep.t.fp8_s);
       inf8.push_back(rep.t.inflate_s);
     }
-    // Several layers per GEMM (BatchDecodeOptions::layers_per_gemm): the same FP8 restores
-    // (tests/test_cuda_fp8.cpp checks that they agree with one layer per GEMM).
-    for (int group : {4, 8}) {
+    // Several layers per GEMM (BatchDecodeOptions::layers_per_gemm), and fast accumulation
+    // (fp8_fast_accum): the same FP8 restores (tests/test_cuda_fp8.cpp checks that they agree with one
+    // layer per GEMM, and measures what fast accumulation adds to the error).
+    for (const auto& [group, fast] : {std::pair{4, false}, std::pair{8, false}, std::pair{1, true}, std::pair{8, true}}) {
       if (group > L) continue;
       cuda::BatchDecodeOptions g8 = f8;
       g8.layers_per_gemm = group;
+      g8.fp8_fast_accum = fast;
       std::vector<double> rest_g, wall_g, first_g;
       for (int i = 0; i < reps + 1; ++i) {
         const Rep rep = run_once(g8);
@@ -229,7 +232,7 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
         wall_g.push_back(rep.total_s);
         first_g.push_back(rep.first_layer_s);
       }
-      r.grouped.push_back({group, median(rest_g), median(wall_g), median(first_g)});
+      r.grouped.push_back({group, fast, median(rest_g), median(wall_g), median(first_g)});
     }
     r.dequant_fp8_s = median(dq8);
     r.fp8_convert_s = median(cv8);
@@ -330,9 +333,10 @@ Row run_workload(const Workload& w, const Floors& floors, int chunk_tokens, int6
       r.bf16_rel_err, r.inflate_nocrc_s, r.host_s, r.wait_s, r.restore_fp8_s, r.first_layer_fp8_s, r.total_wall_fp8_s, r.fp8_rel_err,
       r.inflate_fp8_s, r.dequant_fp8_s, r.fp8_convert_s);
   for (const Row::Grouped& g : r.grouped)
-    std::printf("{\"case\":\"%s\",\"fp8_layers_per_gemm\":%d,\"restore_all_fp8_s\":%.6f,\"total_wall_fp8_s\":%.6f,"
-                "\"first_layer_fp8_s\":%.6f}\n",
-                r.name.c_str(), g.layers_per_gemm, g.restore_s, g.total_wall_s, g.first_layer_s);
+    std::printf("{\"case\":\"%s\",\"fp8_layers_per_gemm\":%d,\"fp8_fast_accum\":%s,\"restore_all_fp8_s\":%.6f,"
+                "\"total_wall_fp8_s\":%.6f,\"first_layer_fp8_s\":%.6f}\n",
+                r.name.c_str(), g.layers_per_gemm, g.fast_accum ? "true" : "false", g.restore_s, g.total_wall_s,
+                g.first_layer_s);
   std::fflush(stdout);
   return r;
 }

@@ -142,18 +142,19 @@ TEST(CudaFp8, ConversionAndGemmMatchHostArithmetic) {
   };
   EXPECT_EQ(0, check_values(a_h, scale[0], [&](int64_t r, int64_t c) { return a_src[size_t(c * m + r)]; }, m));
   EXPECT_EQ(0, check_values(b_h, scale[F], [&](int64_t r, int64_t c) { return b_tok[size_t(r * comps + c)]; }, n));
-  // D [n][ldd] = A^T B, at an aligned and a 16-byte-aligned output.
+  // D [n][ldd] = A^T B, at an aligned and a 16-byte-aligned output, with and without fast accumulation.
   cuda::Fp8Gemm gemm;
-  for (size_t d_off : {size_t(0), size_t(16)}) {
-    SCOPED_TRACE("output offset " + std::to_string(d_off));
+  for (const auto& [d_off, fast] : {std::pair{size_t(0), false}, std::pair{size_t(16), false}, std::pair{size_t(0), true}}) {
+    SCOPED_TRACE("output offset " + std::to_string(d_off) + (fast ? ", fast accumulation" : ""));
     const Status st = gemm.run(m, n, k, a8.as<uint8_t>(16), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(d_off), m,
-                               nullptr);
+                               fast, nullptr);
     ASSERT_TRUE(st.is_ok()) << st.to_string();
     std::vector<float> d_h(size_t(n * m));
     ASSERT_EQ(cudaMemcpy(d_h.data(), d.as<float>(d_off), d_h.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
     // Hopper's FP8 tensor cores accumulate with fewer bits than fp32 (about 14 by DeepSeek-V3's
     // measurement; cuBLASLt promotes partial sums to fp32 along k): each output is held to 2^-10 of
-    // the sum of its products' magnitudes. A wrong layout, padding or scale misses by orders more.
+    // the sum of its products' magnitudes (fast accumulation, never promoted: 2^-7). A wrong layout,
+    // padding or scale misses by orders more.
     double worst = 0;
     for (int64_t t = 0; t < n; ++t)
       for (int64_t r = 0; r < m; ++r) {
@@ -166,13 +167,14 @@ TEST(CudaFp8, ConversionAndGemmMatchHostArithmetic) {
         const double s = double(scale[0]) * scale[F];
         worst = std::max(worst, std::fabs(d_h[size_t(t * m + r)] - want * s) / std::max(mag * s, 1e-30));
       }
-    EXPECT_LE(worst, std::ldexp(1.0, -10));
-    std::printf("[fp8] GEMM against host arithmetic: worst error %.2g of the products' magnitude sum\n", worst);
+    EXPECT_LE(worst, std::ldexp(1.0, fast ? -7 : -10));
+    std::printf("[fp8] GEMM against host arithmetic%s: worst error %.2g of the products' magnitude sum\n",
+                fast ? " (fast accumulation)" : "", worst);
   }
   // Bad shapes and misaligned scales are refused before cuBLASLt sees them.
-  EXPECT_EQ(gemm.run(m, n, comps, a8.as<uint8_t>(), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(), m, nullptr).code(),
+  EXPECT_EQ(gemm.run(m, n, comps, a8.as<uint8_t>(), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(), m, false, nullptr).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(gemm.run(m, n, k, a8.as<uint8_t>(), k, sc + 1, b8.as<uint8_t>(), k, sb_tok, d.as<float>(), m, nullptr).code(),
+  EXPECT_EQ(gemm.run(m, n, k, a8.as<uint8_t>(), k, sc + 1, b8.as<uint8_t>(), k, sb_tok, d.as<float>(), m, false, nullptr).code(),
             StatusCode::kInvalidArgument);
 }
 
@@ -182,10 +184,11 @@ struct Restored {
 
 // workspace: decode into caller memory of workspace_bytes (what serving code does).
 Restored restore(const cuda::DeviceCalibration& dcal, const std::vector<uint8_t>& blob, bool fp8, bool keep_fp32,
-                 cuda::ElementType type, int layers_per_gemm = 1, bool workspace = false) {
+                 cuda::ElementType type, int layers_per_gemm = 1, bool workspace = false, bool fast_accum = false) {
   cuda::BatchDecoder dec;
   cuda::BatchDecodeOptions bo;
   bo.fp8_reconstruction = fp8;
+  bo.fp8_fast_accum = fast_accum;
   bo.keep_fp32 = keep_fp32;
   bo.layers_per_gemm = layers_per_gemm;
   Restored r;
@@ -207,7 +210,7 @@ Restored restore(const cuda::DeviceCalibration& dcal, const std::vector<uint8_t>
 }
 
 // Per layer and stream: the codec's error energy (CPU fp32 restore against the original cache), and
-// what bf16 and FP8 reconstruction add to it (against the CPU restore).
+// what bf16 and FP8 reconstruction add to it (against the CPU restore), FP8 also with fast accumulation.
 TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
   SKIP_WITHOUT_DEVICE();
   const auto cal_data = std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq());
@@ -231,13 +234,15 @@ TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
     auto cd = cpu->decode_coefficients(*cal_data, blob.data(), blob.size(), DecodeOptions{}, nullptr);
     ASSERT_TRUE(cd.is_ok()) << cd.status().to_string();
     const Restored f8 = restore(*dcal, blob, true, c.keep_fp32, cuda::ElementType::kBF16);
+    const Restored f8_fast = restore(*dcal, blob, true, c.keep_fp32, cuda::ElementType::kBF16, 4, false, true);
     const Restored b16 = restore(*dcal, blob, false, true, cuda::ElementType::kBF16);
     const Restored f32 = restore(*dcal, blob, true, true, cuda::ElementType::kF32);
     ASSERT_EQ(f8.k.size(), size_t(cache.shape.n_layers));
     ASSERT_EQ(b16.k.size(), f8.k.size());
+    ASSERT_EQ(f8_fast.k.size(), f8.k.size());
     const size_t n = cache.k[0].size();
     std::vector<float> kc(n), vc(n);
-    double worst = 0, sum_fp8 = 0, sum_bf16 = 0, sum_codec = 0;
+    double worst = 0, worst_fast = 0, sum_fp8 = 0, sum_fast = 0, sum_bf16 = 0, sum_codec = 0;
     for (int l = 0; l < cache.shape.n_layers; ++l) {
       ASSERT_TRUE(cpu->restore_layer(*cal_data, *cd, l, kc.data(), vc.data(), 0, nullptr).is_ok());
       // A batch decoded for FP8 still restores fp32 exactly.
@@ -249,8 +254,12 @@ TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
         const double codec = sq_diff(cpu_l, orig);
         const double fp8 = sq_diff(s == 0 ? f8.k[size_t(l)] : f8.v[size_t(l)], cpu_l);
         const double bf16 = sq_diff(s == 0 ? b16.k[size_t(l)] : b16.v[size_t(l)], cpu_l);
+        const double fast = sq_diff(s == 0 ? f8_fast.k[size_t(l)] : f8_fast.v[size_t(l)], cpu_l);
         ASSERT_GT(codec, 0);
         EXPECT_LE(fp8 / codec, kMaxFp8Share) << "layer " << l << (s ? " values" : " keys");
+        EXPECT_LE(fast / codec, kMaxFp8Share) << "fast accumulation, layer " << l << (s ? " values" : " keys");
+        worst_fast = std::max(worst_fast, fast / codec);
+        sum_fast += fast;
         // The FP8 GEMM ran: its rounding is coarser than bf16's.
         EXPECT_GT(fp8, bf16) << "layer " << l << (s ? " values" : " keys");
         worst = std::max(worst, fp8 / codec);
@@ -260,8 +269,10 @@ TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
       }
     }
     // The figures for bench/RESULTS.md.
-    std::printf("[fp8] %s: FP8 adds %.2f%% of the codec's error energy (worst layer %.2f%%); bf16 adds %.3f%%\n",
-                name.c_str(), 100 * sum_fp8 / sum_codec, 100 * worst, 100 * sum_bf16 / sum_codec);
+    std::printf("[fp8] %s: FP8 adds %.2f%% of the codec's error energy (worst layer %.2f%%); with fast accumulation "
+                "%.2f%% (worst %.2f%%); bf16 adds %.3f%%\n",
+                name.c_str(), 100 * sum_fp8 / sum_codec, 100 * worst, 100 * sum_fast / sum_codec, 100 * worst_fast,
+                100 * sum_bf16 / sum_codec);
   }
 }
 

@@ -108,6 +108,11 @@ struct BatchDecodeOptions {
   // factor (m x layers_per_gemm x n_kv_heads x head_dim fp32). restore_layer and restore_layer_paged
   // always take one layer. bench/RESULTS.md ("CUDA backend") measures the trade.
   int layers_per_gemm = 1;
+  // FP8 reconstruction only: cuBLASLt's fast accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM), which
+  // keeps the tensor cores' partial sums instead of promoting them to fp32 every few steps of the
+  // reduction: faster GEMMs (about 1.35x at NeMo 12B's shape on an H100) for more rounding error, which
+  // bench/RESULTS.md ("FP8 reconstruction") measures against the codec's own per layer.
+  bool fp8_fast_accum = false;
 };
 
 // Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock

@@ -21,12 +21,12 @@ int alignment(const void* ptr) {
   return a;
 }
 
-std::string describe(const std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>& s) {
-  const auto [m, n, k, lda, ldb, ldd, aa, ab, ad] = s;
+std::string describe(const std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool>& s) {
+  const auto [m, n, k, lda, ldb, ldd, aa, ab, ad, fast] = s;
   return "m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) + " (lda " +
          std::to_string(lda) + " ldb " + std::to_string(ldb) + " ldd " + std::to_string(ldd) + "; pointers aligned " +
-         std::to_string(aa) + "/" + std::to_string(ab) + "/" + std::to_string(ad) +
-         " bytes) on this device (FP8 needs compute capability 8.9 or later)";
+         std::to_string(aa) + "/" + std::to_string(ab) + "/" + std::to_string(ad) + " bytes" +
+         (fast ? ", fast accumulation" : "") + ") on this device (FP8 needs compute capability 8.9 or later)";
 }
 
 Status set_scales(cublasLtMatmulDesc_t op, const float* a_scale_dev, const float* b_scale_dev) {
@@ -58,7 +58,7 @@ Fp8Gemm::~Fp8Gemm() {
 Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_dev, const float* b_scale_dev) {
   auto it = plans_.find(shape);
   if (it != plans_.end()) return &it->second;
-  const auto [m, n, k, lda, ldb, ldd, align_a, align_b, align_d] = shape;
+  const auto [m, n, k, lda, ldb, ldd, align_a, align_b, align_d, fast_accum] = shape;
   Plan p;
   // Destroys what was made so far if a step fails.
   auto fail = [&p](Status st) -> Status {
@@ -71,6 +71,10 @@ Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_de
     st = cublas_status(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
   if (st.is_ok())
     st = cublas_status(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
+  const int8_t fast = fast_accum ? 1 : 0;
+  if (st.is_ok())
+    st = cublas_status(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
+                       "FAST_ACCUM");
   if (st.is_ok())
     st = cublas_status(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(m), lda), "layout A");
   if (st.is_ok())
@@ -107,7 +111,7 @@ Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_de
 
 Status Fp8Gemm::run(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
                     const uint8_t* b, int64_t ldb, const float* b_scale_dev, float* d, int64_t ldd,
-                    cudaStream_t stream) {
+                    bool fast_accum, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return invalid_argument("FP8 GEMM dimensions must be positive");
   if (k % 16 || lda % 16 || ldb % 16 || lda < k || ldb < k || ldd < m)
     return invalid_argument("FP8 GEMM: k, lda and ldb must be multiples of 16, lda and ldb >= k, ldd >= m");
@@ -117,7 +121,7 @@ Status Fp8Gemm::run(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t l
     KVTC_RETURN_IF_ERROR(cublas_status(cublasLtCreate(&handle_), "cublasLtCreate"));
     KVTC_RETURN_IF_ERROR(workspace_.reserve(kWorkspaceBytes));
   }
-  const Shape shape{m, n, k, lda, ldb, ldd, alignment(a), alignment(b), alignment(d)};
+  const Shape shape{m, n, k, lda, ldb, ldd, alignment(a), alignment(b), alignment(d), fast_accum};
   KVTC_ASSIGN_OR_RETURN(Plan* p, plan(shape, a_scale_dev, b_scale_dev));
   KVTC_RETURN_IF_ERROR(set_scales(p->op, a_scale_dev, b_scale_dev));
   const float one = 1.0f, zero = 0.0f;

@@ -1,5 +1,6 @@
 // The FP8 reconstruction GEMM on cuBLASLt (Hopper and later): D = scale_a * scale_b * A^T B with A and
-// B in E4M3, fp32 accumulation and an fp32 result, in the only form Hopper's FP8 kernels take ("TN":
+// B in E4M3, fp32 accumulation (or, with fast_accum, the tensor cores' own partial sums, promoted to
+// fp32 only at the end) and an fp32 result, in the only form Hopper's FP8 kernels take ("TN":
 // A and B both stored with the reduction dimension contiguous). Column-major, as cuBLAS counts:
 //   A: k x m, lda >= k   (stored [m][lda]: for the restore, the basis' E4M3 copy, [features][rows])
 //   B: k x n, ldb >= k   (stored [n][ldb]: the coefficients' E4M3 copy, [tokens][components])
@@ -34,7 +35,7 @@ class Fp8Gemm {
   // for candidates and keeps the first that runs; UNSUPPORTED where none does (no FP8 tensor cores:
   // before compute capability 8.9), naming the shape.
   Status run(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev, const uint8_t* b,
-             int64_t ldb, const float* b_scale_dev, float* d, int64_t ldd, cudaStream_t stream);
+             int64_t ldb, const float* b_scale_dev, float* d, int64_t ldd, bool fast_accum, cudaStream_t stream);
 
  private:
   struct Plan {
@@ -43,9 +44,9 @@ class Fp8Gemm {
     std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
     int chosen = -1;                                // the first that ran; -1 before the first run
   };
-  // m n k lda ldb ldd, and the alignment in bytes (up to 256) of the A, B and D pointers: cuBLASLt's
-  // heuristic assumes 256 unless told, and its kernels refuse less-aligned pointers.
-  using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int>;
+  // m n k lda ldb ldd, the alignment in bytes (up to 256) of the A, B and D pointers (cuBLASLt's
+  // heuristic assumes 256 unless told, and its kernels refuse less-aligned pointers), and fast_accum.
+  using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool>;
   Result<Plan*> plan(const Shape& shape, const float* a_scale_dev, const float* b_scale_dev);
   static void destroy(Plan& p);  // its descriptors (those made so far)
 

@@ -432,6 +432,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(alloc(exact_jobs_, ejobs.size() * sizeof(ExactJob)));
   KVTC_RETURN_IF_ERROR(alloc(tmp_, tmp_bytes));
   layers_per_gemm_ = options.layers_per_gemm;
+  fp8_fast_accum_ = options.fp8_fast_accum;
   if (plan_only_) return Status::ok();
   const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
 
@@ -456,6 +457,25 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   uint32_t* dequant_status = inflate_status + ijobs.size() + 1;
   uint32_t* ecsq_status = dequant_status + djobs.size();
   KVTC_CUDA_RETURN(cudaMemsetAsync(status_.get(), 0, sizeof(uint32_t) * n_status, stream));
+  // Exact chunks: with overlap_exact, inflate + convert on the side stream from here on (payload and
+  // statuses in place), launched first so that their long serial streams hold multiprocessor slots
+  // beside the coefficient decode instead of queueing behind it; otherwise after the coefficients.
+  auto launch_exact = [&](cudaStream_t xs) -> Status {
+    KVTC_CUDA_RETURN(cudaEventRecord(exact_begin_, xs));
+    if (n_exact_jobs > 0) {
+      if (overlap_exact)
+        KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
+                                        inflate_status + n_coef_jobs, xs));
+      KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
+    }
+    KVTC_CUDA_RETURN(cudaEventRecord(exact_done_, xs));
+    return Status::ok();
+  };
+  if (overlap_exact) {
+    KVTC_CUDA_RETURN(cudaEventRecord(payload_ready_, stream));
+    KVTC_CUDA_RETURN(cudaStreamWaitEvent(side_, payload_ready_, 0));
+    KVTC_RETURN_IF_ERROR(launch_exact(side_));
+  }
   // Without overlap, one launch takes every chunk (coefficient chunks first, each part longest first):
   // exact chunks fill the multiprocessors as coefficient warps finish instead of waiting for the tail.
   const size_t n_first_launch = overlap_exact ? n_coef_jobs : ijobs.size();
@@ -484,21 +504,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
   if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[4], stream));
-  // Exact chunks: inflate + convert, on the side stream (overlapped) or after the coefficients.
-  cudaStream_t xs = stream;
-  if (overlap_exact) {
-    xs = side_;
-    KVTC_CUDA_RETURN(cudaEventRecord(payload_ready_, stream));
-    KVTC_CUDA_RETURN(cudaStreamWaitEvent(side_, payload_ready_, 0));
-  }
-  KVTC_CUDA_RETURN(cudaEventRecord(exact_begin_, xs));
-  if (n_exact_jobs > 0) {
-    if (overlap_exact)
-      KVTC_CUDA_RETURN(launch_inflate(inflate_jobs_.as<InflateJob>() + n_coef_jobs, int(n_exact_jobs), verify_checksums,
-                                      inflate_status + n_coef_jobs, xs));
-    KVTC_CUDA_RETURN(launch_exact_convert(exact_jobs_.as<ExactJob>(), int(ejobs.size()), xs));
-  }
-  KVTC_CUDA_RETURN(cudaEventRecord(exact_done_, xs));
+  if (!overlap_exact) KVTC_RETURN_IF_ERROR(launch_exact(stream));
   exact_recorded_ = true;
   exact_pending_ = overlap_exact;
 
@@ -747,7 +753,8 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
         KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
                                            gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
-                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, stream));
+                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, fp8_fast_accum_,
+                                           stream));
       } else if (kept > 0 && !bf16) {
         // Per head h: c_h[D x m] = basis_h[D x kept] * coef, at head stride T * D (in place) or m * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");

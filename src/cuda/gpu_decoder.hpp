@@ -93,6 +93,7 @@ struct GpuDecodeOptions {
   // restore_layers reconstructs up to this many consecutive layers with one GEMM (the restore scratch
   // grows to match); 1: one GEMM per layer and stream.
   int layers_per_gemm = 1;
+  bool fp8_fast_accum = false;             // FP8 GEMMs without fp32 promotion of partial sums
 };
 
 class GpuBatchDecoder {
@@ -173,6 +174,7 @@ class GpuBatchDecoder {
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk_;  // and of each codec 3 codes chunk
   GpuDecodeTimes last_times_;
   int layers_per_gemm_ = 1;  // the last decode's option
+  bool fp8_fast_accum_ = false;  // the last decode's option
   Arena arena_;
   bool use_arena_ = false, plan_only_ = false;
   std::vector<GpuSequence> seqs_;

@@ -64,6 +64,7 @@ GpuDecodeOptions gpu_options(const BatchDecodeOptions& o) {
   g.defer_status = o.defer_status;
   g.want_fp8 = o.fp8_reconstruction;
   g.layers_per_gemm = o.layers_per_gemm;
+  g.fp8_fast_accum = o.fp8_fast_accum;
   return g;
 }
 }  // namespace
