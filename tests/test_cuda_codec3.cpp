@@ -14,6 +14,7 @@
 #include "core/backend.hpp"
 #include "cuda/cuda_backend.hpp"
 #include "cuda_test_util.hpp"
+#include "entropy/rans_chunk.hpp"
 #include "format/container.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
@@ -136,6 +137,40 @@ TEST(CudaCodec3, MixedBatchWithCodecTwo) {
     blobs.push_back(enc->bytes);
   }
   testing::expect_batch_decode_matches_cpu(cal, blobs);
+}
+
+// Chunks of at most 32 rANS lanes and wider ones in one batch go to two decode kernels (one lane per
+// thread, or two): every sequence still matches the CPU decoder, and a corrupt chunk of a narrow
+// sequence placed between wide ones is reported under its own sequence and chunk.
+TEST(CudaCodec3, NarrowAndWideChunksInOneBatch) {
+  SKIP_WITHOUT_DEVICE();
+  const auto cal_data = std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq());
+  const Calibration cal(cal_data);
+  std::vector<std::vector<uint8_t>> blobs;
+  for (int lanes : {64, 32, 7, 33}) blobs.push_back(encode3(*cal_data, small_test(), 16.0, lanes));
+  testing::expect_batch_decode_matches_cpu(cal, blobs);
+
+  auto parsed = parse_container(blobs[1].data(), blobs[1].size());
+  ASSERT_TRUE(parsed.is_ok());
+  size_t chunk = 0;
+  while (chunk < parsed->header.chunks.size() && parsed->header.chunks[chunk].coder != ChunkCoder::kEcsqRans) ++chunk;
+  ASSERT_LT(chunk, parsed->header.chunks.size());
+  const ChunkEntry& c = parsed->header.chunks[chunk];
+  ASSERT_GT(c.stored_bytes, 12u);
+  std::vector<std::vector<uint8_t>> bad = blobs;
+  bad[1][parsed->payload_offset + c.offset + kRansChunkHeaderBytes + 1] ^= 0x40;  // lane 0's state
+  cuda::BatchDecoder dec;
+  cuda::BatchDecodeOptions bo;
+  bo.verify_checksums = false;
+  std::vector<cuda::ContainerView> views;
+  for (const auto& b : bad) views.push_back({b.data(), b.size()});
+  auto dcal = cuda::DeviceCalibration::upload(cal, cuda::DeviceCalibration::Options{}, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  const Status st = dec.decode(*dcal, views, bo, nullptr);
+  ASSERT_EQ(st.code(), StatusCode::kCorrupt) << st.to_string();
+  EXPECT_NE(st.message().find("sequence 1 chunk " + std::to_string(chunk) + ":"), std::string::npos) << st.to_string();
+  bo.verify_checksums = true;
+  EXPECT_EQ(dec.decode(*dcal, views, bo, nullptr).code(), StatusCode::kChecksumMismatch);
 }
 
 // The GPU encoder writes codec 2 only: codec 3 is refused with UNSUPPORTED, never a wrong container.

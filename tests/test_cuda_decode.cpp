@@ -122,6 +122,31 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaDecode,
                                            Case{DType::kBF16, RopeStyle::kInterleaved, true, 77}),
                          [](const ::testing::TestParamInfo<Case>& param_info) { return case_name(param_info.param); });
 
+// A head_dim whose half is odd (18): the epilogue's one-pair-per-thread kernel, which the paired one
+// (half even, as in every model above) replaces elsewhere.
+TEST(CudaDecodeOddHalf, MatchesCpuAndReference) {
+  SKIP_WITHOUT_DEVICE();
+  for (RopeStyle style : {RopeStyle::kHalf, RopeStyle::kInterleaved}) {
+    SCOPED_TRACE(style == RopeStyle::kHalf ? "half" : "interleaved");
+    ModelShape shape;
+    shape.n_layers = 4;
+    shape.n_kv_heads = 2;
+    shape.head_dim = 18;
+    shape.rope.theta = 10000.0;
+    shape.rope.style = style;
+    const KVCache cache = testing::synthetic_cache(shape, 300, 6, DType::kBF16);
+    const CalibrationData cal = make_calibration(cache, 96, all_kinds_groups(), simple_groups(52), 4, 32);
+    EncodeOptions eo;
+    eo.target_ratio = kRatio;
+    eo.chunk_tokens = 48;
+    eo.chunk_max_bytes = 256;
+    eo.measure_error = false;
+    auto enc = make_cpu_backend()->encode(cal, cache, eo, nullptr);
+    ASSERT_TRUE(enc.is_ok()) << enc.status().to_string();
+    check_container(cal, enc->bytes);
+  }
+}
+
 // A real cache of the reference model (repo data/), through the same checks.
 TEST(CudaDecodeReal, SmallTestCacheMatchesCpu) {
   SKIP_WITHOUT_DEVICE();

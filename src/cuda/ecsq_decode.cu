@@ -50,7 +50,10 @@ __device__ __forceinline__ uint32_t read_bits(const uint8_t* raw, uint64_t at, u
 // Raw bits after signed symbol s: the bucket bits of its magnitude symbol (format/ecsq_rules.hpp).
 __device__ __forceinline__ uint32_t bucket_bits(uint32_t s) { return uint32_t(ecsq_bucket_bits(ecsq_magnitude_symbol(s))); }
 
-// One chunk by one warp; every return is warp-uniform.
+// One chunk by one warp; every return is warp-uniform. KH: rANS lanes per thread, 1 for chunks of up
+// to 32 lanes (64 registers, 32 warps per SM), 2 for up to 64 (the second lane's state and cursors
+// take the kernel to 96 registers).
+template <int KH>
 __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane) {
   const uint8_t* c = job.chunk;
   const uint32_t nb = job.chunk_bytes;
@@ -59,7 +62,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   if (nb < kHeaderBytes + 4) return kEcsqBadHeader;
   const uint32_t n = get_le32(c), n_lanes = c[4], stream_bytes = get_le32(c + 8);
   if ((c[5] | c[6] | c[7]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
-      n_lanes > uint32_t(kRansMaxLanes) || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
+      n_lanes > uint32_t(kRansMaxLanes) || n_lanes > 32u * KH || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
     return kEcsqBadHeader;
   const uint64_t rans_bytes = kHeaderBytes + 4ull * n_lanes + stream_bytes;
   if (rans_bytes + 4 > nb) return kEcsqBadHeader;
@@ -97,7 +100,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
     return j < job.n_kept && job.cells_before[j + 1] > job.cells_before[j] ? job.n_tokens - job.n_high : 0u;
   };
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
+  for (int h = 0; h < KH; ++h) {
     const uint32_t l = uint32_t(h) * 32 + lane;
     loaded[h] = 0xffffffffu;
     if (by_class) {
@@ -116,7 +119,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   uint64_t at_bit = 0;  // next raw bit
   for (uint32_t round = 0; round < n; round += n_lanes) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < KH; ++h) {
       if (uint32_t(h) >= halves) break;  // warp-uniform
       const uint32_t l = uint32_t(h) * 32 + lane, i = round + l;
       const bool active = l < n_lanes && i < n;
@@ -217,6 +220,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   return kEcsqOk;
 }
 
+template <int KH>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     ecsq_decode_kernel(const EcsqDecodeJob* __restrict__ jobs, int n_jobs, bool verify_crc, uint32_t* __restrict__ status) {
   __shared__ uint32_t crc_table[256];
@@ -231,8 +235,15 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
   const int j = int(blockIdx.x) * kWarpsPerBlock + int(threadIdx.x / 32);
   if (j >= n_jobs) return;
   const uint32_t lane = threadIdx.x & 31;
-  const EcsqDecodeJob job = jobs[j];  // in registers: the coefficient stores cannot alias it
-  const uint32_t st = decode_chunk(job, verify_crc ? crc_table : nullptr, lane);
+  // The job in shared memory, not registers: its fields are read rarely (per chunk or component), and
+  // the registers they would hold set the kernel's occupancy (128 registers: 16 warps per SM).
+  __shared__ EcsqDecodeJob block_jobs[kWarpsPerBlock];
+  EcsqDecodeJob& job = block_jobs[threadIdx.x / 32];
+  static_assert(sizeof(EcsqDecodeJob) % 4 == 0);
+  for (uint32_t w = lane; w < sizeof(EcsqDecodeJob) / 4; w += 32)
+    reinterpret_cast<uint32_t*>(&job)[w] = reinterpret_cast<const uint32_t*>(jobs + j)[w];
+  __syncwarp();
+  const uint32_t st = decode_chunk<KH>(job, verify_crc ? crc_table : nullptr, lane);
   if (lane == 0) status[j] = st;
 }
 
@@ -255,11 +266,20 @@ const char* ecsq_decode_status_name(uint32_t status) {
   }
 }
 
-cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, bool verify_crc, uint32_t* status_dev,
-                               cudaStream_t stream) {
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, int n_narrow, bool verify_crc,
+                               uint32_t* status_dev, cudaStream_t stream) {
   if (n_jobs <= 0) return cudaSuccess;
-  const int blocks = (n_jobs + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  ecsq_decode_kernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev, n_jobs, verify_crc, status_dev);
+  n_narrow = n_narrow < 0 ? 0 : n_narrow > n_jobs ? n_jobs : n_narrow;
+  if (n_narrow > 0) {
+    const int blocks = (n_narrow + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    ecsq_decode_kernel<1><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev, n_narrow, verify_crc, status_dev);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || n_narrow == n_jobs) return e;
+  }
+  const int n_wide = n_jobs - n_narrow;
+  const int blocks = (n_wide + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  ecsq_decode_kernel<2><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev + n_narrow, n_wide, verify_crc,
+                                                                      status_dev + n_narrow);
   return cudaGetLastError();
 }
 

@@ -76,8 +76,11 @@ enum EcsqDecodeStatus : uint32_t {
 const char* ecsq_decode_status_name(uint32_t status);
 
 // Decodes jobs_dev[0 .. n_jobs) (device array) into their coefficient matrices; status_dev[i] gets job
-// i's status. verify_crc: check each chunk's CRC-32 first. Asynchronous on `stream`.
-cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, bool verify_crc, uint32_t* status_dev,
+// i's status. verify_crc: check each chunk's CRC-32 first. Jobs [0, n_narrow) must be chunks of at
+// most 32 rANS lanes (by their header's lane count; more gives kEcsqBadHeader): they run on a kernel
+// with one lane per thread and twice the occupancy; the rest take up to 64. Asynchronous on `stream`.
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, int n_narrow, bool verify_crc,
+                               uint32_t* status_dev,
                                cudaStream_t stream);
 
 }  // namespace kvtc::cuda

@@ -1,5 +1,7 @@
 #include "cuda/restore_kernels.cuh"
 
+#include <algorithm>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -157,6 +159,64 @@ __global__ void epilogue_kernel(EpilogueParams p) {
   }
 }
 
+// The epilogue two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
+// 8-byte loads of src and mean, a 16-byte load of the table, 4-byte bf16x2 (8-byte fp32) stores, the
+// same fp32 operations as epilogue_kernel (so the same bits), and 32-bit index arithmetic within a
+// head (grid.y is the head). launch_epilogue checks the alignments this needs.
+__device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
+  const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
+  const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
+  a = ra;
+  b = rb;
+}
+
+__device__ __forceinline__ void store_two(const DstLayout& out, int64_t o, float x, float y) {
+  if (out.bf16)
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out.base) + o) = __floats2bfloat162_rn(x, y);
+  else
+    *reinterpret_cast<float2*>(static_cast<float*>(out.base) + o) = make_float2(x, y);
+}
+
+__global__ void epilogue_pairs_kernel(EpilogueParams p) {
+  const int h = int(blockIdx.y);
+  const uint32_t half = uint32_t(p.head_dim / 2), quads = half / 2;
+  const uint32_t per_head = uint32_t(p.rows) * quads;
+  const float* mean = p.mean + h * p.head_dim;
+  for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < per_head; e += gridDim.x * blockDim.x) {
+    const uint32_t t = e / quads, i = 2 * (e - t * quads);
+    const float* src = p.src + h * p.src_head_stride + int64_t(t) * p.src_token_stride;
+    float a0, b0, a1, b1;
+    if (p.rope_style == 0) {  // pairs (i, i + half) and (i + 1, i + 1 + half)
+      const float2 sa = *reinterpret_cast<const float2*>(src + i), sb = *reinterpret_cast<const float2*>(src + i + half);
+      const float2 ma = *reinterpret_cast<const float2*>(mean + i), mb = *reinterpret_cast<const float2*>(mean + i + half);
+      a0 = __fadd_rn(sa.x, ma.x);
+      a1 = __fadd_rn(sa.y, ma.y);
+      b0 = __fadd_rn(sb.x, mb.x);
+      b1 = __fadd_rn(sb.y, mb.y);
+    } else {  // pairs (2i, 2i + 1) and (2i + 2, 2i + 3)
+      const float2 s0 = *reinterpret_cast<const float2*>(src + 2 * i), s1 = *reinterpret_cast<const float2*>(src + 2 * i + 2);
+      const float2 m0 = *reinterpret_cast<const float2*>(mean + 2 * i), m1 = *reinterpret_cast<const float2*>(mean + 2 * i + 2);
+      a0 = __fadd_rn(s0.x, m0.x);
+      b0 = __fadd_rn(s0.y, m0.y);
+      a1 = __fadd_rn(s1.x, m1.x);
+      b1 = __fadd_rn(s1.y, m1.y);
+    }
+    if (p.rope_table) {
+      const float4 cs = *reinterpret_cast<const float4*>(p.rope_table + int64_t(t) * half + i);
+      rope_pair(a0, b0, make_float2(cs.x, cs.y));
+      rope_pair(a1, b1, make_float2(cs.z, cs.w));
+    }
+    const int64_t o = p.out.offset(h, p.t_offset + t);
+    if (p.rope_style == 0) {
+      store_two(p.out, o + i, a0, a1);
+      store_two(p.out, o + i + half, b0, b1);
+    } else {
+      store_two(p.out, o + 2 * i, a0, b0);
+      store_two(p.out, o + 2 * i + 2, a1, b1);
+    }
+  }
+}
+
 __global__ void exact_scatter_kernel(const float* __restrict__ src, int64_t n, DstLayout out, int64_t t0) {
   const int64_t per_head = n * out.head_dim;
   const int64_t total = per_head * out.n_heads;
@@ -206,7 +266,20 @@ cudaError_t launch_rope_table(const double* inv_freq_dev, int half_dim, int64_t 
 cudaError_t launch_epilogue(const EpilogueParams& p, cudaStream_t stream) {
   const int64_t total = p.rows * (p.head_dim / 2) * p.n_heads;
   if (total <= 0) return cudaSuccess;
-  epilogue_kernel<<<grid_for(total, 256), 256, 0, stream>>>(p);
+  // The paired kernel where its vector accesses are aligned (element offsets even, base pointers to 8
+  // bytes, the table's to 16) and a head's work fits 32-bit indices; else one pair per thread.
+  auto aligned = [](const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
+  const int64_t quads_per_head = p.rows * (p.head_dim / 4);
+  const bool paired = p.head_dim % 4 == 0 && p.src_head_stride % 2 == 0 && p.src_token_stride % 2 == 0 &&
+                      aligned(p.src, 8) && aligned(p.mean, 8) && (!p.rope_table || aligned(p.rope_table, 16)) &&
+                      aligned(p.out.base, p.out.bf16 ? 4 : 8) && (p.out.block_table || p.out.head_stride % 2 == 0) &&
+                      p.n_heads <= 65535 && quads_per_head < (int64_t(1) << 31);
+  if (paired) {
+    const int64_t blocks = std::min<int64_t>((quads_per_head + 255) / 256, std::max<int64_t>(1, 65535 * 8 / p.n_heads));
+    epilogue_pairs_kernel<<<dim3(unsigned(blocks), unsigned(p.n_heads)), 256, 0, stream>>>(p);
+  } else {
+    epilogue_kernel<<<grid_for(total, 256), 256, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
