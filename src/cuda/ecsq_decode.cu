@@ -87,6 +87,13 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   // slot, the symbol entry and the word. With token classes k[h] = 2 j + (1 - class) walks the runs
   // of the chunk's components j (run_length: 0 where the class's level has no cell for j).
   const bool by_class = job.rows != nullptr;  // warp-uniform
+  // What every symbol reads, in registers: the job itself may lie in shared memory, where each
+  // coefficient store (a generic pointer) would make the compiler read these fields again.
+  const uint32_t n_tokens = job.n_tokens, row0 = job.row0, token_stride = job.token_stride;
+  const uint32_t component_stride = job.component_stride;
+  const uint32_t* const rows = job.rows;
+  float* const coef_f32 = job.coef_f32;
+  uint16_t* const coef_bf16 = job.coef_bf16;
   uint32_t t[2], k[2], loaded[2];
   EcsqDeviceComponent cells[2];
   const uint8_t* slots[2] = {job.slots, job.slots};
@@ -193,10 +200,10 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         if (from + nbits > n_raw) overrun = true;
         else bucket = read_bits(raw, from, nbits);
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
-        const uint32_t row = by_class ? job.rows[run_rows[h] + t[h]] : t[h];
-        const uint64_t idx = uint64_t(job.row0 + row) * job.token_stride + uint64_t(cell.component) * job.component_stride;
-        if (job.coef_f32 != nullptr) job.coef_f32[idx] = v;
-        if (job.coef_bf16 != nullptr) job.coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+        const uint32_t row = by_class ? rows[run_rows[h] + t[h]] : t[h];
+        const uint64_t idx = uint64_t(row0 + row) * token_stride + uint64_t(cell.component) * component_stride;
+        if (coef_f32 != nullptr) coef_f32[idx] = v;
+        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
       }
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
@@ -206,10 +213,10 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
           t[h] -= run_len[h];
           if (++k[h] < k_end) run_len[h] = run_length(k[h]);
         }
-      } else if (t[h] >= job.n_tokens) {
-        const uint32_t q = t[h] / job.n_tokens;
+      } else if (t[h] >= n_tokens) {
+        const uint32_t q = t[h] / n_tokens;
         k[h] += q;
-        t[h] -= q * job.n_tokens;
+        t[h] -= q * n_tokens;
       }
     }
   }
@@ -221,7 +228,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
 }
 
 template <int KH>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+__global__ void __launch_bounds__(32 * kWarpsPerBlock, KH == 1 ? 8 : 5)
     ecsq_decode_kernel(const EcsqDecodeJob* __restrict__ jobs, int n_jobs, bool verify_crc, uint32_t* __restrict__ status) {
   __shared__ uint32_t crc_table[256];
   if (verify_crc) {
