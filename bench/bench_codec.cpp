@@ -157,6 +157,39 @@ void BM_InflateChunks(benchmark::State& state) {
 }
 BENCHMARK(BM_InflateChunks)->Arg(20)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// Host work every decode (CPU or GPU) does first: parsing a container and checking it against the
+// calibration, per chunk, on a codec 3 container of the real cache cut into many chunks (the GPU
+// decoder's host_s, bench/RESULTS.md "CUDA backend", holds this for about 10,000 chunks at NeMo 12B's
+// 8K-token shape).
+void BM_ParseContainer(benchmark::State& state) {
+  const KVCache& cache = real_cache(test_files()[0]);
+  EncodeOptions o;
+  o.codec = 3;
+  o.target_ratio = 16.0;
+  o.chunk_max_bytes = state.range(0);
+  o.measure_error = false;
+  const CalibrationData& cal = real_calibration().data();
+  auto enc = make_cpu_backend()->encode(cal, cache, o, nullptr);
+  if (!enc.is_ok()) {
+    state.SkipWithError(enc.status().to_string().c_str());
+    return;
+  }
+  size_t n_chunks = 0;
+  for (auto _ : state) {
+    auto pc = parse_container(enc->bytes.data(), enc->bytes.size());
+    if (!pc.is_ok() || !check_container_matches(cal, pc->header).is_ok()) {
+      state.SkipWithError("container refused");
+      return;
+    }
+    n_chunks = pc->header.chunks.size();
+    benchmark::DoNotOptimize(pc);
+  }
+  state.counters["chunks"] = double(n_chunks);
+  state.counters["ns_per_chunk"] =
+      benchmark::Counter(double(n_chunks) * 1e-9, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_ParseContainer)->Arg(1024)->Arg(16 << 10)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 }  // namespace
 }  // namespace kvtc::bench
 

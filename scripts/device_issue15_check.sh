@@ -1,12 +1,15 @@
 #!/bin/bash
-# On the GPU machine, branch gpu-s19 (issue 15; written in session 19, which got no GPU): builds, runs
-# every GPU test, then with what time is left (T seconds in all, default 560): the codec 3 time-to-
-# first-token rows at NeMo 12B's shape (FP8 with 1, 4 and 8 layers per GEMM, with and without
-# overlap_exact), the SDPA prefill, the restore GEMM layout / FP8 study, Llama 3 8B's rows, the GPU
+# On the GPU machine (issue 15; first run 2026-12-07, bench/RESULTS.md "Time to first token: 20x"):
+# builds, runs every GPU test, then with what time is left (T seconds in all, default 560): the codec 3
+# time-to-first-token rows at NeMo 12B's shape (FP8 with 1, 4 and 8 layers per GEMM and fast
+# accumulation, with and without overlap_exact), the SDPA prefill, the restore GEMM layout / FP8 study, Llama 3 8B's rows, the GPU
 # rANS encoder on real codes, the device-resident compress bench and memcheck. Carry .pysys and
 # .gpubench; results in $OUT/summary.txt.
 #   T=560 OUT=... scripts/device_issue15_check.sh
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT; T=${T:-560}
+# The device returns only a few files from $OUT: everything is written to a work folder and comes back
+# as $OUT/all.tgz beside $OUT/summary.txt.
+RET=${OUT:-/tmp/out}; OUT=/tmp/issue15-work; mkdir -p $RET $OUT; T=${T:-560}
+trap 'cp $OUT/summary.txt $RET/ 2>/dev/null; tar czf $RET/all.tgz -C $OUT .' EXIT
 S0=$(date +%s); el() { echo $(( $(date +%s) - S0 )); }
 left() { echo $(( T - $(el) )); }
 log() { echo "$*" | tee -a $OUT/summary.txt; }

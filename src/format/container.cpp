@@ -402,27 +402,27 @@ Result<ParsedContainer> parse_container(const uint8_t* bytes, size_t size_bytes)
     c.stored_bytes = r.u32();
     c.raw_bytes = r.u32();
     c.crc32 = r.u32();
-    const std::string where = "chunk " + std::to_string(i);
-    if (kind > (version >= 4 ? 3 : 2)) return corrupt(where + ": unknown kind");
-    if (stream > 1) return corrupt(where + ": unknown stream");
-    if (layout > 1 || (kind != 2 && layout != 0)) return corrupt(where + ": bad layout");
+    auto where = [i] { return "chunk " + std::to_string(i); };  // named only on error
+    if (kind > (version >= 4 ? 3 : 2)) return corrupt(where() + ": unknown kind");
+    if (stream > 1) return corrupt(where() + ": unknown stream");
+    if (layout > 1 || (kind != 2 && layout != 0)) return corrupt(where() + ": bad layout");
     c.kind = ChunkKind(kind);
     c.stream = stream;
     c.layout = CodesLayout(layout);
     if (version >= 3) {
       // ECSQ streams' codes chunks are rANS-coded; everything else is DEFLATE.
       const bool rans = c.kind == ChunkKind::kCodes && h.streams[stream].ecsq();
-      if (coder != (rans ? 1 : 0)) return corrupt(where + ": coder " + std::to_string(coder) + " where " + (rans ? "1" : "0") + " belongs");
-      if (rans && layout != 0) return corrupt(where + ": bad layout");
+      if (coder != (rans ? 1 : 0)) return corrupt(where() + ": coder " + std::to_string(coder) + " where " + (rans ? "1" : "0") + " belongs");
+      if (rans && layout != 0) return corrupt(where() + ": bad layout");
       c.coder = ChunkCoder(coder);
     }
-    if (c.n_tokens == 0 || uint64_t(c.token_begin) + c.n_tokens > h.n_tokens) return corrupt(where + ": token range out of bounds");
-    if (c.kind == ChunkKind::kExact && c.n_items != 1) return corrupt(where + ": exact chunk must hold one layer");
+    if (c.n_tokens == 0 || uint64_t(c.token_begin) + c.n_tokens > h.n_tokens) return corrupt(where() + ": token range out of bounds");
+    if (c.kind == ChunkKind::kExact && c.n_items != 1) return corrupt(where() + ": exact chunk must hold one layer");
     if ((c.kind == ChunkKind::kSide || c.kind == ChunkKind::kClasses) && (c.item_begin != 0 || c.n_items != 0))
-      return corrupt(where + ": side or classes chunk with items");
-    if (c.kind == ChunkKind::kCodes && c.n_items == 0) return corrupt(where + ": empty codes chunk");
-    if (c.offset != next_offset) return corrupt(where + ": not contiguous with the previous chunk");
-    if (c.raw_bytes > kMaxChunkRawBytes) return corrupt(where + ": raw size too large");
+      return corrupt(where() + ": side or classes chunk with items");
+    if (c.kind == ChunkKind::kCodes && c.n_items == 0) return corrupt(where() + ": empty codes chunk");
+    if (c.offset != next_offset) return corrupt(where() + ": not contiguous with the previous chunk");
+    if (c.raw_bytes > kMaxChunkRawBytes) return corrupt(where() + ": raw size too large");
     next_offset += c.stored_bytes;
   }
   const uint64_t payload_size = size_bytes - header_end;

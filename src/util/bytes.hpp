@@ -34,12 +34,12 @@ class ByteWriter {
 class ByteReader {
  public:
   ByteReader(const uint8_t* data, size_t size) : p_(data), end_(data + size) {}
-  uint8_t u8() { uint8_t v = 0; get(&v, 1); return v; }
-  uint16_t u16() { uint16_t v = 0; get(&v, 2); return v; }
-  uint32_t u32() { uint32_t v = 0; get(&v, 4); return v; }
-  uint64_t u64() { uint64_t v = 0; get(&v, 8); return v; }
-  int64_t i64() { int64_t v = 0; get(&v, 8); return v; }
-  double f64() { double v = 0; get(&v, 8); return v; }
+  uint8_t u8() { uint8_t v = 0; get<1>(&v); return v; }
+  uint16_t u16() { uint16_t v = 0; get<2>(&v); return v; }
+  uint32_t u32() { uint32_t v = 0; get<4>(&v); return v; }
+  uint64_t u64() { uint64_t v = 0; get<8>(&v); return v; }
+  int64_t i64() { int64_t v = 0; get<8>(&v); return v; }
+  double f64() { double v = 0; get<8>(&v); return v; }
   // Returns a pointer to n bytes and skips them, or nullptr (and !ok()) if fewer remain.
   const uint8_t* take(size_t n) {
     if (!ok_ || size_t(end_ - p_) < n) { ok_ = false; return nullptr; }
@@ -51,9 +51,11 @@ class ByteReader {
   bool ok() const { return ok_; }
 
  private:
-  void get(void* v, size_t n) {
-    const uint8_t* src = take(n);
-    if (src != nullptr) std::memcpy(v, src, n);
+  // A constant size, so that the copy compiles to one load (a header holds thousands of chunk entries).
+  template <size_t N>
+  void get(void* v) {
+    const uint8_t* src = take(N);
+    if (src != nullptr) std::memcpy(v, src, N);
   }
   const uint8_t* p_;
   const uint8_t* end_;
