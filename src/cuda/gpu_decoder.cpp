@@ -346,7 +346,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         }
         const EcsqDeviceLevel& lv = *level[c.stream];
         const uint32_t c1 = c.item_begin + c.n_items;
-        // Named only on error: a container holds thousands of codes chunks (10,000 at NeMo 12B's 8K tokens).
+        // Named only on error: a container holds thousands of codes chunks (about 10,000 for NeMo 12B at 8K tokens).
         auto where = [&] { return "sequence " + std::to_string(q) + " chunk " + std::to_string(i); };
         EcsqDecodeJob e;
         if (by_class) {

@@ -159,7 +159,7 @@ __global__ void epilogue_kernel(EpilogueParams p) {
   }
 }
 
-// The epilogue two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
+// The epilogue with two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
 // 8-byte loads of src and mean, a 16-byte load of the table, 4-byte bf16x2 (8-byte fp32) stores, the
 // same fp32 operations as epilogue_kernel (so the same bits), and 32-bit index arithmetic within a
 // head (grid.y is the head). launch_epilogue checks the alignments this needs.
