@@ -125,6 +125,15 @@ __global__ void rope_table_kernel(const double* __restrict__ inv_freq, int half_
   }
 }
 
+// Rotates one RoPE pair by (cos, sin), with the CPU's roundings (no contraction into FMAs); both
+// epilogue kernels use it, so they give the same bits.
+__device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
+  const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
+  const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
+  a = ra;
+  b = rb;
+}
+
 __global__ void epilogue_kernel(EpilogueParams p) {
   const int half = p.head_dim / 2;
   const int64_t per_head = p.rows * half;
@@ -139,13 +148,7 @@ __global__ void epilogue_kernel(EpilogueParams p) {
     const float* src = p.src + h * p.src_head_stride + t * p.src_token_stride;
     float a = __fadd_rn(src[ia], p.mean[h * p.head_dim + ia]);
     float b = __fadd_rn(src[ib], p.mean[h * p.head_dim + ib]);
-    if (p.rope_table) {
-      const float2 cs = p.rope_table[t * half + i];
-      const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
-      const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
-      a = ra;
-      b = rb;
-    }
+    if (p.rope_table) rope_pair(a, b, p.rope_table[t * half + i]);
     const int64_t o = p.out.offset(h, p.t_offset + t);
     if (p.out.bf16) {
       __nv_bfloat16* d = static_cast<__nv_bfloat16*>(p.out.base) + o;
@@ -159,17 +162,6 @@ __global__ void epilogue_kernel(EpilogueParams p) {
   }
 }
 
-// The epilogue with two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
-// 8-byte loads of src and mean, a 16-byte load of the table, 4-byte bf16x2 (8-byte fp32) stores, the
-// same fp32 operations as epilogue_kernel (so the same bits), and 32-bit index arithmetic within a
-// head (grid.y is the head). launch_epilogue checks the alignments this needs.
-__device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
-  const float ra = __fsub_rn(__fmul_rn(a, cs.x), __fmul_rn(b, cs.y));
-  const float rb = __fadd_rn(__fmul_rn(a, cs.y), __fmul_rn(b, cs.x));
-  a = ra;
-  b = rb;
-}
-
 __device__ __forceinline__ void store_two(const DstLayout& out, int64_t o, float x, float y) {
   if (out.bf16)
     *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(out.base) + o) = __floats2bfloat162_rn(x, y);
@@ -177,6 +169,10 @@ __device__ __forceinline__ void store_two(const DstLayout& out, int64_t o, float
     *reinterpret_cast<float2*>(static_cast<float*>(out.base) + o) = make_float2(x, y);
 }
 
+// The epilogue with two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
+// 8-byte loads of src and mean, a 16-byte load of the table, 4-byte bf16x2 (8-byte fp32) stores, the
+// same fp32 operations as epilogue_kernel (so the same bits), and 32-bit index arithmetic within a
+// head (grid.y is the head). launch_epilogue checks the alignments this needs.
 __global__ void epilogue_pairs_kernel(EpilogueParams p) {
   const int h = int(blockIdx.y);
   const uint32_t half = uint32_t(p.head_dim / 2), quads = half / 2;
