@@ -2,8 +2,9 @@
 # On the GPU machine (issue 15; first run 2026-12-07, bench/RESULTS.md "Time to first token: 20x"):
 # builds, runs every GPU test, then with what time is left (T seconds in all, default 560): the codec 3
 # time-to-first-token rows at NeMo 12B's shape (FP8 with 1, 4 and 8 layers per GEMM and fast
-# accumulation, with and without overlap_exact), the SDPA prefill, the restore GEMM layout / FP8 study, Llama 3 8B's rows, the GPU
-# rANS encoder on real codes, the device-resident compress bench and memcheck. Carry .pysys and
+# accumulation, with and without overlap_exact), the SDPA prefill, the restore GEMM layout / FP8 study
+# (with LAYOUT=1), Llama 3 8B's rows, the GPU rANS encoder and decoder on real codes, the device-resident
+# compress bench, memcheck, and racecheck of the codec 3 decode kernels. Carry .pysys and
 # .gpubench; results in $OUT/summary.txt.
 #   T=560 OUT=... scripts/device_issue15_check.sh
 # The device returns only a few files from $OUT: everything is written to a work folder and comes back
@@ -33,10 +34,12 @@ ttft() {  # $1: nemo or llama3
 }
 [ $(left) -gt 150 ] && ttft nemo
 [ $(left) -gt 25 ] && { timeout 25 python3 bench/bench_cuda_prefill.py 8192 > $OUT/prefill.txt 2>&1; log "prefill rc $? at $(el) s"; cat $OUT/prefill.txt >> $OUT/summary.txt; }
-[ $(left) -gt 40 ] && { timeout 40 python3 bench/bench_restore_gemm_layout.py 8192 > $OUT/gemm_layout.txt 2>&1; log "layout rc $? at $(el) s"; cat $OUT/gemm_layout.txt >> $OUT/summary.txt; }
+[ -n "${LAYOUT:-}" ] && [ $(left) -gt 40 ] && { timeout 40 python3 bench/bench_restore_gemm_layout.py 8192 > $OUT/gemm_layout.txt 2>&1; log "layout rc $? at $(el) s"; cat $OUT/gemm_layout.txt >> $OUT/summary.txt; }
 [ $(left) -gt 130 ] && ttft llama3
 G=.gpubench
 [ $(left) -gt 80 ] && { timeout $(( $(left) - 10 )) $B/bench/kvtc_bench_cuda_codec3 $G/calib-prose-1.safetensors,$G/calib-code-1.safetensors $G/test-prose.safetensors 16 64 5 > $OUT/codec3.jsonl 2> $OUT/codec3.log; log "codec3 rc $? at $(el) s"; cat $OUT/codec3.jsonl >> $OUT/summary.txt; }
+# The codec 3 decode kernels (each job copied into shared memory by the warp's lanes, then __syncwarp).
+[ $(left) -gt 40 ] && { timeout $(( $(left) - 5 )) compute-sanitizer --tool racecheck --racecheck-report all $B/tests/test_cuda_codec3 --gtest_filter='*NarrowAndWide*:*RealCache*:*Escapes*' > $OUT/racecheck_codec3.log 2>&1; log "racecheck codec3 rc $? at $(el) s: $(grep -E 'PASSED|RACECHECK SUMMARY' $OUT/racecheck_codec3.log | tr '\n' ' ')"; }
 [ $(left) -gt 50 ] && { timeout 45 $B/bench/kvtc_bench_cuda_encode 8192 > $OUT/bench_encode.txt 2>&1; log "encode rc $? at $(el) s"; tail -16 $OUT/bench_encode.txt >> $OUT/summary.txt; }
 [ $(left) -gt 30 ] && { timeout $(( $(left) - 5 )) compute-sanitizer --tool memcheck $B/tests/test_cuda_rans_encode > $OUT/memcheck_rans.log 2>&1; log "memcheck rans rc $? at $(el) s: $(grep -E 'PASSED|ERROR SUMMARY' $OUT/memcheck_rans.log | tr '\n' ' ')"; }
 [ $(left) -gt 30 ] && { timeout $(( $(left) - 5 )) compute-sanitizer --tool memcheck $B/tests/test_cuda_fp8 > $OUT/memcheck_fp8.log 2>&1; log "memcheck fp8 rc $? at $(el) s: $(grep -E 'PASSED|ERROR SUMMARY' $OUT/memcheck_fp8.log | tr '\n' ' ')"; }

@@ -18,9 +18,11 @@
 #include "cuda/cuda_backend.hpp"
 #include "cuda/fp8_convert.cuh"
 #include "cuda/fp8_gemm.hpp"
+#include "cuda/gpu_decoder.hpp"
 #include "cuda_test_util.hpp"
 #include "kvtc/kvtc_cuda.hpp"
 #include "test_util.hpp"
+#include "util/half.hpp"
 
 namespace kvtc {
 namespace {
@@ -142,15 +144,32 @@ TEST(CudaFp8, ConversionAndGemmMatchHostArithmetic) {
   };
   EXPECT_EQ(0, check_values(a_h, scale[0], [&](int64_t r, int64_t c) { return a_src[size_t(c * m + r)]; }, m));
   EXPECT_EQ(0, check_values(b_h, scale[F], [&](int64_t r, int64_t c) { return b_tok[size_t(r * comps + c)]; }, n));
-  // D [n][ldd] = A^T B, at an aligned and a 16-byte-aligned output, with and without fast accumulation.
+  // D [n][ldd] = A^T B, at an aligned and a 16-byte-aligned output, with and without fast accumulation,
+  // in fp32 and in bf16 (run_bf16: the restore's form).
   cuda::Fp8Gemm gemm;
-  for (const auto& [d_off, fast] : {std::pair{size_t(0), false}, std::pair{size_t(16), false}, std::pair{size_t(0), true}}) {
-    SCOPED_TRACE("output offset " + std::to_string(d_off) + (fast ? ", fast accumulation" : ""));
-    const Status st = gemm.run(m, n, k, a8.as<uint8_t>(16), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(d_off), m,
-                               fast, nullptr);
+  struct GemmCase {
+    size_t d_off;
+    bool fast, bf16;
+  };
+  for (const GemmCase& gc : {GemmCase{0, false, false}, GemmCase{16, false, false}, GemmCase{0, true, false},
+                             GemmCase{0, false, true}, GemmCase{16, true, true}}) {
+    const auto [d_off, fast, out_bf16] = gc;
+    SCOPED_TRACE("output offset " + std::to_string(d_off) + (fast ? ", fast accumulation" : "") +
+                 (out_bf16 ? ", bf16 output" : ""));
+    const Status st =
+        out_bf16 ? gemm.run_bf16(m, n, k, a8.as<uint8_t>(16), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<uint16_t>(d_off),
+                                 m, fast, nullptr)
+                 : gemm.run(m, n, k, a8.as<uint8_t>(16), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(d_off), m, fast,
+                            nullptr);
     ASSERT_TRUE(st.is_ok()) << st.to_string();
     std::vector<float> d_h(size_t(n * m));
-    ASSERT_EQ(cudaMemcpy(d_h.data(), d.as<float>(d_off), d_h.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    if (out_bf16) {
+      std::vector<uint16_t> bits(d_h.size());
+      ASSERT_EQ(cudaMemcpy(bits.data(), d.as<uint16_t>(d_off), bits.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+      for (size_t i = 0; i < bits.size(); ++i) d_h[i] = bf16_to_f32(bits[i]);
+    } else {
+      ASSERT_EQ(cudaMemcpy(d_h.data(), d.as<float>(d_off), d_h.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    }
     // Hopper's FP8 tensor cores accumulate with fewer bits than fp32 (about 14 by DeepSeek-V3's
     // measurement; cuBLASLt promotes partial sums to fp32 along k): each output is held to 2^-10 of
     // the sum of its products' magnitudes (fast accumulation, never promoted: 2^-7). A wrong layout,
@@ -165,11 +184,14 @@ TEST(CudaFp8, ConversionAndGemmMatchHostArithmetic) {
           mag += std::fabs(prod);
         }
         const double s = double(scale[0]) * scale[F];
-        worst = std::max(worst, std::fabs(d_h[size_t(t * m + r)] - want * s) / std::max(mag * s, 1e-30));
+        // bf16 output: one more rounding, at most half a step of 8 significant bits of the result.
+        const double err = std::fabs(d_h[size_t(t * m + r)] - want * s) -
+                           (out_bf16 ? std::ldexp(std::fabs(want * s), -8) * 1.0001 : 0.0);
+        worst = std::max(worst, err / std::max(mag * s, 1e-30));
       }
     EXPECT_LE(worst, std::ldexp(1.0, fast ? -7 : -10));
-    std::printf("[fp8] GEMM against host arithmetic%s: worst error %.2g of the products' magnitude sum\n",
-                fast ? " (fast accumulation)" : "", worst);
+    std::printf("[fp8] GEMM against host arithmetic%s%s: worst error %.2g of the products' magnitude sum\n",
+                fast ? " (fast accumulation)" : "", out_bf16 ? " (bf16 output, its rounding excluded)" : "", worst);
   }
   // Bad shapes and misaligned scales are refused before cuBLASLt sees them.
   EXPECT_EQ(gemm.run(m, n, comps, a8.as<uint8_t>(), k, sc, b8.as<uint8_t>(), k, sb_tok, d.as<float>(), m, false, nullptr).code(),
@@ -276,6 +298,58 @@ TEST(CudaFp8, ErrorIsASmallShareOfTheCodecsOnARealCache) {
   }
 }
 
+// Codec 3's decode kernel finds each stream's E4M3 amax as it writes the coefficients; the copies it
+// leads to are byte for byte those of the separate pass (launch_abs_max, then launch_to_e4m3) over
+// the same coefficients, from fp32 coefficients and from bf16 ones alone, in one decoder used twice.
+TEST(CudaFp8, Codec3DecodeFindsTheScaleOfItsCopy) {
+  SKIP_WITHOUT_DEVICE();
+  const CalibrationData& cal = testing::small_calibration_with_ecsq();
+  cuda::GpuCalibration gcal;
+  ASSERT_TRUE(gcal.upload(cal, true, true, -1, nullptr).is_ok());
+  ASSERT_TRUE(gcal.upload_fp8(cal, nullptr).is_ok());
+  const std::vector<uint8_t> blob = encode_with(cal, testing::repo_cache("small-test.safetensors"), 3, 16);
+  cuda::GpuBatchDecoder dec;
+  for (bool keep_f32 : {true, false}) {
+    SCOPED_TRACE(keep_f32 ? "from fp32 coefficients" : "from bf16 coefficients");
+    cuda::GpuDecodeOptions o;
+    o.want_f32 = keep_f32;
+    o.want_fp8 = true;
+    const Status st = dec.decode(gcal, cal, {{blob.data(), blob.size()}}, o, nullptr, nullptr);
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+    const cuda::GpuSequence& seq = dec.sequence(0);
+    const int64_t m = int64_t(seq.container.header.n_compressed_tokens());
+    const int F = cuda::kFp8ScaleFloats;
+    for (int s = 0; s < 2; ++s) {
+      SCOPED_TRACE(s == 0 ? "keys" : "values");
+      ASSERT_TRUE(seq.coef_by_component[s]);
+      ASSERT_GT(seq.n_kept[s], 0);
+      cuda::Fp8Source fs;
+      fs.data = keep_f32 ? seq.coef_f32[s].get() : seq.coef_bf16[s].get();
+      fs.bf16 = !keep_f32;
+      fs.transposed = true;
+      fs.ld = m;
+      fs.rows = m;
+      fs.components = seq.n_kept[s];
+      const size_t n8 = size_t(m * seq.kept_fp8[s]);
+      DevBytes ref_scale(size_t(F) * 4), ref8(n8);
+      ASSERT_EQ(cudaMemset(ref_scale.p, 0, size_t(F) * 4), cudaSuccess);
+      ASSERT_EQ(cuda::launch_abs_max(fs, ref_scale.as<float>(), nullptr), cudaSuccess);
+      ASSERT_EQ(cuda::launch_to_e4m3(fs, ref_scale.as<float>(), ref8.as<uint8_t>(), seq.kept_fp8[s], nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      std::vector<float> got(static_cast<size_t>(F)), want(static_cast<size_t>(F));
+      ASSERT_EQ(cudaMemcpy(got.data(), seq.fp8_scale.as<float>() + F * s, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(want.data(), ref_scale.p, want.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_GT(want[cuda::kFp8AmaxIndex], 0.0f);
+      EXPECT_EQ(got[cuda::kFp8AmaxIndex], want[cuda::kFp8AmaxIndex]);
+      EXPECT_EQ(got[0], want[0]);
+      std::vector<uint8_t> got8(n8), want8(n8);
+      ASSERT_EQ(cudaMemcpy(got8.data(), seq.coef_fp8[s].get(), n8, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(want8.data(), ref8.p, n8, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(got8, want8);
+    }
+  }
+}
+
 // restore_all with several layers per GEMM (BatchDecodeOptions::layers_per_gemm) gives what one layer
 // per GEMM gives, up to the GEMM's summation order (one bf16 rounding step of the largest value), in
 // bf16 and FP8, for codec 2 and codec 3 (token- and component-major coefficients), groups that divide
@@ -313,12 +387,11 @@ TEST(CudaFp8, LayersPerGemmMatchesOneLayerPerGemm) {
 
 // Token counts and kept components that are not multiples of 16 (the padding of the E4M3 copies), and
 // vLLM's paged layout against the contiguous one, both through FP8.
-TEST(CudaFp8, PaddingAndPagedLayout) {
-  SKIP_WITHOUT_DEVICE();
+void padding_and_paged_layout(int head_dim, int n_kv_heads) {
   ModelShape shape;
   shape.n_layers = 3;
-  shape.n_kv_heads = 2;
-  shape.head_dim = 64;
+  shape.n_kv_heads = n_kv_heads;
+  shape.head_dim = head_dim;
   const KVCache base = testing::synthetic_cache(shape, 200, 51, DType::kBF16);
   const auto cal_data = std::make_shared<CalibrationData>(testing::calibration_8_20(base, 120, 4, 16));
   const Calibration cal(cal_data);
@@ -347,6 +420,16 @@ TEST(CudaFp8, PaddingAndPagedLayout) {
     bo.fp8_reconstruction = true;
     ASSERT_TRUE(dec.decode(*dcal, {{blob.data(), blob.size()}}, bo, nullptr).is_ok());
     testing::expect_paged_equals_contiguous(dec, *dcal, shape, {cuda::ElementType::kBF16});
+  }
+}
+
+TEST(CudaFp8, PaddingAndPagedLayout) {
+  SKIP_WITHOUT_DEVICE();
+  // head_dim 64 takes the paired epilogue; 62 (an odd half) the one-pair-per-thread one, on the FP8
+  // GEMM's bf16 product (4 heads: 248 features, whole 16-byte rows) and on its fp32 one (2 heads: 124).
+  for (const auto& [head_dim, heads] : {std::pair{64, 2}, std::pair{62, 4}, std::pair{62, 2}}) {
+    SCOPED_TRACE("head_dim " + std::to_string(head_dim) + ", " + std::to_string(heads) + " heads");
+    padding_and_paged_layout(head_dim, heads);
   }
 }
 

@@ -86,7 +86,8 @@ struct BatchDecodeOptions {
   bool keep_bf16 = true;         // bf16 coefficients (for ElementType::kBF16 restores)
   // FP8 reconstruction: decode() also makes an E4M3 copy of the coefficients (from the fp32 ones if
   // kept, else the bf16 ones), and kBF16 restores then run the reconstruction GEMM in FP8 (E4M3 inputs,
-  // fp32 accumulation) instead of bf16; mean, RoPE and the output stay as they were. Needs a
+  // fp32 accumulation, the product rounded to bf16) instead of bf16; mean and RoPE are then applied in
+  // fp32 as before. For codec 3 the decode kernel finds the E4M3 scale as it writes. Needs a
   // DeviceCalibration uploaded with Options::fp8 and a GPU with FP8 tensor cores (compute capability
   // 8.9+; elsewhere restores fail with UNSUPPORTED or a cuBLAS error). kF32 restores stay exact. The
   // error it adds is measured per layer in bench/RESULTS.md ("FP8 reconstruction"). The E4M3 copies are part of
@@ -117,9 +118,11 @@ struct BatchDecodeOptions {
 };
 
 // Device time of the last decode's stages, from CUDA events, in seconds; and two host-clock
-// intervals: host_s from decode()'s start to its first device call (parsing, checks, job tables),
-// wait_s its final synchronisation. Without overlap_exact, inflate_s covers every chunk (one launch)
-// and exact_s the exact tokens' conversion; with it, exact_s is the side stream's inflate + convert.
+// intervals: host_s from decode()'s start to its first launch (parsing, checks, job tables), wait_s
+// its final synchronisation. upload_s starts when the payload copy does, right after the headers are
+// parsed, so it overlaps the rest of host_s. Without overlap_exact, inflate_s covers every chunk (one
+// launch) and exact_s the exact tokens' conversion; with it, exact_s is the side stream's inflate +
+// convert.
 struct BatchDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;
   double host_s = 0, wait_s = 0;

@@ -53,8 +53,9 @@ __device__ __forceinline__ uint32_t bucket_bits(uint32_t s) { return uint32_t(ec
 // One chunk by one warp; every return is warp-uniform. KH: rANS lanes per thread, 1 for chunks of up
 // to 32 lanes (64 registers, 32 warps per SM), 2 for up to 64 (the second lane's state and cursors
 // take the kernel to 96 registers).
+// amax: the largest magnitude this thread stored (job.abs_max), merged by the caller.
 template <int KH>
-__device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane) {
+__device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane, float& amax) {
   const uint8_t* c = job.chunk;
   const uint32_t nb = job.chunk_bytes;
   if (crc_table != nullptr && warp_crc32(c, nb, crc_table) != job.crc32) return kEcsqBadChecksum;
@@ -202,8 +203,10 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
         const uint32_t row = by_class ? rows[run_rows[h] + t[h]] : t[h];
         const uint64_t idx = uint64_t(row0 + row) * token_stride + uint64_t(cell.component) * component_stride;
+        const __nv_bfloat16 vb = __float2bfloat16_rn(v);
         if (coef_f32 != nullptr) coef_f32[idx] = v;
-        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(vb);
+        amax = fmaxf(amax, fabsf(coef_f32 != nullptr ? v : __bfloat162float(vb)));
       }
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
@@ -250,8 +253,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, KH == 1 ? 8 : 5)
   for (uint32_t w = lane; w < sizeof(EcsqDecodeJob) / 4; w += 32)
     reinterpret_cast<uint32_t*>(&job)[w] = reinterpret_cast<const uint32_t*>(jobs + j)[w];
   __syncwarp();
-  const uint32_t st = decode_chunk<KH>(job, verify_crc ? crc_table : nullptr, lane);
+  float amax = 0.0f;
+  const uint32_t st = decode_chunk<KH>(job, verify_crc ? crc_table : nullptr, lane, amax);
   if (lane == 0) status[j] = st;
+  if (job.abs_max != nullptr) {  // warp-uniform; a chunk that failed still merges what it stored
+    for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+    if (lane == 0 && amax > 0.0f) atomicMax(reinterpret_cast<unsigned int*>(job.abs_max), __float_as_uint(amax));
+  }
 }
 
 }  // namespace

@@ -33,6 +33,11 @@ struct EcsqDecodeJob {
   const uint32_t* entries = nullptr;             // the level's symbol entries (device)
   float* coef_f32 = nullptr;                     // coefficient (token r, component j) at r * token_stride
   uint16_t* coef_bf16 = nullptr;                 // + j * component_stride; bf16; either may be null
+  // Not null: the largest magnitude of the coefficients written (the fp32 ones where coef_f32 is set,
+  // else the bf16 ones), merged into *abs_max with an atomic max (non-negative floats order as their
+  // bits do). It is the FP8 copy's per-tensor amax (cuda/fp8_convert.cuh, kFp8AmaxIndex), found
+  // during the decode instead of by a pass over the coefficients.
+  float* abs_max = nullptr;
   uint32_t chunk_bytes = 0;
   uint32_t crc32 = 0;
   uint32_t n_symbols = 0;   // from the chunk table, checked against the level by the host

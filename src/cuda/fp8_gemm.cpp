@@ -21,12 +21,12 @@ int alignment(const void* ptr) {
   return a;
 }
 
-std::string describe(const std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool>& s) {
-  const auto [m, n, k, lda, ldb, ldd, aa, ab, ad, fast] = s;
+std::string describe(const std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool>& s) {
+  const auto [m, n, k, lda, ldb, ldd, aa, ab, ad, fast, d_bf16] = s;
   return "m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) + " (lda " +
          std::to_string(lda) + " ldb " + std::to_string(ldb) + " ldd " + std::to_string(ldd) + "; pointers aligned " +
          std::to_string(aa) + "/" + std::to_string(ab) + "/" + std::to_string(ad) + " bytes" +
-         (fast ? ", fast accumulation" : "") + ") on this device (FP8 needs compute capability 8.9 or later)";
+         (fast ? ", fast accumulation" : "") + (d_bf16 ? ", bf16 output" : "") + ") on this device (FP8 needs compute capability 8.9 or later)";
 }
 
 Status set_scales(cublasLtMatmulDesc_t op, const float* a_scale_dev, const float* b_scale_dev) {
@@ -58,7 +58,7 @@ Fp8Gemm::~Fp8Gemm() {
 Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_dev, const float* b_scale_dev) {
   auto it = plans_.find(shape);
   if (it != plans_.end()) return &it->second;
-  const auto [m, n, k, lda, ldb, ldd, align_a, align_b, align_d, fast_accum] = shape;
+  const auto [m, n, k, lda, ldb, ldd, align_a, align_b, align_d, fast_accum, d_bf16] = shape;
   Plan p;
   // Destroys what was made so far if a step fails.
   auto fail = [&p](Status st) -> Status {
@@ -80,7 +80,8 @@ Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_de
   if (st.is_ok())
     st = cublas_status(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(k), uint64_t(n), ldb), "layout B");
   if (st.is_ok())
-    st = cublas_status(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, uint64_t(m), uint64_t(n), ldd), "layout D");
+    st = cublas_status(cublasLtMatrixLayoutCreate(&p.d, d_bf16 ? CUDA_R_16BF : CUDA_R_32F, uint64_t(m), uint64_t(n), ldd),
+                       "layout D");
   if (st.is_ok()) st = set_scales(p.op, a_scale_dev, b_scale_dev);
   if (!st.is_ok()) return fail(st);
   cublasLtMatmulPreference_t pref = nullptr;
@@ -112,6 +113,18 @@ Result<Fp8Gemm::Plan*> Fp8Gemm::plan(const Shape& shape, const float* a_scale_de
 Status Fp8Gemm::run(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
                     const uint8_t* b, int64_t ldb, const float* b_scale_dev, float* d, int64_t ldd,
                     bool fast_accum, cudaStream_t stream) {
+  return run_any(m, n, k, a, lda, a_scale_dev, b, ldb, b_scale_dev, d, false, ldd, fast_accum, stream);
+}
+
+Status Fp8Gemm::run_bf16(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
+                         const uint8_t* b, int64_t ldb, const float* b_scale_dev, uint16_t* d, int64_t ldd,
+                         bool fast_accum, cudaStream_t stream) {
+  return run_any(m, n, k, a, lda, a_scale_dev, b, ldb, b_scale_dev, d, true, ldd, fast_accum, stream);
+}
+
+Status Fp8Gemm::run_any(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
+                        const uint8_t* b, int64_t ldb, const float* b_scale_dev, void* d, bool d_bf16, int64_t ldd,
+                        bool fast_accum, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || k <= 0) return invalid_argument("FP8 GEMM dimensions must be positive");
   if (k % 16 || lda % 16 || ldb % 16 || lda < k || ldb < k || ldd < m)
     return invalid_argument("FP8 GEMM: k, lda and ldb must be multiples of 16, lda and ldb >= k, ldd >= m");
@@ -121,7 +134,7 @@ Status Fp8Gemm::run(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t l
     KVTC_RETURN_IF_ERROR(cublas_status(cublasLtCreate(&handle_), "cublasLtCreate"));
     KVTC_RETURN_IF_ERROR(workspace_.reserve(kWorkspaceBytes));
   }
-  const Shape shape{m, n, k, lda, ldb, ldd, alignment(a), alignment(b), alignment(d), fast_accum};
+  const Shape shape{m, n, k, lda, ldb, ldd, alignment(a), alignment(b), alignment(d), fast_accum, d_bf16};
   KVTC_ASSIGN_OR_RETURN(Plan* p, plan(shape, a_scale_dev, b_scale_dev));
   KVTC_RETURN_IF_ERROR(set_scales(p->op, a_scale_dev, b_scale_dev));
   const float one = 1.0f, zero = 0.0f;

@@ -182,8 +182,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   seqs_.resize(containers.size());  // kept between calls: owned device buffers only grow
 
   // ---- Host work, all of it before the first launch (a pageable upload queued behind a kernel would
-  // block the host until that kernel ends and leave the device idle while the host catches up).
-  // Parse and check every header, lay out payloads and inflated chunks.
+  // block the host until that kernel ends and leave the device idle while the host catches up); the
+  // payload copy starts as soon as the headers are parsed. Parse and check every header, lay out
+  // payloads and inflated chunks.
   uint64_t payload_total = 0, raw_total = 0;
   std::vector<uint64_t> payload_base(containers.size());
   std::vector<std::vector<uint64_t>> raw_off(containers.size());
@@ -205,6 +206,27 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   }
   KVTC_RETURN_IF_ERROR(alloc(payload_, payload_total));
   KVTC_RETURN_IF_ERROR(alloc(raw_, raw_total));
+  // The payloads go up now, while the host builds the job tables below (from pinned memory the copy
+  // runs beside that work; from pageable memory it returns once staged). If the host work then
+  // fails, the error waits for the copy: a later decode on another stream may reuse the buffer.
+  cudaEvent_t* ev = stage_events_;
+  struct WaitOnError {
+    cudaStream_t stream = nullptr;
+    bool armed = false;
+    ~WaitOnError() {
+      if (armed) cudaStreamSynchronize(stream);
+    }
+  } wait_on_error;
+  if (!plan_only_) {
+    KVTC_CUDA_RETURN(cudaEventRecord(ev[0], stream));
+    wait_on_error = {stream, true};
+    for (size_t q = 0; q < containers.size(); ++q) {
+      const uint64_t off = seqs_[q].container.payload_offset;
+      if (containers[q].second > off)
+        KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
+                                         containers[q].second - off, cudaMemcpyHostToDevice, stream));
+    }
+  }
 
   // Inflate jobs: coefficient chunks (side, codes) first, then exact chunks, each part sorted longest
   // first (blocks start roughly in index order, so long serial streams do not set the launch's tail).
@@ -384,6 +406,8 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         e.entries = lv.entries_dev.as<uint32_t>();
         if (want_f32) e.coef_f32 = seq.coef_f32[c.stream].as<float>();
         if (want_bf16) e.coef_bf16 = seq.coef_bf16[c.stream].as<uint16_t>();
+        // The E4M3 copy's amax comes from the decode itself (convert_to_fp8 skips its pass for ECSQ streams).
+        if (options.want_fp8) e.abs_max = seq.fp8_scale.as<float>() + kFp8ScaleFloats * c.stream + kFp8AmaxIndex;
         e.chunk_bytes = c.stored_bytes;
         e.crc32 = c.crc32;
         e.n_symbols = c.raw_bytes;
@@ -456,17 +480,10 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   layers_per_gemm_ = options.layers_per_gemm;
   fp8_fast_accum_ = options.fp8_fast_accum;
   if (plan_only_) return Status::ok();
+  wait_on_error.armed = false;
   const double host_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - host_start).count();
 
-  // ---- Device work: uploads, then one launch per stage.
-  cudaEvent_t* ev = stage_events_;
-  KVTC_CUDA_RETURN(cudaEventRecord(ev[0], stream));
-  for (size_t q = 0; q < containers.size(); ++q) {
-    const uint64_t off = seqs_[q].container.payload_offset;
-    if (containers[q].second > off)
-      KVTC_CUDA_RETURN(cudaMemcpyAsync(payload_.as<uint8_t>() + payload_base[q], containers[q].first + off,
-                                       containers[q].second - off, cudaMemcpyHostToDevice, stream));
-  }
+  // ---- Device work: the job tables (after the payloads), then one launch per stage.
   KVTC_RETURN_IF_ERROR(copy_to(inflate_jobs_, ijobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(dequant_jobs_, djobs, stream));
   KVTC_RETURN_IF_ERROR(copy_to(ecsq_jobs_, ecsq_jobs, stream));
@@ -510,6 +527,9 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
     const ContainerHeader& h = seq.container.header;
     const int64_t m = int64_t(h.n_compressed_tokens());
     KVTC_CUDA_RETURN(launch_sequence_rope(gcal, seq, stream));
+    // The E4M3 scales start at 0: the codec 3 decode merges its amax into them.
+    if (options.want_fp8)
+      KVTC_CUDA_RETURN(cudaMemsetAsync(seq.fp8_scale.get(), 0, 2 * kFp8ScaleFloats * sizeof(float), stream));
     // Components without a codes chunk (none in a valid container) would read as 0.
     for (int s = 0; s < 2; ++s) {
       const size_t n = size_t(m) * size_t(seq.n_kept[s]);
@@ -552,11 +572,12 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
 }
 
 // E4M3 copies of every sequence's coefficients, from the fp32 ones (else the bf16 ones): one
-// per-tensor scale per stream, found on the device.
+// per-tensor scale per stream, found on the device. The scales were zeroed before the decode; codec 3
+// streams (ECSQ, coef_by_component) already hold their amax from the decode kernel, the others get a
+// pass over their coefficients here.
 Status GpuBatchDecoder::convert_to_fp8(bool from_f32, cudaStream_t stream) {
   for (GpuSequence& seq : seqs_) {
     const int64_t m = int64_t(seq.container.header.n_compressed_tokens());
-    KVTC_CUDA_RETURN(cudaMemsetAsync(seq.fp8_scale.get(), 0, 2 * kFp8ScaleFloats * sizeof(float), stream));
     for (int s = 0; s < 2; ++s) {
       if (m == 0 || seq.n_kept[s] == 0) continue;
       Fp8Source fs;
@@ -567,7 +588,7 @@ Status GpuBatchDecoder::convert_to_fp8(bool from_f32, cudaStream_t stream) {
       fs.rows = m;
       fs.components = seq.n_kept[s];
       float* scale = seq.fp8_scale.as<float>() + kFp8ScaleFloats * s;
-      KVTC_CUDA_RETURN(launch_abs_max(fs, scale, stream));
+      if (!seq.container.header.streams[s].ecsq()) KVTC_CUDA_RETURN(launch_abs_max(fs, scale, stream));
       KVTC_CUDA_RETURN(launch_to_e4m3(fs, scale, seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], stream));
     }
   }
@@ -748,7 +769,8 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
   const int64_t T = int64_t(h.n_tokens), t0 = h.n_head_exact, m = int64_t(h.n_compressed_tokens());
   const int64_t p = h.shape.n_features(), col0 = int64_t(layer) * H * D;
   const float one = 1.0f, zero = 0.0f;
-  // bf16 (and FP8) restores reconstruct into tmp_, token-major [m][G][H][D] for a group of G layers,
+  // bf16 (and FP8) restores reconstruct into tmp_ (fp32; bf16 from the FP8 GEMM), token-major
+  // [m][G][H][D] for a group of G layers,
   // with one GEMM over their G * H * D features: an M of H * D or more instead of D keeps cuBLAS's large
   // tiles busy whichever way the coefficients lie, and more layers per GEMM run nearer the peak rate.
   // fp32 restores keep one GEMM per head, so that the paged and contiguous layouts get the same bits:
@@ -757,6 +779,7 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
   if (!bf16 && n_group > 1) return invalid_argument("fp32 restores take one layer at a time");
   const int HD = H * D;
   const int64_t GHD = int64_t(n_group) * HD;
+  const bool product_bf16 = fp8 && GHD % 8 == 0;  // the FP8 GEMM's output rows in 16-byte units
   const size_t tmp_bytes = size_t(m) * size_t(GHD) * sizeof(float);
   if (!in_place && m > 0 && tmp_.size_bytes() < tmp_bytes) {
     if (use_arena_) return internal_error("restore scratch missing from the workspace");
@@ -772,12 +795,20 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
       const cublasOperation_t coef_op = seq.coef_by_component[s] ? CUBLAS_OP_T : CUBLAS_OP_N;
       const int coef_ld = seq.coef_by_component[s] ? int(m) : int(kept);
       if (kept > 0 && fp8) {
-        // c[(G*H*D) x m] = basis_fp8[kept_fp8 x G*H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs).
+        // c[(G*H*D) x m] = basis_fp8[kept_fp8 x G*H*D]^T * coef_fp8[kept_fp8 x m] ("TN", as FP8 needs),
+        // written as bf16 where its rows are whole 16-byte units (the restore's output is bf16, and the
+        // epilogue reads half the bytes), else fp32.
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
-        KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s],
-                                           gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
-                                           seq.kept_fp8[s], seq.fp8_scale.as<float>() + kFp8ScaleFloats * s, c, GHD, fp8_fast_accum_,
-                                           stream));
+        const uint8_t* basis = gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s];
+        const float* coef_scale = seq.fp8_scale.as<float>() + kFp8ScaleFloats * s;
+        if (product_bf16)
+          KVTC_RETURN_IF_ERROR(fp8_gemm_.run_bf16(GHD, m, seq.kept_fp8[s], basis, gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(),
+                                                  seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], coef_scale,
+                                                  tmp_.as<uint16_t>(), GHD, fp8_fast_accum_, stream));
+        else
+          KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], basis, gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(),
+                                             seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], coef_scale, c, GHD,
+                                             fp8_fast_accum_, stream));
       } else if (kept > 0 && !bf16) {
         // Per head h: c_h[D x m] = basis_h[D x kept] * coef, at head stride T * D (in place) or m * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
@@ -810,7 +841,10 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
         ep.rope_style = int(h.shape.rope.style);
         ep.n_heads = H;
         ep.head_dim = D;
-        ep.src = bf16 ? c + int64_t(g) * HD : c;
+        // The FP8 GEMM's bf16 product; the others' fp32 (token-major [m][G][H][D] for bf16 restores).
+        ep.src_bf16 = product_bf16 && kept > 0;
+        if (ep.src_bf16) ep.src = tmp_.as<uint16_t>() + int64_t(g) * HD;
+        else ep.src = bf16 ? c + int64_t(g) * HD : c;
         ep.src_token_stride = bf16 ? GHD : D;
         ep.src_head_stride = bf16 ? D : in_place ? T * D : m * D;
         ep.rows = m;

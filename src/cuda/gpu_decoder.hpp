@@ -75,8 +75,9 @@ struct GpuSequence {
 
 // Per-stage device times of the last decode, from CUDA events (seconds). Codec 3 codes chunks decode
 // (rANS, raw bits and dequantisation in one kernel) in the dequantize stage; inflate is then exact chunks.
-// fp8_s: the E4M3 copies (want_fp8), after the dequantize stage.
-// host_s: host clock from decode()'s start to its first device call (parsing, checks, job tables);
+// fp8_s: the E4M3 copies (want_fp8), after the dequantize stage. upload_s runs from the payload copy,
+// issued once the headers are parsed, to the job tables' arrival: it includes the host work between.
+// host_s: host clock from decode()'s start to its last job table (parsing, checks, job tables);
 // wait_s: host clock of its final synchronisation.
 struct GpuDecodeTimes {
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0, total_s = 0;

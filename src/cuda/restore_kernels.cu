@@ -134,6 +134,15 @@ __device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
   b = rb;
 }
 
+// Loads of the epilogue's source, fp32 or bf16, as fp32: one element, or two adjacent ones (aligned).
+__device__ __forceinline__ float load1(const float* p) { return *p; }
+__device__ __forceinline__ float load1(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
+template <typename S>
 __global__ void epilogue_kernel(EpilogueParams p) {
   const int half = p.head_dim / 2;
   const int64_t per_head = p.rows * half;
@@ -145,9 +154,9 @@ __global__ void epilogue_kernel(EpilogueParams p) {
     const int i = int(r % half);
     const int ia = p.rope_style == 0 ? i : 2 * i;
     const int ib = p.rope_style == 0 ? i + half : 2 * i + 1;
-    const float* src = p.src + h * p.src_head_stride + t * p.src_token_stride;
-    float a = __fadd_rn(src[ia], p.mean[h * p.head_dim + ia]);
-    float b = __fadd_rn(src[ib], p.mean[h * p.head_dim + ib]);
+    const S* src = static_cast<const S*>(p.src) + h * p.src_head_stride + t * p.src_token_stride;
+    float a = __fadd_rn(load1(src + ia), p.mean[h * p.head_dim + ia]);
+    float b = __fadd_rn(load1(src + ib), p.mean[h * p.head_dim + ib]);
     if (p.rope_table) rope_pair(a, b, p.rope_table[t * half + i]);
     const int64_t o = p.out.offset(h, p.t_offset + t);
     if (p.out.bf16) {
@@ -170,9 +179,11 @@ __device__ __forceinline__ void store_two(const DstLayout& out, int64_t o, float
 }
 
 // The epilogue with two rotation pairs (i, i + 1) per thread, i even, for heads with head_dim / 2 even:
-// 8-byte loads of src and mean, a 16-byte load of the table, 4-byte bf16x2 (8-byte fp32) stores, the
-// same fp32 operations as epilogue_kernel (so the same bits), and 32-bit index arithmetic within a
-// head (grid.y is the head). launch_epilogue checks the alignments this needs.
+// loads of two elements of src (8 bytes fp32, 4 bf16) and of mean, a 16-byte load of the table,
+// 4-byte bf16x2 (8-byte fp32) stores, the same fp32 operations as epilogue_kernel (so the same bits),
+// and 32-bit index arithmetic within a head (grid.y is the head). launch_epilogue checks the
+// alignments this needs.
+template <typename S>
 __global__ void epilogue_pairs_kernel(EpilogueParams p) {
   const int h = int(blockIdx.y);
   const uint32_t half = uint32_t(p.head_dim / 2), quads = half / 2;
@@ -180,17 +191,17 @@ __global__ void epilogue_pairs_kernel(EpilogueParams p) {
   const float* mean = p.mean + h * p.head_dim;
   for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < per_head; e += gridDim.x * blockDim.x) {
     const uint32_t t = e / quads, i = 2 * (e - t * quads);
-    const float* src = p.src + h * p.src_head_stride + int64_t(t) * p.src_token_stride;
+    const S* src = static_cast<const S*>(p.src) + h * p.src_head_stride + int64_t(t) * p.src_token_stride;
     float a0, b0, a1, b1;
     if (p.rope_style == 0) {  // pairs (i, i + half) and (i + 1, i + 1 + half)
-      const float2 sa = *reinterpret_cast<const float2*>(src + i), sb = *reinterpret_cast<const float2*>(src + i + half);
+      const float2 sa = load2(src + i), sb = load2(src + i + half);
       const float2 ma = *reinterpret_cast<const float2*>(mean + i), mb = *reinterpret_cast<const float2*>(mean + i + half);
       a0 = __fadd_rn(sa.x, ma.x);
       a1 = __fadd_rn(sa.y, ma.y);
       b0 = __fadd_rn(sb.x, mb.x);
       b1 = __fadd_rn(sb.y, mb.y);
     } else {  // pairs (2i, 2i + 1) and (2i + 2, 2i + 3)
-      const float2 s0 = *reinterpret_cast<const float2*>(src + 2 * i), s1 = *reinterpret_cast<const float2*>(src + 2 * i + 2);
+      const float2 s0 = load2(src + 2 * i), s1 = load2(src + 2 * i + 2);
       const float2 m0 = *reinterpret_cast<const float2*>(mean + 2 * i), m1 = *reinterpret_cast<const float2*>(mean + 2 * i + 2);
       a0 = __fadd_rn(s0.x, m0.x);
       b0 = __fadd_rn(s0.y, m0.y);
@@ -262,19 +273,24 @@ cudaError_t launch_rope_table(const double* inv_freq_dev, int half_dim, int64_t 
 cudaError_t launch_epilogue(const EpilogueParams& p, cudaStream_t stream) {
   const int64_t total = p.rows * (p.head_dim / 2) * p.n_heads;
   if (total <= 0) return cudaSuccess;
-  // The paired kernel where its vector accesses are aligned (element offsets even, base pointers to 8
-  // bytes, the table's to 16) and a head's work fits 32-bit indices; else one pair per thread.
+  // The paired kernel where its vector accesses are aligned (element offsets even, base pointers to
+  // two elements, the table's to 16 bytes) and a head's work fits 32-bit indices; else one pair per
+  // thread.
   auto aligned = [](const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
   const int64_t quads_per_head = p.rows * (p.head_dim / 4);
   const bool paired = p.head_dim % 4 == 0 && p.src_head_stride % 2 == 0 && p.src_token_stride % 2 == 0 &&
-                      aligned(p.src, 8) && aligned(p.mean, 8) && (!p.rope_table || aligned(p.rope_table, 16)) &&
+                      aligned(p.src, p.src_bf16 ? 4 : 8) && aligned(p.mean, 8) && (!p.rope_table || aligned(p.rope_table, 16)) &&
                       aligned(p.out.base, p.out.bf16 ? 4 : 8) && (p.out.block_table || p.out.head_stride % 2 == 0) &&
                       p.n_heads <= 65535 && quads_per_head < (int64_t(1) << 31);
   if (paired) {
     const int64_t blocks = std::min<int64_t>((quads_per_head + 255) / 256, std::max<int64_t>(1, 65535 * 8 / p.n_heads));
-    epilogue_pairs_kernel<<<dim3(unsigned(blocks), unsigned(p.n_heads)), 256, 0, stream>>>(p);
+    const dim3 grid(unsigned(blocks), unsigned(p.n_heads));
+    if (p.src_bf16) epilogue_pairs_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(p);
+    else epilogue_pairs_kernel<float><<<grid, 256, 0, stream>>>(p);
+  } else if (p.src_bf16) {
+    epilogue_kernel<__nv_bfloat16><<<grid_for(total, 256), 256, 0, stream>>>(p);
   } else {
-    epilogue_kernel<<<grid_for(total, 256), 256, 0, stream>>>(p);
+    epilogue_kernel<float><<<grid_for(total, 256), 256, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }

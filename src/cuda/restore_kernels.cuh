@@ -82,11 +82,13 @@ struct DstLayout {
 };
 
 // Epilogue of one layer and stream: out(h, t_offset + t, d) = rope(src[h][t][d] + mean[h*D + d]) for
-// t < rows. src is fp32 with head stride src_head_stride and token stride src_token_stride (it may
-// alias a contiguous fp32 out).
+// t < rows, in fp32. src is fp32 (or bf16 where src_bf16: the FP8 GEMM's bf16 output) with head stride
+// src_head_stride and token stride src_token_stride, in elements (an fp32 src may alias a contiguous
+// fp32 out).
 // rope_table null: no rotation (values). rope_style 0 half, 1 interleaved.
 struct EpilogueParams {
-  const float* src = nullptr;
+  const void* src = nullptr;
+  bool src_bf16 = false;
   int64_t src_head_stride = 0;
   int64_t src_token_stride = 0;
   DstLayout out;
