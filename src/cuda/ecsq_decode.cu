@@ -51,16 +51,17 @@ __device__ __forceinline__ uint32_t read_bits(const uint8_t* raw, uint64_t at, u
 __device__ __forceinline__ uint32_t bucket_bits(uint32_t s) { return uint32_t(ecsq_bucket_bits(ecsq_magnitude_symbol(s))); }
 
 // One chunk by one warp; every return is warp-uniform. KH: rANS lanes per thread, 1 for chunks of up
-// to 32 lanes (64 registers, 32 warps per SM), 2 for up to 64 (the second lane's state and cursors
-// take the kernel to 96 registers).
-// amax: the largest magnitude this thread stored (job.abs_max), merged by the caller.
-template <int KH>
+// to 32 lanes (64 registers, 32 warps per SM; with token classes 72 and 28, where 64 spilled), 2 for
+// up to 64 (the second lane's state and cursors take the kernel to 96 registers). kByClass: the chunk's stream has token classes (job.rows set);
+// without, the class-run cursors and their registers are compiled out.
+// amax: the largest fp32 magnitude this thread decoded (for job.abs_max), merged by the caller.
+template <int KH, bool kByClass>
 __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane, float& amax) {
   const uint8_t* c = job.chunk;
   const uint32_t nb = job.chunk_bytes;
   if (crc_table != nullptr && warp_crc32(c, nb, crc_table) != job.crc32) return kEcsqBadChecksum;
   // Header (entropy/rans_chunk.hpp), then the raw-bit series after the rANS chunk.
-  if (nb < kHeaderBytes + 4) return kEcsqBadHeader;
+  if (nb < kHeaderBytes + 4 || (job.rows != nullptr) != kByClass) return kEcsqBadHeader;
   const uint32_t n = get_le32(c), n_lanes = c[4], stream_bytes = get_le32(c + 8);
   if ((c[5] | c[6] | c[7]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
       n_lanes > uint32_t(kRansMaxLanes) || n_lanes > 32u * KH || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
@@ -87,7 +88,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   // only when k changes (every n_tokens / n_lanes rounds), so a round's dependent loads are the table
   // slot, the symbol entry and the word. With token classes k[h] = 2 j + (1 - class) walks the runs
   // of the chunk's components j (run_length: 0 where the class's level has no cell for j).
-  const bool by_class = job.rows != nullptr;  // warp-uniform
+  constexpr bool by_class = kByClass;
   // What every symbol reads, in registers: the job itself may lie in shared memory, where each
   // coefficient store (a generic pointer) would make the compiler read these fields again.
   const uint32_t n_tokens = job.n_tokens, row0 = job.row0, token_stride = job.token_stride;
@@ -203,10 +204,9 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
         const uint32_t row = by_class ? rows[run_rows[h] + t[h]] : t[h];
         const uint64_t idx = uint64_t(row0 + row) * token_stride + uint64_t(cell.component) * component_stride;
-        const __nv_bfloat16 vb = __float2bfloat16_rn(v);
         if (coef_f32 != nullptr) coef_f32[idx] = v;
-        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(vb);
-        amax = fmaxf(amax, fabsf(coef_f32 != nullptr ? v : __bfloat162float(vb)));
+        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+        amax = fmaxf(amax, fabsf(v));
       }
       if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
       at_bit += __shfl_sync(kFullMask, incl, 31);
@@ -230,8 +230,8 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   return kEcsqOk;
 }
 
-template <int KH>
-__global__ void __launch_bounds__(32 * kWarpsPerBlock, KH == 1 ? 8 : 5)
+template <int KH, bool kByClass>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock, KH == 1 ? (kByClass ? 7 : 8) : 5)
     ecsq_decode_kernel(const EcsqDecodeJob* __restrict__ jobs, int n_jobs, bool verify_crc, uint32_t* __restrict__ status) {
   __shared__ uint32_t crc_table[256];
   if (verify_crc) {
@@ -254,10 +254,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, KH == 1 ? 8 : 5)
     reinterpret_cast<uint32_t*>(&job)[w] = reinterpret_cast<const uint32_t*>(jobs + j)[w];
   __syncwarp();
   float amax = 0.0f;
-  const uint32_t st = decode_chunk<KH>(job, verify_crc ? crc_table : nullptr, lane, amax);
+  const uint32_t st = decode_chunk<KH, kByClass>(job, verify_crc ? crc_table : nullptr, lane, amax);
   if (lane == 0) status[j] = st;
   if (job.abs_max != nullptr) {  // warp-uniform; a chunk that failed still merges what it stored
     for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+    // Rounding is monotonic and symmetric: the largest bf16 magnitude is the largest fp32 one, rounded.
+    if (job.coef_f32 == nullptr) amax = __bfloat162float(__float2bfloat16_rn(amax));
     if (lane == 0 && amax > 0.0f) atomicMax(reinterpret_cast<unsigned int*>(job.abs_max), __float_as_uint(amax));
   }
 }
@@ -281,21 +283,22 @@ const char* ecsq_decode_status_name(uint32_t status) {
   }
 }
 
-cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, int n_narrow, bool verify_crc,
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, const int (&group_jobs)[kEcsqJobGroups], bool verify_crc,
                                uint32_t* status_dev, cudaStream_t stream) {
-  if (n_jobs <= 0) return cudaSuccess;
-  n_narrow = n_narrow < 0 ? 0 : n_narrow > n_jobs ? n_jobs : n_narrow;
-  if (n_narrow > 0) {
-    const int blocks = (n_narrow + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    ecsq_decode_kernel<1><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev, n_narrow, verify_crc, status_dev);
+  using Kernel = void (*)(const EcsqDecodeJob*, int, bool, uint32_t*);
+  const Kernel kernels[kEcsqJobGroups] = {ecsq_decode_kernel<1, false>, ecsq_decode_kernel<1, true>,
+                                          ecsq_decode_kernel<2, false>, ecsq_decode_kernel<2, true>};
+  int first = 0;
+  for (int g = 0; g < kEcsqJobGroups; ++g) {
+    const int n = group_jobs[g];
+    if (n <= 0) continue;
+    const int blocks = (n + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    kernels[g]<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev + first, n, verify_crc, status_dev + first);
     const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess || n_narrow == n_jobs) return e;
+    if (e != cudaSuccess) return e;
+    first += n;
   }
-  const int n_wide = n_jobs - n_narrow;
-  const int blocks = (n_wide + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  ecsq_decode_kernel<2><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(jobs_dev + n_narrow, n_wide, verify_crc,
-                                                                      status_dev + n_narrow);
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 }  // namespace kvtc::cuda

@@ -80,12 +80,18 @@ enum EcsqDecodeStatus : uint32_t {
 
 const char* ecsq_decode_status_name(uint32_t status);
 
-// Decodes jobs_dev[0 .. n_jobs) (device array) into their coefficient matrices; status_dev[i] gets job
-// i's status. verify_crc: check each chunk's CRC-32 first. Jobs [0, n_narrow) must be chunks of at
-// most 32 rANS lanes (by their header's lane count; more gives kEcsqBadHeader): they run on a kernel
-// with one lane per thread and twice the occupancy; the rest take up to 64. Asynchronous on `stream`.
-cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, int n_jobs, int n_narrow, bool verify_crc,
-                               uint32_t* status_dev,
-                               cudaStream_t stream);
+// The kernel instance a job runs on: chunks of at most 32 rANS lanes (by their header's lane count)
+// on one lane per thread and twice the occupancy, the rest on two; chunks of token-class streams
+// (rows != null) on instances that walk class runs, the others on ones without that code and its
+// registers. ecsq_job_group gives a job's instance, and launch_ecsq_decode takes the jobs sorted by it.
+constexpr int kEcsqJobGroups = 4;
+inline int ecsq_job_group(bool narrow, bool by_class) { return (narrow ? 0 : 2) + (by_class ? 1 : 0); }
+
+// Decodes jobs_dev[0 .. n) (device array; n the sum of group_jobs) into their coefficient matrices;
+// status_dev[i] gets job i's status. The first group_jobs[0] jobs are group 0's, and so on: a chunk
+// with more lanes than its group takes, or with rows set otherwise than its group has, gets
+// kEcsqBadHeader. verify_crc: check each chunk's CRC-32 first. Asynchronous on `stream`.
+cudaError_t launch_ecsq_decode(const EcsqDecodeJob* jobs_dev, const int (&group_jobs)[kEcsqJobGroups], bool verify_crc,
+                               uint32_t* status_dev, cudaStream_t stream);
 
 }  // namespace kvtc::cuda

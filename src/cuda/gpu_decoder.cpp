@@ -279,7 +279,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   std::vector<std::pair<size_t, size_t>> job_rows;  // (job, its block's first row in class_rows)
   size_t class_rows_bound = 0;
   std::vector<std::pair<uint32_t, uint32_t>> ecsq_job_chunk;
-  std::vector<uint8_t> ecsq_narrow;  // per ECSQ job: at most 32 rANS lanes by its header (launch_ecsq_decode)
+  std::vector<uint8_t> ecsq_group;  // per ECSQ job: its decode kernel (ecsq_job_group: lanes by its header, classes)
   std::vector<ExactJob> ejobs;
   std::vector<std::vector<CompInfo>> comp_tables(seqs_.size() * 2);
   size_t tmp_bytes = 0;  // restore scratch: fp32 [M][G][H][D] of the longest sequence, G layers per GEMM
@@ -416,9 +416,10 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         e.row0 = c.token_begin - h.n_head_exact;
         e.token_stride = 1;  // component-major (seq.coef_by_component)
         e.component_stride = uint32_t(m);
-        // The lane count at byte 4 of the rANS header picks the decode kernel; the kernel checks it again.
+        // The lane count at byte 4 of the rANS header and the classes pick the decode kernel; the kernel
+        // checks both again.
         const uint8_t* stored = containers[q].first + seqs_[q].container.payload_offset + c.offset;
-        ecsq_narrow.push_back(c.stored_bytes > 4 && stored[4] <= 32);
+        ecsq_group.push_back(uint8_t(ecsq_job_group(c.stored_bytes > 4 && stored[4] <= 32, by_class)));
         ecsq_jobs.push_back(e);
         continue;
       }
@@ -458,14 +459,14 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   KVTC_RETURN_IF_ERROR(alloc(ecsq_jobs_, ecsq_jobs.size() * sizeof(EcsqDecodeJob)));
   KVTC_RETURN_IF_ERROR(alloc(class_rows_, class_rows_bound * sizeof(uint32_t)));
   for (const auto& [job, first_row] : job_rows) ecsq_jobs[job].rows = class_rows_.as<uint32_t>() + first_row;
-  // Chunks of at most 32 rANS lanes first (with their (sequence, chunk) labels), for the narrow kernel.
-  size_t n_ecsq_narrow = 0;
+  // Jobs sorted by decode kernel (with their (sequence, chunk) labels), in one counting pass.
+  int ecsq_group_jobs[kEcsqJobGroups] = {};
   if (!plan_only_) {
+    for (uint8_t g : ecsq_group) ++ecsq_group_jobs[g];
+    size_t next[kEcsqJobGroups] = {};
+    for (int g = 1; g < kEcsqJobGroups; ++g) next[g] = next[g - 1] + size_t(ecsq_group_jobs[g - 1]);
     std::vector<size_t> order(ecsq_jobs.size());
-    for (size_t k = 0; k < order.size(); ++k) order[k] = k;
-    const auto wide_begin =
-        std::stable_partition(order.begin(), order.end(), [&](size_t k) { return ecsq_narrow[k] != 0; });
-    n_ecsq_narrow = size_t(wide_begin - order.begin());
+    for (size_t k = 0; k < order.size(); ++k) order[next[ecsq_group[k]]++] = k;
     std::vector<EcsqDecodeJob> jobs_sorted(order.size());
     std::vector<std::pair<uint32_t, uint32_t>> chunk_sorted(order.size());
     for (size_t k = 0; k < order.size(); ++k) {
@@ -542,8 +543,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
   if (!djobs_bf16.empty())
     KVTC_CUDA_RETURN(launch_dequantize(dequant_jobs_.as<DequantJob>() + djobs_f32.size(), int(djobs_bf16.size()), true,
                                        dequant_status + djobs_f32.size(), stream));
-  KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), int(ecsq_jobs.size()), int(n_ecsq_narrow),
-                                      verify_checksums, ecsq_status, stream));
+  KVTC_CUDA_RETURN(launch_ecsq_decode(ecsq_jobs_.as<EcsqDecodeJob>(), ecsq_group_jobs, verify_checksums, ecsq_status, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[3], stream));
   if (options.want_fp8) KVTC_RETURN_IF_ERROR(convert_to_fp8(want_f32, stream));
   KVTC_CUDA_RETURN(cudaEventRecord(ev[4], stream));
