@@ -193,14 +193,19 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         bad = __shfl_sync(kFullMask, bad, int(e));
         if (bad != 0) return bad;
       }
-      const uint32_t incl = warp_inclusive_sum(count, lane);
+      // Magnitudes up to kEcsqDirectMax have no bucket bits, so most rounds read no raw bits at all:
+      // those skip the prefix sum, the reads and the overrun vote (at_bit <= n_raw always holds).
+      const bool any_raw = __any_sync(kFullMask, count != 0);
+      const uint32_t incl = any_raw ? warp_inclusive_sum(count, lane) : 0u;
       bool overrun = false;
       if (active) {
         const uint32_t nbits = escaped ? count - kEcsqEscapeBits : count;
         const uint64_t from = at_bit + incl - nbits;  // the bucket bits come last
         uint32_t bucket = 0;
-        if (from + nbits > n_raw) overrun = true;
-        else bucket = read_bits(raw, from, nbits);
+        if (nbits != 0) {
+          if (from + nbits > n_raw) overrun = true;
+          else bucket = read_bits(raw, from, nbits);
+        }
         const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
         const uint32_t row = by_class ? rows[run_rows[h] + t[h]] : t[h];
         const uint64_t idx = uint64_t(row0 + row) * token_stride + uint64_t(cell.component) * component_stride;
@@ -208,8 +213,10 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
         if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
         amax = fmaxf(amax, fabsf(v));
       }
-      if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
-      at_bit += __shfl_sync(kFullMask, incl, 31);
+      if (any_raw) {
+        if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
+        at_bit += __shfl_sync(kFullMask, incl, 31);
+      }
       t[h] += n_lanes;  // symbol i + n_lanes
       if (by_class) {
         while (k[h] < k_end && t[h] >= run_len[h]) {  // run_len[h] is k[h]'s: cross into the next runs
