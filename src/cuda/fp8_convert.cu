@@ -76,6 +76,47 @@ __global__ void to_e4m3_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t 
   }
 }
 
+// Transposed sources ([components][ld], codec 3's coefficients and the basis): a 64 x 64 tile per
+// block of 256 threads. Each warp reads 64 consecutive rows of one component (two coalesced loads per
+// thread), and each group of 16 threads writes one output row's 64 components as 32-bit stores: 16
+// elements per thread, where the 32 x 32 kernel above moves 4 and spends most of its time starting
+// blocks.
+constexpr int kWideTile = 64;
+
+__global__ void to_e4m3_transposed_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t ld_out) {
+  __shared__ float tile[kWideTile][kWideTile + 1];  // [c][r]; the pad spreads a column over the banks
+  const float amax = scale[kFp8AmaxIndex];
+  const float mul = amax > 0.0f ? kE4m3Max / amax : 1.0f;
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
+    scale[0] = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  const int64_t r0 = int64_t(blockIdx.y) * kWideTile, c0 = int64_t(blockIdx.x) * kWideTile;
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), n_warps = int(blockDim.x >> 5);
+  for (int c = warp; c < kWideTile; c += n_warps) {
+    const int64_t comp = c0 + c;
+    float x0 = 0.0f, x1 = 0.0f;
+    if (comp < s.components) {
+      const int64_t row = comp * s.ld;
+      if (r0 + lane < s.rows) x0 = load(s, row + r0 + lane);
+      if (r0 + 32 + lane < s.rows) x1 = load(s, row + r0 + 32 + lane);
+    }
+    tile[c][lane] = x0;
+    tile[c][32 + lane] = x1;
+  }
+  __syncthreads();
+  constexpr int kWords = kWideTile / 4;  // 32-bit stores per output row of the tile
+  for (int i = int(threadIdx.x); i < kWideTile * kWords; i += int(blockDim.x)) {
+    const int k = i / kWords, c4 = (i % kWords) * 4;
+    const int64_t r = r0 + k, c = c0 + c4;
+    if (r >= s.rows || c >= ld_out) continue;  // ld_out % 4 == 0: the word ends within the row
+    uint32_t word = 0;
+    for (int j = 0; j < 4; ++j) {
+      const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[c4 + j][k] * mul, __NV_SATFINITE, __NV_E4M3);
+      if (c + j < s.components) word |= uint32_t(uint8_t(v)) << (8 * j);
+    }
+    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = word;
+  }
+}
+
 }  // namespace
 
 cudaError_t launch_abs_max(const Fp8Source& src, float* scale_dev, cudaStream_t stream) {
@@ -92,6 +133,11 @@ cudaError_t launch_abs_max(const Fp8Source& src, float* scale_dev, cudaStream_t 
 cudaError_t launch_to_e4m3(const Fp8Source& src, float* scale_dev, uint8_t* out, int64_t ld_out, cudaStream_t stream) {
   if (src.rows <= 0 || ld_out <= 0) return cudaSuccess;
   if (ld_out % 4 != 0 || reinterpret_cast<uintptr_t>(out) % 4 != 0) return cudaErrorInvalidValue;  // 32-bit stores
+  if (src.transposed) {
+    const dim3 grid(unsigned((ld_out + kWideTile - 1) / kWideTile), unsigned((src.rows + kWideTile - 1) / kWideTile));
+    to_e4m3_transposed_kernel<<<grid, 256, 0, stream>>>(src, scale_dev, out, ld_out);
+    return cudaGetLastError();
+  }
   const dim3 grid(unsigned((ld_out + kTile - 1) / kTile), unsigned((src.rows + kTile - 1) / kTile));
   to_e4m3_kernel<<<grid, dim3(kTile, 8), 0, stream>>>(src, scale_dev, out, ld_out);
   return cudaGetLastError();
