@@ -8,10 +8,8 @@
 
 #include <array>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 
 #include "kvtc/kvtc.h"
 #include "kvtc/kvtc.hpp"
@@ -195,16 +193,7 @@ TEST(CodecV3Surfaces, CApiCodecParams) {
 
 // Runs the CLI with `args`; returns its exit code, its stdout in *out and stderr in *err.
 int run_cli(const std::string& args, std::string* out, std::string* err) {
-  const std::string dir = testing::temp_dir();
-  const std::string cmd = std::string(KVTC_CLI_PATH) + " " + args + " >" + dir + "/out 2>" + dir + "/err";
-  const int rc = std::system(cmd.c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  };
-  *out = slurp(dir + "/out");
-  *err = slurp(dir + "/err");
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  return testing::run_command(std::string(KVTC_CLI_PATH) + " " + args, out, err);
 }
 
 TEST(CodecV3Surfaces, CliInspectFormat3) {

@@ -433,6 +433,37 @@ TEST(CudaFp8, PaddingAndPagedLayout) {
   }
 }
 
+// cuda::time_restore (what `kvtc bench --device cuda` prints) runs the batch options it is given:
+// FP8 with fast accumulation and 4 layers per GEMM beside overlapped exact chunks times every stage,
+// the E4M3 copy included; a restore type whose coefficients the options do not keep is refused.
+TEST(CudaFp8, TimeRestoreTakesTheBatchOptions) {
+  SKIP_WITHOUT_DEVICE();
+  const auto cal_data = std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq());
+  const Calibration cal(cal_data);
+  cuda::DeviceCalibration::Options o;
+  o.fp8 = true;
+  auto dcal = cuda::DeviceCalibration::upload(cal, o, nullptr);
+  ASSERT_TRUE(dcal.is_ok()) << dcal.status().to_string();
+  const std::vector<uint8_t> blob = encode_with(*cal_data, testing::repo_cache("small-test.safetensors"), 3, 16);
+  const std::vector<cuda::ContainerView> views(2, {blob.data(), blob.size()});
+  cuda::BatchDecodeOptions bo;
+  bo.keep_fp32 = false;
+  bo.fp8_reconstruction = true;
+  bo.fp8_fast_accum = true;
+  bo.layers_per_gemm = 4;
+  bo.overlap_exact = true;
+  auto t = cuda::time_restore(*dcal, views, 2, cuda::ElementType::kBF16, bo);
+  ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+  EXPECT_EQ(t->repeat, 2);
+  EXPECT_EQ(t->file_bytes, 2.0 * double(blob.size()));
+  EXPECT_GT(t->dequantize_s, 0);
+  EXPECT_GT(t->fp8_s, 0);
+  EXPECT_GT(t->exact_s, 0);
+  EXPECT_GT(t->restore_s, 0);
+  EXPECT_GE(t->total_wall_s, t->restore_s);
+  EXPECT_EQ(cuda::time_restore(*dcal, views, 2, cuda::ElementType::kF32, bo).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(CudaFp8, NeedsTheFp8Basis) {
   SKIP_WITHOUT_DEVICE();
   ModelShape shape;

@@ -1,11 +1,15 @@
 #include "test_util.hpp"
 
+#include <sys/wait.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -24,6 +28,18 @@ namespace kvtc::testing {
 std::string shared_dir() { return KVTC_SHARED_DIR; }
 std::string repo_data(const std::string& name) { return std::string(KVTC_SOURCE_DIR) + "/data/" + name; }
 std::string shared_kvcache(const std::string& name) { return shared_dir() + "/kvcache/" + name; }
+
+int run_command(const std::string& command, std::string* out, std::string* err) {
+  const std::string dir = temp_dir();
+  const int rc = std::system((command + " >" + dir + "/out 2>" + dir + "/err").c_str());
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  *out = slurp(dir + "/out");
+  *err = slurp(dir + "/err");
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
 
 const KVCache& repo_cache(const std::string& name) {
   static std::map<std::string, KVCache> caches;

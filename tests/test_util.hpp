@@ -20,6 +20,10 @@ namespace kvtc::testing {
 std::string shared_dir();
 std::string repo_data(const std::string& name);  // <repo>/data/<name>
 std::string shared_kvcache(const std::string& name);  // ../shared/kvcache/<name>
+// Runs `command` through the shell with stdout and stderr captured (in a fresh temporary folder); the
+// exit status, or -1 when it did not exit normally.
+int run_command(const std::string& command, std::string* out, std::string* err);
+
 // The cache data/<name> of the repo, read once per process (a failed read fails the current test and
 // gives an empty cache).
 const KVCache& repo_cache(const std::string& name);

@@ -318,20 +318,23 @@ class BatchEncoder {
 };
 
 // Restore timing of `containers` (decoded together as one batch) into device buffers this call owns:
-// one warm-up, then `repeat` runs; medians in seconds. Restores are bf16 (the serving path) unless
-// `fp32`; `fp8`: bf16 restores with FP8 reconstruction (dcal needs its FP8 basis). Allocates; not for
-// the hot path.
+// one warm-up, then `repeat` runs of decode() with `options` and restore_all of every sequence into
+// `type` (kF32 needs options.keep_fp32, kBF16 options.keep_bf16); medians in seconds. FP8
+// reconstruction (options.fp8_reconstruction, with its layers_per_gemm and fp8_fast_accum) needs
+// dcal's FP8 basis. Allocates; not for the hot path.
 struct RestoreTiming {
   int repeat = 0;
   double raw_bytes = 0;          // restored tensors at 16 bits per element, all sequences
   double file_bytes = 0;         // the containers
   double decode_wall_s = 0;      // decode(): host checks, upload, inflate, dequantise (host clock)
+  double host_s = 0;             // decode()'s host work (BatchDecodeTimes::host_s)
   double upload_s = 0, inflate_s = 0, dequantize_s = 0, exact_s = 0;  // device stages (CUDA events)
+  double fp8_s = 0;              // the E4M3 copies of FP8 reconstruction (CUDA events)
   double restore_s = 0;          // restore_all of every sequence (CUDA events)
   double first_layer_s = 0;      // restore start to sequence 0's layer 0 ready
   double total_wall_s = 0;       // decode() start to every layer restored (host clock)
 };
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
-                                   int repeat, bool fp32, bool overlap_exact, bool fp8 = false);
+                                   int repeat, ElementType type, const BatchDecodeOptions& options);
 
 }  // namespace kvtc::cuda

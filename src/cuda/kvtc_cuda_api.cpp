@@ -184,15 +184,15 @@ Status BatchEncoder::status() { return impl_->enc.status(); }
 BatchEncodeTimes BatchEncoder::last_times() const { return impl_->enc.last_times(); }
 
 Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vector<ContainerView>& containers,
-                                   int repeat, bool fp32, bool overlap_exact, bool fp8) {
+                                   int repeat, ElementType type, const BatchDecodeOptions& options) {
   using Clock = std::chrono::steady_clock;
   if (repeat < 1 || containers.empty()) return invalid_argument("need at least one container and one repetition");
+  const bool fp32 = type == ElementType::kF32;
+  if (fp32 ? !options.keep_fp32 : !options.keep_bf16)
+    return invalid_argument(std::string("timing ") + (fp32 ? "fp32" : "bf16") + " restores needs keep_" +
+                            (fp32 ? "fp32" : "bf16") + " in the decode options");
   BatchDecoder dec;
-  BatchDecodeOptions bo;
-  bo.keep_fp32 = fp32;
-  bo.keep_bf16 = !fp32;
-  bo.overlap_exact = overlap_exact;
-  bo.fp8_reconstruction = fp8 && !fp32;
+  const BatchDecodeOptions& bo = options;
   cudaStream_t stream;
   KVTC_CUDA_RETURN(cudaStreamCreate(&stream));
   // Output buffers per sequence and layer, and one event per layer.
@@ -231,7 +231,7 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
   }
   cudaEvent_t start;
   KVTC_CUDA_RETURN(cudaEventCreate(&start));
-  std::vector<double> v[9];
+  std::vector<double> v[10];
   Status st = Status::ok();
   for (int rep = 0; rep <= repeat && st.is_ok(); ++rep) {
     const auto w0 = Clock::now();
@@ -240,7 +240,7 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
     if (st.is_ok()) st = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord");
     for (int q = 0; q < dec.n_sequences() && st.is_ok(); ++q)
       st = dec.restore_all(dcal, q, kp[size_t(q)].data(), vp[size_t(q)].data(),
-                           fp32 ? ElementType::kF32 : ElementType::kBF16, stream, q == 0 ? events.data() : nullptr);
+                           type, stream, q == 0 ? events.data() : nullptr);
     cudaEvent_t end;
     if (st.is_ok()) st = cuda_status(cudaEventCreate(&end), "cudaEventCreate");
     if (!st.is_ok()) break;
@@ -254,9 +254,9 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
     cudaEventDestroy(end);
     if (rep == 0 || !st.is_ok()) continue;
     const BatchDecodeTimes t = dec.last_times();
-    const double vals[9] = {decode_wall, t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, ms_all * 1e-3,
-                            ms_first * 1e-3, wall, 0};
-    for (int i = 0; i < 8; ++i) v[i].push_back(vals[i]);
+    const double vals[10] = {decode_wall, t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, ms_all * 1e-3,
+                             ms_first * 1e-3, wall, t.host_s, t.fp8_s};
+    for (int i = 0; i < 10; ++i) v[i].push_back(vals[i]);
   }
   for (void* e : events) cudaEventDestroy(static_cast<cudaEvent_t>(e));
   cudaEventDestroy(start);
@@ -274,6 +274,8 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
   r.restore_s = med(v[5]);
   r.first_layer_s = med(v[6]);
   r.total_wall_s = med(v[7]);
+  r.host_s = med(v[8]);
+  r.fp8_s = med(v[9]);
   return r;
 }
 

@@ -1,9 +1,11 @@
-// kvtc bench --device cuda|cpu -c MODEL.kvtcal IN.kvtc [--repeat N] [--batch B] [--fp32 | --fp8] [--overlap-exact]
+// kvtc bench --device cuda|cpu -c MODEL.kvtcal IN.kvtc [--repeat N] [--batch B] [--fp32 | --fp8
+//            [--fp8-fast-accum]] [--overlap-exact] [--layers-per-gemm G]
 //
 // Times restoring a compressed cache: on the GPU, decode (entropy decode + dequantise, B copies of the
 // container in one batch) and reconstruction of every layer into device memory, in bf16 (default), fp32,
-// or bf16 output reconstructed on FP8 tensor cores (--fp8: Hopper or newer); on the CPU, the library's
-// Decoder and a restore_layer loop. Prints one JSON object.
+// or bf16 output reconstructed on FP8 tensor cores (--fp8: Hopper or newer), with the batch API's
+// options (BatchDecodeOptions); on the CPU, the library's Decoder and a restore_layer loop. Prints one
+// JSON object.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,8 +23,8 @@ namespace kvtc::cli {
 void register_cuda_commands(CLI::App& app) {
   struct Args {
     std::string cal, input, device = "cuda";
-    int repeat = 5, batch = 1, threads = 0;
-    bool fp32 = false, fp8 = false, overlap_exact = false;
+    int repeat = 5, batch = 1, threads = 0, layers_per_gemm = 1;
+    bool fp32 = false, fp8 = false, fp8_fast_accum = false, overlap_exact = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("bench", "Time restoring a .kvtc container (GPU or CPU)");
@@ -32,9 +34,16 @@ void register_cuda_commands(CLI::App& app) {
   cmd->add_option("--repeat", args->repeat, "Timed repetitions (after one warm-up)")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_option("--batch", args->batch, "GPU: copies of the container decoded together")->check(CLI::Range(1, 1024))->capture_default_str();
   auto* fp32 = cmd->add_flag("--fp32", args->fp32, "GPU: fp32 reconstruction instead of bf16");
-  cmd->add_flag("--fp8", args->fp8, "GPU: reconstruct on FP8 (E4M3) tensor cores, bf16 output (compute capability 8.9+)")
-      ->excludes(fp32);
+  auto* fp8 = cmd->add_flag("--fp8", args->fp8, "GPU: reconstruct on FP8 (E4M3) tensor cores, bf16 output (compute capability 8.9+)")
+                  ->excludes(fp32);
+  cmd->add_flag("--fp8-fast-accum", args->fp8_fast_accum,
+                "GPU, with --fp8: cuBLASLt's fast accumulation (faster GEMMs, more rounding error)")
+      ->needs(fp8);
   cmd->add_flag("--overlap-exact", args->overlap_exact, "GPU: inflate exact-token chunks on a second stream");
+  cmd->add_option("--layers-per-gemm", args->layers_per_gemm,
+                  "GPU, bf16 and FP8: consecutive layers reconstructed by one GEMM per stream")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   cmd->add_option("-j,--threads", args->threads, "CPU: worker threads (0: all cores)")->capture_default_str();
   cmd->callback([args] {
     Calibration cal = unwrap(Calibration::load(args->cal), args->cal);
@@ -68,15 +77,25 @@ void register_cuda_commands(CLI::App& app) {
     dopt.fp8 = args->fp8;
     cuda::DeviceCalibration dcal = unwrap(cuda::DeviceCalibration::upload(cal, dopt, nullptr), "uploading the calibration");
     std::vector<cuda::ContainerView> views(size_t(args->batch), {bytes.data(), bytes.size()});
-    const cuda::RestoreTiming t =
-        unwrap(cuda::time_restore(dcal, views, args->repeat, args->fp32, args->overlap_exact, args->fp8), args->input);
+    cuda::BatchDecodeOptions bo;
+    bo.keep_fp32 = args->fp32;
+    bo.keep_bf16 = !args->fp32;
+    bo.overlap_exact = args->overlap_exact;
+    bo.fp8_reconstruction = args->fp8;
+    bo.fp8_fast_accum = args->fp8_fast_accum;
+    bo.layers_per_gemm = args->layers_per_gemm;
+    const cuda::ElementType type = args->fp32 ? cuda::ElementType::kF32 : cuda::ElementType::kBF16;
+    const cuda::RestoreTiming t = unwrap(cuda::time_restore(dcal, views, args->repeat, type, bo), args->input);
     std::printf(
-        "{\"device\":\"cuda\",\"precision\":\"%s\",\"repeat\":%d,\"batch\":%d,\"raw_bytes\":%.0f,\"file_bytes\":%.0f,"
-        "\"decode_wall_s\":%.6f,"
-        "\"upload_s\":%.6f,\"inflate_s\":%.6f,\"dequantize_s\":%.6f,\"exact_s\":%.6f,\"restore_s\":%.6f,"
-        "\"first_layer_s\":%.6f,\"total_wall_s\":%.6f,\"restore_GBps\":%.1f}\n",
-        args->fp32 ? "fp32" : args->fp8 ? "fp8" : "bf16", t.repeat, args->batch, t.raw_bytes, t.file_bytes,
-        t.decode_wall_s, t.upload_s, t.inflate_s, t.dequantize_s, t.exact_s, t.restore_s, t.first_layer_s, t.total_wall_s, t.raw_bytes / t.total_wall_s * 1e-9);
+        "{\"device\":\"cuda\",\"precision\":\"%s\",\"fp8_fast_accum\":%s,\"layers_per_gemm\":%d,"
+        "\"overlap_exact\":%s,\"repeat\":%d,\"batch\":%d,\"raw_bytes\":%.0f,\"file_bytes\":%.0f,"
+        "\"decode_wall_s\":%.6f,\"host_s\":%.6f,"
+        "\"upload_s\":%.6f,\"inflate_s\":%.6f,\"dequantize_s\":%.6f,\"e4m3_copy_s\":%.6f,\"exact_s\":%.6f,"
+        "\"restore_s\":%.6f,\"first_layer_s\":%.6f,\"total_wall_s\":%.6f,\"restore_GBps\":%.1f}\n",
+        args->fp32 ? "fp32" : args->fp8 ? "fp8" : "bf16", args->fp8_fast_accum ? "true" : "false", args->layers_per_gemm,
+        args->overlap_exact ? "true" : "false", t.repeat, args->batch, t.raw_bytes, t.file_bytes, t.decode_wall_s,
+        t.host_s, t.upload_s, t.inflate_s, t.dequantize_s, t.fp8_s, t.exact_s, t.restore_s, t.first_layer_s,
+        t.total_wall_s, t.raw_bytes / t.total_wall_s * 1e-9);
 #else
     fail(unsupported("this kvtc was built without the CUDA backend (configure with -DKVTC_CUDA=ON)"), "bench --device cuda");
 #endif
