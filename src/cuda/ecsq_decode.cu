@@ -52,8 +52,9 @@ __device__ __forceinline__ uint32_t bucket_bits(uint32_t s) { return uint32_t(ec
 
 // One chunk by one warp; every return is warp-uniform. KH: rANS lanes per thread, 1 for chunks of up
 // to 32 lanes (64 registers, 32 warps per SM; with token classes 72 and 28, where 64 spilled), 2 for
-// up to 64 (the second lane's state and cursors take the kernel to 96 registers). kByClass: the chunk's stream has token classes (job.rows set);
-// without, the class-run cursors and their registers are compiled out.
+// up to 64 (the second lane's state and cursors take the kernel to 96 registers). kByClass: the
+// chunk's stream has token classes (job.rows set); without, the class-run cursors and their registers
+// are compiled out.
 // amax: the largest fp32 magnitude this thread decoded (for job.abs_max), merged by the caller.
 template <int KH, bool kByClass>
 __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_table, uint32_t lane, float& amax) {
