@@ -11,11 +11,6 @@ __device__ __forceinline__ float load(const Fp8Source& s, int64_t i) {
   return s.bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(s.data)[i]) : static_cast<const float*>(s.data)[i];
 }
 
-// Element (r, c) of the output's logical matrix.
-__device__ __forceinline__ int64_t source_index(const Fp8Source& s, int64_t r, int64_t c) {
-  return s.transposed ? c * s.ld + r : r * s.ld + c;
-}
-
 // Grid-stride over the source's outer rows: threads read along the stored rows (coalesced). The block
 // reduces its maximum through shared memory and makes one atomic: with one per warp, tens of thousands
 // of atomics on one address queued at L2.
@@ -38,26 +33,38 @@ __global__ void abs_max_kernel(Fp8Source s, float* scale) {
   if (lane == 0 && m > 0.0f) atomicMax(reinterpret_cast<unsigned int*>(scale + kFp8AmaxIndex), __float_as_uint(m));
 }
 
+// What both conversion kernels share. The multiplier that maps the tensor's amax to 448 (1 for an
+// all-zero tensor); the grid's first thread also writes the GEMM's dequantisation factor, scale[0].
+__device__ __forceinline__ float e4m3_multiplier(float* scale, bool first_thread) {
+  const float amax = scale[kFp8AmaxIndex];
+  if (first_thread) scale[0] = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  return amax > 0.0f ? kE4m3Max / amax : 1.0f;
+}
+
+// Output components c .. c + 3 as one 32-bit word, x(j) the value of component c + j; components at or
+// past s.components are 0 (the padding).
+template <typename X>
+__device__ __forceinline__ uint32_t e4m3_word(const Fp8Source& s, int64_t c, float mul, X x) {
+  uint32_t word = 0;
+  for (int j = 0; j < 4; ++j) {
+    const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(x(j) * mul, __NV_SATFINITE, __NV_E4M3);
+    if (c + j < s.components) word |= uint32_t(uint8_t(v)) << (8 * j);
+  }
+  return word;
+}
+
 constexpr int kTile = 32;
 
-// One 32 x 32 tile of the output per block of 32 x 8 threads, through shared memory, so that both the
-// source's reads and the output's writes run along contiguous memory whichever way the source lies.
+// Token-major sources ([rows][ld], codec 2's coefficients): one 32 x 32 tile of the output per block of
+// 32 x 8 threads, through shared memory, so that the reads run along the source's rows and the writes
+// along the output's.
 __global__ void to_e4m3_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t ld_out) {
   __shared__ float tile[kTile][kTile + 1];  // [r][c]
-  const float amax = scale[kFp8AmaxIndex];
-  const float mul = amax > 0.0f ? kE4m3Max / amax : 1.0f;
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0)
-    scale[0] = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  const float mul = e4m3_multiplier(scale, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0);
   const int64_t r0 = int64_t(blockIdx.y) * kTile, c0 = int64_t(blockIdx.x) * kTile;
   for (int k = threadIdx.y; k < kTile; k += blockDim.y) {
-    // Reads: threadIdx.x runs along the source's contiguous dimension.
-    const int64_t r = s.transposed ? r0 + threadIdx.x : r0 + k;
-    const int64_t c = s.transposed ? c0 + k : c0 + threadIdx.x;
-    const float x = (r < s.rows && c < s.components) ? load(s, source_index(s, r, c)) : 0.0f;
-    if (s.transposed)
-      tile[threadIdx.x][k] = x;
-    else
-      tile[k][threadIdx.x] = x;
+    const int64_t r = r0 + k, c = c0 + threadIdx.x;
+    tile[k][threadIdx.x] = (r < s.rows && c < s.components) ? load(s, r * s.ld + c) : 0.0f;
   }
   __syncthreads();
   // Writes: four consecutive components per thread as one 32-bit store (ld_out is a multiple of 16 and
@@ -67,28 +74,19 @@ __global__ void to_e4m3_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t 
     const int k = i / (kTile / 4), c4 = (i % (kTile / 4)) * 4;
     const int64_t r = r0 + k, c = c0 + c4;
     if (r >= s.rows || c >= ld_out) continue;
-    uint32_t word = 0;
-    for (int j = 0; j < 4; ++j) {
-      const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[k][c4 + j] * mul, __NV_SATFINITE, __NV_E4M3);
-      if (c + j < s.components) word |= uint32_t(uint8_t(v)) << (8 * j);
-    }
-    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = word;
+    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = e4m3_word(s, c, mul, [&](int j) { return tile[k][c4 + j]; });
   }
 }
 
 // Transposed sources ([components][ld], codec 3's coefficients and the basis): a 64 x 64 tile per
 // block of 256 threads. Each warp reads 64 consecutive rows of one component (two coalesced loads per
 // thread), and each group of 16 threads writes one output row's 64 components as 32-bit stores: 16
-// elements per thread, where the 32 x 32 kernel above moves 4 and spends most of its time starting
-// blocks.
+// elements per thread, where a 32 x 32 tile moved 4 and spent most of its time starting blocks.
 constexpr int kWideTile = 64;
 
 __global__ void to_e4m3_transposed_kernel(Fp8Source s, float* scale, uint8_t* out, int64_t ld_out) {
   __shared__ float tile[kWideTile][kWideTile + 1];  // [c][r]; the pad spreads a column over the banks
-  const float amax = scale[kFp8AmaxIndex];
-  const float mul = amax > 0.0f ? kE4m3Max / amax : 1.0f;
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0)
-    scale[0] = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  const float mul = e4m3_multiplier(scale, blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0);
   const int64_t r0 = int64_t(blockIdx.y) * kWideTile, c0 = int64_t(blockIdx.x) * kWideTile;
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5), n_warps = int(blockDim.x >> 5);
   for (int c = warp; c < kWideTile; c += n_warps) {
@@ -108,12 +106,7 @@ __global__ void to_e4m3_transposed_kernel(Fp8Source s, float* scale, uint8_t* ou
     const int k = i / kWords, c4 = (i % kWords) * 4;
     const int64_t r = r0 + k, c = c0 + c4;
     if (r >= s.rows || c >= ld_out) continue;  // ld_out % 4 == 0: the word ends within the row
-    uint32_t word = 0;
-    for (int j = 0; j < 4; ++j) {
-      const __nv_fp8_storage_t v = __nv_cvt_float_to_fp8(tile[c4 + j][k] * mul, __NV_SATFINITE, __NV_E4M3);
-      if (c + j < s.components) word |= uint32_t(uint8_t(v)) << (8 * j);
-    }
-    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = word;
+    *reinterpret_cast<uint32_t*>(out + r * ld_out + c) = e4m3_word(s, c, mul, [&](int j) { return tile[c4 + j][k]; });
   }
 }
 

@@ -192,11 +192,10 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
     return invalid_argument(std::string("timing ") + (fp32 ? "fp32" : "bf16") + " restores needs keep_" +
                             (fp32 ? "fp32" : "bf16") + " in the decode options");
   BatchDecoder dec;
-  const BatchDecodeOptions& bo = options;
   cudaStream_t stream;
   KVTC_CUDA_RETURN(cudaStreamCreate(&stream));
   // Output buffers per sequence and layer, and one event per layer.
-  KVTC_RETURN_IF_ERROR(dec.decode(dcal, containers, bo, stream));
+  KVTC_RETURN_IF_ERROR(dec.decode(dcal, containers, options, stream));
   KVTC_RETURN_IF_ERROR(dec.exact_status());
   const size_t eb = fp32 ? 4 : 2;
   size_t total = 0, max_layers = 0;
@@ -235,7 +234,7 @@ Result<RestoreTiming> time_restore(const DeviceCalibration& dcal, const std::vec
   Status st = Status::ok();
   for (int rep = 0; rep <= repeat && st.is_ok(); ++rep) {
     const auto w0 = Clock::now();
-    st = dec.decode(dcal, containers, bo, stream);
+    st = dec.decode(dcal, containers, options, stream);
     const double decode_wall = std::chrono::duration<double>(Clock::now() - w0).count();
     if (st.is_ok()) st = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord");
     for (int q = 0; q < dec.n_sequences() && st.is_ok(); ++q)
