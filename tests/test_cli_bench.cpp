@@ -1,4 +1,4 @@
-// `kvtc bench` (tools/kvtc/cmd_cuda.cpp) as users run it: the CPU timing of a codec 3 container of
+// `kvtc bench` (tools/kvtc/cmd_bench.cpp) as users run it: the CPU timing of a codec 3 container of
 // the reference model's real cache, and the rules of the GPU options, which the command line checks
 // before any device work (so they hold on machines without a GPU too). The GPU timing itself runs
 // through cuda::time_restore, which test_cuda_fp8 checks on a device.
@@ -69,6 +69,19 @@ TEST(CliBench, RefusesGpuOptionsThatDoNotGoTogether) {
     EXPECT_NE(e.find(c.names), std::string::npos) << e;
     EXPECT_EQ(o.find("\"device\""), std::string::npos) << o;
   }
+}
+
+// `bench` is a command of every build: without the CUDA backend, --device cuda says so and exits non-zero.
+TEST(CliBench, CudaWithoutTheBackendSaysSo) {
+#ifdef KVTC_WITH_CUDA
+  GTEST_SKIP() << "this build has the CUDA backend (test_cuda_fp8 times a restore on a device)";
+#else
+  const Files f = write_files();
+  std::string o, e;
+  EXPECT_NE(run_cli("bench --device cuda -c " + f.cal + " " + f.container, &o, &e), 0) << o;
+  EXPECT_NE(e.find("built without the CUDA backend"), std::string::npos) << e;
+  EXPECT_EQ(o.find("\"device\""), std::string::npos) << o;
+#endif
 }
 
 }  // namespace

@@ -33,5 +33,6 @@ void register_compress(CLI::App& app);
 void register_decompress(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_store(CLI::App& app);  // cmd_store.cpp: kvtc store stats / put / get
+void register_bench(CLI::App& app);  // cmd_bench.cpp: kvtc bench --device cuda|cpu
 
 }  // namespace kvtc::cli

@@ -3,11 +3,6 @@
 
 #include "common.hpp"
 
-#ifdef KVTC_WITH_CUDA
-namespace kvtc::cli {
-void register_cuda_commands(CLI::App& app);  // tools/kvtc/cmd_cuda.cpp: kvtc bench --device cuda|cpu
-}
-#endif
 #ifdef KVTC_WITH_ENGINE
 namespace kvtc::cli {
 void register_engine_commands(CLI::App& app);
@@ -24,9 +19,7 @@ int main(int argc, char** argv) {
   kvtc::cli::register_decompress(app);
   kvtc::cli::register_inspect(app);
   kvtc::cli::register_store(app);
-#ifdef KVTC_WITH_CUDA
-  kvtc::cli::register_cuda_commands(app);
-#endif
+  kvtc::cli::register_bench(app);
 #ifdef KVTC_WITH_ENGINE
   kvtc::cli::register_engine_commands(app);
 #endif

@@ -20,7 +20,7 @@
 
 namespace kvtc::cli {
 
-void register_cuda_commands(CLI::App& app) {
+void register_bench(CLI::App& app) {
   struct Args {
     std::string cal, input, device = "cuda";
     int repeat = 5, batch = 1, threads = 0, layers_per_gemm = 1;
