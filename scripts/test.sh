@@ -57,7 +57,7 @@ if [ "$dir" = build ]; then
     { grep -v "^WARNING: Location 'file:" || true; }
   # The CLI's path as the build writes it (tools/CMakeLists.txt: RUNTIME_OUTPUT_DIRECTORY bin).
   rc=0
-  KVTC_CLI="$PWD/$dir/bin/kvtc" .venv/bin/python -m pytest tests/python -q || rc=$?
+  KVTC_CLI="$PWD/$dir/bin/kvtc" .venv/bin/python -m pytest tests/python -q --durations=15 || rc=$?
   if [ "$rc" -eq 5 ]; then
     echo "test.sh: pytest collected no tests in tests/python: failing" >&2
     exit 1

@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <cmath>
+#include <memory>
 
 #include "core/reference_decoder.hpp"
 #include "format/container.hpp"
@@ -17,13 +18,7 @@ namespace {
 using testing::repo_data;
 
 const Calibration& small_calibration() {
-  static const Calibration cal = [] {
-    CalibrateOptions o;
-    o.ratios = {8, 16, 20, 32};
-    auto c = calibrate({repo_data("small-calib.safetensors")}, o);
-    EXPECT_TRUE(c.is_ok()) << c.status().to_string();
-    return c.value();
-  }();
+  static const Calibration cal(std::make_shared<CalibrationData>(testing::small_calibration_with_ecsq()));
   return cal;
 }
 

@@ -61,8 +61,14 @@ CalibrationData synthetic_calibration(const KVCache& cache, int64_t rank, std::v
 CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink, int n_window);
 
 // The calibration of data/small-calib.safetensors at ratios 8, 16, 20, 32, with the ECSQ models (codec 3)
-// calibrate() learns by default (one cache: folds are its two halves). Computed once per process.
+// calibrate() learns by default (one cache: folds are its two halves): about 10 s at -O3, many more
+// under the sanitizers. Made once per process: read from small_calibration_fixture_path() when that
+// file is newer than the running executable (ctest's TestFixtures.SmallCalibration writes it first,
+// tests/write_test_fixtures.cpp; a rebuilt library relinks the tests, which makes an older file
+// stale), else computed here.
 const CalibrationData& small_calibration_with_ecsq();
+CalibrationData compute_small_calibration_with_ecsq();  // always computes (throws if calibrate() fails)
+std::string small_calibration_fixture_path();           // <build>/test-fixtures/small-calib-ecsq.kvtcal
 
 // Squared error of a restored cache `b` against the original `a` over tokens [t0, t1) of one stream
 // (keys or values), every layer and head, and the squared norm of `a` there: what the encoder's
