@@ -17,7 +17,8 @@ if [ "${1:-}" = "--tsan" ]; then
   # not instrumented; no suppressions are needed. The Redis tests start their own redis-server.
   dir=build-tsan
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVTC_TSAN=ON -DKVTC_CUDA=OFF -DKVTC_BUILD_BENCH=OFF \
-    -DKVTC_BUILD_ENGINE=OFF -DKVTC_BUILD_CLI=OFF -DCMAKE_CXX_FLAGS="-O1"
+    -DKVTC_BUILD_ENGINE=OFF -DKVTC_BUILD_CLI=OFF -DCMAKE_CXX_FLAGS="-O1" -DCMAKE_CXX_FLAGS_DEBUG="-g1" \
+    -DCMAKE_C_FLAGS_DEBUG="-g1"
   # Every tests/test_store_*.cpp: concurrency, disk, full_disk, host, redis, tiered.
   targets=$(cd tests && ls test_store_*.cpp | sed 's/\.cpp$//')
   # shellcheck disable=SC2086
@@ -38,8 +39,10 @@ if [ "${1:-}" = "--sanitize" ]; then
   # check) are minutes of BLAS and regex under ASan for no extra coverage of parsers or codecs: the
   # sanitizer pass covers the library, the CLI pieces, the GGUF reader, the tokenizers and the fuzz
   # replays.
+  # -g1: line tables only, which is what the sanitizers' stack traces print (file:line); full -g made
+  # the build half as long again.
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVTC_SANITIZE=ON -DKVTC_CUDA=OFF -DKVTC_BUILD_BENCH=OFF \
-    -DCMAKE_CXX_FLAGS="-O1"
+    -DCMAKE_CXX_FLAGS="-O1" -DCMAKE_CXX_FLAGS_DEBUG="-g1" -DCMAKE_C_FLAGS_DEBUG="-g1"
   exclude=(-E '^(RefModel|EvalRef|CalibrateFromModel|CliEval|RefTokenizer)\.')
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 else
