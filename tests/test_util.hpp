@@ -68,7 +68,7 @@ CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink,
 // stale), else computed here.
 const CalibrationData& small_calibration_with_ecsq();
 CalibrationData compute_small_calibration_with_ecsq();  // always computes (throws if calibrate() fails)
-std::string small_calibration_fixture_path();           // <build>/test-fixtures/small-calib-ecsq.kvtcal
+std::string small_calibration_fixture_path();           // <build>/tests/test-fixtures/small-calib-ecsq.kvtcal
 
 // Squared error of a restored cache `b` against the original `a` over tokens [t0, t1) of one stream
 // (keys or values), every layer and head, and the squared norm of `a` there: what the encoder's
