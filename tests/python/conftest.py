@@ -21,6 +21,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_reference
 
+# torch's OpenMP workers spin after each parallel region by default, on the cores kvtc's OpenBLAS GEMMs
+# then want: with both in one process (KVTCCache restores a layer between two of the model's layers),
+# PASSIVE took test_kvtc_cache_generation[cpu-8] from 81 to 50 s on 2 cores (docs/PYTHON.md, "Threads
+# beside PyTorch on the CPU"). libgomp reads it once, when torch loads, so it is set before any test
+# module imports torch; the vLLM engines' processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def _from_repo(p: str) -> Path:
     path = Path(p)
