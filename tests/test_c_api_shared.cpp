@@ -181,8 +181,9 @@ class CApiShared : public ::testing::Test {
     // calibrates at ratio 20 as before.
     const std::string fixture = std::string(KVTC_TEST_FIXTURE_DIR) + "/small-calib-ecsq.kvtcal";
     struct stat file {}, self {};
+    const auto mtime = [](const struct stat& s) { return std::tie(s.st_mtim.tv_sec, s.st_mtim.tv_nsec); };
     const bool fresh = ::stat(fixture.c_str(), &file) == 0 && ::stat("/proc/self/exe", &self) == 0 &&
-                       std::tie(file.st_mtim.tv_sec, file.st_mtim.tv_nsec) >= std::tie(self.st_mtim.tv_sec, self.st_mtim.tv_nsec);
+                       mtime(file) >= mtime(self);
     if (!fresh || kvtc_calibration_load(fixture.c_str(), &cal_) != KVTC_OK) {
       const std::string calib = data_file("small-calib.safetensors");
       const char* paths[] = {calib.c_str()};
