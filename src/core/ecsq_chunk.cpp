@@ -46,8 +46,8 @@ std::vector<std::pair<uint32_t, uint32_t>> ecsq_split_components(const EcsqLevel
 Result<uint64_t> ecsq_chunk_rans_bytes(const uint8_t* chunk, size_t chunk_bytes) {
   if (chunk_bytes < kRansChunkHeaderBytes) return corrupt("ECSQ chunk: truncated");
   uint32_t stream_bytes;
-  std::memcpy(&stream_bytes, chunk + 8, 4);
-  const uint64_t rans_bytes = kRansChunkHeaderBytes + 4ull * chunk[4] + stream_bytes;
+  std::memcpy(&stream_bytes, chunk + kRansStreamBytesOffset, 4);
+  const uint64_t rans_bytes = kRansStatesOffset + 4ull * chunk[kRansLanesOffset] + stream_bytes;
   if (rans_bytes + 4 > chunk_bytes) return corrupt("ECSQ chunk: truncated before its raw bits");
   return rans_bytes;
 }

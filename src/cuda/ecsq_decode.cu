@@ -25,7 +25,6 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 constexpr uint32_t kFullMask = 0xffffffffu;
-constexpr uint32_t kHeaderBytes = uint32_t(kRansChunkHeaderBytes);
 
 __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, uint32_t lane) {
 #pragma unroll
@@ -62,12 +61,14 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   const uint32_t nb = job.chunk_bytes;
   if (crc_table != nullptr && warp_crc32(c, nb, crc_table) != job.crc32) return kEcsqBadChecksum;
   // Header (entropy/rans_chunk.hpp), then the raw-bit series after the rANS chunk.
-  if (nb < kHeaderBytes + 4 || (job.rows != nullptr) != kByClass) return kEcsqBadHeader;
-  const uint32_t n = get_le32(c), n_lanes = c[4], stream_bytes = get_le32(c + 8);
-  if ((c[5] | c[6] | c[7]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
+  if (nb < kRansChunkHeaderBytes + 4 || (job.rows != nullptr) != kByClass) return kEcsqBadHeader;
+  const uint32_t n = get_le32(c + kRansSymbolsOffset), n_lanes = c[kRansLanesOffset],
+                 stream_bytes = get_le32(c + kRansStreamBytesOffset);
+  const uint8_t* reserved = c + kRansReservedOffset;
+  if ((reserved[0] | reserved[1] | reserved[2]) != 0 || n != job.n_symbols || n > kRansMaxChunkSymbols || n_lanes < 1 ||
       n_lanes > uint32_t(kRansMaxLanes) || n_lanes > 32u * KH || stream_bytes % 2 != 0 || stream_bytes > 2ull * n)
     return kEcsqBadHeader;
-  const uint64_t rans_bytes = kHeaderBytes + 4ull * n_lanes + stream_bytes;
+  const uint64_t rans_bytes = kRansStatesOffset + 4ull * n_lanes + stream_bytes;
   if (rans_bytes + 4 > nb) return kEcsqBadHeader;
   const uint32_t n_raw = get_le32(c + rans_bytes);
   const uint64_t raw_bytes = nb - rans_bytes - 4;
@@ -77,10 +78,10 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
 
   // States of rANS lanes `lane` (x0) and `lane + 32` (x1); lanes beyond N stay at 2^16.
   uint32_t x0 = kRansStateLow, x1 = kRansStateLow;
-  if (lane < n_lanes) x0 = get_le32(c + kHeaderBytes + 4 * lane);
-  if (lane + 32 < n_lanes) x1 = get_le32(c + kHeaderBytes + 4 * (lane + 32));
+  if (lane < n_lanes) x0 = get_le32(c + kRansStatesOffset + 4 * lane);
+  if (lane + 32 < n_lanes) x1 = get_le32(c + kRansStatesOffset + 4 * (lane + 32));
   if (__any_sync(kFullMask, x0 < kRansStateLow || x1 < kRansStateLow)) return kEcsqBadInitialState;
-  const uint8_t* words = c + kHeaderBytes + 4 * n_lanes;
+  const uint8_t* words = c + kRansStatesOffset + 4 * n_lanes;
   const uint32_t n_words = stream_bytes / 2;
   const uint32_t halves = (n_lanes + 31) / 32;
   // Cursors of the thread's rANS lanes `lane` (h = 0) and `lane + 32` (h = 1): symbol i = round + l

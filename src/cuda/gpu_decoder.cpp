@@ -14,6 +14,7 @@
 #include "cuda/fp8_convert.cuh"
 #include "cuda/restore_kernels.cuh"
 #include "entropy/inflate.cuh"
+#include "entropy/rans_chunk.hpp"
 #include "util/half.hpp"
 #include "util/status_macros.hpp"
 
@@ -416,10 +417,11 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         e.row0 = c.token_begin - h.n_head_exact;
         e.token_stride = 1;  // component-major (seq.coef_by_component)
         e.component_stride = uint32_t(m);
-        // The lane count at byte 4 of the rANS header and the classes pick the decode kernel; the kernel
-        // checks both again.
+        // The rANS header's lane count and the classes pick the decode kernel; the kernel checks both
+        // again.
         const uint8_t* stored = containers[q].first + seqs_[q].container.payload_offset + c.offset;
-        ecsq_group.push_back(uint8_t(ecsq_job_group(c.stored_bytes > 4 && stored[4] <= 32, by_class)));
+        const bool narrow = c.stored_bytes > kRansLanesOffset && stored[kRansLanesOffset] <= 32;
+        ecsq_group.push_back(uint8_t(ecsq_job_group(narrow, by_class)));
         ecsq_jobs.push_back(e);
         continue;
       }

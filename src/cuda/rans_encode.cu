@@ -85,13 +85,13 @@ __global__ void rans_encode_kernel(const RansEncodeJob* jobs, int n_jobs, uint32
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const uint32_t lane = uint32_t(half) * 32 + t;
-    if (lane < N) put_le32(h + kRansChunkHeaderBytes + 4 * lane, x[half]);
+    if (lane < N) put_le32(h + kRansStatesOffset + 4 * lane, x[half]);
   }
   if (t == 0) {
-    put_le32(h, n);
-    h[4] = uint8_t(N);
-    h[5] = h[6] = h[7] = 0;
-    put_le32(h + 8, stream_bytes);
+    put_le32(h + kRansSymbolsOffset, n);
+    h[kRansLanesOffset] = uint8_t(N);
+    h[kRansReservedOffset] = h[kRansReservedOffset + 1] = h[kRansReservedOffset + 2] = 0;
+    put_le32(h + kRansStreamBytesOffset, stream_bytes);
     finish(job, status + w, kRansEncodeOk, offset, header + stream_bytes);
   }
 }

@@ -31,6 +31,12 @@ constexpr int kRansWordBits = 16;                   // renormalisation unit
 constexpr int kRansMaxLanes = 64;
 constexpr uint32_t kRansMaxChunkSymbols = 1u << 16;  // bounds one chunk's serial work
 constexpr size_t kRansChunkHeaderBytes = 12;
+// The header's fields, by byte offset (the table above); every reader of the layout names them.
+constexpr size_t kRansSymbolsOffset = 0;      // u32 n_symbols
+constexpr size_t kRansLanesOffset = 4;        // u8 n_lanes
+constexpr size_t kRansReservedOffset = 5;     // 3 bytes, 0
+constexpr size_t kRansStreamBytesOffset = 8;  // u32 stream_bytes
+constexpr size_t kRansStatesOffset = kRansChunkHeaderBytes;  // N x u32 lane states
 
 // A run of consecutive symbols coded with one table. A chunk's symbols are a sequence of runs (for
 // kvtc, one run per component of a codes chunk, each with its component's table); the runs are

@@ -108,10 +108,11 @@ Result<RansChunkInfo> parse_rans_chunk_header(const uint8_t* chunk, size_t chunk
   if (chunk == nullptr || chunk_bytes < kRansChunkHeaderBytes)
     return corrupt("rANS chunk: truncated header (" + std::to_string(chunk_bytes) + " bytes, 12 needed)");
   RansChunkInfo info;
-  info.n_symbols = load_u32(chunk);
-  info.n_lanes = chunk[4];
-  info.stream_bytes = load_u32(chunk + 8);
-  if (chunk[5] != 0 || chunk[6] != 0 || chunk[7] != 0) return corrupt("rANS chunk: reserved bytes are not 0");
+  info.n_symbols = load_u32(chunk + kRansSymbolsOffset);
+  info.n_lanes = chunk[kRansLanesOffset];
+  info.stream_bytes = load_u32(chunk + kRansStreamBytesOffset);
+  const uint8_t* reserved = chunk + kRansReservedOffset;
+  if (reserved[0] != 0 || reserved[1] != 0 || reserved[2] != 0) return corrupt("rANS chunk: reserved bytes are not 0");
   if (info.n_symbols > kRansMaxChunkSymbols)
     return corrupt("rANS chunk: " + std::to_string(info.n_symbols) + " symbols exceed the chunk bound");
   if (info.n_lanes < 1 || info.n_lanes > kRansMaxLanes)
@@ -144,10 +145,10 @@ Status rans_decode(const uint8_t* chunk, size_t chunk_bytes, const RansDecodeRun
   const int n_lanes = info->n_lanes;
   uint32_t state[kRansMaxLanes];
   for (int l = 0; l < n_lanes; ++l) {
-    state[l] = load_u32(chunk + kRansChunkHeaderBytes + 4 * size_t(l));
+    state[l] = load_u32(chunk + kRansStatesOffset + 4 * size_t(l));
     if (state[l] < kRansStateLow) return corrupt("rANS chunk: lane " + std::to_string(l) + " starts below 2^16");
   }
-  const uint8_t* words = chunk + kRansChunkHeaderBytes + 4 * size_t(n_lanes);
+  const uint8_t* words = chunk + kRansStatesOffset + 4 * size_t(n_lanes);
   const size_t n_words = info->stream_bytes / 2;
   size_t pos = 0;
   int lane = 0;
