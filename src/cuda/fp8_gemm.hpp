@@ -42,6 +42,10 @@ class Fp8Gemm {
   Status run_bf16(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
                   const uint8_t* b, int64_t ldb, const float* b_scale_dev, uint16_t* d, int64_t ldd, bool fast_accum,
                   cudaStream_t stream);
+  // Either, chosen at run time: d is bf16 bits where d_bf16, else fp32.
+  Status run_any(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
+                 const uint8_t* b, int64_t ldb, const float* b_scale_dev, void* d, bool d_bf16, int64_t ldd,
+                 bool fast_accum, cudaStream_t stream);
 
  private:
   struct Plan {
@@ -55,9 +59,6 @@ class Fp8Gemm {
   // whether D is bf16.
   using Shape = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool>;
   Result<Plan*> plan(const Shape& shape, const float* a_scale_dev, const float* b_scale_dev);
-  Status run_any(int64_t m, int64_t n, int64_t k, const uint8_t* a, int64_t lda, const float* a_scale_dev,
-                 const uint8_t* b, int64_t ldb, const float* b_scale_dev, void* d, bool d_bf16, int64_t ldd,
-                 bool fast_accum, cudaStream_t stream);
   static void destroy(Plan& p);  // its descriptors (those made so far)
 
   cublasLtHandle_t handle_ = nullptr;

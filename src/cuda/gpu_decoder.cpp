@@ -803,14 +803,11 @@ Status GpuBatchDecoder::restore_group_to(const GpuCalibration& gcal, int seq_ind
         if (seq.kept_fp8[s] > gcal.rows_fp8[s]) return invalid_argument("the device calibration's FP8 basis has too few rows");
         const uint8_t* basis = gcal.basis_fp8[s].as<uint8_t>() + col0 * gcal.rows_fp8[s];
         const float* coef_scale = seq.fp8_scale.as<float>() + kFp8ScaleFloats * s;
-        if (product_bf16)
-          KVTC_RETURN_IF_ERROR(fp8_gemm_.run_bf16(GHD, m, seq.kept_fp8[s], basis, gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(),
-                                                  seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], coef_scale,
-                                                  tmp_.as<uint16_t>(), GHD, fp8_fast_accum_, stream));
-        else
-          KVTC_RETURN_IF_ERROR(fp8_gemm_.run(GHD, m, seq.kept_fp8[s], basis, gcal.rows_fp8[s], gcal.fp8_scale[s].as<float>(),
-                                             seq.coef_fp8[s].as<uint8_t>(), seq.kept_fp8[s], coef_scale, c, GHD,
-                                             fp8_fast_accum_, stream));
+        void* product = product_bf16 ? static_cast<void*>(tmp_.as<uint16_t>()) : static_cast<void*>(c);
+        KVTC_RETURN_IF_ERROR(fp8_gemm_.run_any(GHD, m, seq.kept_fp8[s], basis, gcal.rows_fp8[s],
+                                               gcal.fp8_scale[s].as<float>(), seq.coef_fp8[s].as<uint8_t>(),
+                                               seq.kept_fp8[s], coef_scale, product, product_bf16, GHD,
+                                               fp8_fast_accum_, stream));
       } else if (kept > 0 && !bf16) {
         // Per head h: c_h[D x m] = basis_h[D x kept] * coef, at head stride T * D (in place) or m * D.
         if (!seq.coef_f32[s].get()) return invalid_argument("no fp32 coefficients decoded");
