@@ -2,7 +2,6 @@
 // needs the internals): params and their struct_size rule, compression from views in every dtype and
 // layout, the decoder handle, and statuses with messages on bad input.
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,10 +11,10 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <tuple>
 #include <vector>
 
 #include "kvtc/kvtc.h"
+#include "test_fixture_file.hpp"
 #include "util/half.hpp"  // header + src/util/half.cpp compiled in: the reference 16-bit conversions
 
 namespace {
@@ -179,12 +178,8 @@ class CApiShared : public ::testing::Test {
     // while it is newer than this executable, it spares every test process (each of these tests is
     // one) about 8 s of calibration at -O3 and 25 s under ASan. Run by hand without it, the suite
     // calibrates at ratio 20 as before.
-    const std::string fixture = std::string(KVTC_TEST_FIXTURE_DIR) + "/small-calib-ecsq.kvtcal";
-    struct stat file {}, self {};
-    const auto mtime = [](const struct stat& s) { return std::tie(s.st_mtim.tv_sec, s.st_mtim.tv_nsec); };
-    const bool fresh = ::stat(fixture.c_str(), &file) == 0 && ::stat("/proc/self/exe", &self) == 0 &&
-                       mtime(file) >= mtime(self);
-    if (!fresh || kvtc_calibration_load(fixture.c_str(), &cal_) != KVTC_OK) {
+    const std::string fixture = kvtc::testing::small_calibration_fixture_path();
+    if (!kvtc::testing::fixture_is_fresh(fixture) || kvtc_calibration_load(fixture.c_str(), &cal_) != KVTC_OK) {
       const std::string calib = data_file("small-calib.safetensors");
       const char* paths[] = {calib.c_str()};
       const double ratios[] = {20};

@@ -1,6 +1,5 @@
 #include "test_util.hpp"
 
-#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <gtest/gtest.h>
@@ -229,17 +228,11 @@ CalibrationData compute_small_calibration_with_ecsq() {
   return c->data();
 }
 
-std::string small_calibration_fixture_path() { return std::string(KVTC_TEST_FIXTURE_DIR) + "/small-calib-ecsq.kvtcal"; }
-
 namespace {
 
 // The fixture file's calibration when it exists and was written after this executable was linked.
 std::optional<CalibrationData> fresh_fixture() {
-  struct stat file {}, self {};
-  if (::stat(small_calibration_fixture_path().c_str(), &file) != 0 || ::stat("/proc/self/exe", &self) != 0)
-    return std::nullopt;
-  const auto ns = [](const struct stat& s) { return int64_t(s.st_mtim.tv_sec) * 1000000000 + s.st_mtim.tv_nsec; };
-  if (ns(file) < ns(self)) return std::nullopt;
+  if (!fixture_is_fresh(small_calibration_fixture_path())) return std::nullopt;
   auto c = Calibration::load(small_calibration_fixture_path());
   if (!c.is_ok()) return std::nullopt;  // damaged or half-written by hand: compute instead
   return c->data();

@@ -13,6 +13,7 @@
 #include "kvtc/cache.hpp"
 #include "kvtc/kvtc.hpp"
 #include "temp_dir.hpp"
+#include "test_fixture_file.hpp"
 
 namespace kvtc::testing {
 
@@ -62,13 +63,11 @@ CalibrationData calibration_8_20(const KVCache& cache, int64_t rank, int n_sink,
 
 // The calibration of data/small-calib.safetensors at ratios 8, 16, 20, 32, with the ECSQ models (codec 3)
 // calibrate() learns by default (one cache: folds are its two halves): about 10 s at -O3, many more
-// under the sanitizers. Made once per process: read from small_calibration_fixture_path() when that
-// file is newer than the running executable (ctest's TestFixtures.SmallCalibration writes it first,
-// tests/write_test_fixtures.cpp; a rebuilt library relinks the tests, which makes an older file
-// stale), else computed here.
+// under the sanitizers. Made once per process: read from small_calibration_fixture_path() while
+// fixture_is_fresh() (test_fixture_file.hpp: ctest's TestFixtures.SmallCalibration writes it first),
+// else computed here.
 const CalibrationData& small_calibration_with_ecsq();
 CalibrationData compute_small_calibration_with_ecsq();  // always computes (throws if calibrate() fails)
-std::string small_calibration_fixture_path();           // <build>/tests/test-fixtures/small-calib-ecsq.kvtcal
 
 // Squared error of a restored cache `b` against the original `a` over tokens [t0, t1) of one stream
 // (keys or values), every layer and head, and the squared norm of `a` there: what the encoder's
