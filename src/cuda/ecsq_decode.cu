@@ -9,8 +9,11 @@
 // of the serial decoder. The same 32 symbols are consecutive in the chunk, so their raw bits are
 // consecutive too: each symbol's offset is a warp prefix sum of the bit counts. An escaped symbol's
 // count is known only after reading its 8 escape bits, so escapes (rare: the tables cover the codes
-// calibration saw) are resolved one at a time in lane order before the sum. Every read is checked
-// against the chunk; states stay in [2^16, 2^32) for any input (docs/FORMAT.md, "rANS chunk").
+// calibration saw) are resolved one at a time in lane order before the sum. Only escapes and bucket
+// magnitudes (symbols from the cell's slow_from on) have raw bits, so a round where no lane decoded
+// one, nearly every round, skips all of that: its coefficients come with the rANS entries (the CPU
+// decoder's direct values), one 8-byte load per symbol. Every read is checked against the chunk;
+// states stay in [2^16, 2^32) for any input (docs/FORMAT.md, "rANS chunk").
 #include "cuda/ecsq_decode.cuh"
 
 #include <cuda_bf16.h>
@@ -79,7 +82,7 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   // States of rANS lanes `lane` (x0) and `lane + 32` (x1); lanes beyond N stay at 2^16.
   uint32_t x0 = kRansStateLow, x1 = kRansStateLow;
   if (lane < n_lanes) x0 = get_le32(c + kRansStatesOffset + 4 * lane);
-  if (lane + 32 < n_lanes) x1 = get_le32(c + kRansStatesOffset + 4 * (lane + 32));
+  if (KH == 2 && lane + 32 < n_lanes) x1 = get_le32(c + kRansStatesOffset + 4 * (lane + 32));
   if (__any_sync(kFullMask, x0 < kRansStateLow || x1 < kRansStateLow)) return kEcsqBadInitialState;
   const uint8_t* words = c + kRansStatesOffset + 4 * n_lanes;
   const uint32_t n_words = stream_bytes / 2;
@@ -93,16 +96,23 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
   constexpr bool by_class = kByClass;
   // What every symbol reads, in registers: the job itself may lie in shared memory, where each
   // coefficient store (a generic pointer) would make the compiler read these fields again.
-  const uint32_t n_tokens = job.n_tokens, row0 = job.row0, token_stride = job.token_stride;
-  const uint32_t component_stride = job.component_stride;
+  const uint32_t n_tokens = job.n_tokens;
   const uint32_t* const rows = job.rows;
   float* const coef_f32 = job.coef_f32;
   uint16_t* const coef_bf16 = job.coef_bf16;
+  // Per rANS lane of the thread: the cell of component k[h] (loaded when k changes) as what a round
+  // reads: its slot and entry tables, prob_bits and slow_from, and where its coefficients go: without
+  // classes the element index of symbol i itself (advanced by n_lanes tokens a round), with classes the
+  // component's column (row0's row; the class's row list gives the token). Step, offset and alphabet
+  // are read from the cell itself on the slow path.
   uint32_t t[2], k[2], loaded[2];
-  EcsqDeviceComponent cells[2];
-  const uint8_t* slots[2] = {job.slots, job.slots};
-  const uint32_t* entries[2] = {job.entries, job.entries};
+  const EcsqDeviceComponent* cell[2];
+  const uint8_t* slot_base[2];
+  const EcsqDeviceEntry* entry_base[2];
+  uint32_t prob_bits[2], slow_from[2];
+  uint64_t at_index[2];
   uint32_t run_rows[2] = {0, 0}, run_len[2] = {0, 0};  // run_len[h]: run_length(k[h]) once walked
+  const uint32_t token_stride = job.token_stride, index_step = n_lanes * token_stride;
   const uint32_t k_end = 2 * job.c1;
   auto run_length = [&](uint32_t kk) -> uint32_t {
     const uint32_t j = kk >> 1;
@@ -126,100 +136,114 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
       t[h] = l - k[h] * job.n_tokens;
     }
   }
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  const bool store_f32 = coef_f32 != nullptr, store_bf16 = coef_bf16 != nullptr;
   uint32_t pos = 0;     // next word
-  uint64_t at_bit = 0;  // next raw bit
+  uint32_t at_bit = 0;  // next raw bit; at_bit <= n_raw, a 32-bit count, always holds
   for (uint32_t round = 0; round < n; round += n_lanes) {
 #pragma unroll
     for (int h = 0; h < KH; ++h) {
       if (uint32_t(h) >= halves) break;  // warp-uniform
-      const uint32_t l = uint32_t(h) * 32 + lane, i = round + l;
-      const bool active = l < n_lanes && i < n;
+      // Symbol i = round + l exists for l < n_lanes and i < n: one compare with the round's lane count.
+      const uint32_t l = uint32_t(h) * 32 + lane;
+      const bool active = l < min(n_lanes, n - round);
       uint32_t x = h == 0 ? x0 : x1;
       uint32_t s = 0;
-      bool need = false;
+      float v = 0.0f;
+      bool need = false, slow = false;
       if (active) {  // step 1-2 of the spec with symbol i's table
         if (loaded[h] != k[h]) {
+          const uint8_t* slots = job.slots;
+          const EcsqDeviceEntry* entries = job.entries;
           if (by_class) {  // i < n and the runs hold n symbols (checked by the host): k[h] < k_end
             const uint32_t j = k[h] >> 1;
             if ((k[h] & 1u) == 0) {
-              cells[h] = job.high_cells[job.high_cells_before[j]];
-              slots[h] = job.high_slots;
-              entries[h] = job.high_entries;
+              cell[h] = job.high_cells + job.high_cells_before[j];
+              slots = job.high_slots;
+              entries = job.high_entries;
               run_rows[h] = 0;
             } else {
-              cells[h] = job.cells[job.cells_before[j]];
-              slots[h] = job.slots;
-              entries[h] = job.entries;
+              cell[h] = job.cells + job.cells_before[j];
               run_rows[h] = job.n_high;
             }
           } else {
-            cells[h] = job.cells[job.first_cell + k[h]];
+            cell[h] = job.cells + job.first_cell + k[h];
           }
+          const EcsqDeviceComponent c = *cell[h];
+          slot_base[h] = slots + c.slot_offset;
+          entry_base[h] = entries + c.entry_offset;
+          prob_bits[h] = c.prob_bits;
+          slow_from[h] = c.slow_from;
+          at_index[h] = uint64_t(job.row0 + (by_class ? 0u : t[h])) * token_stride +
+                        uint64_t(c.component) * job.component_stride;
           loaded[h] = k[h];
         }
-        const EcsqDeviceComponent& cell = cells[h];
-        const uint32_t slot = x & ((1u << cell.prob_bits) - 1u);
-        s = slots[h][cell.slot_offset + slot];
-        const uint32_t e = entries[h][cell.entry_offset + s];
-        x = (e >> 16) * (x >> cell.prob_bits) + slot - (e & 0xffffu);
+        const uint32_t slot = x & ((1u << prob_bits[h]) - 1u);
+        s = slot_base[h][slot];
+        const EcsqDeviceEntry e = entry_base[h][s];
+        x = (e.freq_cum >> 16) * (x >> prob_bits[h]) + slot - (e.freq_cum & 0xffffu);
         need = x < kRansStateLow;
+        slow = s >= slow_from[h];
+        v = e.value;  // a direct symbol's coefficient; the slow path below computes the others'
       }
-      const EcsqDeviceComponent& cell = cells[h];  // meaningful only where active
       const uint32_t need_mask = __ballot_sync(kFullMask, need);
-      if (need) {  // step 3: words in lane order; past the end reads 0 and shows as pos > n_words
-        const uint32_t w_at = pos + __popc(need_mask & ((1u << lane) - 1u));
-        const uint32_t w = w_at < n_words ? uint32_t(words[2 * w_at]) | uint32_t(words[2 * w_at + 1]) << 8 : 0u;
-        x = x << 16 | w;
+      {  // step 3: words in lane order; past the end reads 0 and shows as pos > n_words
+        const uint32_t w_at = pos + __popc(need_mask & lanes_below);
+        uint32_t w = 0;
+        if (need && w_at < n_words) w = uint32_t(words[2 * w_at]) | uint32_t(words[2 * w_at + 1]) << 8;
+        if (need) x = x << 16 | w;
       }
       pos += __popc(need_mask);
       if (h == 0) x0 = x;
-      else x1 = x;
+      else if (KH == 2) x1 = x;
 
-      // Raw bits: escapes first, one at a time in lane order, then one prefix sum.
-      const bool escaped = active && s == uint32_t(cell.alphabet) - 1u;
-      uint32_t count = active && !escaped ? bucket_bits(s) : 0u;
-      for (uint32_t esc = __ballot_sync(kFullMask, escaped); esc != 0; esc &= esc - 1) {
-        const uint32_t e = __ffs(esc) - 1;
-        const uint32_t before = warp_inclusive_sum(count, lane) - count;
-        uint32_t bad = 0;
-        if (lane == e) {
-          const uint64_t from = at_bit + before;
-          if (from + kEcsqEscapeBits > n_raw) {
-            bad = kEcsqRawOverrun;
-          } else {
-            s = read_bits(raw, from, kEcsqEscapeBits);
-            if (s < uint32_t(cell.alphabet) - 1u || s >= uint32_t(kEcsqSignedSymbols)) bad = kEcsqBadEscape;
-            else count = kEcsqEscapeBits + bucket_bits(s);
+      // Raw bits follow only the escape and bucket magnitudes (symbols from slow_from on), so nearly
+      // every round skips this: escapes first, one at a time in lane order, then one prefix sum.
+      if (__any_sync(kFullMask, slow)) {
+        EcsqDeviceComponent c;  // read only where slow
+        if (slow) c = *cell[h];
+        const bool escaped = slow && s == uint32_t(c.alphabet) - 1u;
+        uint32_t count = slow && !escaped ? bucket_bits(s) : 0u;
+        for (uint32_t esc = __ballot_sync(kFullMask, escaped); esc != 0; esc &= esc - 1) {
+          const uint32_t e = __ffs(esc) - 1;
+          const uint32_t before = warp_inclusive_sum(count, lane) - count;
+          uint32_t bad = 0;
+          if (lane == e) {
+            const uint64_t from = uint64_t(at_bit) + before;
+            if (from + kEcsqEscapeBits > n_raw) {
+              bad = kEcsqRawOverrun;
+            } else {
+              s = read_bits(raw, from, kEcsqEscapeBits);
+              if (s < uint32_t(c.alphabet) - 1u || s >= uint32_t(kEcsqSignedSymbols)) bad = kEcsqBadEscape;
+              else count = kEcsqEscapeBits + bucket_bits(s);
+            }
           }
+          bad = __shfl_sync(kFullMask, bad, int(e));
+          if (bad != 0) return bad;
         }
-        bad = __shfl_sync(kFullMask, bad, int(e));
-        if (bad != 0) return bad;
+        const uint32_t incl = warp_inclusive_sum(count, lane);
+        bool overrun = false;
+        if (slow) {
+          const uint32_t nbits = escaped ? count - kEcsqEscapeBits : count;
+          const uint64_t from = uint64_t(at_bit) + incl - nbits;  // the bucket bits come last
+          uint32_t bucket = 0;
+          if (nbits != 0) {
+            if (from + nbits > n_raw) overrun = true;
+            else bucket = read_bits(raw, from, nbits);
+          }
+          v = ecsq_dequantize(ecsq_code(s, bucket), c.step, c.delta);
+        }
+        if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
+        at_bit += __shfl_sync(kFullMask, incl, 31);  // no overrun: still <= n_raw
       }
-      // Magnitudes up to kEcsqDirectMax have no bucket bits, so most rounds read no raw bits at all:
-      // those skip the prefix sum, the reads and the overrun vote (at_bit <= n_raw always holds).
-      const bool any_raw = __any_sync(kFullMask, count != 0);
-      const uint32_t incl = any_raw ? warp_inclusive_sum(count, lane) : 0u;
-      bool overrun = false;
       if (active) {
-        const uint32_t nbits = escaped ? count - kEcsqEscapeBits : count;
-        const uint64_t from = at_bit + incl - nbits;  // the bucket bits come last
-        uint32_t bucket = 0;
-        if (nbits != 0) {
-          if (from + nbits > n_raw) overrun = true;
-          else bucket = read_bits(raw, from, nbits);
-        }
-        const float v = ecsq_dequantize(ecsq_code(s, bucket), cell.step, cell.delta);
-        const uint32_t row = by_class ? rows[run_rows[h] + t[h]] : t[h];
-        const uint64_t idx = uint64_t(row0 + row) * token_stride + uint64_t(cell.component) * component_stride;
-        if (coef_f32 != nullptr) coef_f32[idx] = v;
-        if (coef_bf16 != nullptr) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+        const uint64_t idx = by_class ? at_index[h] + uint64_t(rows[run_rows[h] + t[h]]) * token_stride : at_index[h];
+        if (store_f32) coef_f32[idx] = v;
+        if (store_bf16) coef_bf16[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
         amax = fmaxf(amax, fabsf(v));
       }
-      if (any_raw) {
-        if (__any_sync(kFullMask, overrun)) return kEcsqRawOverrun;
-        at_bit += __shfl_sync(kFullMask, incl, 31);
-      }
       t[h] += n_lanes;  // symbol i + n_lanes
+      if (!by_class) at_index[h] += index_step;  // recomputed where k changes
       if (by_class) {
         while (k[h] < k_end && t[h] >= run_len[h]) {  // run_len[h] is k[h]'s: cross into the next runs
           t[h] -= run_len[h];

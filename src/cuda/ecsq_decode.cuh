@@ -22,7 +22,18 @@ struct EcsqDeviceComponent {
   float step = 0.0f, delta = 0.0f;
   uint16_t alphabet = 0;      // the table's alphabet A; symbol A - 1 is the escape
   uint8_t prob_bits = 0;
-  uint8_t pad = 0;
+  // Symbols from here on take the kernel's slow path: EcsqDecodeLevel's n_direct, min(A - 1, 201),
+  // so the escape and every bucket magnitude (raw bits follow them); symbols below it are direct
+  // magnitudes whose coefficient their entry holds.
+  uint8_t slow_from = 0;
+};
+
+// A cell's symbol: its rANS entry (freq << 16 | cum) and, for symbols below the cell's slow_from, the
+// coefficient it decodes to (the CPU decoder's EcsqDecodeLevel::values); 0 for the others. One 8-byte
+// load gives the table step and the value.
+struct EcsqDeviceEntry {
+  uint32_t freq_cum = 0;
+  float value = 0.0f;
 };
 
 // One codes chunk of an ECSQ stream.
@@ -30,7 +41,7 @@ struct EcsqDecodeJob {
   const uint8_t* chunk = nullptr;                // stored bytes (device)
   const EcsqDeviceComponent* cells = nullptr;    // the level's components with a cell (device)
   const uint8_t* slots = nullptr;                // the level's slot tables (device)
-  const uint32_t* entries = nullptr;             // the level's symbol entries (device)
+  const EcsqDeviceEntry* entries = nullptr;      // the level's symbol entries (device)
   float* coef_f32 = nullptr;                     // coefficient (token r, component j) at r * token_stride
   uint16_t* coef_bf16 = nullptr;                 // + j * component_stride; bf16; either may be null
   // Not null: the largest magnitude of the coefficients written (the fp32 ones where coef_f32 is set,
@@ -59,7 +70,7 @@ struct EcsqDecodeJob {
   const uint32_t* cells_before = nullptr;
   const EcsqDeviceComponent* high_cells = nullptr;
   const uint8_t* high_slots = nullptr;
-  const uint32_t* high_entries = nullptr;
+  const EcsqDeviceEntry* high_entries = nullptr;
   const uint32_t* high_cells_before = nullptr;
   uint32_t c0 = 0, c1 = 0, n_kept = 0, high_n_kept = 0, n_high = 0;
 };

@@ -30,9 +30,15 @@ Result<std::unique_ptr<EcsqDeviceLevel>> build_ecsq_device_level(const EcsqModel
     dc.delta = c.delta;
     dc.alphabet = uint16_t(c.alphabet);
     dc.prob_bits = uint8_t(t.prob_bits());
+    dc.slow_from = uint8_t(c.n_direct);
     out->cells.push_back(dc);
     out->slots.insert(out->slots.end(), t.symbols(), t.symbols() + slots);
-    out->entries.insert(out->entries.end(), t.entries(), t.entries() + c.alphabet);
+    for (uint32_t s = 0; s < uint32_t(c.alphabet); ++s) {
+      EcsqDeviceEntry e;
+      e.freq_cum = t.entries()[s];
+      if (s < c.n_direct) e.value = d.values(c)[s];
+      out->entries.push_back(e);
+    }
   }
   return out;
 }
@@ -51,7 +57,7 @@ Result<const EcsqDeviceLevel*> EcsqLevelCache::get(const EcsqModel& model, int s
   };
   KVTC_RETURN_IF_ERROR(upload(lv->cells_dev, lv->cells.data(), lv->cells.size() * sizeof(EcsqDeviceComponent)));
   KVTC_RETURN_IF_ERROR(upload(lv->slots_dev, lv->slots.data(), lv->slots.size()));
-  KVTC_RETURN_IF_ERROR(upload(lv->entries_dev, lv->entries.data(), lv->entries.size() * sizeof(uint32_t)));
+  KVTC_RETURN_IF_ERROR(upload(lv->entries_dev, lv->entries.data(), lv->entries.size() * sizeof(EcsqDeviceEntry)));
   KVTC_RETURN_IF_ERROR(upload(lv->cells_before_dev, lv->cells_before.data(), lv->cells_before.size() * sizeof(uint32_t)));
   KVTC_CUDA_RETURN(cudaStreamSynchronize(stream));
   lv->cells = {};  // on the device now

@@ -24,7 +24,7 @@ struct EcsqDeviceLevel {
   // Built on the host, emptied once EcsqLevelCache has uploaded them:
   std::vector<EcsqDeviceComponent> cells;  // the components with a cell, in component order
   std::vector<uint8_t> slots;              // each cell's 2^prob_bits slot -> symbol bytes
-  std::vector<uint32_t> entries;           // each cell's alphabet of freq << 16 | cum
+  std::vector<EcsqDeviceEntry> entries;    // each cell's alphabet: freq << 16 | cum, direct coefficients
   DeviceBuffer cells_dev, slots_dev, entries_dev;
   DeviceBuffer cells_before_dev;           // cells_before on the device (token classes walk it)
 

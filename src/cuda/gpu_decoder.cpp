@@ -388,7 +388,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
           e.cells_before = lv.cells_before_dev.as<uint32_t>();
           e.high_cells = hv.cells_dev.as<EcsqDeviceComponent>();
           e.high_slots = hv.slots_dev.as<uint8_t>();
-          e.high_entries = hv.entries_dev.as<uint32_t>();
+          e.high_entries = hv.entries_dev.as<EcsqDeviceEntry>();
           e.high_cells_before = hv.cells_before_dev.as<uint32_t>();
           e.c0 = c.item_begin;
           e.c1 = c1;
@@ -404,7 +404,7 @@ Status GpuBatchDecoder::decode(const GpuCalibration& gcal, const CalibrationData
         e.chunk = payload_.as<uint8_t>() + payload_base[q] + c.offset;
         e.cells = lv.cells_dev.as<EcsqDeviceComponent>();
         e.slots = lv.slots_dev.as<uint8_t>();
-        e.entries = lv.entries_dev.as<uint32_t>();
+        e.entries = lv.entries_dev.as<EcsqDeviceEntry>();
         if (want_f32) e.coef_f32 = seq.coef_f32[c.stream].as<float>();
         if (want_bf16) e.coef_bf16 = seq.coef_bf16[c.stream].as<uint16_t>();
         // The E4M3 copy's amax comes from the decode itself (convert_to_fp8 skips its pass for ECSQ streams).
