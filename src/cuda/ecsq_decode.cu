@@ -38,6 +38,9 @@ __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t v, uint32_t lane
   return v;
 }
 
+// Asks for the L1 line holding p (a hint: no fault, no result; p need not be aligned).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.L1 [%0];" ::"l"(p)); }
+
 // Bits [at, at + n) of the raw area, least significant first (n <= 27; the caller checked that they
 // lie within the raw bits).
 __device__ __forceinline__ uint32_t read_bits(const uint8_t* raw, uint64_t at, uint32_t n) {
@@ -177,6 +180,17 @@ __device__ uint32_t decode_chunk(const EcsqDecodeJob& job, const uint32_t* crc_t
           at_index[h] = uint64_t(job.row0 + (by_class ? 0u : t[h])) * token_stride +
                         uint64_t(c.component) * job.component_stride;
           loaded[h] = k[h];
+          // The next component's tables and the next 1 KiB of words on their way to L1 while this
+          // component decodes (n_tokens / n_lanes rounds): a chunk's components are consecutive
+          // cells, and a fresh table would otherwise be fetched from L2 by the rounds that need it.
+          if (!by_class && (k[h] + 1) * n_tokens < n) {
+            const EcsqDeviceComponent& next = cell[h][1];
+            const uint32_t at = lane * 128;
+            if (at < (1u << next.prob_bits)) prefetch_l1(slots + next.slot_offset + at);
+            if (at < uint32_t(next.alphabet) * uint32_t(sizeof(EcsqDeviceEntry)))
+              prefetch_l1(reinterpret_cast<const uint8_t*>(entries + next.entry_offset) + at);
+          }
+          prefetch_l1(words + min(2 * pos + lane * 32, 2 * n_words));
         }
         const uint32_t slot = x & ((1u << prob_bits[h]) - 1u);
         s = slot_base[h][slot];
