@@ -19,13 +19,8 @@ if [ "${1:-}" = "--make-base" ]; then
   find .gpubench/base -type f | sort
   exit 0
 fi
-RET=${OUT:-/tmp/out}; OUT=/tmp/ab-work; mkdir -p $RET $OUT; T=${T:-560}
-trap 'cp $OUT/summary.txt $RET/ 2>/dev/null; tar czf $RET/all.tgz -C $OUT .' EXIT
-S0=$(date +%s); el() { echo $(( $(date +%s) - S0 )); }
-left() { echo $(( T - $(el) )); }
-log() { echo "$*" | tee -a $OUT/summary.txt; }
-{ date -u; nvidia-smi -L; nproc; echo "baseline $(cat .gpubench/base/REV)"; } > $OUT/env.txt 2>&1
-cat $OUT/env.txt >> $OUT/summary.txt
+WORK=ab-work; . scripts/device_work.sh
+log "baseline $(cat .gpubench/base/REV)"
 . scripts/device_sysroot.sh
 B=/tmp/build-ab G=.gpubench
 TESTS=${TESTS:-test_cuda_codec3 test_cuda_token_classes test_cuda_fp8}
@@ -50,10 +45,7 @@ timed() {  # $1: label (new or base); the entropy bench, then NeMo's time-to-fir
 }
 timed new 2
 # The baseline: its copies of the changed files in place (newer mtimes, so make rebuilds what uses them).
-mkdir -p /tmp/ab-new
-(cd $G/base && find . -type f ! -name REV) | while read -r f; do
-  mkdir -p "/tmp/ab-new/$(dirname "$f")"; cp "$f" "/tmp/ab-new/$f" 2>/dev/null; cp "$G/base/$f" "$f"
-done
+(cd $G/base && find . -type f ! -name REV) | while read -r f; do cp "$G/base/$f" "$f"; done
 cmake --build $B -j16 --target $BENCHES >> $OUT/build_base.log 2>&1
 rc=$?; log "baseline build rc $rc at $(el) s"
 [ $rc = 0 ] || { grep -E "error" $OUT/build_base.log | head -20 >> $OUT/summary.txt; exit 1; }

@@ -7,14 +7,8 @@
 # compress bench, memcheck, and racecheck of the codec 3 decode kernels. Carry .pysys and
 # .gpubench; results in $OUT/summary.txt.
 #   T=560 OUT=... scripts/device_issue15_check.sh
-# The device returns only a few files from $OUT: everything is written to a work folder and comes back
-# as $OUT/all.tgz beside $OUT/summary.txt.
-RET=${OUT:-/tmp/out}; OUT=/tmp/issue15-work; mkdir -p $RET $OUT; T=${T:-560}
-trap 'cp $OUT/summary.txt $RET/ 2>/dev/null; tar czf $RET/all.tgz -C $OUT .' EXIT
-S0=$(date +%s); el() { echo $(( $(date +%s) - S0 )); }
-left() { echo $(( T - $(el) )); }
-log() { echo "$*" | tee -a $OUT/summary.txt; }
-{ date -u; nvidia-smi -L; nproc; } > $OUT/env.txt 2>&1; cat $OUT/env.txt >> $OUT/summary.txt
+# Everything else comes back packed in $OUT/all.tgz (scripts/device_work.sh).
+WORK=issue15-work; . scripts/device_work.sh
 . scripts/device_sysroot.sh
 B=/tmp/build-gpu
 TESTS=$(ls tests/test_cuda_*.cpp | xargs -n1 basename | sed 's/\.cpp$//' | tr '\n' ' ')
