@@ -145,7 +145,7 @@ TEST(CudaFp8, ConversionAndGemmMatchHostArithmetic) {
   EXPECT_EQ(0, check_values(a_h, scale[0], [&](int64_t r, int64_t c) { return a_src[size_t(c * m + r)]; }, m));
   EXPECT_EQ(0, check_values(b_h, scale[F], [&](int64_t r, int64_t c) { return b_tok[size_t(r * comps + c)]; }, n));
   // D [n][ldd] = A^T B, at an aligned and a 16-byte-aligned output, with and without fast accumulation,
-  // in fp32 and in bf16 (run_bf16: the restore's form).
+  // in fp32 and in bf16 (run_bf16; the restore calls run_any, which takes either).
   cuda::Fp8Gemm gemm;
   struct GemmCase {
     size_t d_off;
